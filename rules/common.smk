@@ -1,0 +1,77 @@
+# Shared definitions: trials and visits from the config, path helpers and input
+# functions. No rule logic lives here; everything computed is in t2lesion.config.
+import os
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+from t2lesion.bids import Visit, gt_mask_path, image_path
+from t2lesion.config import trials_from_config
+from t2lesion.errors import InputError
+
+# Jobs (scripts, conda envs, SLURM jobs) import the library from this checkout.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (workflow.basedir, os.environ.get("PYTHONPATH")) if p
+)
+
+try:
+    TRIALS = trials_from_config(config)
+except InputError as _exc:
+    raise WorkflowError(str(_exc)) from None
+
+SYNTHETIC = {name: t for name, t in TRIALS.items() if t.synthetic is not None}
+TEST_TRIALS = [name for name, t in TRIALS.items() if t.role == "test"]
+MODALITIES = ["T1w", "T2w", "FLAIR"]
+
+# Every file name carries its entities; these prefixes keep rules short.
+PRE = "results/preproc/trial-{trial}/sub-{sub}/ses-{ses}/sub-{sub}_ses-{ses}"
+PRED = "results/predict/{source}/trial-{trial}/sub-{sub}/ses-{ses}/sub-{sub}_ses-{ses}"
+MNI = "space-MNI1x1x3"
+LOGS = "results/logs"
+BENCH = "results/benchmarks"
+
+
+wildcard_constraints:
+    trial="[A-Za-z0-9]+",
+    sub="[A-Za-z0-9]+",
+    ses=r"w\d{3}",
+    modality="T1w|T2w|FLAIR",
+    source="[A-Za-z0-9]+",
+
+
+def trial_of(wildcards):
+    return TRIALS[wildcards.trial]
+
+
+def bids_image(wildcards, modality):
+    return str(image_path(trial_of(wildcards).bids, wildcards.sub, wildcards.ses, modality))
+
+
+def bids_gt(wildcards):
+    return str(gt_mask_path(trial_of(wildcards).bids, wildcards.sub, wildcards.ses))
+
+
+def validated(wildcards):
+    return f"results/validated/trial-{wildcards.trial}_visits.tsv"
+
+
+def visit_paths(pattern, trial, visits=None, **extra):
+    """Expand ``pattern`` over a trial's visits (default: all of them)."""
+    visits = TRIALS[trial].visits if visits is None else visits
+    return [pattern.format(trial=trial, sub=v.sub, ses=v.ses, **extra) for v in visits]
+
+
+def baseline_prefix(wildcards):
+    return PRE.format(trial=wildcards.trial, sub=wildcards.sub, ses="w000")
+
+
+def all_targets():
+    targets = []
+    for name in TEST_TRIALS:
+        trial = TRIALS[name]
+        targets += visit_paths(PRE + "_" + MNI + "_qc.png", name)
+        if trial.gt_visits:
+            for source in config["sources"]:
+                targets.append(f"results/metrics/{source}/trial-{name}/table2.tsv")
+            targets += stats_targets(name)
+    return targets

@@ -1,0 +1,93 @@
+"""Image I/O with checks that turn library tracebacks into clear messages.
+
+All arrays follow SimpleITK's order, (slices, rows, cols) = (z, y, x), which is
+also the model's axis order (SPEC §2).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from t2lesion.errors import InputError
+
+
+def read_image(path: str | Path, *, check_finite: bool = False) -> sitk.Image:
+    """Read a 3-D scalar image, failing with a message naming ``path`` if it is unusable.
+
+    Rejected: missing, unreadable or corrupt files, images that are not 3-D (4-D
+    included), zero extent, and, with ``check_finite``, NaN/Inf voxels. ITK's NIfTI
+    reader silently turns NaN into 0, so finiteness is checked on the raw data
+    (nibabel) — the validation rule does this once per image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    if path.name.endswith((".nii", ".nii.gz")):
+        _check_nifti(path, check_finite)
+    try:
+        img = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
+        raise InputError(f"{path}: cannot be read as an image ({first})") from None
+    if img.GetDimension() != 3:
+        raise InputError(f"{path}: expected a 3-D image, found {img.GetDimension()}-D {img.GetSize()}")
+    if min(img.GetSize()) == 0:
+        raise InputError(f"{path}: image has zero extent {img.GetSize()}")
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{path}: expected a scalar image, found {img.GetNumberOfComponentsPerPixel()} components")
+    return img
+
+
+def _check_nifti(path: Path, check_finite: bool) -> None:
+    import nibabel as nib
+
+    try:
+        nimg = nib.load(str(path))
+        shape = nimg.shape
+    except Exception as exc:  # nibabel raises several types for corrupt files
+        raise InputError(f"{path}: cannot be read as a NIfTI image ({type(exc).__name__}: {exc})") from None
+    if len(shape) != 3:
+        raise InputError(f"{path}: expected a 3-D image, found {len(shape)}-D {tuple(shape)}")
+    if min(shape) == 0:
+        raise InputError(f"{path}: image has zero extent {tuple(shape)}")
+    if check_finite:
+        try:
+            data = np.asanyarray(nimg.dataobj)
+        except Exception as exc:
+            raise InputError(f"{path}: voxel data cannot be read ({type(exc).__name__}: {exc})") from None
+        if np.issubdtype(data.dtype, np.floating):
+            bad = int(np.count_nonzero(~np.isfinite(data)))
+            if bad:
+                raise InputError(f"{path}: contains {bad} NaN/Inf voxels")
+
+
+def read_array(path: str | Path, dtype=np.float32) -> tuple[np.ndarray, sitk.Image]:
+    """Read ``path`` and return its voxels as a (z, y, x) array plus the image (for geometry)."""
+    img = read_image(path)
+    return sitk.GetArrayFromImage(img).astype(dtype, copy=False), img
+
+
+def write_array(arr: np.ndarray, reference: sitk.Image, path: str | Path) -> None:
+    """Write a (z, y, x) array with the geometry of ``reference``; creates parent folders."""
+    out = sitk.GetImageFromArray(arr)
+    out.CopyInformation(reference)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(out, str(path), useCompression=True)
+
+
+def voxel_volume_ml(img: sitk.Image) -> float:
+    """Volume of one voxel in mL (1 mL = 1000 mm³), from the header spacing."""
+    return float(np.prod(img.GetSpacing())) / 1000.0
+
+
+def same_geometry(a: sitk.Image, b: sitk.Image, tol: float = 1e-3) -> bool:
+    """True when two images share size, spacing, origin and direction (within ``tol``)."""
+    return (
+        a.GetSize() == b.GetSize()
+        and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tol)
+        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tol)
+        and np.allclose(a.GetDirection(), b.GetDirection(), atol=tol)
+    )

@@ -1,0 +1,63 @@
+"""Route a rule's logging, warnings and progress bars into its ``log:`` file."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def rule_log(path: str | Path | None, threads: int | None = None):
+    """Send ``logging`` records, warnings and stderr (tqdm, Keras) to ``path`` for the block.
+
+    Also caps the math libraries' thread pools at ``threads`` so that Snakemake's
+    ``threads:`` is what a job really uses (no oversubscription of the cores).
+    A user-facing :class:`~t2lesion.errors.InputError` is written to the log and
+    re-raised with its message intact.
+    """
+    from t2lesion.errors import InputError
+
+    limiter = contextlib.nullcontext()
+    if threads:
+        _set_thread_env(threads)
+        from threadpoolctl import threadpool_limits
+
+        limiter = threadpool_limits(limits=threads)
+    if path is None:
+        with limiter:
+            yield
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", buffering=1) as fh:
+        handler = logging.StreamHandler(fh)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root = logging.getLogger()
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        logging.captureWarnings(True)
+        old_err = sys.stderr
+        sys.stderr = fh
+        try:
+            with limiter:
+                yield
+        except InputError as exc:
+            logging.getLogger("t2lesion").error("%s", exc)
+            raise
+        finally:
+            sys.stderr = old_err
+            root.removeHandler(handler)
+
+
+def _set_thread_env(threads: int) -> None:
+    import os
+
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"):
+        os.environ[var] = str(threads)
+    try:
+        import SimpleITK as sitk
+
+        sitk.ProcessObject_SetGlobalDefaultNumberOfThreads(threads)
+    except ImportError:  # pragma: no cover - SimpleITK is a core dependency
+        pass

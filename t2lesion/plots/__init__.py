@@ -1,0 +1,1 @@
+"""Figures, kept apart from the fitting/metric code (one submodule per stage)."""

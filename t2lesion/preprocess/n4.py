@@ -1,0 +1,93 @@
+"""N4 bias-field correction of one contrast in its native space (paper: ref. 16; SPEC §2).
+
+SimpleITK's N4 is fitted on a shrunken copy of the image inside an Otsu head mask and the
+fitted log-bias field is evaluated on the full-resolution grid. SPEC §2 measured shrink 4
+with 4 x 50 iterations to correct as well as antspyx's default at a fraction of the cost.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from t2lesion.preprocess._common import as_float, set_threads, write_image
+from t2lesion.io import read_image
+
+log = logging.getLogger(__name__)
+
+N4_SHRINK = 4
+N4_ITERATIONS = (50, 50, 50, 50)
+
+
+def head_mask(img: sitk.Image) -> sitk.Image:
+    """Otsu foreground (head) mask, uint8, with holes filled slice-wise-agnostically."""
+    mask = sitk.OtsuThreshold(as_float(img), 0, 1, 200)
+    # Largest connected component: drops isolated background speckle above the threshold.
+    cc = sitk.ConnectedComponent(mask)
+    cc = sitk.RelabelComponent(cc, sortByObjectSize=True)
+    mask = sitk.Cast(cc == 1, sitk.sitkUInt8)
+    return mask
+
+
+def shrink_factors(spacing, shrink: int) -> list[int]:
+    """Per-axis shrink factors giving a roughly isotropic coarse grid.
+
+    With 1 x 1 x 3 mm voxels and ``shrink`` 4 this is (4, 4, 1): 4 mm in-plane, 3 mm through
+    plane, rather than a 12 mm slab that would blur the bias field along z.
+    """
+    sp = np.asarray(spacing, dtype=float)
+    target = shrink * sp.min()
+    return [int(max(1, round(target / s))) for s in sp]
+
+
+def n4_image(
+    img: sitk.Image,
+    shrink: int = N4_SHRINK,
+    iterations=N4_ITERATIONS,
+    mask: sitk.Image | None = None,
+    convergence: float = 1e-3,
+    fwhm: float = 0.15,
+) -> tuple[sitk.Image, sitk.Image]:
+    """Bias-correct ``img``; return (corrected float32 image, multiplicative bias field)."""
+    img = as_float(img)
+    img = sitk.Maximum(img, 0.0)  # N4 works on log intensities; scanners never give < 0 anyway
+    if mask is None:
+        mask = head_mask(img)
+    factors = shrink_factors(img.GetSpacing(), shrink)
+    small = sitk.Shrink(img, factors)
+    small_mask = sitk.Shrink(mask, factors)
+    n4 = sitk.N4BiasFieldCorrectionImageFilter()
+    n4.SetMaximumNumberOfIterations([int(i) for i in iterations])
+    n4.SetConvergenceThreshold(float(convergence))
+    n4.SetBiasFieldFullWidthAtHalfMaximum(float(fwhm))
+    n4.Execute(small, small_mask)
+    log_bias = n4.GetLogBiasFieldAsImage(img)
+    bias = sitk.Exp(log_bias)
+    corrected = sitk.Cast(img / bias, sitk.sitkFloat32)
+    corrected.CopyInformation(img)
+    return corrected, sitk.Cast(bias, sitk.sitkFloat32)
+
+
+def n4(
+    in_path: str | Path,
+    out_path: str | Path,
+    threads: int = 1,
+    shrink: int = N4_SHRINK,
+    iterations=N4_ITERATIONS,
+    bias_path: str | Path | None = None,
+) -> Path:
+    """Path-level N4 (rule ``n4``): read ``in_path``, write the corrected image to ``out_path``.
+
+    ``bias_path`` optionally receives the estimated multiplicative bias field.
+    """
+    set_threads(threads)
+    img = read_image(in_path)
+    log.info("N4 %s (shrink %d, iterations %s, %d threads)", in_path, shrink, list(iterations), threads)
+    corrected, bias = n4_image(img, shrink=shrink, iterations=iterations)
+    write_image(corrected, out_path)
+    if bias_path is not None:
+        write_image(bias, bias_path)
+    return Path(out_path)

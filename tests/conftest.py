@@ -1,0 +1,61 @@
+"""Shared fixtures: tiny BIDS trees written on the fly (no data ships with the tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write_image(path: Path, arr: np.ndarray, spacing=(1.0, 1.0, 3.0)) -> None:
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing(spacing)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(img, str(path))
+
+
+def make_bids(root: Path, subjects=("001", "002"), weeks=(0, 24), arms=("PLA", "OCR"), gt=True) -> Path:
+    """A minimal valid trial: small random volumes, GT masks on the FLAIR grid."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, sub in enumerate(subjects):
+        rows.append(
+            {
+                "participant_id": f"sub-{sub}",
+                "arm": arms[i % len(arms)],
+                "age": 40 + i,
+                "sex": "MF"[i % 2],
+                "region": "US" if i % 2 else "ROW",
+                "edss_bl": 3.5,
+            }
+        )
+        for week in weeks:
+            ses = f"w{week:03d}"
+            anat = root / f"sub-{sub}" / f"ses-{ses}" / "anat"
+            for mod in ("T1w", "T2w", "FLAIR"):
+                write_image(anat / f"sub-{sub}_ses-{ses}_{mod}.nii.gz", rng.uniform(1, 100, (6, 10, 12)).astype(np.float32))
+            if gt:
+                mask = np.zeros((6, 10, 12), np.uint8)
+                mask[2:4, 3:6, 3:6] = 1
+                write_image(
+                    root / "derivatives" / "lesions" / f"sub-{sub}" / f"ses-{ses}" / "anat"
+                    / f"sub-{sub}_ses-{ses}_desc-lesion_mask.nii.gz",
+                    mask,
+                )
+    pd.DataFrame(rows).to_csv(root / "participants.tsv", sep="\t", index=False)
+    out = [
+        {"participant_id": r["participant_id"], "endpoint": "CDP24", "time_weeks": 50.0, "event": 1} for r in rows
+    ]
+    (root / "phenotype").mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(out).to_csv(root / "phenotype" / "outcomes.tsv", sep="\t", index=False)
+    return root
+
+
+@pytest.fixture
+def bids_tree(tmp_path) -> Path:
+    return make_bids(tmp_path / "bids")

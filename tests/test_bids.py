@@ -1,0 +1,110 @@
+"""BIDS discovery and validation (SPEC §1): every problem reported at once, by file/row."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import write_image
+from t2lesion.bids import Visit, gt_mask_path, image_path, validate, write_summary
+from t2lesion.errors import InputError
+
+ARMS = ["PLA", "OCR"]
+
+
+def write_nibabel(path, arr):
+    """Write as other tools do (nibabel keeps NaN and 4-D as they are)."""
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(arr, np.diag([1.0, 1.0, 3.0, 1.0])), str(path))
+
+
+def test_valid_tree_lists_every_visit(bids_tree, tmp_path):
+    layout = validate(bids_tree, ARMS)
+    assert layout.visits == [Visit("001", "w000"), Visit("001", "w024"), Visit("002", "w000"), Visit("002", "w024")]
+    assert all(layout.has_gt.values())
+    assert layout.visits[1].week == 24
+    write_summary(layout, tmp_path / "v.tsv")
+    assert len(pd.read_csv(tmp_path / "v.tsv", sep="\t")) == 4
+
+
+def _break_everything(bids):
+    """The issue's list of broken inputs, all in one tree."""
+    image_path(bids, "001", "w024", "FLAIR").unlink()  # missing modality
+    nan = np.ones((12, 10, 6), np.float32)
+    nan[1, 1, 1] = np.nan
+    write_nibabel(image_path(bids, "002", "w024", "T2w"), nan)  # NaN voxel
+    write_image(image_path(bids, "002", "w000", "T1w"), np.zeros((6, 10, 12), np.float32))  # empty
+    write_image(gt_mask_path(bids, "001", "w000"), np.zeros((6, 11, 12), np.uint8))  # geometry mismatch
+    base = bids / "sub-002" / "ses-w000"
+    # a subject without baseline: rename sub-001's baseline? keep sub-001 intact; add sub-003 with only w024
+    (bids / "sub-003" / "ses-w024" / "anat").mkdir(parents=True)
+    for mod in ("T1w", "T2w", "FLAIR"):
+        write_image(image_path(bids, "003", "w024", mod), np.ones((6, 10, 12), np.float32))
+    part = pd.read_csv(bids / "participants.tsv", sep="\t")
+    extra = pd.DataFrame(
+        [
+            {"participant_id": "sub-003", "arm": "XYZ", "age": 30, "sex": "F", "region": "US", "edss_bl": 2},
+            {"participant_id": "sub-../../etc", "arm": "PLA", "age": 30, "sex": "F", "region": "US", "edss_bl": 2},
+            {"participant_id": "sub-001", "arm": "PLA", "age": 30, "sex": "F", "region": "US", "edss_bl": 2},
+        ]
+    )
+    pd.concat([part, extra]).to_csv(bids / "participants.tsv", sep="\t", index=False)
+    out = pd.read_csv(bids / "phenotype" / "outcomes.tsv", sep="\t")
+    out.loc[len(out)] = ["sub-999", "CDP24", 10.0, 0]
+    out.loc[len(out)] = ["sub-002", "9HPT24", -3.0, 1]
+    out.to_csv(bids / "phenotype" / "outcomes.tsv", sep="\t", index=False)
+    return base
+
+
+def test_broken_tree_reports_every_problem_by_file(bids_tree):
+    _break_everything(bids_tree)
+    with pytest.raises(InputError) as err:
+        validate(bids_tree, ARMS)
+    msg = str(err.value)
+    expected = [
+        ("sub-001_ses-w024_FLAIR.nii.gz", "missing FLAIR"),
+        ("sub-002_ses-w024_T2w.nii.gz", "NaN/Inf"),
+        ("sub-002_ses-w000_T1w.nii.gz", "empty"),
+        ("sub-001_ses-w000_desc-lesion_mask.nii.gz", "geometry differs from its FLAIR"),
+        ("sub-003", "no baseline visit"),
+        ("participants.tsv, row 4", "unknown arm 'XYZ'"),
+        ("participants.tsv, row 5", "letters and digits only"),
+        ("participants.tsv, row 6", "duplicate participant_id 'sub-001'"),
+        ("outcomes.tsv, row", "unknown participant 'sub-999'"),
+        ("outcomes.tsv, row", "negative time_weeks -3"),
+    ]
+    lines = msg.splitlines()
+    for where, what in expected:
+        assert any(where in line and what in line for line in lines), f"no line with {where!r} and {what!r} in:\n{msg}"
+    assert len(err.value.problems) == len(expected)
+
+
+def test_structural_check_does_not_open_images(bids_tree):
+    write_nibabel(image_path(bids_tree, "002", "w024", "T2w"), np.full((12, 10, 6), np.nan, np.float32))
+    validate(bids_tree, ARMS, check_images=False)  # NaN only found when images are opened
+    with pytest.raises(InputError, match="NaN"):
+        validate(bids_tree, ARMS, check_images=True)
+
+
+def test_four_d_and_corrupt_images_are_named(bids_tree):
+    write_nibabel(image_path(bids_tree, "001", "w000", "T1w"), np.ones((12, 10, 6, 2), np.float32))
+    image_path(bids_tree, "002", "w000", "T2w").write_bytes(b"not a nifti at all")
+    with pytest.raises(InputError) as err:
+        validate(bids_tree, ARMS)
+    msg = str(err.value)
+    assert "sub-001_ses-w000_T1w.nii.gz: expected a 3-D image, found 4-D" in msg
+    assert "sub-002_ses-w000_T2w.nii.gz: cannot be read as a NIfTI image" in msg
+
+
+def test_missing_tables_and_columns(bids_tree):
+    (bids_tree / "phenotype" / "outcomes.tsv").unlink()
+    pd.read_csv(bids_tree / "participants.tsv", sep="\t").drop(columns="arm").to_csv(
+        bids_tree / "participants.tsv", sep="\t", index=False
+    )
+    with pytest.raises(InputError) as err:
+        validate(bids_tree, ARMS, check_images=False)
+    msg = str(err.value)
+    assert "outcomes.tsv: file not found" in msg
+    assert "participants.tsv: missing column(s) arm" in msg
