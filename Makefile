@@ -28,8 +28,9 @@ env: $(VENV)/.installed
 env-test: $(VENV)/.installed-torch
 
 demo: env
-	$(BIN)/snakemake --cores $(CORES) --printshellcmds
-	@echo "Report: results/report/"
+	$(BIN)/snakemake --cores $(CORES)
+	$(BIN)/snakemake --cores $(CORES) --report results/report/report.html
+	@echo "Report: results/report/report.html"
 
 test: env-test
 	$(BIN)/python -m pytest -q -n 2 --durations=15

@@ -30,7 +30,7 @@ from t2lesion.metrics import evaluate_visit, label_lesions  # noqa: E402
 _RANK = {6: 1, 18: 2, 26: 3}
 
 
-def _ellipsoid(mask, centre, radii):
+def draw_ellipsoid(mask, centre, radii):
     """Set an axis-aligned ellipsoid (radii in voxels, z y x) inside ``mask``, clipped at the border."""
     lo = [max(int(math.floor(c - r)), 0) for c, r in zip(centre, radii)]
     hi = [min(int(math.ceil(c + r)) + 1, s) for c, r, s in zip(centre, radii, mask.shape)]
@@ -56,13 +56,13 @@ def make_visit(shape=(64, 240, 200), n_lesions=600, seed=0, miss=0.15, extra=0.1
         c = rng.uniform(margin, np.array(shape) - margin)
         r_mm = rng.lognormal(mean=0.9, sigma=0.5)
         radii = np.array([max(r_mm / 3, 0.5), r_mm, r_mm]) * rng.uniform(0.7, 1.3, 3)
-        _ellipsoid(gt, c, radii)
+        draw_ellipsoid(gt, c, radii)
         if rng.random() > miss:
-            _ellipsoid(pred, c + rng.normal(0, 0.7, 3) * [0.3, 1, 1], radii * rng.uniform(0.7, 1.3, 3))
+            draw_ellipsoid(pred, c + rng.normal(0, 0.7, 3) * [0.3, 1, 1], radii * rng.uniform(0.7, 1.3, 3))
     for _ in range(int(extra * n_lesions)):
         c = rng.uniform(margin, np.array(shape) - margin)
         r_mm = rng.lognormal(mean=0.6, sigma=0.4)
-        _ellipsoid(pred, c, np.array([max(r_mm / 3, 0.5), r_mm, r_mm]))
+        draw_ellipsoid(pred, c, np.array([max(r_mm / 3, 0.5), r_mm, r_mm]))
     return gt, pred
 
 

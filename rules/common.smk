@@ -10,8 +10,10 @@ from t2lesion.config import trials_from_config
 from t2lesion.errors import InputError
 
 # Jobs (scripts, conda envs, SLURM jobs) import the library from this checkout.
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (workflow.basedir, os.environ.get("PYTHONPATH")) if p
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(
+        p for p in (workflow.basedir, os.environ.get("PYTHONPATH")) if p
+    )
 )
 
 try:
@@ -26,6 +28,8 @@ MODALITIES = ["T1w", "T2w", "FLAIR"]
 # Every file name carries its entities; these prefixes keep rules short.
 PRE = "results/preproc/trial-{trial}/sub-{sub}/ses-{ses}/sub-{sub}_ses-{ses}"
 PRED = "results/predict/{source}/trial-{trial}/sub-{sub}/ses-{ses}/sub-{sub}_ses-{ses}"
+PRED_BASELINE = PRED.replace("{source}", "baseline")
+STATS = "results/stats/trial-{trial}"
 MNI = "space-MNI1x1x3"
 LOGS = "results/logs"
 BENCH = "results/benchmarks"
@@ -44,7 +48,9 @@ def trial_of(wildcards):
 
 
 def bids_image(wildcards, modality):
-    return str(image_path(trial_of(wildcards).bids, wildcards.sub, wildcards.ses, modality))
+    return str(
+        image_path(trial_of(wildcards).bids, wildcards.sub, wildcards.ses, modality)
+    )
 
 
 def bids_gt(wildcards):
@@ -69,9 +75,80 @@ def all_targets():
     targets = []
     for name in TEST_TRIALS:
         trial = TRIALS[name]
-        targets += visit_paths(PRE + "_" + MNI + "_qc.png", name)
+        targets += visit_paths(f"{PRE}_{MNI}_qc.png", name)
         if trial.gt_visits:
             for source in config["sources"]:
                 targets.append(f"results/metrics/{source}/trial-{name}/table2.tsv")
             targets += stats_targets(name)
     return targets
+
+
+def to_mni_chain(wildcards):
+    """T1w -> MNI: the baseline's own transform, preceded by T1w -> baseline for follow-ups."""
+    chain = {"baseline_to_mni": f"{baseline_prefix(wildcards)}_from-T1w_to-MNI_xfm.tfm"}
+    if wildcards.ses != "w000":
+        chain["to_baseline"] = f"{PRE.format(**wildcards)}_from-T1w_to-baseline_xfm.tfm"
+    return chain
+
+
+def qc_gt(wildcards):
+    visit = Visit(wildcards.sub, wildcards.ses)
+    if visit in trial_of(wildcards).gt_visits:
+        return {"gt": f"{PRE.format(**wildcards)}_{MNI}_desc-lesionGT_mask.nii.gz"}
+    return {}
+
+
+def gt_visit_tables(wildcards, kind):
+    trial = TRIALS[wildcards.trial]
+    pattern = f"results/metrics/{{source}}/trial-{{trial}}/visits/sub-{{sub}}_ses-{{ses}}_{kind}.tsv"
+    return visit_paths(
+        pattern, wildcards.trial, trial.gt_visits, source=wildcards.source
+    )
+
+
+def stats_targets(trial):
+    out = [
+        f"{STATS}/change_summary.tsv",
+        f"{STATS}/ancova.tsv",
+        f"{STATS}/table4.tsv",
+        f"{STATS}/km_tests.tsv",
+    ]
+    return [p.format(trial=trial) for p in out]
+
+
+def trial_params(wildcards):
+    trial = trial_of(wildcards)
+    return {"control_arm": trial.control_arm, "arms": trial.arms}
+
+
+def bids_table(name):
+    return lambda w: str(trial_of(w).bids / name)
+
+
+def trial_inputs(wildcards):
+    trial = trial_of(wildcards)
+    files = [
+        str(trial.bids / "participants.tsv"),
+        str(trial.bids / "phenotype" / "outcomes.tsv"),
+    ]
+    for v in trial.visits:
+        files += [str(image_path(trial.bids, v.sub, v.ses, m)) for m in MODALITIES]
+    for v in trial.gt_visits:
+        files.append(str(gt_mask_path(trial.bids, v.sub, v.ses)))
+    return files
+
+
+def synth_outputs(trial):
+    bids = str(trial.bids)
+    files = [
+        f"{bids}/participants.tsv",
+        f"{bids}/phenotype/outcomes.tsv",
+        f"{trial.root}/truth/params.json",
+        f"{trial.root}/truth/visits.tsv",
+        f"{trial.root}/truth/lesions.tsv",
+        f"{trial.root}/truth/subjects.tsv",
+    ]
+    for v in trial.visits:
+        files += [str(image_path(bids, v.sub, v.ses, m)) for m in MODALITIES]
+        files.append(str(gt_mask_path(bids, v.sub, v.ses)))
+    return files

@@ -1,0 +1,87 @@
+# Segmentation sources and lesion metrics (SPEC §8; Table 2, Fig. 3a-c).
+# Source `baseline`: the classical FLAIR-hyperintensity segmenter, a comparison
+# row for the U-Net and what carries the endpoint statistics until it exists.
+MET = config["metrics"]
+METRIC_PARAMS = {
+    "connectivity": MET["connectivity"],
+    "min_size": MET["min_lesion_voxels"],
+    "overlap": MET["overlap"],
+}
+
+
+rule segment_baseline:
+    input:
+        flair=f"{PRE}_{MNI}_desc-preproc_FLAIR.nii.gz",
+        t1w=f"{PRE}_{MNI}_desc-preproc_T1w.nii.gz",
+        mask=f"{PRE}_{MNI}_desc-brain_mask.nii.gz",
+    output:
+        f"{PRED_BASELINE}_{MNI}_desc-lesion_mask.nii.gz",
+    log:
+        f"{LOGS}/segment_baseline/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.log",
+    benchmark:
+        f"{BENCH}/segment_baseline/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.tsv"
+    conda:
+        "../envs/imaging.yaml"
+    threads: 1
+    params:
+        **config["classical"],
+        connectivity=MET["connectivity"],
+    script:
+        "../workflow_scripts/segment_baseline.py"
+
+
+rule metrics_visit:
+    input:
+        gt=f"{PRE}_{MNI}_desc-lesionGT_mask.nii.gz",
+        pred=f"{PRED}_{MNI}_desc-lesion_mask.nii.gz",
+    output:
+        visit="results/metrics/{source}/trial-{trial}/visits/sub-{sub}_ses-{ses}_visit.tsv",
+        lesions="results/metrics/{source}/trial-{trial}/visits/sub-{sub}_ses-{ses}_lesions.tsv",
+    log:
+        f"{LOGS}/metrics_visit/{{source}}_trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.log",
+    benchmark:
+        f"{BENCH}/metrics_visit/{{source}}_trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.tsv"
+    conda:
+        "../envs/stats.yaml"
+    threads: 1
+    params:
+        metrics=METRIC_PARAMS,
+    script:
+        "../workflow_scripts/metrics_visit.py"
+
+
+rule metrics_dataset:
+    input:
+        visits=lambda w: gt_visit_tables(w, "visit"),
+        lesions=lambda w: gt_visit_tables(w, "lesions"),
+    output:
+        visits="results/metrics/{source}/trial-{trial}/visits.tsv",
+        lesions="results/metrics/{source}/trial-{trial}/lesions.tsv",
+        size_groups="results/metrics/{source}/trial-{trial}/size_groups.tsv",
+        table2=report(
+            "results/metrics/{source}/trial-{trial}/table2.tsv",
+            category="Table 2: segmentation and detection",
+            labels={"source": "{source}", "trial": "{trial}"},
+        ),
+        correlation="results/metrics/{source}/trial-{trial}/correlation.tsv",
+        fig_tlv=report(
+            "results/metrics/{source}/trial-{trial}/tlv_agreement.png",
+            category="TLV agreement",
+            labels={"source": "{source}", "trial": "{trial}"},
+        ),
+        fig_size_groups=report(
+            "results/metrics/{source}/trial-{trial}/size_groups.png",
+            category="Fig. 3a-c: size groups",
+            labels={"source": "{source}", "trial": "{trial}"},
+        ),
+    log:
+        f"{LOGS}/metrics_dataset/{{source}}_trial-{{trial}}.log",
+    benchmark:
+        f"{BENCH}/metrics_dataset/{{source}}_trial-{{trial}}.tsv"
+    conda:
+        "../envs/stats.yaml"
+    threads: 1
+    params:
+        size_groups=MET["size_groups"],
+    script:
+        "../workflow_scripts/metrics_dataset.py"

@@ -1,0 +1,194 @@
+# Preprocessing per visit (SPEC §2), in the paper's order: N4, intra-visit
+# alignment, skull stripping (native T1w), baseline -> MNI and follow-up ->
+# baseline rigid registration (brain to brain), one resampling of every native
+# image into the MNI-aligned 1x1x3 mm grid, then normalisation and QC.
+PP = config["preprocess"]
+
+
+rule n4:
+    input:
+        image=lambda w: bids_image(w, w.modality),
+        validated=validated,
+    output:
+        temp(f"{PRE}_desc-n4_{{modality}}.nii.gz"),
+    log:
+        f"{LOGS}/n4/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}_{{modality}}.log",
+    benchmark:
+        f"{BENCH}/n4/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}_{{modality}}.tsv"
+    conda:
+        "../envs/imaging.yaml"
+    threads: PP["threads"]
+    params:
+        shrink=PP["n4_shrink"],
+        iterations=PP["n4_iterations"],
+    script:
+        "../workflow_scripts/n4.py"
+
+
+rule coregister:
+    input:
+        moving=f"{PRE}_desc-n4_{{modality}}.nii.gz",
+        t1w=f"{PRE}_desc-n4_T1w.nii.gz",
+    output:
+        f"{PRE}_from-{{modality}}_to-T1w_xfm.tfm",
+    log:
+        f"{LOGS}/coregister/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}_{{modality}}.log",
+    benchmark:
+        f"{BENCH}/coregister/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}_{{modality}}.tsv"
+    wildcard_constraints:
+        modality="T2w|FLAIR",
+    conda:
+        "../envs/imaging.yaml"
+    threads: PP["threads"]
+    script:
+        "../workflow_scripts/coregister.py"
+
+
+rule skull_strip:
+    input:
+        f"{PRE}_desc-n4_T1w.nii.gz",
+    output:
+        f"{PRE}_space-T1w_desc-brain_mask.nii.gz",
+    log:
+        f"{LOGS}/skull_strip/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.log",
+    benchmark:
+        f"{BENCH}/skull_strip/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.tsv"
+    conda:
+        "../envs/imaging.yaml"
+    threads: PP["threads"]
+    params:
+        method=PP["skull_strip"],
+        volume_ml=PP["brain_volume_ml"],
+    script:
+        "../workflow_scripts/skull_strip.py"
+
+
+rule register_mni:
+    input:
+        t1w=f"{PRE}_desc-n4_T1w.nii.gz",
+        mask=f"{PRE}_space-T1w_desc-brain_mask.nii.gz",
+    output:
+        f"{PRE}_from-T1w_to-MNI_xfm.tfm",
+    log:
+        f"{LOGS}/register_mni/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.log",
+    benchmark:
+        f"{BENCH}/register_mni/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.tsv"
+    wildcard_constraints:
+        ses="w000",
+    conda:
+        "../envs/imaging.yaml"
+    threads: PP["threads"]
+    script:
+        "../workflow_scripts/register_mni.py"
+
+
+rule register_baseline:
+    input:
+        t1w=f"{PRE}_desc-n4_T1w.nii.gz",
+        mask=f"{PRE}_space-T1w_desc-brain_mask.nii.gz",
+        baseline_t1w=lambda w: f"{baseline_prefix(w)}_desc-n4_T1w.nii.gz",
+        baseline_mask=lambda w: f"{baseline_prefix(w)}_space-T1w_desc-brain_mask.nii.gz",
+    output:
+        f"{PRE}_from-T1w_to-baseline_xfm.tfm",
+    log:
+        f"{LOGS}/register_baseline/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.log",
+    benchmark:
+        f"{BENCH}/register_baseline/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.tsv"
+    wildcard_constraints:
+        ses=r"w(?!000)\d{3}",
+    conda:
+        "../envs/imaging.yaml"
+    threads: PP["threads"]
+    script:
+        "../workflow_scripts/register_baseline.py"
+
+
+rule resample:
+    input:
+        unpack(to_mni_chain),
+        t1w=f"{PRE}_desc-n4_T1w.nii.gz",
+        t2w=f"{PRE}_desc-n4_T2w.nii.gz",
+        flair=f"{PRE}_desc-n4_FLAIR.nii.gz",
+        t2w_xfm=f"{PRE}_from-T2w_to-T1w_xfm.tfm",
+        flair_xfm=f"{PRE}_from-FLAIR_to-T1w_xfm.tfm",
+        mask=f"{PRE}_space-T1w_desc-brain_mask.nii.gz",
+    output:
+        t1w=temp(f"{PRE}_{MNI}_desc-resampled_T1w.nii.gz"),
+        t2w=temp(f"{PRE}_{MNI}_desc-resampled_T2w.nii.gz"),
+        flair=temp(f"{PRE}_{MNI}_desc-resampled_FLAIR.nii.gz"),
+        mask=f"{PRE}_{MNI}_desc-brain_mask.nii.gz",
+        t1w_xfm=f"{PRE}_from-T1w_to-MNI1x1x3_xfm.tfm",
+        t2w_xfm=f"{PRE}_from-T2w_to-MNI1x1x3_xfm.tfm",
+        flair_xfm=f"{PRE}_from-FLAIR_to-MNI1x1x3_xfm.tfm",
+    log:
+        f"{LOGS}/resample/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.log",
+    benchmark:
+        f"{BENCH}/resample/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.tsv"
+    conda:
+        "../envs/imaging.yaml"
+    threads: PP["threads"]
+    script:
+        "../workflow_scripts/resample.py"
+
+
+rule resample_gt:
+    input:
+        gt=bids_gt,
+        validated=validated,
+        flair_xfm=f"{PRE}_from-FLAIR_to-MNI1x1x3_xfm.tfm",
+        reference=f"{PRE}_{MNI}_desc-brain_mask.nii.gz",
+    output:
+        f"{PRE}_{MNI}_desc-lesionGT_mask.nii.gz",
+    log:
+        f"{LOGS}/resample_gt/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.log",
+    benchmark:
+        f"{BENCH}/resample_gt/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.tsv"
+    conda:
+        "../envs/imaging.yaml"
+    threads: PP["threads"]
+    script:
+        "../workflow_scripts/resample_gt.py"
+
+
+rule normalise:
+    input:
+        image=f"{PRE}_{MNI}_desc-resampled_{{modality}}.nii.gz",
+        mask=f"{PRE}_{MNI}_desc-brain_mask.nii.gz",
+    output:
+        f"{PRE}_{MNI}_desc-preproc_{{modality}}.nii.gz",
+    log:
+        f"{LOGS}/normalise/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}_{{modality}}.log",
+    benchmark:
+        f"{BENCH}/normalise/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}_{{modality}}.tsv"
+    conda:
+        "../envs/imaging.yaml"
+    threads: 1
+    params:
+        clip_percentiles=PP["clip_percentiles"],
+    script:
+        "../workflow_scripts/normalise.py"
+
+
+rule qc:
+    input:
+        unpack(qc_gt),
+        t1w=f"{PRE}_{MNI}_desc-preproc_T1w.nii.gz",
+        t2w=f"{PRE}_{MNI}_desc-preproc_T2w.nii.gz",
+        flair=f"{PRE}_{MNI}_desc-preproc_FLAIR.nii.gz",
+        mask=f"{PRE}_{MNI}_desc-brain_mask.nii.gz",
+    output:
+        report(
+            f"{PRE}_{MNI}_qc.png",
+            category="Preprocessing QC",
+            subcategory="trial-{trial}",
+            labels={"visit": "sub-{sub} ses-{ses}"},
+        ),
+    log:
+        f"{LOGS}/qc/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.log",
+    benchmark:
+        f"{BENCH}/qc/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.tsv"
+    conda:
+        "../envs/imaging.yaml"
+    threads: 1
+    script:
+        "../workflow_scripts/qc.py"

@@ -1,0 +1,124 @@
+# Endpoint statistics (SPEC §9; Fig. 3d-g, Fig. 4, Table 4). Every analysis runs
+# on GT lesion volumes and on each prediction source, side by side.
+ST = config["stats"]
+
+
+rule tlv_long:
+    input:
+        visits=expand(
+            "results/metrics/{source}/trial-{{trial}}/visits.tsv",
+            source=config["sources"],
+        ),
+    output:
+        f"{STATS}/tlv_long.tsv",
+    log:
+        f"{LOGS}/tlv_long/trial-{{trial}}.log",
+    benchmark:
+        f"{BENCH}/tlv_long/trial-{{trial}}.tsv"
+    conda:
+        "../envs/stats.yaml"
+    threads: 1
+    params:
+        sources=config["sources"],
+    script:
+        "../workflow_scripts/tlv_long.py"
+
+
+rule change:
+    input:
+        long=f"{STATS}/tlv_long.tsv",
+        participants=bids_table("participants.tsv"),
+    output:
+        change=f"{STATS}/change.tsv",
+        summary=report(f"{STATS}/change_summary.tsv", category="Fig. 3d-g: TLV change"),
+        png=report(f"{STATS}/fig3_tlv_change.png", category="Fig. 3d-g: TLV change"),
+    log:
+        f"{LOGS}/change/trial-{{trial}}.log",
+    benchmark:
+        f"{BENCH}/change/trial-{{trial}}.tsv"
+    conda:
+        "../envs/stats.yaml"
+    threads: 1
+    params:
+        trial=trial_params,
+    script:
+        "../workflow_scripts/change.py"
+
+
+rule ancova:
+    input:
+        long=f"{STATS}/tlv_long.tsv",
+        participants=bids_table("participants.tsv"),
+    output:
+        coef=report(f"{STATS}/ancova.tsv", category="ANCOVA"),
+        anova=f"{STATS}/ancova_type2.tsv",
+        wide=report(f"{STATS}/ancova_arm_effect.tsv", category="ANCOVA"),
+    log:
+        f"{LOGS}/ancova/trial-{{trial}}.log",
+    benchmark:
+        f"{BENCH}/ancova/trial-{{trial}}.tsv"
+    conda:
+        "../envs/stats.yaml"
+    threads: 1
+    params:
+        trial=trial_params,
+        age_cutoff_years=ST["age_cutoff"],
+    script:
+        "../workflow_scripts/ancova.py"
+
+
+rule cox:
+    input:
+        long=f"{STATS}/tlv_long.tsv",
+        participants=bids_table("participants.tsv"),
+        outcomes=bids_table("phenotype/outcomes.tsv"),
+    output:
+        cox=f"{STATS}/cox.tsv",
+        table4=report(f"{STATS}/table4.tsv", category="Table 4: Cox models"),
+    log:
+        f"{LOGS}/cox/trial-{{trial}}.log",
+    benchmark:
+        f"{BENCH}/cox/trial-{{trial}}.tsv"
+    conda:
+        "../envs/stats.yaml"
+    threads: 1
+    params:
+        trial=trial_params,
+        endpoints=ST["endpoints"],
+        log_tlv_offset_ml=ST["log_tlv_offset_ml"],
+        edss_cutoff=ST["edss_cutoff"],
+    script:
+        "../workflow_scripts/cox.py"
+
+
+rule km:
+    input:
+        long=f"{STATS}/tlv_long.tsv",
+        participants=bids_table("participants.tsv"),
+        outcomes=bids_table("phenotype/outcomes.tsv"),
+    output:
+        tests=report(f"{STATS}/km_tests.tsv", category="Fig. 4: Kaplan-Meier"),
+        curves=f"{STATS}/km_curves.tsv",
+        pngs=report(
+            expand(
+                f"{STATS}/fig4_km_{{endpoint}}.png",
+                endpoint=ST["endpoints"],
+                allow_missing=True,
+            ),
+            category="Fig. 4: Kaplan-Meier",
+        ),
+    log:
+        f"{LOGS}/km/trial-{{trial}}.log",
+    benchmark:
+        f"{BENCH}/km/trial-{{trial}}.tsv"
+    conda:
+        "../envs/stats.yaml"
+    threads: 1
+    params:
+        trial=trial_params,
+        endpoints=ST["endpoints"],
+        png_template=lambda w: f"{STATS}/fig4_km_{{endpoint}}.png".replace(
+            "{trial}", w.trial
+        ),
+    script:
+        "../workflow_scripts/km.py"

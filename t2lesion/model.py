@@ -1,0 +1,771 @@
+"""Multi-arm 3-D U-Net with dense input and skip connectivity (Krishnan et al. 2023, Fig. 1).
+
+SPEC §4. Everything in the graph is ``keras.layers`` / ``keras.ops``, so the same code
+builds and trains on the TensorFlow, PyTorch and JAX backends. No ``tf.*`` here.
+
+Layout
+------
+Input ``(batch, z, y, x, 3)`` channels-last, axes (slices, rows, cols), channels
+``[T2w, FLAIR, T1w]`` (``ModelConfig.channel_order``). Voxels are 3 × 1 × 1 mm (z, y, x).
+
+The full model is literally ``decoder(encoder(x))``:
+
+* ``encoder`` (a sub-model named ``"encoder"``): the three arms (E1 all contrasts, E2
+  FLAIR, E3 T2w) with dense input connectivity, per-depth concat + 1×1×1 projection,
+  and dense skip connectivity. Outputs the four skip tensors ``[S1, S2, S3, S4]``
+  (finest first). Deterministic: no dropout.
+* ``decoder`` (a sub-model named ``"decoder"``): interpolation upsampling, decoder
+  shortcuts from all deeper decoder levels, residual refinement, dropout, and the
+  sigmoid deep-supervision heads. Outputs ``[P1, P2, P3]`` (finest first).
+
+``split_encoder_decoder(model, mc=True)`` returns the encoder and an MC-dropout copy of
+the decoder that *shares every weight* with the model (only the stateless dropout layers
+are new): dropout on, batch norm in inference mode (moving statistics). ``mc_predict``
+/ ``build_mc_predictor`` fuse "encoder once, decoder n times (batched)" into one graph.
+
+See docs/model.md for the design decisions, receptive field and parameter counts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+PKG = "t2lesion"
+
+Triple = tuple[int, int, int]
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture hyper-parameters. Defaults = the paper's model as interpreted in docs/model.md.
+
+    widths: feature channels per depth (finest first) of the skip/decoder path and of the
+        plain U-Net baseline ("the same number of filters at the various depths").
+    arms: encoder arms as (name, channel names). Single-arm ablation: ``(("all", (...)),)``.
+    arm_fractions: width of each arm as a fraction of ``widths``; the default (1/2, 1/4, 1/4)
+        makes the concatenated arm features at each depth exactly ``widths[d]`` wide.
+    strides: stride from depth d to d+1 (z, y, x); len = depth - 1.
+    block_kernels: per depth, the kernels of the two convs of each residual block.
+    down_kernel: kernel rule of the strided downsampling convs: ``"stride"`` (kernel = stride,
+        non-overlapping) or ``"stride+1"`` (kernel = stride + 1 on strided axes).
+    """
+
+    patch_size: Triple = (32, 96, 96)
+    spacing_mm: tuple[float, float, float] = (3.0, 1.0, 1.0)
+    channel_order: tuple[str, ...] = ("T2w", "FLAIR", "T1w")
+    widths: tuple[int, ...] = (32, 64, 128, 256)
+    arms: tuple[tuple[str, tuple[str, ...]], ...] = (
+        ("all", ("T2w", "FLAIR", "T1w")),
+        ("FLAIR", ("FLAIR",)),
+        ("T2w", ("T2w",)),
+    )
+    arm_fractions: tuple[float, ...] = (0.5, 0.25, 0.25)
+    strides: tuple[Triple, ...] = ((1, 2, 2), (1, 2, 2), (2, 2, 2))
+    block_kernels: tuple[tuple[Triple, Triple], ...] = (
+        ((1, 3, 3), (1, 3, 3)),
+        ((1, 3, 3), (3, 3, 3)),
+        ((1, 3, 3), (3, 3, 3)),
+        ((3, 3, 3), (3, 3, 3)),
+    )
+    down_kernel: str = "stride"
+    dense_input: bool = True
+    dense_skip: bool = True
+    decoder_shortcuts: bool = True
+    dropout_rate: float = 0.2
+    supervision_levels: int = 3
+    bn_momentum: float = 0.99
+    bn_epsilon: float = 1e-3
+    seed: int = 0
+
+    # -- derived -----------------------------------------------------------------
+    @property
+    def depth(self) -> int:
+        return len(self.widths)
+
+    def validate(self) -> "ModelConfig":
+        problems = []
+        d = self.depth
+        if d < 2:
+            problems.append(f"widths must have >= 2 entries, got {self.widths}")
+        if len(self.strides) != d - 1:
+            problems.append(f"strides needs {d - 1} entries (one per downsampling), got {len(self.strides)}")
+        if len(self.block_kernels) != d:
+            problems.append(f"block_kernels needs {d} entries (one per depth), got {len(self.block_kernels)}")
+        if len(self.arm_fractions) != len(self.arms):
+            problems.append("arm_fractions must have one entry per arm")
+        if self.down_kernel not in ("stride", "stride+1"):
+            problems.append(f"down_kernel must be 'stride' or 'stride+1', got {self.down_kernel!r}")
+        if not 0.0 <= self.dropout_rate < 1.0:
+            problems.append(f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
+        if not 1 <= self.supervision_levels <= d - 1:
+            problems.append(f"supervision_levels must be in [1, {d - 1}], got {self.supervision_levels}")
+        for _, chans in self.arms:
+            for c in chans:
+                if c not in self.channel_order:
+                    problems.append(f"arm channel {c!r} not in channel_order {self.channel_order}")
+        tot = self.total_strides()[-1]
+        for ax in range(3):
+            if self.patch_size[ax] % tot[ax]:
+                problems.append(
+                    f"patch_size {self.patch_size} axis {ax} is not divisible by the total stride {tot[ax]}"
+                )
+        if problems:
+            raise ValueError("invalid ModelConfig:\n  - " + "\n  - ".join(problems))
+        return self
+
+    def total_strides(self) -> list[Triple]:
+        """Cumulative stride (jump, in input voxels) at each depth, finest first."""
+        out = [(1, 1, 1)]
+        for s in self.strides:
+            out.append(tuple(int(a * b) for a, b in zip(out[-1], s)))
+        return out
+
+    def arm_widths(self, arm_index: int) -> list[int]:
+        f = self.arm_fractions[arm_index]
+        return [max(1, int(round(f * w))) for w in self.widths]
+
+    def to_dict(self) -> dict:
+        return _to_plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "ModelConfig":
+        """Build from a (YAML/JSON) mapping; unknown keys are an error, lists become tuples."""
+        d = dict(d or {})
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown model config keys: {unknown}")
+        return cls(**{k: _to_tuple(v) for k, v in d.items()}).validate()
+
+
+def _to_tuple(v):
+    if isinstance(v, (list, tuple)):
+        return tuple(_to_tuple(x) for x in v)
+    return v
+
+
+def _to_plain(v):
+    if isinstance(v, (list, tuple)):
+        return [_to_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _to_plain(x) for k, x in v.items()}
+    return v
+
+
+def _down_kernel(stride: Sequence[int], rule: str) -> Triple:
+    if rule == "stride":
+        return tuple(int(s) for s in stride)
+    return tuple(int(s) + 1 if s > 1 else 1 for s in stride)
+
+
+def _ratio(a: Sequence[int], b: Sequence[int]) -> Triple:
+    return tuple(int(x // y) for x, y in zip(a, b))
+
+
+# --------------------------------------------------------------------------- custom layers
+
+
+@keras.saving.register_keras_serializable(package=PKG)
+class ChannelSelect(layers.Layer):
+    """Pick input channels by index (static), e.g. FLAIR only for arm E2."""
+
+    def __init__(self, indices, **kwargs):
+        super().__init__(**kwargs)
+        self.indices = [int(i) for i in indices]
+
+    def call(self, x):
+        idx = self.indices
+        if idx == list(range(idx[0], idx[0] + len(idx))):
+            return x[..., idx[0] : idx[0] + len(idx)]
+        return ops.take(x, idx, axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (len(self.indices),)
+
+    def get_config(self):
+        return {**super().get_config(), "indices": self.indices}
+
+
+def _shift(x, axis: int, offset: int):
+    """x shifted by one along ``axis`` with edge replication: offset -1 -> x[i-1], +1 -> x[i+1]."""
+    n = x.shape[axis]
+    sl = [slice(None)] * len(x.shape)
+    if offset < 0:
+        sl_body = list(sl)
+        sl_body[axis] = slice(0, n - 1)
+        sl_edge = list(sl)
+        sl_edge[axis] = slice(0, 1)
+        return ops.concatenate([x[tuple(sl_edge)], x[tuple(sl_body)]], axis=axis)
+    sl_body = list(sl)
+    sl_body[axis] = slice(1, n)
+    sl_edge = list(sl)
+    sl_edge[axis] = slice(n - 1, n)
+    return ops.concatenate([x[tuple(sl_body)], x[tuple(sl_edge)]], axis=axis)
+
+
+def linear_upsample_axis(x, axis: int, factor: int):
+    """Linear interpolation by an integer factor along one spatial axis.
+
+    Half-pixel centres with edge clamping, i.e. identical to
+    ``torch.nn.functional.interpolate(mode="linear", align_corners=False)``. Pure keras.ops
+    (slices, weighted sums, stack + reshape), no host round-trip; needs a static size along
+    ``axis`` (the other dims may be dynamic).
+    """
+    if factor == 1:
+        return x
+    n = x.shape[axis]
+    if n is None:
+        raise ValueError("linear_upsample_axis needs a static size along the upsampled axis")
+    prev = _shift(x, axis, -1) if n > 1 else x
+    nxt = _shift(x, axis, +1) if n > 1 else x
+    phases = []
+    for r in range(factor):
+        delta = (2 * r + 1 - factor) / (2.0 * factor)
+        if delta < 0:
+            phases.append((1.0 + delta) * x + (-delta) * prev)
+        elif delta > 0:
+            phases.append((1.0 - delta) * x + delta * nxt)
+        else:
+            phases.append(x)
+    y = ops.stack(phases, axis=axis + 1)
+    shape = list(y.shape)
+    dyn = ops.shape(y)
+    new_shape = []
+    for i, s in enumerate(shape):
+        if i == axis:
+            new_shape.append(n * factor)
+        elif i == axis + 1:
+            continue
+        elif i == 0:
+            new_shape.append(-1)
+        else:
+            new_shape.append(s if s is not None else dyn[i])
+    return ops.reshape(y, new_shape)
+
+
+@keras.saving.register_keras_serializable(package=PKG)
+class LinearUpsample3D(layers.Layer):
+    """Trilinear upsampling by integer factors (z, y, x), channels-last, separable keras.ops."""
+
+    def __init__(self, factors, **kwargs):
+        super().__init__(**kwargs)
+        self.factors = tuple(int(f) for f in factors)
+
+    def call(self, x):
+        for ax, f in enumerate(self.factors):
+            x = linear_upsample_axis(x, ax + 1, f)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        out = list(input_shape)
+        for ax, f in enumerate(self.factors):
+            if out[ax + 1] is not None:
+                out[ax + 1] = out[ax + 1] * f
+        return tuple(out)
+
+    def get_config(self):
+        return {**super().get_config(), "factors": list(self.factors)}
+
+
+@keras.saving.register_keras_serializable(package=PKG)
+class MCDropout(layers.Layer):
+    """Dropout whose activity does not depend on batch-norm mode.
+
+    ``always_on=False``: ordinary dropout (active only when ``training=True``).
+    ``always_on=True``: active in every call, including ``training=False`` — the MC-dropout
+    decoder is built from this variant so batch norm stays in inference mode while dropout
+    samples. Both variants are stateless except for their seed generator.
+    """
+
+    def __init__(self, rate: float, always_on: bool = False, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.rate = float(rate)
+        self.always_on = bool(always_on)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.supports_masking = True
+
+    def call(self, x, training=None):
+        if self.rate <= 0.0:
+            return x
+        if self.always_on or training:
+            return keras.random.dropout(x, self.rate, seed=self.seed_generator)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate, "always_on": self.always_on, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package=PKG)
+class RepeatBatch(layers.Layer):
+    """(B, ...) -> (n*B, ...), sample-major: row s*B + b is sample s of window b."""
+
+    def __init__(self, n: int, **kwargs):
+        super().__init__(**kwargs)
+        self.n = int(n)
+
+    def call(self, x):
+        return ops.concatenate([x] * self.n, axis=0) if self.n > 1 else x
+
+    def compute_output_shape(self, input_shape):
+        b = input_shape[0]
+        return (None if b is None else b * self.n,) + tuple(input_shape[1:])
+
+    def get_config(self):
+        return {**super().get_config(), "n": self.n}
+
+
+@keras.saving.register_keras_serializable(package=PKG)
+class MCReduce(layers.Layer):
+    """(n*B, z, y, x, 1) sample-major -> per-window statistics over the n MC samples.
+
+    mode "samples": (B, n, z, y, x, 1).
+    mode "moments": (B, z, y, x, 3) = [mean p, mean p², mean binary entropy H(p) (nats)] —
+    the sufficient statistics to pool folds and derive mean, SD, predictive entropy and
+    mutual information (SPEC §7) without shipping every sample to the host.
+    """
+
+    def __init__(self, n: int, mode: str = "moments", **kwargs):
+        super().__init__(**kwargs)
+        if mode not in ("samples", "moments"):
+            raise ValueError(f"mode must be 'samples' or 'moments', got {mode!r}")
+        self.n = int(n)
+        self.mode = mode
+
+    def call(self, p):
+        shape = tuple(p.shape[1:])
+        s = ops.reshape(p, (self.n, -1) + shape)  # (n, B, ...)
+        if self.mode == "samples":
+            return ops.moveaxis(s, 0, 1)
+        s = ops.cast(s, "float32")
+        eps = 1e-7
+        pc = ops.clip(s, eps, 1.0 - eps)
+        ent = -(pc * ops.log(pc) + (1.0 - pc) * ops.log(1.0 - pc))
+        return ops.concatenate(
+            [ops.mean(s, axis=0), ops.mean(ops.square(s), axis=0), ops.mean(ent, axis=0)], axis=-1
+        )
+
+    def compute_output_shape(self, input_shape):
+        b = input_shape[0]
+        b = None if b is None else b // self.n
+        if self.mode == "samples":
+            return (b, self.n) + tuple(input_shape[1:])
+        return (b,) + tuple(input_shape[1:-1]) + (3 * input_shape[-1],)
+
+    def get_config(self):
+        return {**super().get_config(), "n": self.n, "mode": self.mode}
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+class _Namer:
+    def __init__(self):
+        self.used: set[str] = set()
+
+    def __call__(self, name: str) -> str:
+        if name in self.used:
+            raise RuntimeError(f"duplicate layer name {name}")
+        self.used.add(name)
+        return name
+
+
+def _bn(cfg: ModelConfig, name: str):
+    return layers.BatchNormalization(momentum=cfg.bn_momentum, epsilon=cfg.bn_epsilon, name=name)
+
+
+def _conv(width, kernel, name, strides=(1, 1, 1), use_bias=False):
+    return layers.Conv3D(
+        width,
+        tuple(kernel),
+        strides=tuple(strides),
+        padding="same",
+        use_bias=use_bias,
+        kernel_initializer="he_normal",
+        name=name,
+    )
+
+
+def residual_block(x, width: int, kernels, cfg: ModelConfig, name: str):
+    """conv(k1)-BN-ReLU-conv(k2)-BN + shortcut (1×1×1 conv + BN if the width changes), ReLU."""
+    shortcut = x
+    if x.shape[-1] != width:
+        shortcut = _conv(width, (1, 1, 1), f"{name}_short")(x)
+        shortcut = _bn(cfg, f"{name}_short_bn")(shortcut)
+    h = _conv(width, kernels[0], f"{name}_conv1")(x)
+    h = _bn(cfg, f"{name}_bn1")(h)
+    h = layers.ReLU(name=f"{name}_relu1")(h)
+    h = _conv(width, kernels[1], f"{name}_conv2")(h)
+    h = _bn(cfg, f"{name}_bn2")(h)
+    h = layers.Add(name=f"{name}_add")([h, shortcut])
+    return layers.ReLU(name=f"{name}_relu2")(h)
+
+
+def _sum(xs, name):
+    return xs[0] if len(xs) == 1 else layers.Add(name=name)(xs)
+
+
+def _downsample(x, width, src, dst, cfg: ModelConfig, name):
+    tot = cfg.total_strides()
+    stride = _ratio(tot[dst], tot[src])
+    return _conv(width, _down_kernel(stride, cfg.down_kernel), name, strides=stride)(x)
+
+
+def _upsample(x, width, src, dst, cfg: ModelConfig, name):
+    """1×1×1 conv to the target width (at the coarse resolution: cheap), then trilinear."""
+    tot = cfg.total_strides()
+    h = _conv(width, (1, 1, 1), f"{name}_conv")(x)
+    return LinearUpsample3D(_ratio(tot[src], tot[dst]), name=f"{name}_interp")(h)
+
+
+def _head(x, name):
+    h = layers.Conv3D(1, 1, padding="same", name=f"{name}_conv")(x)
+    return layers.Activation("sigmoid", dtype="float32", name=name)(h)
+
+
+# --------------------------------------------------------------------------- multi-arm U-Net
+
+
+def build_multiarm_encoder(cfg: ModelConfig) -> keras.Model:
+    """x (B, z, y, x, C) -> [S1, ..., S_depth] dense skip features (finest first)."""
+    cfg.validate()
+    D = cfg.depth
+    x = keras.Input(shape=tuple(cfg.patch_size) + (len(cfg.channel_order),), name="image")
+    arm_feats: list[list] = []
+    for ai, (arm_name, chans) in enumerate(cfg.arms):
+        widths = cfg.arm_widths(ai)
+        idx = [cfg.channel_order.index(c) for c in chans]
+        h = ChannelSelect(idx, name=f"e{ai + 1}_{arm_name}_select")(x)
+        feats = []
+        for d in range(D):
+            tag = f"e{ai + 1}_d{d + 1}"
+            if d > 0:
+                srcs = range(d) if cfg.dense_input else [d - 1]
+                ins = [_downsample(feats[a], widths[d], a, d, cfg, f"{tag}_down_from{a + 1}") for a in srcs]
+                h = _sum(ins, f"{tag}_in_sum")
+                h = _bn(cfg, f"{tag}_in_bn")(h)
+                h = layers.ReLU(name=f"{tag}_in_relu")(h)
+            h = residual_block(h, widths[d], cfg.block_kernels[d], cfg, f"{tag}_block")
+            feats.append(h)
+        arm_feats.append(feats)
+
+    # per-depth concat of the arms + 1x1x1 projection
+    proj = []
+    for d in range(D):
+        parts = [f[d] for f in arm_feats]
+        h = layers.Concatenate(name=f"skip_d{d + 1}_concat")(parts) if len(parts) > 1 else parts[0]
+        h = _conv(cfg.widths[d], (1, 1, 1), f"skip_d{d + 1}_proj")(h)
+        h = _bn(cfg, f"skip_d{d + 1}_proj_bn")(h)
+        proj.append(layers.ReLU(name=f"skip_d{d + 1}_proj_relu")(h))
+
+    # dense skip connectivity: S_d = sum over all depths a of P_a resampled to depth d
+    skips = []
+    for d in range(D):
+        terms = []
+        srcs = range(D) if cfg.dense_skip else [d]
+        for a in srcs:
+            if a == d:
+                terms.append(proj[a])
+            elif a < d:
+                terms.append(_downsample(proj[a], cfg.widths[d], a, d, cfg, f"skip_d{d + 1}_from{a + 1}"))
+            else:
+                terms.append(_upsample(proj[a], cfg.widths[d], a, d, cfg, f"skip_d{d + 1}_from{a + 1}"))
+        skips.append(_sum(terms, f"skip_d{d + 1}_sum"))
+    return keras.Model(x, skips, name="encoder")
+
+
+def build_multiarm_decoder(cfg: ModelConfig) -> keras.Model:
+    """[S1, ..., S_depth] -> [P1, ..., P_L] sigmoid lesion probabilities, finest first."""
+    cfg.validate()
+    D = cfg.depth
+    tot = cfg.total_strides()
+    ins = [
+        keras.Input(shape=tuple(p // s for p, s in zip(cfg.patch_size, tot[d])) + (cfg.widths[d],), name=f"skip{d + 1}")
+        for d in range(D)
+    ]
+    g: dict[int, object] = {}
+    g[D - 1] = MCDropout(cfg.dropout_rate, seed=cfg.seed + D, name=f"dec_d{D}_dropout")(ins[D - 1])
+    for d in range(D - 2, -1, -1):
+        srcs = range(d + 1, D) if cfg.decoder_shortcuts else [d + 1]
+        ups = [_upsample(g[b], cfg.widths[d], b, d, cfg, f"dec_d{d + 1}_up_from{b + 1}") for b in srcs]
+        u = _sum(ups, f"dec_d{d + 1}_up_sum")
+        h = layers.Concatenate(name=f"dec_d{d + 1}_concat")([u, ins[d]])
+        h = residual_block(h, cfg.widths[d], cfg.block_kernels[d], cfg, f"dec_d{d + 1}_block")
+        g[d] = MCDropout(cfg.dropout_rate, seed=cfg.seed + d + 1, name=f"dec_d{d + 1}_dropout")(h)
+    outs = [_head(g[d], f"prob_d{d + 1}") for d in range(cfg.supervision_levels)]
+    return keras.Model(ins, outs, name="decoder")
+
+
+def _compose(encoder: keras.Model, decoder: keras.Model, cfg: ModelConfig, name: str) -> keras.Model:
+    x = keras.Input(shape=tuple(cfg.patch_size) + (len(cfg.channel_order),), name="image")
+    outs = decoder(encoder(x))
+    return keras.Model(x, outs, name=name)
+
+
+def build_multiarm_unet(cfg: ModelConfig | None = None) -> keras.Model:
+    """The paper's network: ``x -> [P1, P2, P3]`` (finest first), ``decoder(encoder(x))``."""
+    cfg = (cfg or ModelConfig()).validate()
+    keras.utils.set_random_seed(cfg.seed)
+    return _compose(build_multiarm_encoder(cfg), build_multiarm_decoder(cfg), cfg, "multiarm_unet")
+
+
+# --------------------------------------------------------------------------- plain U-Net baseline
+
+
+def _conv_bn_relu(x, width, kernel, cfg, name, strides=(1, 1, 1)):
+    h = _conv(width, kernel, f"{name}_conv", strides=strides)(x)
+    h = _bn(cfg, f"{name}_bn")(h)
+    return layers.ReLU(name=f"{name}_relu")(h)
+
+
+def build_plain_encoder(cfg: ModelConfig) -> keras.Model:
+    """Single-arm 3-D U-Net encoder (Çiçek et al. 2016 style): two 3×3×3 conv-BN-ReLU per depth,
+    strided 3×3×3 conv downsampling; outputs the plain skips [E1, ..., E_depth]."""
+    cfg.validate()
+    x = keras.Input(shape=tuple(cfg.patch_size) + (len(cfg.channel_order),), name="image")
+    h, feats = x, []
+    for d in range(cfg.depth):
+        if d > 0:
+            k = tuple(3 if s > 1 else 1 for s in cfg.strides[d - 1])
+            h = _conv_bn_relu(h, cfg.widths[d], k, cfg, f"e_d{d + 1}_down", strides=cfg.strides[d - 1])
+        h = _conv_bn_relu(h, cfg.widths[d], (3, 3, 3), cfg, f"e_d{d + 1}_c1")
+        h = _conv_bn_relu(h, cfg.widths[d], (3, 3, 3), cfg, f"e_d{d + 1}_c2")
+        feats.append(h)
+    return keras.Model(x, feats, name="encoder")
+
+
+def build_plain_decoder(cfg: ModelConfig) -> keras.Model:
+    """Transposed-conv upsampling, concat skip, two 3×3×3 conv-BN-ReLU, dropout, heads."""
+    cfg.validate()
+    D = cfg.depth
+    tot = cfg.total_strides()
+    ins = [
+        keras.Input(shape=tuple(p // s for p, s in zip(cfg.patch_size, tot[d])) + (cfg.widths[d],), name=f"skip{d + 1}")
+        for d in range(D)
+    ]
+    g = {D - 1: MCDropout(cfg.dropout_rate, seed=cfg.seed + D, name=f"dec_d{D}_dropout")(ins[D - 1])}
+    for d in range(D - 2, -1, -1):
+        s = cfg.strides[d]
+        u = layers.Conv3DTranspose(cfg.widths[d], s, strides=s, padding="same", name=f"dec_d{d + 1}_upconv")(g[d + 1])
+        h = layers.Concatenate(name=f"dec_d{d + 1}_concat")([u, ins[d]])
+        h = _conv_bn_relu(h, cfg.widths[d], (3, 3, 3), cfg, f"dec_d{d + 1}_c1")
+        h = _conv_bn_relu(h, cfg.widths[d], (3, 3, 3), cfg, f"dec_d{d + 1}_c2")
+        g[d] = MCDropout(cfg.dropout_rate, seed=cfg.seed + d + 1, name=f"dec_d{d + 1}_dropout")(h)
+    outs = [_head(g[d], f"prob_d{d + 1}") for d in range(cfg.supervision_levels)]
+    return keras.Model(ins, outs, name="decoder")
+
+
+def build_plain_unet(cfg: ModelConfig | None = None) -> keras.Model:
+    """Plain 3-D U-Net with the same widths/strides/heads/dropout (ablation baseline)."""
+    cfg = (cfg or ModelConfig()).validate()
+    keras.utils.set_random_seed(cfg.seed)
+    return _compose(build_plain_encoder(cfg), build_plain_decoder(cfg), cfg, "plain_unet")
+
+
+def build_model(cfg: ModelConfig | None = None, kind: str = "multiarm") -> keras.Model:
+    if kind == "multiarm":
+        return build_multiarm_unet(cfg)
+    if kind == "plain":
+        return build_plain_unet(cfg)
+    raise ValueError(f"unknown model kind {kind!r} (use 'multiarm' or 'plain')")
+
+
+# --------------------------------------------------------------------------- split / MC dropout
+
+
+def make_mc_decoder(decoder: keras.Model, rate: float | None = None, seed: int = 0) -> keras.Model:
+    """A copy of ``decoder``'s graph that reuses every layer (so every weight) of ``decoder``
+    except the dropout layers, which become always-on ``MCDropout`` (new seed generators).
+
+    Call it with ``training=False`` (the default): batch norm then uses its moving statistics
+    while dropout still samples. ``rate`` overrides the dropout rate (e.g. 0 for a check).
+    """
+    counter = [0]
+
+    def clone(layer):
+        if isinstance(layer, (MCDropout, layers.Dropout)):
+            counter[0] += 1
+            r = layer.rate if rate is None else rate
+            return MCDropout(r, always_on=True, seed=seed + counter[0], name=f"{layer.name}_mc")
+        return layer
+
+    mc = keras.models.clone_model(decoder, clone_function=clone)
+    mc.name = f"{decoder.name}_mc"
+    return mc
+
+
+def split_encoder_decoder(model: keras.Model, mc: bool = False, rate: float | None = None, seed: int = 0):
+    """``(encoder, decoder)`` sub-models sharing weights with ``model``.
+
+    ``mc=False``: the model's own decoder (dropout only with ``training=True``).
+    ``mc=True``: an MC-dropout decoder (``make_mc_decoder``): dropout on, BN in inference mode.
+    """
+    encoder = model.get_layer("encoder")
+    decoder = model.get_layer("decoder")
+    if mc:
+        decoder = make_mc_decoder(decoder, rate=rate, seed=seed)
+    return encoder, decoder
+
+
+def set_mc_seed(decoder: keras.Model, seed: int) -> None:
+    """Reset the seed generators of the always-on dropout layers (reproducible MC draws)."""
+    k = 0
+    for layer in decoder.layers:
+        if isinstance(layer, MCDropout):
+            k += 1
+            layer.seed_generator.state.assign(np.array([int(seed) * 1009 + k, 0], dtype="uint32"))
+
+
+def _is_mc(decoder: keras.Model) -> bool:
+    return any(isinstance(l, MCDropout) and l.always_on for l in decoder.layers)
+
+
+def build_mc_predictor(encoder: keras.Model, decoder: keras.Model, n_samples: int, mode: str = "moments",
+                       level: int = 0) -> keras.Model:
+    """One graph: encoder once per window, MC decoder on the n-fold repeated features (one batch).
+
+    ``decoder`` must be an MC decoder (``make_mc_decoder``); a training decoder is converted.
+    Output: see ``MCReduce`` (``mode``) for the supervision head ``level`` (0 = finest).
+    """
+    if not _is_mc(decoder):
+        decoder = make_mc_decoder(decoder)
+    x = keras.Input(shape=tuple(encoder.input.shape[1:]), name="image")
+    feats = encoder(x)
+    feats = [RepeatBatch(n_samples, name=f"mc_repeat{i + 1}")(f) for i, f in enumerate(feats)]
+    probs = decoder(feats)
+    out = MCReduce(n_samples, mode=mode, name=f"mc_{mode}")(probs[level])
+    return keras.Model(x, out, name=f"mc_predictor_n{n_samples}")
+
+
+def mc_predict(encoder: keras.Model, decoder: keras.Model, x, n_samples: int = 10, seed: int = 0,
+               mode: str = "samples", level: int = 0) -> np.ndarray:
+    """MC-dropout prediction for a batch of windows ``x`` (B, z, y, x, C).
+
+    Runs the encoder once per window and the (MC) decoder on the n-fold repeated features in
+    a single batched graph call. ``mode="samples"`` -> (B, n, z, y, x, 1); ``"moments"`` ->
+    (B, z, y, x, 3) = [mean p, mean p², mean H(p)]. For repeated calls build the predictor once
+    with ``build_mc_predictor`` and use ``predict_on_batch`` directly (this helper rebuilds it).
+    """
+    if not _is_mc(decoder):
+        decoder = make_mc_decoder(decoder, seed=seed)
+    pred = build_mc_predictor(encoder, decoder, n_samples, mode=mode, level=level)
+    set_mc_seed(decoder, seed)
+    return np.asarray(pred.predict_on_batch(np.asarray(x, dtype="float32")))
+
+
+# --------------------------------------------------------------------------- analysis helpers
+
+
+def count_params(model: keras.Model) -> int:
+    return int(sum(int(np.prod(w.shape)) for w in model.weights if "seed_generator" not in w.path))
+
+
+def _block_growth(kernels, jump) -> np.ndarray:
+    return np.array([sum((k[ax] - 1) for k in kernels) * jump[ax] for ax in range(3)])
+
+
+def receptive_field(cfg: ModelConfig | None = None, kind: str = "multiarm") -> dict:
+    """Theoretical receptive field of each supervision head, per axis, in voxels and mm.
+
+    Longest path through the network graph: a conv of kernel k at input jump j adds (k-1)·j
+    voxels; a strided conv of kernel k adds (k-1)·j_in; linear interpolation from a level of
+    jump J adds J on upsampled axes (two coarse neighbours); a transposed conv with
+    kernel = stride adds 0; 1×1×1 convs, sums and concatenations add 0.
+    Returns ``{"voxels": [[z, y, x] per head], "mm": [[z, y, x] per head], "finest_mm": [z, y, x]}``.
+    """
+    cfg = (cfg or ModelConfig()).validate()
+    D = cfg.depth
+    J = [np.array(t) for t in cfg.total_strides()]
+    sp = np.array(cfg.spacing_mm, dtype=float)
+    if kind == "multiarm":
+        enc = []
+        for d in range(D):
+            if d == 0:
+                r = np.ones(3, dtype=int)
+            else:
+                srcs = range(d) if cfg.dense_input else [d - 1]
+                r = np.max(
+                    [
+                        enc[a] + (np.array(_down_kernel(_ratio(J[d], J[a]), cfg.down_kernel)) - 1) * J[a]
+                        for a in srcs
+                    ],
+                    axis=0,
+                )
+            enc.append(r + _block_growth(cfg.block_kernels[d], J[d]))
+        skip = []
+        for d in range(D):
+            srcs = range(D) if cfg.dense_skip else [d]
+            cands = []
+            for a in srcs:
+                if a == d:
+                    cands.append(enc[a])
+                elif a < d:
+                    cands.append(enc[a] + (np.array(_down_kernel(_ratio(J[d], J[a]), cfg.down_kernel)) - 1) * J[a])
+                else:
+                    cands.append(enc[a] + J[a] * (np.array(_ratio(J[a], J[d])) > 1))
+            skip.append(np.max(cands, axis=0))
+        dec = {D - 1: skip[D - 1]}
+        for d in range(D - 2, -1, -1):
+            srcs = range(d + 1, D) if cfg.decoder_shortcuts else [d + 1]
+            ups = [dec[b] + J[b] * (np.array(_ratio(J[b], J[d])) > 1) for b in srcs]
+            dec[d] = np.max(ups + [skip[d]], axis=0) + _block_growth(cfg.block_kernels[d], J[d])
+    elif kind == "plain":
+        enc = []
+        for d in range(D):
+            r = np.ones(3, dtype=int) if d == 0 else enc[-1] + (np.array([3 if s > 1 else 1 for s in cfg.strides[d - 1]]) - 1) * J[d - 1]
+            enc.append(r + 4 * J[d])
+        dec = {D - 1: enc[D - 1]}
+        for d in range(D - 2, -1, -1):
+            dec[d] = np.maximum(dec[d + 1], enc[d]) + 4 * J[d]
+    else:
+        raise ValueError(f"unknown model kind {kind!r}")
+    vox = [dec[d].astype(int).tolist() for d in range(cfg.supervision_levels)]
+    mm = [(dec[d] * sp).tolist() for d in range(cfg.supervision_levels)]
+    return {"voxels": vox, "mm": mm, "finest_mm": mm[0]}
+
+
+def output_shapes(cfg: ModelConfig | None = None) -> list[tuple[int, int, int, int]]:
+    """(z, y, x, 1) of each supervision head, finest first, for ``cfg.patch_size``."""
+    cfg = (cfg or ModelConfig()).validate()
+    tot = cfg.total_strides()
+    return [tuple(p // s for p, s in zip(cfg.patch_size, tot[d])) + (1,) for d in range(cfg.supervision_levels)]
+
+
+def with_overrides(cfg: ModelConfig, **kw) -> ModelConfig:
+    return dataclasses.replace(cfg, **kw).validate()
+
+
+__all__ = [
+    "ModelConfig",
+    "build_model",
+    "build_multiarm_unet",
+    "build_multiarm_encoder",
+    "build_multiarm_decoder",
+    "build_plain_unet",
+    "make_mc_decoder",
+    "split_encoder_decoder",
+    "set_mc_seed",
+    "build_mc_predictor",
+    "mc_predict",
+    "count_params",
+    "receptive_field",
+    "output_shapes",
+    "with_overrides",
+    "MCDropout",
+    "LinearUpsample3D",
+    "ChannelSelect",
+    "RepeatBatch",
+    "MCReduce",
+]

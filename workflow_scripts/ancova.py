@@ -1,0 +1,10 @@
+"""ANCOVA of percent TLV change per follow-up week (rule ancova)."""
+
+from t2lesion.logs import rule_log
+from t2lesion.stats import run_ancova
+
+with rule_log(snakemake.log[0], snakemake.threads):
+    i, o, p = snakemake.input, snakemake.output, snakemake.params
+    run_ancova(
+        i.long, i.participants, o.coef, o.anova, **p.trial, age_cutoff_years=p.age_cutoff_years, out_wide_tsv=o.wide
+    )
