@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import platform
 import sys
 import time
@@ -122,6 +123,16 @@ def naive_evaluate(gt, pred, connectivity=18, min_size=3, overlap=0.10, fp_overl
     }
 
 
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _best(fn, repeats):
     times = []
     for _ in range(repeats):
@@ -139,7 +150,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     gt, pred = make_visit(n_lesions=args.lesions, seed=args.seed)
-    print(f"machine: {platform.machine()} {platform.processor() or ''}, python {platform.python_version()}, "
+    print(f"machine: {_cpu()}, {os.cpu_count()} CPUs, python {platform.python_version()}, "
           f"numpy {np.__version__}; visit {gt.shape} (z, y, x), "
           f"{gt.sum()} GT / {pred.sum()} predicted lesion voxels")
 

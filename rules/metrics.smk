@@ -6,6 +6,9 @@ METRIC_PARAMS = {
     "connectivity": MET["connectivity"],
     "min_size": MET["min_lesion_voxels"],
     "overlap": MET["overlap"],
+    "fp_overlap": MET["fp_overlap"],
+    "clean_voxel_metrics": MET["clean_voxel_metrics"],
+    "size_groups": [tuple(g) for g in MET["size_groups"]],
 }
 
 
@@ -83,5 +86,6 @@ rule metrics_dataset:
     threads: 1
     params:
         size_groups=MET["size_groups"],
+        isbi_score=MET["isbi_score"],
     script:
         "../workflow_scripts/metrics_dataset.py"

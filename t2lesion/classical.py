@@ -66,12 +66,14 @@ def _check(z_threshold, t1_max_z, min_size, connectivity) -> None:
         raise InputError(problems, header="classical segmenter parameters:")
 
 
-def segment(flair, t1w, brain_mask, z_threshold: float = 3.0, t1_max_z: float = 0.5,
-            min_size: int = 3, connectivity: int = 18) -> np.ndarray:
+def segment(flair, t1w, brain_mask, z_threshold: float = SEGMENT_DEFAULTS["z_threshold"],
+            t1_max_z: float = SEGMENT_DEFAULTS["t1_max_z"], min_size: int = SEGMENT_DEFAULTS["min_size"],
+            connectivity: int = SEGMENT_DEFAULTS["connectivity"]) -> np.ndarray:
     """Boolean lesion mask from normalised FLAIR and T1w (z, y, x) arrays and a brain mask.
 
     See the module docstring for the rule. All three arrays must share one shape.
     """
+    _check(z_threshold, t1_max_z, min_size, connectivity)
     flair, t1w = np.asarray(flair), np.asarray(t1w)
     brain = np.asarray(brain_mask) != 0
     if not flair.shape == t1w.shape == brain.shape or flair.ndim != 3:
@@ -81,7 +83,6 @@ def segment(flair, t1w, brain_mask, z_threshold: float = 3.0, t1_max_z: float = 
 
 
 def _threshold(z_flair, z_t1w, brain, z_threshold, t1_max_z, min_size, connectivity) -> np.ndarray:
-    _check(z_threshold, t1_max_z, min_size, connectivity)
     cand = brain & (z_flair > z_threshold) & (z_t1w <= t1_max_z)
     return cc3d.dust(cand, threshold=min_size, connectivity=connectivity) != 0
 
@@ -95,6 +96,12 @@ def run_segment(flair_path, t1w_path, brain_mask_path, out_mask_path, **params) 
     written under a temporary name and renamed, so no partial file is left. Returns
     ``{"lesion_voxels", "lesion_ml"}``.
     """
+    unknown = set(params) - set(SEGMENT_DEFAULTS)
+    if unknown:
+        raise InputError(f"classical segmenter: unknown parameters {sorted(unknown)}; "
+                         f"known: {sorted(SEGMENT_DEFAULTS)}")
+    params = {**SEGMENT_DEFAULTS, **params}
+    _check(**params)
     flair, fimg = io.read_array(flair_path)
     t1w, timg = io.read_array(t1w_path)
     brain, bimg = io.read_array(brain_mask_path)
@@ -111,10 +118,6 @@ def run_segment(flair_path, t1w_path, brain_mask_path, out_mask_path, **params) 
             z.append(robust_z(arr, brain))
         except ValueError as exc:
             raise InputError(f"{path}: {exc}") from None
-    params = {**SEGMENT_DEFAULTS, **params}
-    unknown = set(params) - set(SEGMENT_DEFAULTS)
-    if unknown:
-        raise InputError(f"classical segmenter: unknown parameters {sorted(unknown)}; known: {sorted(SEGMENT_DEFAULTS)}")
     mask = _threshold(z[0], z[1], brain, **params)
     out = Path(out_mask_path)
     tmp = out.with_name(".part-" + out.name)

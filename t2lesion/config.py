@@ -50,12 +50,10 @@ class Trial:
 
 def synthetic_visits(params: dict, arms: list[str]) -> list[Visit]:
     """Visits a synthetic trial will have, derived from its parameters alone."""
-    from t2lesion.cohort import _ids
-    from t2lesion.synth import SynthParams
+    from t2lesion.synth import SynthParams, expected_visits
 
     sp = SynthParams.from_dict({**params, "arms": list(arms)})
-    subjects = [pid[len("sub-") :] for pid in _ids(sp.subjects_per_arm * len(arms))]
-    return [Visit(sub, session_label(week)) for sub in subjects for week in sorted(sp.weeks)]
+    return [Visit(sub, ses) for sub, ses in expected_visits(sp)]
 
 
 def trials_from_config(config: dict) -> dict[str, Trial]:

@@ -20,8 +20,8 @@ TLC            number of lesions (see "Lesions" below)                  never
 LTPR           detected GT lesions / GT lesions                         no GT lesion
 LPPV           true-positive predicted lesions / predicted lesions      no predicted lesion
 LFPR           false-positive predicted lesions / predicted lesions     no predicted lesion
-lesion DC      per lesion L of one mask against the other mask M:       never
-               2|L∩M| / (|L| + Σ sizes of M's lesions touching L)
+lesion DC      per lesion L of one mask against the other cleaned       never
+               mask M: 2|L∩M| / (|L| + Σ sizes of M's lesions touching L)
 =============  =======================================================  ==========================
 
 Lesions: connected components with ``connectivity`` (default **18**, paper
@@ -44,13 +44,15 @@ at least one voxel").
   LFPR = 1 − LPPV exactly.
 
 The ISBI-2015 challenge (Carass et al., NeuroImage 148:77–102, 2017) counts any
-shared voxel: ``overlap=0, fp_overlap=0`` reproduces its LTPR and LFPR (LFPR =
-predicted lesions sharing no voxel with GT / predicted lesions). The paper's
-Table 2 has mean LPPV + LFPR > 1, which no single rule can give (per visit
-LPPV + LFPR = 1 + share of predicted lesions with covered fraction in
-[``overlap``, ``fp_overlap``)), so its two rules differed; which pair it used is
-not stated. Interpretation, change with config ``metrics.overlap`` /
-``metrics.fp_overlap``.
+shared voxel: ``overlap=0, fp_overlap=0`` is its matching rule (LTPR = GT
+lesions sharing a voxel with the prediction / GT lesions; LFPR = predicted
+lesions sharing no voxel with GT / predicted lesions). With one rule LPPV +
+LFPR = 1 on every visit (both are NaN on the same visits), yet the paper's
+Table 2 has mean LPPV + LFPR > 1, so its two rules differed; which pair it used
+is not stated. With ``fp_overlap`` > ``overlap`` a predicted lesion whose
+covered fraction lies in [``overlap``, ``fp_overlap``) counts as both, and
+LPPV + LFPR exceeds 1 by their share. Interpretation: change with config
+``metrics.overlap`` / ``metrics.fp_overlap``.
 
 Empty masks: nothing divides by zero; undefined ratios are NaN (table above),
 are excluded from dataset means and counted in ``n_nan``. For example an empty
@@ -70,6 +72,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import cc3d
 import numpy as np
@@ -84,15 +87,11 @@ log = logging.getLogger(__name__)
 CONNECTIVITIES = (6, 18, 26)
 DEFAULT_SIZE_GROUPS: tuple[tuple[int, int | None], ...] = ((3, 10), (11, 50), (51, 100), (101, None))
 
-#: Defaults of every keyword parameter of :func:`evaluate_visit` / :func:`run_visit`.
-VISIT_DEFAULTS = {
-    "connectivity": 18,
-    "min_size": 3,
-    "overlap": 0.10,
-    "fp_overlap": None,
-    "size_groups": DEFAULT_SIZE_GROUPS,
-    "clean_voxel_metrics": False,
-}
+# Paper defaults (Methods, "Evaluation metrics"); config keys metrics.connectivity,
+# metrics.min_size, metrics.overlap.
+CONNECTIVITY = 18
+MIN_SIZE = 3
+OVERLAP = 0.10
 
 #: File names written by :func:`run_dataset` inside its output folder.
 DATASET_OUTPUTS = {
@@ -207,6 +206,13 @@ def _as_mask(a, name: str) -> np.ndarray:
     return a if a.dtype == bool else a != 0
 
 
+def _mask_pair(gt, pred) -> tuple[np.ndarray, np.ndarray]:
+    g, p = _as_mask(gt, "gt"), _as_mask(pred, "pred")
+    if g.shape != p.shape:
+        raise ValueError(f"gt and pred shapes differ: {g.shape} vs {p.shape}")
+    return g, p
+
+
 def _ratio(num: float, den: float) -> float:
     return float(num) / float(den) if den > 0 else math.nan
 
@@ -217,9 +223,7 @@ def voxel_metrics(gt, pred, voxel_ml: float) -> dict:
     Non-zero voxels are lesion. Undefined ratios are NaN (module table). Keys:
     ``gt_voxels, pred_voxels, tp_voxels, dc, ppv, tpr, avd, gt_tlv_ml, pred_tlv_ml``.
     """
-    g, p = _as_mask(gt, "gt"), _as_mask(pred, "pred")
-    if g.shape != p.shape:
-        raise ValueError(f"gt and pred shapes differ: {g.shape} vs {p.shape}")
+    g, p = _mask_pair(gt, pred)
     ng, npred = int(np.count_nonzero(g)), int(np.count_nonzero(p))
     tp = int(np.count_nonzero(g & p))
     return {
@@ -235,7 +239,8 @@ def voxel_metrics(gt, pred, voxel_ml: float) -> dict:
     }
 
 
-def label_lesions(mask, connectivity: int = 18, min_size: int = 3) -> tuple[np.ndarray, np.ndarray]:
+def label_lesions(mask, connectivity: int = CONNECTIVITY,
+                  min_size: int = MIN_SIZE) -> tuple[np.ndarray, np.ndarray]:
     """Connected lesions of a binary mask, components of fewer than ``min_size`` voxels dropped.
 
     Returns ``(labels, sizes)``: a uint32 array with 0 for background and lesions
@@ -243,34 +248,51 @@ def label_lesions(mask, connectivity: int = 18, min_size: int = 3) -> tuple[np.n
     of lesion k. ``connectivity`` is 6 (faces), 18 (faces + edges) or 26 (+ corners).
     """
     _check_params(connectivity, min_size, 0.0, None)
-    m = _as_mask(mask, "mask")
+    les = _label(_as_mask(mask, "mask"), connectivity, min_size)
+    return les.labels, les.sizes
+
+
+class _Lesions(NamedTuple):
+    labels: np.ndarray  # uint32 label volume, 0 = background
+    sizes: np.ndarray  # voxels of lesion k at [k - 1]
+    idx: np.ndarray  # flat indices of all lesion voxels
+    lab: np.ndarray  # their labels
+
+
+def _label(m: np.ndarray, connectivity: int, min_size: int) -> _Lesions:
+    if connectivity == 26 and 1 in m.shape:
+        # With a singleton axis no two voxels can differ in all three coordinates, so 26 ≡ 18;
+        # and cc3d 4.1.1 raises "maximum length exception" for 26 on (1, 1, n)-like arrays.
+        connectivity = 18
+    # C order in, C order out: lesions numbered in C raster order, and the flat
+    # indices below address the label volume in place.
+    m = np.ascontiguousarray(m)
     labels = cc3d.connected_components(m, connectivity=connectivity, out_dtype=np.uint32)
-    # Work on lesion voxels only: they are a small share of the volume.
-    idx = np.flatnonzero(labels)
+    # Everything after labelling works on the lesion voxels only, a small share of the volume.
+    idx = np.flatnonzero(m)
     lab = labels.ravel()[idx]
     sizes = np.bincount(lab, minlength=1)
     keep = sizes >= min_size
     keep[0] = False
     if keep[1:].all():
-        return labels, sizes[1:].astype(np.int64)
+        return _Lesions(labels, sizes[1:].astype(np.int64), idx, lab)
     remap = np.zeros(sizes.size, dtype=np.uint32)
     remap[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.uint32)
-    flat = labels.reshape(-1)
-    flat[idx] = remap[lab]
-    return labels, sizes[keep].astype(np.int64)
+    lab = remap[lab]
+    labels.reshape(-1)[idx] = lab
+    kept = lab != 0
+    return _Lesions(labels, sizes[keep].astype(np.int64), idx[kept], lab[kept])
 
 
-def _lesion_side(labels, sizes, other_labels, other_sizes, pairs_self, pairs_other, covered, shape):
+def _lesion_side(les: _Lesions, other_sizes, pairs_self, pairs_other, covered):
     """Per-lesion covered fraction, lesion DC and centroid for one side of the comparison."""
-    n = sizes.size
-    frac = covered / np.maximum(sizes, 1)
+    n = les.sizes.size
+    frac = covered / np.maximum(les.sizes, 1)
     # Sum of the sizes of the other side's lesions that touch each lesion (each pair once).
     touching = np.bincount(pairs_self, weights=other_sizes[pairs_other - 1], minlength=n + 1)[1:]
-    dc = 2.0 * covered / (sizes + touching)
-    idx = np.flatnonzero(labels)
-    lab = labels.ravel()[idx]
-    cent = [np.bincount(lab, weights=c, minlength=n + 1)[1:] / np.maximum(sizes, 1)
-            for c in np.unravel_index(idx, shape)]
+    dc = 2.0 * covered / (les.sizes + touching)
+    cent = [np.bincount(les.lab, weights=c, minlength=n + 1)[1:] / np.maximum(les.sizes, 1)
+            for c in np.unravel_index(les.idx, les.labels.shape)]
     return frac, dc, cent
 
 
@@ -278,8 +300,8 @@ def _matches(frac: np.ndarray, t: float) -> np.ndarray:
     return (frac > 0) & (frac >= t)
 
 
-def lesion_metrics(gt, pred, voxel_ml: float = 1.0, *, connectivity: int = 18, min_size: int = 3,
-                   overlap: float = 0.10, fp_overlap: float | None = None,
+def lesion_metrics(gt, pred, voxel_ml: float = 1.0, *, connectivity: int = CONNECTIVITY, min_size: int = MIN_SIZE,
+                   overlap: float = OVERLAP, fp_overlap: float | None = None,
                    size_groups=DEFAULT_SIZE_GROUPS) -> tuple[dict, pd.DataFrame]:
     """Lesion-level metrics (LTPR, LPPV, LFPR, TLC) and the per-lesion table of one visit.
 
@@ -296,21 +318,25 @@ def lesion_metrics(gt, pred, voxel_ml: float = 1.0, *, connectivity: int = 18, m
     ``false_positive`` always False for GT lesions; centroids in voxel indices).
     """
     _check_params(connectivity, min_size, overlap, fp_overlap)
+    g, p = _mask_pair(gt, pred)
+    return _compare_lesions(_label(g, connectivity, min_size), _label(p, connectivity, min_size),
+                            voxel_ml, overlap, fp_overlap, size_groups)
+
+
+def _compare_lesions(g: _Lesions, p: _Lesions, voxel_ml, overlap, fp_overlap, size_groups):
+    gs, ps = g.sizes, p.sizes
     fp_t = overlap if fp_overlap is None else fp_overlap
-    g, p = _as_mask(gt, "gt"), _as_mask(pred, "pred")
-    if g.shape != p.shape:
-        raise ValueError(f"gt and pred shapes differ: {g.shape} vs {p.shape}")
-    gl, gs = label_lesions(g, connectivity, min_size)
-    pl, ps = label_lesions(p, connectivity, min_size)
-    both = (gl != 0) & (pl != 0)
-    gi, pj = gl[both].astype(np.int64), pl[both].astype(np.int64)
+    # Label pairs at the voxels where a GT and a predicted lesion overlap.
+    p_at_g = p.labels.ravel()[g.idx]
+    hit = p_at_g != 0
+    gi, pj = g.lab[hit].astype(np.int64), p_at_g[hit].astype(np.int64)
     cov_g = np.bincount(gi, minlength=gs.size + 1)[1:]
     cov_p = np.bincount(pj, minlength=ps.size + 1)[1:]
     pairs = np.unique(gi * (ps.size + 1) + pj)
     pg, pp = pairs // (ps.size + 1), pairs % (ps.size + 1)
 
-    g_frac, g_dc, g_cent = _lesion_side(gl, gs, pl, ps, pg, pp, cov_g, g.shape)
-    p_frac, p_dc, p_cent = _lesion_side(pl, ps, gl, gs, pp, pg, cov_p, g.shape)
+    g_frac, g_dc, g_cent = _lesion_side(g, ps, pg, pp, cov_g)
+    p_frac, p_dc, p_cent = _lesion_side(p, gs, pp, pg, cov_p)
     detected = _matches(g_frac, overlap)
     tp = _matches(p_frac, overlap)
     fp = ~_matches(p_frac, fp_t)
@@ -349,8 +375,8 @@ def lesion_metrics(gt, pred, voxel_ml: float = 1.0, *, connectivity: int = 18, m
     return row, lesions
 
 
-def evaluate_visit(gt, pred, voxel_ml: float, *, connectivity: int = 18, min_size: int = 3,
-                   overlap: float = 0.10, fp_overlap: float | None = None,
+def evaluate_visit(gt, pred, voxel_ml: float, *, connectivity: int = CONNECTIVITY, min_size: int = MIN_SIZE,
+                   overlap: float = OVERLAP, fp_overlap: float | None = None,
                    size_groups=DEFAULT_SIZE_GROUPS,
                    clean_voxel_metrics: bool = False) -> tuple[dict, pd.DataFrame]:
     """All metrics of one visit: ``(visit_row, lesions)``.
@@ -362,14 +388,11 @@ def evaluate_visit(gt, pred, voxel_ml: float, *, connectivity: int = 18, min_siz
     (default False: masks as given).
     """
     _check_params(connectivity, min_size, overlap, fp_overlap)
-    g, p = _as_mask(gt, "gt"), _as_mask(pred, "pred")
-    if g.shape != p.shape:
-        raise ValueError(f"gt and pred shapes differ: {g.shape} vs {p.shape}")
-    les_row, lesions = lesion_metrics(g, p, voxel_ml, connectivity=connectivity, min_size=min_size,
-                                      overlap=overlap, fp_overlap=fp_overlap, size_groups=size_groups)
+    g, p = _mask_pair(gt, pred)
+    g_les, p_les = _label(g, connectivity, min_size), _label(p, connectivity, min_size)
+    les_row, lesions = _compare_lesions(g_les, p_les, voxel_ml, overlap, fp_overlap, size_groups)
     if clean_voxel_metrics:
-        g = label_lesions(g, connectivity, min_size)[0] != 0
-        p = label_lesions(p, connectivity, min_size)[0] != 0
+        g, p = g_les.labels != 0, p_les.labels != 0
     row = {"voxel_ml": float(voxel_ml), **voxel_metrics(g, p, voxel_ml), **les_row,
            "connectivity": int(connectivity), "min_size": int(min_size), "overlap": float(overlap),
            "fp_overlap": math.nan if fp_overlap is None else float(fp_overlap),
@@ -509,7 +532,9 @@ def size_group_table(lesions: pd.DataFrame, visits: pd.DataFrame | None = None,
             row[f"{name}_mean"], row[f"{name}_sd"], row[f"{name}_n"] = ms["mean"], ms["sd"], ms["n"]
         row["n_visits"] = n_vis
         rows.append(row)
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    out["max_voxels"] = out["max_voxels"].astype("Int64")
+    return out
 
 
 # --------------------------------------------------------------------------- path-level entry points
@@ -564,20 +589,29 @@ def run_visit(gt_mask_path, pred_mask_path, out_visit_tsv, out_lesions_tsv, part
     return row
 
 
-def _read_tables(paths: Iterable, what: str) -> pd.DataFrame:
+VISIT_REQUIRED = ("participant_id", "session", "week", *(c for _, _, c in TABLE2_ROWS), *PARAM_COLUMNS)
+LESION_REQUIRED = ("participant_id", "session", "kind", "n_voxels", "matched", "false_positive", "lesion_dc")
+
+
+def _read_tables(paths: Iterable, what: str, required: Sequence[str]) -> pd.DataFrame:
     paths = [Path(p) for p in paths]
     if not paths:
         raise InputError(f"no {what} tables given")
     frames, problems = [], []
     for p in paths:
         try:
-            frames.append(pd.read_csv(p, sep="\t", na_values=["n/a"], keep_default_na=True,
-                                      dtype={"participant_id": str, "session": str}))
+            df = pd.read_csv(p, sep="\t", na_values=["n/a"], dtype={"participant_id": str, "session": str})
         except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
             problems.append(f"{p}: cannot be read as a TSV ({type(exc).__name__})")
+            continue
+        missing = [c for c in required if c not in df.columns]
+        if missing:
+            problems.append(f"{p}: missing columns {missing}")
+        frames.append(df)
     if problems:
         raise InputError(problems, header=f"unreadable {what} tables:")
-    return pd.concat(frames, ignore_index=True)
+    # Header-only tables (visits without lesions) would only blur the column dtypes.
+    return pd.concat([f for f in frames if len(f)] or frames[:1], ignore_index=True)
 
 
 def dataset_outputs(out_dir: str | Path) -> dict[str, Path]:
@@ -606,8 +640,9 @@ def run_dataset(visit_tsvs: Sequence, lesion_tsvs: Sequence, out_dir: str | Path
     unknown = set(outputs or {}) - set(DATASET_OUTPUTS)
     if unknown:
         raise InputError(f"unknown output keys {sorted(unknown)}; known: {sorted(DATASET_OUTPUTS)}")
-    visits = _read_tables(visit_tsvs, "visit")
-    lesions = _read_tables(lesion_tsvs, "lesion")
+    visits = _read_tables(visit_tsvs, "visit", VISIT_REQUIRED)
+    lesions = _read_tables(lesion_tsvs, "lesion", LESION_REQUIRED)
+    lesions[["matched", "false_positive"]] = lesions[["matched", "false_positive"]].astype(bool)
     keys = ["participant_id", "session"]
     dup = visits[visits.duplicated(keys, keep=False)]
     if len(dup):

@@ -51,12 +51,14 @@ class ModelConfig:
     widths: feature channels per depth (finest first) of the skip/decoder path and of the
         plain U-Net baseline ("the same number of filters at the various depths").
     arms: encoder arms as (name, channel names). Single-arm ablation: ``(("all", (...)),)``.
-    arm_fractions: width of each arm as a fraction of ``widths``; the default (1/2, 1/4, 1/4)
-        makes the concatenated arm features at each depth exactly ``widths[d]`` wide.
+    arm_fractions: width of each arm as a fraction of ``widths``; the default (1/2, 3/8, 3/8)
+        gives arm widths 16-128 (E1) and 12-96 (E2, E3); their concatenation (1.25 × widths[d])
+        is reduced to widths[d] by the 1×1×1 projection.
     strides: stride from depth d to d+1 (z, y, x); len = depth - 1.
     block_kernels: per depth, the kernels of the two convs of each residual block.
-    down_kernel: kernel rule of the strided downsampling convs: ``"stride"`` (kernel = stride,
-        non-overlapping) or ``"stride+1"`` (kernel = stride + 1 on strided axes).
+    down_kernel: kernel rule of each strided downsampling conv (one per level step, HRNet-style
+        chains for longer jumps): ``"stride+1"`` (3 on strided axes, 1 elsewhere: HRNet's 3×3
+        stride-2 conv) or ``"stride"`` (kernel = stride, non-overlapping, cheaper).
     """
 
     patch_size: Triple = (32, 96, 96)
@@ -68,15 +70,10 @@ class ModelConfig:
         ("FLAIR", ("FLAIR",)),
         ("T2w", ("T2w",)),
     )
-    arm_fractions: tuple[float, ...] = (0.5, 0.25, 0.25)
-    strides: tuple[Triple, ...] = ((1, 2, 2), (1, 2, 2), (2, 2, 2))
-    block_kernels: tuple[tuple[Triple, Triple], ...] = (
-        ((1, 3, 3), (1, 3, 3)),
-        ((1, 3, 3), (3, 3, 3)),
-        ((1, 3, 3), (3, 3, 3)),
-        ((3, 3, 3), (3, 3, 3)),
-    )
-    down_kernel: str = "stride"
+    arm_fractions: tuple[float, ...] = (0.5, 0.375, 0.375)
+    strides: tuple[Triple, ...] = ((1, 2, 2), (2, 2, 2), (2, 2, 2))
+    block_kernels: tuple[tuple[Triple, Triple], ...] = (((1, 3, 3), (3, 3, 3)),) * 4
+    down_kernel: str = "stride+1"
     dense_input: bool = True
     dense_skip: bool = True
     decoder_shortcuts: bool = True
@@ -418,15 +415,24 @@ def _sum(xs, name):
 
 
 def _downsample(x, width, src, dst, cfg: ModelConfig, name):
-    tot = cfg.total_strides()
-    stride = _ratio(tot[dst], tot[src])
-    return _conv(width, _down_kernel(stride, cfg.down_kernel), name, strides=stride)(x)
+    """HRNet-style: a chain of (dst - src) strided convs, one per level step; intermediate
+    convs keep the source width (+BN+ReLU), the last maps to ``width`` (+BN, no ReLU)."""
+    h = x
+    for t in range(src, dst):
+        last = t == dst - 1
+        w = width if last else x.shape[-1]
+        h = _conv(w, _down_kernel(cfg.strides[t], cfg.down_kernel), f"{name}_s{t + 1}", strides=cfg.strides[t])(h)
+        h = _bn(cfg, f"{name}_s{t + 1}_bn")(h)
+        if not last:
+            h = layers.ReLU(name=f"{name}_s{t + 1}_relu")(h)
+    return h
 
 
 def _upsample(x, width, src, dst, cfg: ModelConfig, name):
-    """1×1×1 conv to the target width (at the coarse resolution: cheap), then trilinear."""
+    """1×1×1 conv + BN to the target width (at the coarse resolution: cheap), then trilinear."""
     tot = cfg.total_strides()
     h = _conv(width, (1, 1, 1), f"{name}_conv")(x)
+    h = _bn(cfg, f"{name}_bn")(h)
     return LinearUpsample3D(_ratio(tot[src], tot[dst]), name=f"{name}_interp")(h)
 
 
@@ -455,7 +461,6 @@ def build_multiarm_encoder(cfg: ModelConfig) -> keras.Model:
                 srcs = range(d) if cfg.dense_input else [d - 1]
                 ins = [_downsample(feats[a], widths[d], a, d, cfg, f"{tag}_down_from{a + 1}") for a in srcs]
                 h = _sum(ins, f"{tag}_in_sum")
-                h = _bn(cfg, f"{tag}_in_bn")(h)
                 h = layers.ReLU(name=f"{tag}_in_relu")(h)
             h = residual_block(h, widths[d], cfg.block_kernels[d], cfg, f"{tag}_block")
             feats.append(h)
@@ -680,7 +685,7 @@ def receptive_field(cfg: ModelConfig | None = None, kind: str = "multiarm") -> d
     """Theoretical receptive field of each supervision head, per axis, in voxels and mm.
 
     Longest path through the network graph: a conv of kernel k at input jump j adds (k-1)·j
-    voxels; a strided conv of kernel k adds (k-1)·j_in; linear interpolation from a level of
+    voxels; a strided conv of kernel k adds (k-1)·j_in (a dense down path is a chain of them); linear interpolation from a level of
     jump J adds J on upsampled axes (two coarse neighbours); a transposed conv with
     kernel = stride adds 0; 1×1×1 convs, sums and concatenations add 0.
     Returns ``{"voxels": [[z, y, x] per head], "mm": [[z, y, x] per head], "finest_mm": [z, y, x]}``.
@@ -689,6 +694,10 @@ def receptive_field(cfg: ModelConfig | None = None, kind: str = "multiarm") -> d
     D = cfg.depth
     J = [np.array(t) for t in cfg.total_strides()]
     sp = np.array(cfg.spacing_mm, dtype=float)
+
+    def down_growth(a, d):  # chain of strided convs a -> d
+        return sum((np.array(_down_kernel(cfg.strides[t], cfg.down_kernel)) - 1) * J[t] for t in range(a, d))
+
     if kind == "multiarm":
         enc = []
         for d in range(D):
@@ -696,13 +705,7 @@ def receptive_field(cfg: ModelConfig | None = None, kind: str = "multiarm") -> d
                 r = np.ones(3, dtype=int)
             else:
                 srcs = range(d) if cfg.dense_input else [d - 1]
-                r = np.max(
-                    [
-                        enc[a] + (np.array(_down_kernel(_ratio(J[d], J[a]), cfg.down_kernel)) - 1) * J[a]
-                        for a in srcs
-                    ],
-                    axis=0,
-                )
+                r = np.max([enc[a] + down_growth(a, d) for a in srcs], axis=0)
             enc.append(r + _block_growth(cfg.block_kernels[d], J[d]))
         skip = []
         for d in range(D):
@@ -712,7 +715,7 @@ def receptive_field(cfg: ModelConfig | None = None, kind: str = "multiarm") -> d
                 if a == d:
                     cands.append(enc[a])
                 elif a < d:
-                    cands.append(enc[a] + (np.array(_down_kernel(_ratio(J[d], J[a]), cfg.down_kernel)) - 1) * J[a])
+                    cands.append(enc[a] + down_growth(a, d))
                 else:
                     cands.append(enc[a] + J[a] * (np.array(_ratio(J[a], J[d])) > 1))
             skip.append(np.max(cands, axis=0))

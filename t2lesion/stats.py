@@ -11,6 +11,10 @@ Inputs (CONTRACT.md)
     participants participant_id, arm, age, sex (M/F), region, edss_bl
     outcomes     participant_id, endpoint, time_weeks (>= 0), event (0/1)
 
+The long table is built by :func:`run_long_table` from each prediction source's
+per-visit metrics table (``t2lesion.metrics`` visits.tsv): source rows from
+pred_tlv_ml/pred_tlc, ``gt`` rows from gt_tlv_ml/gt_tlc (identical across sources).
+
 Analyses, with the interpretations this module makes (SPEC: "defaults, keep them
 configurable"); the config key that controls each is given as ``stats.<key>``:
 
@@ -29,7 +33,8 @@ configurable"); the config key that controls each is given as ``stats.<key>``:
   (``stats.control_arm``); baseline TLV in mL, uncentred; region_US = 1 if
   region == "US" (``stats.us_label``), reference rest of world; age_gt45 = 1 if age
   > 45 years (``stats.age_cutoff_years``), reference ≤ 45. Arm effect with SE,
-  CI, t, p, and a Type II F table (``anova_lm(typ=2)``).
+  CI, t, p, and a Type II F table (nested-model F tests, identical to
+  statsmodels ``anova_lm(typ=2)`` for this main-effects model).
 * Cox PH (paper Methods and Table 4), lifelines ``CoxPHFitter`` (Efron ties),
   fitted to full convergence (``stats.cox_fit_options``; lifelines' defaults stop
   at a relative log-likelihood change of 1e-9, which leaves coefficients
@@ -62,10 +67,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import warnings
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -83,9 +89,12 @@ SUB_RE = re.compile(r"^sub-[A-Za-z0-9]+$")
 SOURCE_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 GT_SOURCE = "gt"
 
-#: Cox convergence: stop when the Newton step norm is < 1e-10 (or the relative
-#: log-likelihood change < 1e-14); reproduces statsmodels PHReg to ~1e-9.
-DEFAULT_COX_FIT_OPTIONS: dict = {"precision": 1e-10, "r_precision": 1e-14, "max_steps": 1000}
+#: Cox convergence (``stats.cox_fit_options``): Newton–Raphson until the step norm or
+#: the Newton decrement is < 1e-14, no relative log-likelihood stop. lifelines'
+#: defaults (precision 1e-7, r_precision 1e-9) leave coefficients off by ~1e-5
+#: relative, and even precision 1e-10 stops ~1e-6 off (the decrement criterion is
+#: quadratic in the step); these options reproduce statsmodels PHReg to ~1e-12.
+DEFAULT_COX_FIT_OPTIONS: dict = {"precision": 1e-14, "r_precision": 0.0, "max_steps": 500}
 
 #: Defaults of every parameter that should be a config key (``stats.<key>``).
 DEFAULTS: dict = {
@@ -187,6 +196,28 @@ def validate_participants(
     return out
 
 
+MAX_PROBLEMS = 50
+
+
+def _collect(problems: list[str], mask, make) -> None:
+    """Append ``make(i)`` for each row index where ``mask`` is True (capped)."""
+    for i in np.flatnonzero(np.asarray(mask)):
+        if len(problems) >= MAX_PROBLEMS:
+            return
+        problems.append(make(int(i)))
+
+
+def _raise(problems: list[str], name: str) -> None:
+    if problems:
+        if len(problems) >= MAX_PROBLEMS:
+            problems = problems + [f"... (stopped after {MAX_PROBLEMS} problems)"]
+        raise InputError(problems, header=f"{name}: {len(problems)} problem(s)")
+
+
+def _strip(col: pd.Series) -> pd.Series:
+    return col.astype(str).str.strip()
+
+
 def validate_long(
     df: pd.DataFrame, participants: pd.DataFrame, name: str = "long table", baseline_week: int = 0
 ) -> pd.DataFrame:
@@ -195,51 +226,43 @@ def validate_long(
     Required: participant_id known in participants, week (integer >= 0), source
     (letters, digits, ``_.-``), tlv_ml (finite, >= 0), tlc (integer >= 0); unique per
     participant × week × source, and every participant × source has its baseline
-    week (``stats.baseline_week``).
+    week (``stats.baseline_week``). ``session`` is carried along unchecked.
     """
     _check_columns(df, LONG_COLUMNS, name)
     df = df.reset_index(drop=True)
     known = set(participants["participant_id"])
+    pids, sources = _strip(df["participant_id"]), _strip(df["source"])
+    weeks = pd.to_numeric(df["week"], errors="coerce").to_numpy(float)
+    tlv = pd.to_numeric(df["tlv_ml"], errors="coerce").to_numpy(float)
+    tlc = pd.to_numeric(df["tlc"], errors="coerce").to_numpy(float)
     problems: list[str] = []
-    weeks = pd.to_numeric(df["week"], errors="coerce")
-    tlv = pd.to_numeric(df["tlv_ml"], errors="coerce")
-    tlc = pd.to_numeric(df["tlc"], errors="coerce")
-    pids = df["participant_id"].astype(str).str.strip()
-    sources = df["source"].astype(str).str.strip()
-    for i in range(len(df)):
-        where = _where(name, i)
-        pid = pids[i]
-        if pid not in known:
-            problems.append(f"{where}: unknown participant {pid!r} (not in participants.tsv)")
-        w = weeks[i]
-        if not np.isfinite(w) or w < 0 or w != round(w):
-            problems.append(f"{where}: week {df['week'][i]!r} is not a whole number >= 0")
-        if not SOURCE_RE.match(sources[i]):
-            problems.append(f"{where}: source {df['source'][i]!r} must be letters, digits, '_', '.', '-'")
-        if not np.isfinite(tlv[i]) or tlv[i] < 0:
-            problems.append(f"{where}: tlv_ml {df['tlv_ml'][i]!r} is not a number >= 0")
-        if not np.isfinite(tlc[i]) or tlc[i] < 0 or tlc[i] != round(tlc[i]):
-            problems.append(f"{where}: tlc {df['tlc'][i]!r} is not a whole number >= 0")
-        if len(problems) > 50:
-            problems.append("... (stopped after 50 problems)")
-            break
-    if problems:
-        raise InputError(problems, header=f"{name}: {len(problems)} problem(s)")
+    w = lambda i: _where(name, i)  # noqa: E731
+    _collect(problems, ~pids.isin(known),
+             lambda i: f"{w(i)}: unknown participant {pids[i]!r} (not in participants.tsv)")
+    with np.errstate(invalid="ignore"):
+        _collect(problems, ~(np.isfinite(weeks) & (weeks >= 0) & (weeks == np.round(weeks))),
+                 lambda i: f"{w(i)}: week {df['week'][i]!r} is not a whole number >= 0")
+        _collect(problems, ~sources.str.match(SOURCE_RE.pattern),
+                 lambda i: f"{w(i)}: source {df['source'][i]!r} must be letters, digits, '_', '.', '-'")
+        _collect(problems, ~(np.isfinite(tlv) & (tlv >= 0)),
+                 lambda i: f"{w(i)}: tlv_ml {df['tlv_ml'][i]!r} is not a number >= 0")
+        _collect(problems, ~(np.isfinite(tlc) & (tlc >= 0) & (tlc == np.round(tlc))),
+                 lambda i: f"{w(i)}: tlc {df['tlc'][i]!r} is not a whole number >= 0")
+    _raise(problems, name)
     out = df.copy()
-    out["participant_id"] = pids
-    out["source"] = sources
+    out["participant_id"], out["source"] = pids, sources
     out["week"] = weeks.astype(int)
-    out["tlv_ml"] = tlv.astype(float)
+    out["tlv_ml"] = tlv
     out["tlc"] = tlc.astype(int)
-    dup = out.duplicated(["participant_id", "week", "source"], keep="first")
-    for i in np.flatnonzero(dup.to_numpy())[:20]:
-        r = out.iloc[i]
-        problems.append(f"{_where(name, i)}: duplicate row for {r.participant_id} week {r.week} source {r.source}")
+    dup = out.duplicated(["participant_id", "week", "source"], keep="first").to_numpy()
+    _collect(problems, dup, lambda i: f"{w(i)}: duplicate row for {out['participant_id'][i]} week "
+                                      f"{out['week'][i]} source {out['source'][i]}")
     has_bl = set(map(tuple, out.loc[out["week"] == baseline_week, ["participant_id", "source"]].to_numpy()))
-    for pid, src in sorted(set(map(tuple, out[["participant_id", "source"]].to_numpy())) - has_bl)[:50]:
+    for pid, src in sorted(set(map(tuple, out[["participant_id", "source"]].to_numpy())) - has_bl):
+        if len(problems) >= MAX_PROBLEMS:
+            break
         problems.append(f"{name}: {pid} has no baseline (week {baseline_week}) row for source {src!r}")
-    if problems:
-        raise InputError(problems, header=f"{name}: {len(problems)} problem(s)")
+    _raise(problems, name)
     return out
 
 
@@ -253,38 +276,31 @@ def validate_outcomes(df: pd.DataFrame, participants: pd.DataFrame, name: str = 
     _check_columns(df, OUTCOME_COLUMNS, name)
     df = df.reset_index(drop=True)
     known = set(participants["participant_id"])
+    pids, eps = _strip(df["participant_id"]), _strip(df["endpoint"])
+    t = pd.to_numeric(df["time_weeks"], errors="coerce").to_numpy(float)
+    ev = _strip(df["event"])
     problems: list[str] = []
-    seen: dict[tuple[str, str], int] = {}
-    for i, row in df.iterrows():
-        where = _where(name, i)
-        pid = str(row["participant_id"]).strip()
-        ep = str(row["endpoint"]).strip()
-        if pid not in known:
-            problems.append(f"{where}: outcome for unknown participant {pid!r} (not in participants.tsv)")
-        if not ep:
-            problems.append(f"{where}: empty endpoint")
-        t = _num(row["time_weeks"])
-        if t is None:
-            problems.append(f"{where}: time_weeks {row['time_weeks']!r} is not a number")
-        elif t < 0:
-            problems.append(f"{where}: negative time_weeks {t:g} for {pid} {ep}")
-        if str(row["event"]).strip() not in ("0", "1", "0.0", "1.0"):
-            problems.append(f"{where}: event {row['event']!r} must be 0 or 1")
-        key = (pid, ep)
-        if key in seen:
-            problems.append(f"{where}: duplicate outcome {pid} {ep} (first on row {seen[key]})")
-        else:
-            seen[key] = i + 2
-        if len(problems) > 50:
-            problems.append("... (stopped after 50 problems)")
-            break
-    if problems:
-        raise InputError(problems, header=f"{name}: {len(problems)} problem(s)")
+    w = lambda i: _where(name, i)  # noqa: E731
+    _collect(problems, ~pids.isin(known),
+             lambda i: f"{w(i)}: outcome for unknown participant {pids[i]!r} (not in participants.tsv)")
+    _collect(problems, eps == "", lambda i: f"{w(i)}: empty endpoint")
+    _collect(problems, ~np.isfinite(t), lambda i: f"{w(i)}: time_weeks {df['time_weeks'][i]!r} is not a number")
+    with np.errstate(invalid="ignore"):
+        _collect(problems, np.isfinite(t) & (t < 0),
+                 lambda i: f"{w(i)}: negative time_weeks {t[i]:g} for {pids[i]} {eps[i]}")
+    _collect(problems, ~ev.isin(["0", "1", "0.0", "1.0"]), lambda i: f"{w(i)}: event {df['event'][i]!r} must be 0 or 1")
+    key = pd.DataFrame({"p": pids, "e": eps})
+    first = {}
+    dup = key.duplicated(keep="first").to_numpy()
+    if dup.any():
+        first = {k: i + 2 for i, k in reversed(list(enumerate(zip(pids, eps))))}
+    _collect(problems, dup, lambda i: f"{w(i)}: duplicate outcome {pids[i]} {eps[i]} "
+                                      f"(first on row {first[(pids[i], eps[i])]})")
+    _raise(problems, name)
     out = df.copy()
-    out["participant_id"] = out["participant_id"].astype(str).str.strip()
-    out["endpoint"] = out["endpoint"].astype(str).str.strip()
-    out["time_weeks"] = out["time_weeks"].astype(float)
-    out["event"] = out["event"].astype(float).astype(int)
+    out["participant_id"], out["endpoint"] = pids, eps
+    out["time_weeks"] = t
+    out["event"] = ev.astype(float).astype(int)
     return out
 
 
@@ -332,6 +348,82 @@ def resolve_sources(long: pd.DataFrame, sources: Sequence[str] | None = None) ->
             raise InputError(f"long table: configured source(s) {missing} not present (has: {present})")
         return list(sources)
     return ([GT_SOURCE] if GT_SOURCE in present else []) + [s for s in present if s != GT_SOURCE]
+
+
+# ----------------------------------------------------------------- long table
+
+VISIT_COLUMNS = ("participant_id", "session", "week", "gt_tlv_ml", "pred_tlv_ml", "gt_tlc", "pred_tlc")
+
+
+def long_table_from_visits(visits_by_source: Mapping[str, pd.DataFrame], gt_rtol: float = 1e-6) -> pd.DataFrame:
+    """Long table (participant_id, session, week, source, tlv_ml, tlc) from metrics visit tables.
+
+    SPEC §9 deliverable "long table of TLV/TLC per subject × week × source". Each
+    prediction source's per-visit metrics table (``t2lesion.metrics`` visits.tsv:
+    participant_id, session, week, gt_tlv_ml, pred_tlv_ml, gt_tlc, pred_tlc) gives
+    that source's rows (pred_*); the ``gt`` rows come from the gt_* columns, which
+    every source computed from the same GT masks: they must agree (relative
+    tolerance ``gt_rtol``), else InputError. A visit present in only some sources
+    keeps its GT row. The name ``gt`` is reserved for the ground truth.
+    """
+    if not visits_by_source:
+        raise InputError("long table: no prediction sources given (config 'sources')")
+    problems = []
+    if GT_SOURCE in visits_by_source:
+        problems.append(f"source name {GT_SOURCE!r} is reserved for the ground truth")
+    parts, gts = [], []
+    for src, df in visits_by_source.items():
+        missing = [c for c in VISIT_COLUMNS if c not in df.columns]
+        if missing:
+            problems.append(f"visits of source {src!r}: missing column(s) {', '.join(missing)}")
+            continue
+        v = df[list(VISIT_COLUMNS)].copy()
+        parts.append(pd.DataFrame({"participant_id": v["participant_id"], "session": v["session"],
+                                   "week": v["week"], "source": src, "tlv_ml": v["pred_tlv_ml"],
+                                   "tlc": v["pred_tlc"]}))
+        gts.append(v[["participant_id", "session", "week", "gt_tlv_ml", "gt_tlc"]].assign(src_name=src))
+    if problems:
+        raise InputError(problems, header="long table:")
+    g = pd.concat(gts, ignore_index=True)
+    ref = g.drop_duplicates(["participant_id", "session"], keep="first")
+    chk = g.merge(ref, on=["participant_id", "session"], suffixes=("", "_ref"))
+    tlv_a, tlv_b = chk["gt_tlv_ml"].astype(float), chk["gt_tlv_ml_ref"].astype(float)
+    bad = ~np.isclose(tlv_a, tlv_b, rtol=gt_rtol, atol=1e-12) | (chk["gt_tlc"] != chk["gt_tlc_ref"])
+    for r in chk[bad].head(MAX_PROBLEMS).itertuples():
+        problems.append(f"{r.participant_id} {r.session}: GT TLV/TLC differ between sources "
+                        f"{r.src_name_ref!r} ({r.gt_tlv_ml_ref:g} mL, {r.gt_tlc_ref} lesions) and {r.src_name!r} "
+                        f"({r.gt_tlv_ml:g} mL, {r.gt_tlc} lesions); were the sources scored against different GT masks?")
+    if problems:
+        raise InputError(problems, header="long table:")
+    gt = pd.DataFrame({"participant_id": ref["participant_id"], "session": ref["session"], "week": ref["week"],
+                       "source": GT_SOURCE, "tlv_ml": ref["gt_tlv_ml"], "tlc": ref["gt_tlc"]})
+    out = pd.concat([gt] + parts, ignore_index=True)
+    order = {s: i for i, s in enumerate([GT_SOURCE, *visits_by_source])}
+    out = out.sort_values(["source", "participant_id", "week"], key=lambda c: c.map(order) if c.name == "source"
+                          else c, kind="stable").reset_index(drop=True)
+    return out[list(LONG_COLUMNS)]
+
+
+def run_long_table(visits_by_source: Mapping[str, str | Path], out_tsv: str | Path,
+                   gt_rtol: float = 1e-6) -> pd.DataFrame:
+    """Read each source's metrics visits.tsv, build the long table (:func:`long_table_from_visits`), write it."""
+    frames = {}
+    for src, path in visits_by_source.items():
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(f"{path}: file not found (visits of source {src!r})")
+        try:
+            frames[src] = pd.read_csv(path, sep="\t", na_values=["n/a"], dtype={"participant_id": str,
+                                                                               "session": str})
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+            raise InputError(f"{path}: cannot be read as a TSV ({type(exc).__name__})") from None
+        missing = [c for c in VISIT_COLUMNS if c not in frames[src].columns]
+        if missing:
+            raise InputError(f"{path}: missing column(s) {', '.join(missing)}")
+    out = long_table_from_visits(frames, gt_rtol)
+    _write_tsv(out, out_tsv)
+    log.info("long table: %d rows, sources %s", len(out), list(dict.fromkeys(out["source"])))
+    return out
 
 
 # --------------------------------------------------------------------- change
@@ -391,6 +483,7 @@ def summarize_change(
     arms: Sequence[str] | None = None,
     conf_level: float = 0.95,
     sources: Sequence[str] | None = None,
+    baseline_week: int = 0,
 ) -> pd.DataFrame:
     """Mean percent/absolute change per source × arm × week, and separation between arms.
 
@@ -424,7 +517,9 @@ def summarize_change(
                     "ci_low_pct_change": lo, "ci_high_pct_change": hi,
                     "mean_abs_change_ml": am, "ci_low_abs_change_ml": alo, "ci_high_abs_change_ml": ahi,
                     "separation_pct": np.nan, "separation_ci_low": np.nan, "separation_ci_high": np.nan,
-                    "separation_p": np.nan, "status": OK, "note": "",
+                    "separation_p": np.nan,
+                    "separation_def": "" if arm == control_arm else f"mean pct change {control_arm} minus {arm}",
+                    "status": OK, "note": "",
                 }
                 notes = []
                 if len(da) == 0:
@@ -432,7 +527,7 @@ def summarize_change(
                     notes.append(f"arm {arm} has no subjects at week {w} in source {src}")
                 elif len(pct) < 2:
                     notes.append(f"n_pct={len(pct)}: no confidence interval")
-                if arm != control_arm and w != 0 and len(da):
+                if arm != control_arm and w != baseline_week and len(da):
                     if len(ctrl) >= 2 and len(pct) >= 2:
                         s = _welch(ctrl, pct, conf_level)
                         row.update(separation_pct=s[0], separation_ci_low=s[1], separation_ci_high=s[2],
@@ -441,7 +536,7 @@ def summarize_change(
                         row["separation_pct"] = float(np.mean(ctrl) - np.mean(pct))
                         notes.append("separation without CI (fewer than 2 per arm)")
                     else:
-                        notes.append(f"no separation: control arm {control_arm} has no percent change")
+                        notes.append(f"no separation: {control_arm if not len(ctrl) else arm} has no percent change")
                 if row["n_excluded_bl0"]:
                     notes.append(f"{row['n_excluded_bl0']} with baseline TLV 0 excluded from percent change")
                 row["note"] = "; ".join(notes)
@@ -462,42 +557,64 @@ ANCOVA_CODINGS = {
 }
 
 
-def _ancova_design(d: pd.DataFrame, arms: list[str], age_cutoff_years: float, us_label: str) -> pd.DataFrame:
-    x = pd.DataFrame(
-        {
-            "pct_change": d["pct_change"].to_numpy(float),
-            # safe tokens in the formula; A0 = control arm
-            "arm_code": pd.Categorical([f"A{arms.index(a)}" for a in d["arm"]],
-                                       categories=[f"A{i}" for i in range(len(arms))]),
-            "baseline_tlv_ml": d["tlv_bl_ml"].to_numpy(float),
-            "region_US": (d["region"].to_numpy() == us_label).astype(float),
-            "age_gt45": (d["age"].to_numpy(float) > age_cutoff_years).astype(float),
-        }
-    )
-    return x
+def _ancova_design(
+    d: pd.DataFrame, arms: list[str], age_cutoff_years: float, us_label: str
+) -> tuple[np.ndarray, pd.DataFrame, dict[str, list[str]]]:
+    """Response, design matrix (with intercept) and term → columns for the ANCOVA."""
+    X = pd.DataFrame({"Intercept": np.ones(len(d))}, index=d.index)
+    for arm in arms[1:]:
+        X[f"arm_{arm}"] = (d["arm"].to_numpy() == arm).astype(float)
+    X["baseline_tlv_ml"] = d["tlv_bl_ml"].to_numpy(float)
+    X["region_US"] = (d["region"].to_numpy() == us_label).astype(float)
+    X["age_gt45"] = (d["age"].to_numpy(float) > age_cutoff_years).astype(float)
+    terms = {"arm": [f"arm_{a}" for a in arms[1:]], "baseline_tlv_ml": ["baseline_tlv_ml"],
+             "region_US": ["region_US"], "age_gt45": ["age_gt45"]}
+    return d["pct_change"].to_numpy(float), X, terms
 
 
-def _ancova_skip_reason(x: pd.DataFrame, arms: list[str], min_n_per_arm: int, us_label: str,
+def _ancova_skip_reason(d: pd.DataFrame, X: pd.DataFrame, arms: list[str], min_n_per_arm: int, us_label: str,
                         age_cutoff_years: float) -> str | None:
-    counts = x["arm_code"].value_counts()
-    for i, arm in enumerate(arms):
-        k = int(counts.get(f"A{i}", 0))
+    counts = d["arm"].value_counts()
+    for arm in arms:
+        k = int(counts.get(arm, 0))
         if k == 0:
             return f"arm {arm} has no subjects with a percent change"
         if k < min_n_per_arm:
             return f"arm {arm} has {k} subject(s) with a percent change (< stats.min_n_per_arm={min_n_per_arm})"
-    if x["baseline_tlv_ml"].nunique() < 2:
+    if X["baseline_tlv_ml"].nunique() < 2:
         return "covariate baseline_tlv_ml has one value"
-    if x["region_US"].nunique() < 2:
-        lvl = f"all {us_label}" if x["region_US"].iloc[0] else f"none {us_label} (all rest of world)"
+    if X["region_US"].nunique() < 2:
+        lvl = f"all {us_label}" if X["region_US"].iloc[0] else f"none {us_label} (all rest of world)"
         return f"covariate region has one level ({lvl})"
-    if x["age_gt45"].nunique() < 2:
-        lvl = f"all > {age_cutoff_years:g}" if x["age_gt45"].iloc[0] else f"all <= {age_cutoff_years:g}"
+    if X["age_gt45"].nunique() < 2:
+        lvl = f"all > {age_cutoff_years:g}" if X["age_gt45"].iloc[0] else f"all <= {age_cutoff_years:g}"
         return f"covariate age group has one level ({lvl})"
-    n_par = len(arms) + 3
-    if len(x) <= n_par:
-        return f"too few subjects: n={len(x)} for {n_par} model parameters"
+    if len(X) <= X.shape[1]:
+        return f"too few subjects: n={len(X)} for {X.shape[1]} model parameters"
     return None
+
+
+def type2_anova_table(y: np.ndarray, X: pd.DataFrame, terms: Mapping[str, list[str]]) -> pd.DataFrame:
+    """Type II F table of an OLS model without interactions (statsmodels OLS fits).
+
+    For a main-effects model Type II equals dropping each term (all its columns)
+    from the full model: sum_sq = RSS(reduced) − RSS(full), F = (sum_sq/df) /
+    (RSS(full)/df_resid). Same numbers as ``statsmodels.stats.anova.anova_lm(typ=2)``
+    on the equivalent formula model (checked in the tests), without formula parsing.
+    Columns sum_sq, df, F, PR(>F); last row "Residual".
+    """
+    import statsmodels.api as sm
+
+    full = sm.OLS(y, X.to_numpy()).fit()
+    rss, dfr = float(full.ssr), float(full.df_resid)
+    rows = {}
+    for term, cols in terms.items():
+        red = sm.OLS(y, X.drop(columns=list(cols)).to_numpy()).fit()
+        ss, k = float(red.ssr) - rss, float(len(cols))
+        F = (ss / k) / (rss / dfr)
+        rows[term] = {"sum_sq": ss, "df": k, "F": F, "PR(>F)": float(sps.f.sf(F, k, dfr))}
+    rows["Residual"] = {"sum_sq": rss, "df": dfr, "F": np.nan, "PR(>F)": np.nan}
+    return pd.DataFrame.from_dict(rows, orient="index")
 
 
 def ancova(
@@ -512,79 +629,73 @@ def ancova(
     conf_level: float = 0.95,
     min_n_per_arm: int = 2,
     sources: Sequence[str] | None = None,
+    type2_anova: bool = True,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """ANCOVA of percent TLV change per source × follow-up week (paper Methods/Results).
 
     ``pct_change ~ arm + baseline_tlv_ml + region_US + age_gt45`` by OLS
-    (statsmodels formula API); codings in the module docstring and in the
-    ``coding`` column. ``weeks`` (``stats.ancova_weeks``) defaults to every
-    follow-up week present. Participants with baseline TLV 0 are excluded and
-    counted (``n_excluded_bl0``).
+    (``statsmodels.api.OLS`` on an explicit design matrix); codings in the module
+    docstring and in the ``coding`` column. ``weeks`` (``stats.ancova_weeks``)
+    defaults to every follow-up week present. Participants with baseline TLV 0
+    are excluded and counted (``n_excluded_bl0``).
 
     Returns ``(coefficients, anova)``: coefficients has one row per term (term_type
     "arm" rows are the treatment effects: estimate = adjusted difference treated −
-    control in percentage points) with estimate, se, ci_low, ci_high, t, p, n,
-    df_resid; anova is the Type II F table (sum_sq, df, F, p per term and the
-    residual). Skipped source × week combinations get one row with status
-    "skipped" and the reason in ``note``.
+    control in percentage points) with estimate, se, ci_low, ci_high (t-based,
+    ``conf_level``), t, p, n, df_resid; anova is the Type II F table
+    (:func:`type2_anova_table`: sum_sq, df, F, p per term and the residual; left
+    empty when ``type2_anova`` is False, which only saves time in simulations).
+    Skipped source × week combinations get one row with status "skipped" and the
+    reason in ``note``.
     """
-    import statsmodels.formula.api as smf
-    from statsmodels.stats.anova import anova_lm
+    import statsmodels.api as sm
 
     arms = resolve_arms(participants, control_arm, arms)
     sources = resolve_sources(change, sources)
     d_all = change.merge(participants[["participant_id", "arm", "region", "age"]], on="participant_id", how="left")
-    formula = "pct_change ~ C(arm_code, Treatment(reference='A0')) + baseline_tlv_ml + region_US + age_gt45"
     coef_rows, anova_rows = [], []
     codings = {k: v.format(c=age_cutoff_years, us=us_label) for k, v in ANCOVA_CODINGS.items()}
+    labels = {"Intercept": "Intercept", "baseline_tlv_ml": "Baseline TLV (mL)",
+              "region_US": f"Region: {us_label} vs rest of world",
+              "age_gt45": f"Age > {age_cutoff_years:g} vs <= {age_cutoff_years:g}"}
+    for arm in arms[1:]:
+        labels[f"arm_{arm}"] = f"Arm: {arm} vs {control_arm}"
+        codings[f"arm_{arm}"] = f"arm: {arm} = 1 vs control {control_arm} = 0 (reference {control_arm})"
     for src in sources:
         ds = d_all[d_all["source"] == src]
-        wk = sorted(w for w in ds["week"].unique() if w != baseline_week) if weeks is None else list(weeks)
+        wk = sorted(ds["week"].unique()) if weeks is None else list(weeks)
+        wk = [w for w in wk if w != baseline_week]
         for w in wk:
             dw = ds[ds["week"] == w]
             n_bl0 = int(dw["excluded_bl0"].sum())
             dw = dw[dw["pct_change"].notna() & dw["arm"].isin(arms)]
             base = {"source": src, "week": int(w), "n": len(dw), "n_excluded_bl0": n_bl0}
-            x = _ancova_design(dw, arms, age_cutoff_years, us_label)
+            y, X, terms = _ancova_design(dw, arms, age_cutoff_years, us_label)
             reason = (f"no visits at week {w}" if len(dw) == 0 else
-                      _ancova_skip_reason(x, arms, min_n_per_arm, us_label, age_cutoff_years))
+                      _ancova_skip_reason(dw, X, arms, min_n_per_arm, us_label, age_cutoff_years))
             if reason:
-                msg = f"ANCOVA skipped for source {src}, week {w}: {reason}"
-                log.warning(msg)
+                log.warning("ANCOVA skipped for source %s, week %s: %s", src, w, reason)
                 coef_rows.append({**base, "term": "", "status": SKIPPED, "note": reason})
                 anova_rows.append({**base, "term": "", "status": SKIPPED, "note": reason})
                 continue
-            fit = smf.ols(formula, data=x).fit()
+            fit = sm.OLS(y, X).fit()
             ci = fit.conf_int(alpha=1 - conf_level)
-            for name in fit.params.index:
-                m = re.match(r"C\(arm_code.*\)\[T\.A(\d+)\]", name)
-                if m:
-                    arm = arms[int(m.group(1))]
-                    term, label, ttype = f"arm_{arm}", f"Arm: {arm} vs {control_arm}", "arm"
-                    coding = f"arm: {arm} = 1 vs control {control_arm} = 0 (reference {control_arm})"
-                else:
-                    term, ttype = name, ("intercept" if name == "Intercept" else "covariate")
-                    label = {"Intercept": "Intercept", "baseline_tlv_ml": "Baseline TLV (mL)",
-                             "region_US": f"Region: {us_label} vs rest of world",
-                             "age_gt45": f"Age > {age_cutoff_years:g} vs <= {age_cutoff_years:g}"}[name]
-                    coding = codings[name]
+            note = f"{n_bl0} with baseline TLV 0 excluded" if n_bl0 else ""
+            for name in X.columns:
+                ttype = "arm" if name.startswith("arm_") else ("intercept" if name == "Intercept" else "covariate")
                 coef_rows.append({
-                    **base, "term": term, "term_type": ttype, "label": label, "coding": coding,
+                    **base, "term": name, "term_type": ttype, "label": labels[name], "coding": codings[name],
                     "estimate": float(fit.params[name]), "se": float(fit.bse[name]),
                     "ci_low": float(ci.loc[name, 0]), "ci_high": float(ci.loc[name, 1]),
                     "t": float(fit.tvalues[name]), "p": float(fit.pvalues[name]),
-                    "df_resid": float(fit.df_resid), "status": OK,
-                    "note": f"{n_bl0} with baseline TLV 0 excluded" if n_bl0 else "",
+                    "df_resid": float(fit.df_resid), "status": OK, "note": note,
                 })
-            tab = anova_lm(fit, typ=2)
-            for name, r in tab.iterrows():
-                term = "arm" if name.startswith("C(arm_code") else name
-                anova_rows.append({
-                    **base, "term": term, "sum_sq": float(r["sum_sq"]), "df": float(r["df"]),
-                    "F": float(r["F"]) if np.isfinite(r["F"]) else np.nan,
-                    "p": float(r["PR(>F)"]) if np.isfinite(r["PR(>F)"]) else np.nan,
-                    "status": OK, "note": "Type II sums of squares",
-                })
+            if type2_anova:
+                for name, r in type2_anova_table(y, X, terms).iterrows():
+                    anova_rows.append({
+                        **base, "term": name, "sum_sq": r["sum_sq"], "df": r["df"], "F": r["F"],
+                        "p": r["PR(>F)"], "status": OK, "note": "Type II sums of squares",
+                    })
     coef_cols = ["source", "week", "term", "term_type", "label", "coding", "estimate", "se", "ci_low", "ci_high",
                  "t", "p", "n", "n_excluded_bl0", "df_resid", "status", "note"]
     anova_cols = ["source", "week", "term", "sum_sq", "df", "F", "p", "n", "n_excluded_bl0", "status", "note"]
@@ -667,7 +778,7 @@ def fit_cox(
 ) -> tuple[pd.DataFrame, str, str]:
     """Fit lifelines CoxPHFitter (Efron ties) tightly; return (summary, status, note).
 
-    summary has index = term and columns coef, se (as lifelines), z, p. ``status``
+    summary has index = term and columns coef, se, z, p (Wald), log_likelihood. ``status``
     is "ok", or "warning" with lifelines' convergence warning text in ``note``.
     """
     from lifelines import CoxPHFitter
@@ -682,8 +793,10 @@ def fit_cox(
         warnings.simplefilter("always")
         cph = CoxPHFitter().fit(df, duration_col="__time", event_col="__event", fit_options=opts)
     msgs = [str(w.message).strip().splitlines()[0] for w in caught if issubclass(w.category, ConvergenceWarning)]
-    s = cph.summary
-    out = pd.DataFrame({"coef": s["coef"], "se": s["se(coef)"], "z": s["z"], "p": s["p"]})
+    coef, se = cph.params_.astype(float), cph.standard_errors_.astype(float)
+    z = coef / se
+    # Wald test as in lifelines' summary (chi2(1) of z^2 == two-sided normal)
+    out = pd.DataFrame({"coef": coef, "se": se, "z": z, "p": 2 * sps.norm.sf(np.abs(z))})
     out["log_likelihood"] = float(cph.log_likelihood_)
     return out, (WARNING if msgs else OK), "; ".join(dict.fromkeys(msgs))
 
@@ -739,6 +852,10 @@ def cox_models(
                 else:
                     reason = None
                 X = info = None
+                if reason is None and model == "multivariable":
+                    empty = [a for a in arms if not (d["arm"] == a).any()]
+                    if empty:
+                        reason = f"arm {empty[0]} has no subjects with {ep} outcomes and {src} lesion data"
                 if reason is None:
                     X, info = cox_design(d, model, arms, edss_cutoff, us_label, log_tlv_offset_ml)
                     reason = _one_level(X, info, arms)
@@ -755,13 +872,20 @@ def cox_models(
                     log.warning("Cox %s failed for source %s, endpoint %s: %s", model, src, ep, msg)
                     rows.append({**base, "term": "", "status": FAILED, "note": f"fit failed: {msg}"})
                     continue
-                for term, r in s.iterrows():
+                if not np.all(np.isfinite(s[["coef", "se"]].to_numpy())) or (s["coef"].abs() > 20).any():
+                    status = WARNING
+                    note = "; ".join(x for x in (note, "non-finite or |log HR| > 20: possible separation") if x)
+                if status != OK:
+                    log.warning("Cox %s for source %s, endpoint %s: %s", model, src, ep, note)
+                with np.errstate(over="ignore", invalid="ignore"):
+                    hr = np.exp(s["coef"].to_numpy(float))
+                    lo = np.exp((s["coef"] - z * s["se"]).to_numpy(float))
+                    hi = np.exp((s["coef"] + z * s["se"]).to_numpy(float))
+                for j, (term, r) in enumerate(s.iterrows()):
                     label, coding = info[term]
                     rows.append({
                         **base, "term": term, "label": label, "coding": coding,
-                        "coef": r["coef"], "se": r["se"], "hr": math.exp(r["coef"]),
-                        "hr_ci_low": math.exp(r["coef"] - z * r["se"]),
-                        "hr_ci_high": math.exp(r["coef"] + z * r["se"]),
+                        "coef": r["coef"], "se": r["se"], "hr": hr[j], "hr_ci_low": lo[j], "hr_ci_high": hi[j],
                         "z": r["z"], "p": r["p"], "log_likelihood": r["log_likelihood"],
                         "status": status, "note": note,
                     })
@@ -792,13 +916,14 @@ def side_by_side(
 
 
 def table4(cox: pd.DataFrame, sources: Sequence[str] | None = None, digits: int = 3) -> pd.DataFrame:
-    """Table 4 layout: endpoint, model, term, label; per source HR (CI) text, hr, CI, p, n, events, status."""
+    """Table 4 layout: endpoint, model, term, label; per source ``<src>.hr_95ci`` ("HR (low, high)",
+    ``digits`` decimals), hr, hr_ci_low, hr_ci_high, p, n, events, status, note."""
     t = cox.copy()
 
     def fmt(r):
         if pd.isna(r["hr"]) or not np.isfinite(r["hr"]):
             return ""
-        return f"{r['hr']:.{digits}g} ({r['hr_ci_low']:.{digits}g}, {r['hr_ci_high']:.{digits}g})"
+        return f"{r['hr']:.{digits}f} ({r['hr_ci_low']:.{digits}f}, {r['hr_ci_high']:.{digits}f})"
 
     t["hr_95ci"] = t.apply(fmt, axis=1) if len(t) else []
     return side_by_side(t, ["endpoint", "model", "term", "label"],
@@ -824,7 +949,7 @@ def km_analysis(
     arms; "low": TLV ≤ median, "high": TLV > median), applied to each arm. Within
     each arm the low and high curves are compared by the log-rank test (lifelines
     ``logrank_test``). Returns ``(tests, curves, at_risk)``:
-    tests: source, endpoint, arm, median_bl_tlv_ml, n_low, n_high, events_low,
+    tests: source, endpoint, arm, median_bl_tlv_ml, split, n_low, n_high, events_low,
     events_high, chi2, p, status, note; curves: source, endpoint, arm, group, time,
     survival, ci_low, ci_high (step function incl. time 0); at_risk: source,
     endpoint, arm, group, time, n_at_risk at 0, step, 2·step, … .
@@ -847,6 +972,7 @@ def km_analysis(
                 da = d[d["arm"] == arm]
                 lo, hi = da[da["group"] == "low"], da[da["group"] == "high"]
                 row = {"source": src, "endpoint": ep, "arm": arm, "median_bl_tlv_ml": median,
+                       "split": "low: baseline TLV <= median, high: > median (median over all arms of the source)",
                        "n_low": len(lo), "n_high": len(hi), "events_low": int(lo["event"].sum()),
                        "events_high": int(hi["event"].sum()), "chi2": np.nan, "p": np.nan,
                        "status": OK, "note": ""}
@@ -892,9 +1018,12 @@ def km_analysis(
 
 
 def _write_tsv(df: pd.DataFrame, path: str | Path) -> None:
+    """Write a TSV atomically (temporary file, then rename): nothing partial is left behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(path, sep="\t", index=False, float_format="%.10g")
+    tmp = path.with_name(path.name + ".part")
+    df.to_csv(tmp, sep="\t", index=False, float_format="%.10g")
+    os.replace(tmp, path)
 
 
 def _load(long_tsv, participants_tsv, outcomes_tsv=None, arms=None, baseline_week=0):
@@ -925,7 +1054,7 @@ def run_change(
     participants, long, _ = _load(long_tsv, participants_tsv, None, arms, baseline_week)
     srcs = resolve_sources(long, sources)
     change = compute_change(long[long["source"].isin(srcs)], baseline_week)
-    summary = summarize_change(change, participants, control_arm, arms, conf_level, srcs)
+    summary = summarize_change(change, participants, control_arm, arms, conf_level, srcs, baseline_week)
     _write_tsv(change, out_change_tsv)
     _write_tsv(summary, out_summary_tsv)
     from t2lesion.plots.stats import plot_change

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import time
+import subprocess
+import sys
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -61,6 +63,24 @@ def test_corner_touching_cubes_are_two_lesions_under_18_one_under_26():
     m[2:4, 2:4, 2:4] = True  # one shared corner only
     assert M.label_lesions(m, connectivity=18)[1].tolist() == [8, 8]
     assert M.label_lesions(m, connectivity=26)[1].tolist() == [16]
+
+
+def test_line_shaped_volume_under_26_connectivity():
+    # cc3d 4.1.1 raises on (1, 1, n) arrays with 26-connectivity; with a singleton axis 26 ≡ 18
+    m = np.array([[[True, False, True, False, True]]])
+    assert M.label_lesions(m, connectivity=26, min_size=1)[1].tolist() == [1, 1, 1]
+
+
+def test_fortran_ordered_and_transposed_masks_give_the_same_lesions():
+    gt, pred = BENCH.make_visit(shape=(12, 40, 40), n_lesions=30, seed=5)
+    ref_row, ref_les = M.evaluate_visit(gt, pred, 1)
+    row, les = M.evaluate_visit(np.asfortranarray(gt), np.asfortranarray(pred), 1)
+    assert row == pytest.approx(ref_row, nan_ok=True)
+    pd.testing.assert_frame_equal(les, ref_les)
+    labels, sizes = M.label_lesions(np.asfortranarray(gt))
+    np.testing.assert_array_equal(labels, M.label_lesions(gt)[0])
+    t_row, _ = M.evaluate_visit(gt.transpose(2, 1, 0), pred.transpose(2, 1, 0), 1)
+    assert t_row["gt_tlc"] == ref_row["gt_tlc"] and t_row["dc"] == ref_row["dc"]
 
 
 def test_two_voxel_speck_vanishes_from_lesions_but_not_from_voxel_metrics():
@@ -340,7 +360,7 @@ def test_metrics_invariant_to_translating_both_masks(pair, shift):
     assert r0 == pytest.approx(r1, nan_ok=True)
     cols = ["kind", "n_voxels", "overlap_fraction", "matched", "false_positive", "lesion_dc"]
     pd.testing.assert_frame_equal(l0[cols], l1[cols])
-    assert (l1["centroid_z"] - l0["centroid_z"] == shift[0]).all()
+    np.testing.assert_allclose(l1["centroid_z"] - l0["centroid_z"], shift[0])
 
 
 @given(mask_pairs())
@@ -359,7 +379,7 @@ def test_voxel_metrics_agree_with_medpy(pair):
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("conn, overlap, fp_overlap", [(18, 0.10, None), (6, 0.0, 0.0), (26, 0.3, 0.05)])
 def test_lesion_metrics_agree_with_naive_reference(seed, conn, overlap, fp_overlap):
-    gt, pred = BENCH.make_visit(shape=(12, 48, 40), n_lesions=25, seed=seed)
+    gt, pred = BENCH.make_visit(shape=(16, 64, 64), n_lesions=60, seed=seed)
     row, les = M.evaluate_visit(gt, pred, 1, connectivity=conn, overlap=overlap, fp_overlap=fp_overlap)
     ref = BENCH.naive_evaluate(gt, pred, connectivity=conn, overlap=overlap, fp_overlap=fp_overlap)
     assert (row["gt_tlc"], row["pred_tlc"]) == (ref["gt_tlc"], ref["pred_tlc"]) and row["gt_tlc"] > 10
@@ -370,20 +390,6 @@ def test_lesion_metrics_agree_with_naive_reference(seed, conn, overlap, fp_overl
         np.testing.assert_array_equal(sub["n_voxels"], ref[f"{kind}_sizes"])
         np.testing.assert_allclose(sub["overlap_fraction"], ref[f"{kind}_frac"])
         np.testing.assert_allclose(sub["lesion_dc"], ref[f"{kind}_dc"])
-
-
-# --------------------------------------------------------------------------- speed
-
-
-def test_trial_sized_visit_is_evaluated_well_under_a_second():
-    gt, pred = BENCH.make_visit(shape=(64, 240, 200), n_lesions=600, seed=1)
-    best = math.inf
-    for _ in range(3):
-        t0 = time.perf_counter()
-        row, _ = M.evaluate_visit(gt, pred, 0.003)
-        best = min(best, time.perf_counter() - t0)
-    assert row["gt_tlc"] > 300
-    assert best < 0.5, f"{best:.3f} s"
 
 
 # --------------------------------------------------------------------------- files
@@ -450,19 +456,26 @@ def test_run_dataset_writes_every_table_and_figure(tmp_path):
     # an empty-prediction visit: its LPPV/LFPR are NaN and must be counted, not averaged
     e = empty((10, 40, 40))
     g = block((10, 40, 40), slice(0, 2), slice(0, 3), slice(0, 3))
-    d = tmp_path / "sub-009" / "ses-w000"
-    d.mkdir(parents=True)
-    gp, pp = _write_masks(d, g, e)
-    M.run_visit(gp, pp, d / "visit.tsv", d / "lesions.tsv", "sub-009", "ses-w000")
-    out = M.run_dataset(vt + [d / "visit.tsv"], lt + [d / "lesions.tsv"], tmp_path / "out",
-                        source="baseline", trial="A", isbi_score=True)
+    # and a visit with both masks empty: a header-only lesion table
+    for sub, gt in (("sub-009", g), ("sub-010", e)):
+        d = tmp_path / sub / "ses-w000"
+        d.mkdir(parents=True)
+        gp, pp = _write_masks(d, gt, e)
+        M.run_visit(gp, pp, d / "visit.tsv", d / "lesions.tsv", sub, "ses-w000")
+        vt.append(d / "visit.tsv")
+        lt.append(d / "lesions.tsv")
+    assert len(pd.read_csv(lt[-1], sep="\t")) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = M.run_dataset(vt, lt, tmp_path / "out", source="baseline", trial="A", isbi_score=True)
     assert set(out) == set(M.DATASET_OUTPUTS) and all(p.is_file() for p in out.values())
     visits = pd.read_csv(out["visits"], sep="\t")
-    assert len(visits) == 7 and (visits["source"] == "baseline").all() and (visits["trial"] == "A").all()
-    assert visits["week"].tolist() == [0, 24, 0, 24, 0, 24, 0]
+    assert len(visits) == 8 and (visits["source"] == "baseline").all() and (visits["trial"] == "A").all()
+    assert visits["week"].tolist() == [0, 24, 0, 24, 0, 24, 0, 0]
     t2 = pd.read_csv(out["table2"], sep="\t").set_index("metric")
     assert t2.loc["DC", "mean"] == pytest.approx(visits["dc"].mean())
-    assert (t2.loc["LPPV", "n"], t2.loc["LPPV", "n_nan"]) == (6, 1)
+    assert (t2.loc["DC", "n"], t2.loc["DC", "n_nan"]) == (7, 1)
+    assert (t2.loc["LPPV", "n"], t2.loc["LPPV", "n_nan"]) == (6, 2)
     assert not visits["isbi_score"].iloc[:6].isna().any()
     corr = pd.read_csv(out["correlation"], sep="\t").set_index("measure")
     assert corr.loc["TLV (mL)", "r"] == pytest.approx(np.corrcoef(visits["gt_tlv_ml"], visits["pred_tlv_ml"])[0, 1])
@@ -470,7 +483,7 @@ def test_run_dataset_writes_every_table_and_figure(tmp_path):
     lesions = pd.read_csv(out["lesions"], sep="\t")
     assert groups["n_gt"].sum() == (lesions["kind"] == "gt").sum() == visits["gt_tlc"].sum()
     assert groups["size_group"].tolist() == ["3-10", "11-50", "51-100", ">100"]
-    assert (groups["n_visits"] == 7).all()
+    assert (groups["n_visits"] == 8).all()
 
 
 def test_run_dataset_refuses_mixed_parameters_and_duplicates(tmp_path):
@@ -480,4 +493,15 @@ def test_run_dataset_refuses_mixed_parameters_and_duplicates(tmp_path):
         M.run_dataset(vt[:1] + vt2[1:], lt[:1] + lt2[1:], tmp_path / "out", source="baseline", trial="A")
     with pytest.raises(InputError, match="sub-001 ses-w000: visit given more than once"):
         M.run_dataset(vt + vt[:1], lt + lt[:1], tmp_path / "out", source="baseline", trial="A")
+    bad = tmp_path / "bad.tsv"
+    pd.read_csv(vt[0], sep="\t").drop(columns=["dc", "overlap"]).to_csv(bad, sep="\t", index=False)
+    with pytest.raises(InputError, match=r"bad.tsv: missing columns \['dc', 'overlap'\]"):
+        M.run_dataset([bad], lt[:1], tmp_path / "out", source="baseline", trial="A")
     assert not (tmp_path / "out").exists()
+
+
+def test_metrics_stage_never_imports_a_deep_learning_framework():
+    code = ("import sys, t2lesion.metrics, t2lesion.classical, t2lesion.plots.metrics; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('keras', 'tensorflow', 'torch')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "[]"

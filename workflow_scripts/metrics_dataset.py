@@ -14,5 +14,6 @@ with rule_log(snakemake.log[0], snakemake.threads):
         source=snakemake.wildcards.source,
         trial=snakemake.wildcards.trial,
         size_groups=[tuple(g) for g in snakemake.params.size_groups],
+        isbi_score=snakemake.params.isbi_score,
         outputs={k: o[k] for k in o.keys()},
     )

@@ -69,7 +69,8 @@ def plot_agreement(gt, pred, out_png: str | Path, *, quantity: str = "TLV", unit
     _save(fig, out_png)
 
 
-_PANELS = (("lesion_dc", "lesion DC", "a"), ("ltpr", "LTPR", "b"), ("lfpr", "LFPR", "c"))
+_PANELS = (("lesion_dc", "lesion DC", "a", "lesions"), ("ltpr", "LTPR", "b", "visits"),
+           ("lfpr", "LFPR", "c", "visits"))
 
 
 def plot_size_groups(tables: Mapping[str, pd.DataFrame], out_png: str | Path, *,
@@ -84,22 +85,23 @@ def plot_size_groups(tables: Mapping[str, pd.DataFrame], out_png: str | Path, *,
     axes = fig.subplots(1, 3)
     k = max(len(tables), 1)
     width = 0.8 / k
-    for ax, (col, name, letter) in zip(axes, _PANELS):
+    for ax, (col, name, letter, over) in zip(axes, _PANELS):
         for i, (label, tab) in enumerate(tables.items()):
             x = np.arange(len(tab)) + (i - (k - 1) / 2) * width
             mean = tab[f"{col}_mean"].to_numpy(float)
             sd = tab[f"{col}_sd"].to_numpy(float)
             bars = ax.bar(x, np.nan_to_num(mean), width, yerr=np.where(np.isfinite(sd), sd, 0),
                           capsize=3, label=label, color=f"C{i}", error_kw={"lw": 0.8})
-            for b, n, m in zip(bars, tab[f"{col}_n"], mean):
-                ax.annotate("n/a" if not np.isfinite(m) else f"n={int(n)}", (b.get_x() + b.get_width() / 2, 0.01),
-                            ha="center", va="bottom", fontsize=7, color="white" if np.isfinite(m) and m > 0.08
-                            else "0.3", rotation=90)
+            for b, n, m, s in zip(bars, tab[f"{col}_n"], mean, sd):
+                top = min(np.nan_to_num(m) + np.nan_to_num(s), 1.0) + 0.02
+                text = ("" if k > 1 else "n=") + str(int(n)) if np.isfinite(m) else "n/a"
+                ax.annotate(text, (b.get_x() + b.get_width() / 2, top),
+                            ha="center", va="bottom", fontsize=7, color="0.25")
         ref = next(iter(tables.values()))
         ax.set_xticks(np.arange(len(ref)), ref["size_group"].astype(str))
         ax.set_xlabel("lesion size (voxels)")
-        ax.set_ylabel(f"mean {name}")
-        ax.set_ylim(0, 1.05)
+        ax.set_ylabel(f"mean {name} (± SD over {over})")
+        ax.set_ylim(0, 1.12)
         ax.set_title(f"({letter}) {name}")
     if len(tables) > 1:
         axes[0].legend(frameon=False, fontsize=8)

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -35,11 +36,24 @@ def _fmt_p(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"= {p:.3f}"
 
 
+def _short_reason(note: str) -> str:
+    """A few words for a skipped log-rank test (the full reason is in the TSV)."""
+    for key, short in (("no subjects", "no subjects"), ("no events", "no events"), ("median", "one TLV group"),
+                       ("no outcome rows", "no outcomes")):
+        if key in str(note):
+            return short
+    return "skipped"
+
+
 def _save(fig, out_png: str | Path) -> None:
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=130, bbox_inches="tight")
-    plt.close(fig)
+    tmp = out_png.with_name(out_png.name + ".part")
+    try:
+        fig.savefig(tmp, dpi=130, bbox_inches="tight", format="png")
+    finally:
+        plt.close(fig)
+    os.replace(tmp, out_png)
 
 
 def _empty(out_png: str | Path, message: str) -> None:
@@ -128,8 +142,9 @@ def plot_km(
     """Kaplan–Meier curves of ``endpoint`` by median baseline TLV, per arm (Fig. 4 style).
 
     One column per source. Colour = arm, solid = TLV ≤ median ("low"), dashed =
-    TLV > median ("high"); log-rank p per arm in the panel; numbers at risk under
-    each panel, one line per arm × group.
+    TLV > median ("high"); the panel title gives the source's median and the
+    log-rank p per arm; numbers at risk under each panel, one line per arm × group;
+    one legend for the figure.
     """
     t_ep = tests[tests["endpoint"] == endpoint] if len(tests) else tests
     c_ep = curves[curves["endpoint"] == endpoint]
@@ -141,11 +156,13 @@ def plot_km(
     sources = list(dict.fromkeys(t_ep["source"])) if sources is None else list(sources)
     colors = {a: ARM_COLORS[i % len(ARM_COLORS)] for i, a in enumerate(arms)}
     styles = {"low": "-", "high": "--"}
-    lines = [(a, g) for a in arms for g in ("low", "high")]
+    have = set(map(tuple, r_ep[["arm", "group"]].to_numpy())) if len(r_ep) else set()
+    lines = [(a, g) for a in arms for g in ("low", "high") if (a, g) in have] or [(arms[0], "low")]
     n_lines = len(lines)
-    fig = plt.figure(figsize=(5.8 * len(sources), 4.4 + 0.22 * n_lines))
-    gs = fig.add_gridspec(2, len(sources), height_ratios=[4.0, 0.28 * n_lines + 0.45], hspace=0.32, wspace=0.22)
+    fig = plt.figure(figsize=(5.8 * len(sources), 4.9 + 0.22 * n_lines))
+    gs = fig.add_gridspec(2, len(sources), height_ratios=[4.0, 0.28 * n_lines + 0.45], hspace=0.3, wspace=0.22)
     tmax = float(c_ep["time"].max())
+    handles = {}
     for k, src in enumerate(sources):
         ax = fig.add_subplot(gs[0, k])
         tab = fig.add_subplot(gs[1, k], sharex=ax)
@@ -157,21 +174,19 @@ def plot_km(
                 continue
             t = c["time"].to_numpy(float)
             y = c["survival"].to_numpy(float)
-            t = np.append(t, tmax) if t[-1] < tmax else t
-            y = np.append(y, y[-1]) if len(y) < len(t) else y
+            if t[-1] < tmax:
+                t, y = np.append(t, tmax), np.append(y, y[-1])
             sign = "≤" if grp == "low" else ">"
-            ax.step(t, y, where="post", color=colors[arm], ls=styles[grp], lw=1.8,
-                    label=f"{arm}, BL TLV {sign} {median:.3g} mL")
+            (h,) = ax.step(t, y, where="post", color=colors[arm], ls=styles[grp], lw=1.8)
+            handles.setdefault(f"{arm}, BL TLV {sign} median", h)
         ptxt = []
         for r in ts.itertuples():
-            ptxt.append(f"{r.arm}: log-rank p {_fmt_p(r.p)}" if r.status == "ok" else f"{r.arm}: test skipped")
-        ax.text(0.02, 0.03, "\n".join(ptxt), transform=ax.transAxes, fontsize=9, va="bottom",
-                bbox=dict(boxstyle="round,pad=0.3", fc="white", ec="0.8"))
+            ptxt.append(f"{r.arm} p {_fmt_p(r.p)}" if r.status == "ok" else f"{r.arm}: {_short_reason(r.note)}")
         ax.set_ylim(-0.02, 1.02)
         ax.set_ylabel(f"Free of {endpoint} (KM)" if k == 0 else "")
-        ax.set_title(f"{endpoint} — {source_title(src)}", fontsize=12)
+        ax.set_title(f"{source_title(src)} — median BL TLV {median:.3g} mL\nlog-rank: " + "; ".join(ptxt),
+                     fontsize=10.5)
         ax.grid(color="0.92")
-        ax.legend(loc="upper right", fontsize=8, frameon=True, framealpha=0.9)
         plt.setp(ax.get_xticklabels(), visible=False)
         # numbers at risk
         rs = r_ep[r_ep["source"] == src]
@@ -191,5 +206,11 @@ def plot_km(
         if ticks:
             tab.set_xticks(ticks)
         tab.set_xlim(-0.03 * tmax, tmax * 1.03)
-    fig.suptitle(f"{endpoint}: Kaplan–Meier by cohort-wide median baseline T2 TLV", fontsize=12, y=0.995)
+    fig.suptitle(f"{endpoint}: Kaplan–Meier by cohort-wide median baseline T2 TLV", fontsize=12, y=1.0)
+    ncol = max(1, min(len(handles), 2 * len(sources), 4))
+    if handles:
+        fig.legend(list(handles.values()), list(handles.keys()), loc="upper center", ncol=ncol, fontsize=9,
+                   frameon=False, bbox_to_anchor=(0.5, 0.975))
+    n_rows = max(1, -(-len(handles) // ncol))
+    fig.subplots_adjust(top=0.82 - 0.035 * (n_rows - 1))
     _save(fig, out_png)

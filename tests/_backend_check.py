@@ -1,0 +1,143 @@
+"""Backend-independent model/loss checks, runnable in a subprocess under any Keras backend.
+
+    KERAS_BACKEND=torch python tests/_backend_check.py OUT.json [--load SAVED.keras INPUT.npy EXPECTED.npy]
+
+Prints nothing essential; writes a JSON report to OUT.json. ``tests/test_model.py`` runs it
+under TensorFlow in-process (by importing ``run_checks``) and under PyTorch in a subprocess
+(the Keras backend is fixed at import time).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+TINY = dict(
+    patch_size=(8, 32, 32),
+    widths=(4, 8, 8, 8),
+    dropout_rate=0.3,
+    seed=3,
+)
+
+
+def tiny_config(**kw):
+    from t2lesion.model import ModelConfig
+
+    return ModelConfig.from_dict({**TINY, **kw})
+
+
+def synthetic_batch(cfg, batch: int = 2, seed: int = 0):
+    """Images with bright blobs (lesions) in FLAIR/T2w, the packed [mask, alpha] target."""
+    from t2lesion.losses import alpha_map, pack_targets
+
+    rng = np.random.default_rng(seed)
+    z, y, x = cfg.patch_size
+    zz, yy, xx = np.meshgrid(np.arange(z), np.arange(y), np.arange(x), indexing="ij")
+    imgs = rng.normal(0, 0.3, (batch, z, y, x, 3)).astype("float32")
+    masks = np.zeros((batch, z, y, x), "float32")
+    for b in range(batch):
+        for _ in range(3):
+            c = rng.uniform([1, 4, 4], [z - 1, y - 4, x - 4])
+            r = rng.uniform(1.0, 3.0)
+            blob = ((zz - c[0]) * 3) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2 <= (r * 2) ** 2
+            masks[b][blob] = 1
+    imgs[..., 0] += 1.5 * masks  # T2w
+    imgs[..., 1] += 2.0 * masks  # FLAIR
+    imgs[..., 2] -= 0.5 * masks  # T1w
+    alpha = np.stack([alpha_map(m) for m in masks])
+    return imgs, pack_targets(masks, alpha)
+
+
+def train_steps(model, x, t, steps: int = 8, lr: float = 3e-3, jit_compile="auto"):
+    import keras
+
+    from t2lesion.losses import make_loss
+
+    loss, cb = make_loss(n_epochs=5)
+    n_out = len(model.outputs)
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss=[loss] * n_out, jit_compile=jit_compile)
+    losses = []
+    for _ in range(steps):
+        out = model.train_on_batch(x, [t] * n_out, return_dict=True)
+        losses.append(float(out["loss"]))
+    return losses
+
+
+def run_checks(out_json: str | None = None, load: tuple[str, str, str] | None = None) -> dict:
+    import keras
+
+    from t2lesion import model as M
+
+    rep: dict = {"backend": keras.backend.backend()}
+    t0 = time.time()
+
+    # --- cross-backend load: a model saved by another backend predicts identically here
+    if load is not None:
+        path, inp, expected = load
+        m = keras.saving.load_model(path)
+        pred = m.predict_on_batch(np.load(inp))
+        exp = np.load(expected)
+        rep["cross_load_max_abs_diff"] = float(np.max(np.abs(np.asarray(pred[0]) - exp)))
+
+    cfg = tiny_config()
+    keras.utils.set_random_seed(0)
+    model = M.build_multiarm_unet(cfg)
+    x, t = synthetic_batch(cfg)
+    rep["output_shapes"] = [list(o.shape[1:]) for o in model.outputs]
+    preds = model.predict_on_batch(x)
+    rep["pred_shapes"] = [list(np.asarray(p).shape) for p in preds]
+
+    # --- training reduces the loss (fixed seed, tiny model, fixed batch)
+    losses = train_steps(model, x, t)
+    rep["train_losses"] = losses
+    rep["finite"] = bool(np.all(np.isfinite(losses)))
+
+    # --- save / load round trip predicts identically
+    tmp = Path(os.environ.get("T2L_TMP", "/tmp"))
+    path = tmp / f"t2l_model_{keras.backend.backend()}.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    a = [np.asarray(p) for p in model.predict_on_batch(x)]
+    b = [np.asarray(p) for p in loaded.predict_on_batch(x)]
+    rep["save_load_max_abs_diff"] = float(max(np.max(np.abs(u - v)) for u, v in zip(a, b)))
+
+    # --- MC dropout: BN in inference mode, dropout on
+    enc, dec = M.split_encoder_decoder(loaded)
+    _, mc0 = M.split_encoder_decoder(loaded, mc=True, rate=0.0)
+    feats = enc(x, training=False)
+    det = np.asarray(dec(feats, training=False)[0])
+    rep["mc0_vs_det_max_abs_diff"] = float(np.max(np.abs(np.asarray(mc0(feats)[0]) - det)))
+    rep["det_vs_full_model_max_abs_diff"] = float(np.max(np.abs(det - b[0])))
+    bn_before = [np.array(v) for v in loaded.non_trainable_weights if "seed_generator" not in v.path]
+    samples = M.mc_predict(enc, dec, x, n_samples=4, seed=1, mode="samples")
+    rep["mc_samples_shape"] = list(samples.shape)
+    rep["mc_sample_spread"] = float(np.max(np.abs(samples[:, 0] - samples[:, 1])))
+    again = M.mc_predict(enc, dec, x, n_samples=4, seed=1, mode="samples")
+    rep["mc_reproducible_max_abs_diff"] = float(np.max(np.abs(samples - again)))
+    bn_after = [np.array(v) for v in loaded.non_trainable_weights if "seed_generator" not in v.path]
+    rep["bn_stats_unchanged_by_mc"] = bool(all(np.array_equal(u, v) for u, v in zip(bn_before, bn_after)))
+    rep["seconds"] = time.time() - t0
+
+    if out_json:
+        Path(out_json).write_text(json.dumps(rep, indent=1))
+    return rep
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    load = None
+    if "--load" in args:
+        i = args.index("--load")
+        load = tuple(args[i + 1 : i + 4])
+        args = args[:i] + args[i + 4 :]
+    r = run_checks(args[0] if args else None, load)
+    print(json.dumps(r))

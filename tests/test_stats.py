@@ -1,0 +1,585 @@
+"""Tests of the endpoint statistics (t2lesion.stats, SPEC §9) and their figures.
+
+Known answers come from the tabular synthetic cohort (t2lesion.cohort), whose
+true Cox coefficients and ANCOVA treatment effects are known; lifelines and
+statsmodels results are reproduced by independent implementations (statsmodels
+PHReg / survdiff / SurvfuncRight, numpy least squares, scipy t tests).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats as sps
+
+from t2lesion import stats
+from t2lesion.cohort import CohortParams, long_table_from_trajectory, simulate_cohort, true_coefficients
+from t2lesion.errors import InputError
+
+
+def make_tables(n_per_arm, seed, params=None, pred=True):
+    """participants (typed), long table with gt (+ a noisy 'baseline' source), outcomes."""
+    params = params or CohortParams()
+    p, tl, o = simulate_cohort(n_per_arm, seed, params)
+    rng = np.random.default_rng(seed + 1000)
+    gt = long_table_from_trajectory(tl, "gt", rng)
+    parts = [gt]
+    if pred:
+        pr = gt.copy()
+        pr["source"] = "baseline"
+        pr["tlv_ml"] = pr["tlv_ml"] * np.exp(rng.normal(0.05, 0.05, len(pr)))
+        parts.append(pr)
+    long = pd.concat(parts, ignore_index=True)
+    participants = stats.validate_participants(p.drop(columns="tlv_bl_ml"))
+    return participants, stats.validate_long(long, participants), stats.validate_outcomes(o, participants)
+
+
+def write_inputs(tmp_path, participants, long, outcomes):
+    paths = {k: tmp_path / f"{k}.tsv" for k in ("participants", "long", "outcomes")}
+    participants.to_csv(paths["participants"], sep="\t", index=False)
+    long.to_csv(paths["long"], sep="\t", index=False)
+    outcomes.to_csv(paths["outcomes"], sep="\t", index=False)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def big():
+    """3000 subjects, GT source only (tabular known-answer tests)."""
+    return make_tables(1500, seed=2023, pred=False)
+
+
+@pytest.fixture(scope="module")
+def small():
+    return make_tables(60, seed=7)
+
+
+# ------------------------------------------------------------------ known answers
+
+
+def test_ancova_arm_effect_known_answer(big):
+    participants, long, _ = big
+    truth = true_coefficients(CohortParams())["ancova_arm_effect_pct"]["OCR"]
+    coef, anova_t = stats.ancova(stats.compute_change(long), participants, "PLA")
+    arm = coef[coef["term"] == "arm_OCR"].set_index("week")
+    assert list(arm.index) == [24, 48, 96]
+    assert (arm["status"] == "ok").all() and (arm["n"] == 3000).all()
+    for w, true in truth.items():
+        r = arm.loc[w]
+        assert r["ci_low"] <= true <= r["ci_high"], (w, true, r["ci_low"], r["ci_high"])
+    assert arm.loc[96, "p"] < 1e-10
+    # covariates have no true effect: their CIs cover 0 at week 96
+    cov = coef[(coef["week"] == 96) & (coef["term_type"] == "covariate")]
+    assert set(cov["term"]) == {"baseline_tlv_ml", "region_US", "age_gt45"}
+    assert ((cov["ci_low"] < 0) & (cov["ci_high"] > 0)).all()
+    assert set(anova_t["term"]) == {"arm", "baseline_tlv_ml", "region_US", "age_gt45", "Residual"}
+
+
+def test_change_summary_known_answer(big):
+    participants, long, _ = big
+    s = stats.summarize_change(stats.compute_change(long), participants, "PLA")
+    truth = true_coefficients(CohortParams())["mean_pct_change"]
+    for r in s.itertuples():
+        if r.week > 0:
+            assert r.ci_low_pct_change <= truth[r.arm][r.week] <= r.ci_high_pct_change, r
+    sep = s[(s.arm == "OCR") & (s.week == 96)].iloc[0]
+    assert sep.separation_ci_low <= 10.0 <= sep.separation_ci_high
+    assert s[s.arm == "PLA"]["separation_pct"].isna().all()
+
+
+def test_cox_log_tlv_and_arm_known_answer(big):
+    participants, long, outcomes = big
+    truth = true_coefficients(CohortParams())["cox"]
+    bl = stats.baseline_lesions(long)
+    cox = stats.cox_models(bl, participants, outcomes, "PLA", endpoints=["CDP24", "CCDP24"],
+                           models=["multivariable"])
+    assert (cox["status"] == "ok").all()
+    z = stats.sps.norm.ppf(0.975)
+    for ep in ("CDP24", "CCDP24"):
+        m = cox[cox.endpoint == ep].set_index("term")
+        assert list(m.index) == ["arm_OCR", "sex_M", "region_US", "edss_lt4", "age", "log_tlv", "arm_OCR_x_log_tlv"]
+        for term in ("log_tlv", "arm_OCR"):
+            lo, hi = m.loc[term, "coef"] - z * m.loc[term, "se"], m.loc[term, "coef"] + z * m.loc[term, "se"]
+            assert lo <= truth[term] <= hi, (ep, term, lo, truth[term], hi)
+            assert m.loc[term, "hr_ci_low"] == pytest.approx(math.exp(lo))
+        # every coefficient within 3.5 SE of its true value
+        for term, r in m.iterrows():
+            assert abs(r["coef"] - truth[term]) < 3.5 * r["se"], (ep, term)
+        assert m.loc["log_tlv", "p"] < 1e-6
+
+
+def test_cox_codings_with_nonzero_covariate_effects():
+    """Covariate directions/codings: all true effects non-zero, interaction included."""
+    params = CohortParams(beta_male=math.log(1.4), beta_us=math.log(1.6), beta_edss_lt4=math.log(0.6),
+                          beta_age_per_year=0.03, beta_arm_x_log_tlv=math.log(0.75), beta_arm=math.log(1.3))
+    participants, long, outcomes = make_tables(1200, seed=5, params=params, pred=False)
+    truth = true_coefficients(params)["cox"]
+    cox = stats.cox_models(stats.baseline_lesions(long), participants, outcomes, "PLA", endpoints=["CCDP24"],
+                           models=["multivariable"]).set_index("term")
+    for term, r in cox.iterrows():
+        assert abs(r["coef"] - truth[term]) < 3.5 * r["se"], (term, r["coef"], truth[term])
+        assert np.sign(r["coef"]) == np.sign(truth[term]), term
+
+
+def test_cox_univariable_known_answer_when_only_tlv_matters():
+    params = CohortParams(beta_arm=0.0)
+    participants, long, outcomes = make_tables(800, seed=9, params=params, pred=False)
+    cox = stats.cox_models(stats.baseline_lesions(long), participants, outcomes, "PLA", endpoints=["CDP24"],
+                           models=["univariable_log_tlv"])
+    r = cox.iloc[0]
+    assert r["term"] == "log_tlv" and r["status"] == "ok"
+    assert r["hr_ci_low"] <= 1.5 <= r["hr_ci_high"]
+    assert r["n"] == 1600 and r["events"] == outcomes.query("endpoint == 'CDP24'")["event"].sum()
+
+
+# ------------------------------------------------------------------ null simulations
+
+
+def test_ancova_null_rejection_rate():
+    """No treatment effect: the arm p-value is ~uniform (200 replicates, same code path)."""
+    params = CohortParams(tlv_pct_per_96w_treated=10.0, weeks=[0, 96])
+    pvals = []
+    for rep in range(200):
+        p, tl, _ = simulate_cohort(40, seed=10_000 + rep, params=params)
+        long = long_table_from_trajectory(tl, "gt", np.random.default_rng(rep))
+        coef, _ = stats.ancova(stats.compute_change(long), p, "PLA", weeks=[96])
+        pvals.append(float(coef.loc[coef.term == "arm_OCR", "p"].iloc[0]))
+    pvals = np.asarray(pvals)
+    rate = float(np.mean(pvals < 0.05))
+    assert 0.02 <= rate <= 0.09, rate
+    assert sps.kstest(pvals, "uniform").pvalue > 0.01
+
+
+def test_cox_null_rejection_rate():
+    """No log-TLV effect: univariable Cox p-value ~uniform (200 replicates, same fit_cox)."""
+    params = CohortParams(beta_log_tlv=0.0, beta_arm=0.0)
+    pvals = []
+    for rep in range(200):
+        p, _, o = simulate_cohort(40, seed=20_000 + rep, params=params)
+        d = o[o.endpoint == "CDP24"].merge(p, on="participant_id")
+        d["log_tlv"] = np.log(d["tlv_bl_ml"] + 0.01)
+        X, _ = stats.cox_design(d, "univariable_log_tlv", ["PLA", "OCR"])
+        s, status, _ = stats.fit_cox(X, d["time_weeks"].to_numpy(), d["event"].to_numpy())
+        assert status == "ok"
+        pvals.append(float(s.loc["log_tlv", "p"]))
+    pvals = np.asarray(pvals)
+    rate = float(np.mean(pvals < 0.05))
+    assert 0.02 <= rate <= 0.09, rate
+    assert sps.kstest(pvals, "uniform").pvalue > 0.01
+
+
+# ------------------------------------------------------- independent implementations
+
+
+def _sig_equal(a, b, digits=6):
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    np.testing.assert_allclose(a, b, rtol=10.0 ** (-digits), atol=0)
+
+
+def test_cox_matches_statsmodels_phreg_efron_with_ties(small):
+    from statsmodels.duration.hazard_regression import PHReg
+
+    participants, long, outcomes = small
+    o = outcomes.copy()
+    o["time_weeks"] = np.ceil(o["time_weeks"] / 6) * 6  # visit-grid times: many ties
+    bl = stats.baseline_lesions(long)
+    cox = stats.cox_models(bl, participants, o, "PLA", endpoints=["CCDP24"])
+    d = o[o.endpoint == "CCDP24"].merge(participants, on="participant_id").merge(bl[bl.source == "gt"])
+    assert d["time_weeks"].duplicated().sum() > 50
+    for model in stats.COX_MODELS:
+        X, _ = stats.cox_design(d, model, ["PLA", "OCR"])
+        ref = PHReg(d["time_weeks"].to_numpy(), X.to_numpy(), status=d["event"].to_numpy(), ties="efron").fit(
+            tol=1e-13, maxiter=200)
+        got = cox[(cox.source == "gt") & (cox.model == model)]
+        assert list(got["term"]) == list(X.columns)
+        _sig_equal(got["coef"], ref.params)
+        _sig_equal(got["se"], ref.bse)
+        _sig_equal(got["p"], ref.pvalues)
+
+
+def test_logrank_and_km_match_statsmodels(small):
+    from statsmodels.duration.survfunc import SurvfuncRight, survdiff
+
+    participants, long, outcomes = small
+    bl = stats.baseline_lesions(long)
+    tests, curves, at_risk = stats.km_analysis(bl, participants, outcomes, "PLA")
+    assert len(tests) == 2 * 4 * 2  # sources x endpoints x arms
+    for src in ("gt", "baseline"):
+        b = bl[bl.source == src]
+        median = np.median(b["tlv_bl_ml"])
+        for ep in ("CDP24", "9HPT24"):
+            d = outcomes[outcomes.endpoint == ep].merge(b).merge(participants[["participant_id", "arm"]])
+            for arm in ("PLA", "OCR"):
+                da = d[d.arm == arm]
+                grp = (da["tlv_bl_ml"] > median).astype(int).to_numpy()
+                chi2, p = survdiff(da["time_weeks"].to_numpy(), da["event"].to_numpy(), grp)
+                r = tests[(tests.source == src) & (tests.endpoint == ep) & (tests.arm == arm)].iloc[0]
+                assert r["median_bl_tlv_ml"] == pytest.approx(median)
+                assert (r["n_low"], r["n_high"]) == ((grp == 0).sum(), (grp == 1).sum())
+                _sig_equal(r["chi2"], chi2)
+                _sig_equal(r["p"], p)
+                for g, name in ((0, "low"), (1, "high")):
+                    sel = da[grp == g]
+                    sf = SurvfuncRight(sel["time_weeks"].to_numpy(), sel["event"].to_numpy())
+                    c = curves[(curves.source == src) & (curves.endpoint == ep) & (curves.arm == arm)
+                               & (curves.group == name)]
+                    surv_at = np.interp(sf.surv_times, c["time"], c["survival"])  # exact at jump times
+                    idx = np.searchsorted(c["time"].to_numpy(), sf.surv_times)
+                    _sig_equal(c["survival"].to_numpy()[idx], sf.surv_prob)
+                    assert np.allclose(surv_at, sf.surv_prob)
+                    ar = at_risk[(at_risk.source == src) & (at_risk.endpoint == ep) & (at_risk.arm == arm)
+                                 & (at_risk.group == name)]
+                    for t, n in zip(ar["time"], ar["n_at_risk"]):
+                        assert n == (sel["time_weeks"] >= t).sum()
+
+
+def test_ancova_matches_numpy_least_squares_and_nested_f(small):
+    participants, long, _ = small
+    change = stats.compute_change(long)
+    coef, anova_t = stats.ancova(change, participants, "PLA", weeks=[48])
+    d = change[(change.week == 48) & (change.source == "baseline")].merge(participants)
+    y = d["pct_change"].to_numpy()
+    cols = {
+        "Intercept": np.ones(len(d)),
+        "arm_OCR": (d.arm == "OCR").to_numpy(float),
+        "baseline_tlv_ml": d["tlv_bl_ml"].to_numpy(),
+        "region_US": (d.region == "US").to_numpy(float),
+        "age_gt45": (d.age > 45).to_numpy(float),
+    }
+    X = np.column_stack(list(cols.values()))
+    beta, rss, *_ = np.linalg.lstsq(X, y, rcond=None)
+    n, k = X.shape
+    sigma2 = rss[0] / (n - k)
+    se = np.sqrt(np.diag(sigma2 * np.linalg.inv(X.T @ X)))
+    got = coef[coef.source == "baseline"].set_index("term").loc[list(cols)]
+    _sig_equal(got["estimate"], beta, digits=8)
+    _sig_equal(got["se"], se, digits=8)
+    tcrit = sps.t.ppf(0.975, n - k)
+    _sig_equal(got["ci_low"], beta - tcrit * se, digits=8)
+    _sig_equal(got["p"], 2 * sps.t.sf(np.abs(beta / se), n - k), digits=7)
+    # Type II F for each single-column term = nested-model F
+    av = anova_t[anova_t.source == "baseline"].set_index("term")
+    for j, term in enumerate(cols):
+        if term == "Intercept":
+            continue
+        Xr = np.delete(X, j, axis=1)
+        rss_r = np.sum((y - Xr @ np.linalg.lstsq(Xr, y, rcond=None)[0]) ** 2)
+        F = (rss_r - rss[0]) / (rss[0] / (n - k))
+        key = "arm" if term == "arm_OCR" else term
+        _sig_equal(av.loc[key, "F"], F, digits=8)
+        _sig_equal(av.loc[key, "p"], sps.f.sf(F, 1, n - k), digits=7)
+    assert av.loc["Residual", "df"] == n - k
+
+
+def test_ancova_matches_statsmodels_formula_and_anova_lm_three_arms():
+    """Independent statsmodels route (formula OLS + anova_lm typ=2), with a 2-df arm term."""
+    import statsmodels.formula.api as smf
+    from statsmodels.stats.anova import anova_lm
+
+    params = CohortParams(arms=["PLA", "OCR", "RTX"])
+    participants, long, _ = make_tables(50, seed=31, params=params, pred=False)
+    change = stats.compute_change(long)
+    coef, anova_t = stats.ancova(change, participants, "PLA", weeks=[96])
+    d = change[change.week == 96].merge(participants)
+    d["region_US"] = (d.region == "US").astype(float)
+    d["age_gt45"] = (d.age > 45).astype(float)
+    fit = smf.ols("pct_change ~ C(arm, Treatment(reference='PLA')) + tlv_bl_ml + region_US + age_gt45", d).fit()
+    got = coef.set_index("term")
+    for arm in ("OCR", "RTX"):
+        name = f"C(arm, Treatment(reference='PLA'))[T.{arm}]"
+        _sig_equal(got.loc[f"arm_{arm}", ["estimate", "se", "p"]].to_numpy(float),
+                   [fit.params[name], fit.bse[name], fit.pvalues[name]], digits=8)
+    ref = anova_lm(fit, typ=2)
+    av = anova_t.set_index("term")
+    for mine, theirs in (("arm", "C(arm, Treatment(reference='PLA'))"), ("baseline_tlv_ml", "tlv_bl_ml"),
+                         ("region_US", "region_US"), ("age_gt45", "age_gt45"), ("Residual", "Residual")):
+        _sig_equal(av.loc[mine, ["sum_sq", "df"]].to_numpy(float), ref.loc[theirs, ["sum_sq", "df"]], digits=8)
+        if mine != "Residual":
+            _sig_equal(av.loc[mine, ["F", "p"]].to_numpy(float), ref.loc[theirs, ["F", "PR(>F)"]], digits=8)
+    assert av.loc["arm", "df"] == 2
+
+
+def test_change_summary_matches_scipy(small):
+    participants, long, _ = small
+    change = stats.compute_change(long)
+    s = stats.summarize_change(change, participants, "PLA", conf_level=0.9)
+    d = change.merge(participants[["participant_id", "arm"]])
+    for src in ("gt", "baseline"):
+        a = d[(d.source == src) & (d.week == 96) & (d.arm == "OCR")]["pct_change"].to_numpy()
+        c = d[(d.source == src) & (d.week == 96) & (d.arm == "PLA")]["pct_change"].to_numpy()
+        r = s[(s.source == src) & (s.week == 96) & (s.arm == "OCR")].iloc[0]
+        lo, hi = sps.t.interval(0.9, len(a) - 1, loc=a.mean(), scale=sps.sem(a))
+        _sig_equal([r.mean_pct_change, r.ci_low_pct_change, r.ci_high_pct_change], [a.mean(), lo, hi], digits=10)
+        welch = sps.ttest_ind(c, a, equal_var=False)
+        _sig_equal(r.separation_pct, c.mean() - a.mean(), digits=10)
+        _sig_equal(r.separation_p, welch.pvalue, digits=8)
+        ci = welch.confidence_interval(0.9)
+        _sig_equal([r.separation_ci_low, r.separation_ci_high], [ci.low, ci.high], digits=8)
+
+
+@settings(max_examples=40, deadline=None)
+@given(bl=st.floats(0, 100), fu=st.floats(0, 100))
+def test_compute_change_formula(bl, fu):
+    long = pd.DataFrame({"participant_id": ["sub-1", "sub-1"], "session": ["w000", "w024"], "week": [0, 24],
+                         "source": "gt", "tlv_ml": [bl, fu], "tlc": [1, 2]})
+    c = stats.compute_change(long).set_index("week")
+    assert c.loc[24, "abs_change_ml"] == pytest.approx(fu - bl)
+    assert c.loc[24, "tlc_change"] == 1
+    if bl == 0:
+        assert bool(c.loc[24, "excluded_bl0"]) and np.isnan(c.loc[24, "pct_change"])
+    else:
+        assert c.loc[24, "pct_change"] == pytest.approx(100 * (fu - bl) / bl)
+        assert c.loc[0, "pct_change"] == 0
+
+
+# ------------------------------------------------------------------ degenerate inputs
+
+
+def test_baseline_zero_excluded_and_counted(small):
+    participants, long, _ = small
+    long = long.copy()
+    zero = ["sub-001", "sub-002", "sub-003"]
+    long.loc[long.participant_id.isin(zero) & (long.source == "gt"), ["tlv_ml", "tlc"]] = [0.0, 0]
+    change = stats.compute_change(long)
+    s = stats.summarize_change(change, participants, "PLA")
+    arms0 = participants.set_index("participant_id").loc[zero, "arm"].value_counts()
+    for arm, k in arms0.items():
+        r = s[(s.source == "gt") & (s.arm == arm) & (s.week == 96)].iloc[0]
+        assert r.n_excluded_bl0 == k and r.n_pct == r.n - k
+        assert "baseline TLV 0" in r.note
+    assert (s[s.source == "baseline"]["n_excluded_bl0"] == 0).all()
+    coef, _ = stats.ancova(change, participants, "PLA", weeks=[96])
+    g = coef[(coef.source == "gt") & (coef.term == "arm_OCR")].iloc[0]
+    assert g.n == 120 - 3 and g.n_excluded_bl0 == 3
+    # log TLV of a zero baseline is log(offset), finite
+    bl = stats.baseline_lesions(long, log_tlv_offset_ml=0.01)
+    assert np.allclose(bl.loc[bl.participant_id.isin(zero) & (bl.source == "gt"), "log_tlv"], math.log(0.01))
+
+
+def test_arm_with_no_subjects_is_reported_and_others_run(small):
+    participants, long, outcomes = small
+    arms = ["PLA", "OCR", "RTX"]
+    change = stats.compute_change(long)
+    s = stats.summarize_change(change, participants, "PLA", arms=arms)
+    rtx = s[s.arm == "RTX"]
+    assert (rtx.status == "skipped").all() and rtx.note.str.contains("arm RTX has no subjects").all()
+    coef, anova_t = stats.ancova(change, participants, "PLA", arms=arms)
+    assert (coef.status == "skipped").all() and coef.note.str.contains("arm RTX has no subjects").all()
+    bl = stats.baseline_lesions(long)
+    cox = stats.cox_models(bl, participants, outcomes, "PLA", arms=arms, endpoints=["CDP24"])
+    mv = cox[cox.model == "multivariable"]
+    assert (mv.status == "skipped").all() and mv.note.str.contains("arm RTX has no subjects").all()
+    assert (cox[cox.model != "multivariable"].status == "ok").all()
+    tests, _, _ = stats.km_analysis(bl, participants, outcomes, "PLA", arms=arms, endpoints=["CDP24"])
+    assert (tests[tests.arm == "RTX"].status == "skipped").all()
+    assert (tests[tests.arm != "RTX"].status == "ok").all()
+    # control arm absent
+    part2 = participants[participants.arm == "OCR"]
+    long2 = long[long.participant_id.isin(part2.participant_id)]
+    coef2, _ = stats.ancova(stats.compute_change(long2), part2, "PLA")
+    assert coef2.note.str.contains("arm PLA has no subjects").all()
+
+
+def test_covariate_with_one_level(small):
+    participants, long, outcomes = small
+    p1 = participants.assign(region="ROW")
+    coef, anova_t = stats.ancova(stats.compute_change(long), p1, "PLA", weeks=[48])
+    assert (coef.status == "skipped").all()
+    assert coef.note.iloc[0] == "covariate region has one level (none US (all rest of world))"
+    cox = stats.cox_models(stats.baseline_lesions(long), p1, outcomes, "PLA", endpoints=["CDP24"])
+    mv = cox[cox.model == "multivariable"]
+    assert (mv.status == "skipped").all() and "region_US" in mv.note.iloc[0]
+    assert (cox[cox.model == "univariable_log_tlv"].status == "ok").all()
+    p2 = participants.assign(age=30.0)
+    coef2, _ = stats.ancova(stats.compute_change(long), p2, "PLA", weeks=[48])
+    assert "age group has one level (all <= 45)" in coef2.note.iloc[0]
+
+
+def test_no_events_and_all_censored(small):
+    participants, long, outcomes = small
+    o = outcomes.copy()
+    o.loc[o.endpoint == "T25FW24", "event"] = 0
+    bl = stats.baseline_lesions(long)
+    cox = stats.cox_models(bl, participants, o, "PLA")
+    t25 = cox[cox.endpoint == "T25FW24"]
+    assert (t25.status == "skipped").all() and len(t25) == 2 * 3
+    assert t25.note.str.startswith("no events for T25FW24 (all 120 participants censored)").all()
+    assert (cox[cox.endpoint != "T25FW24"].status == "ok").all()
+    tests, _, _ = stats.km_analysis(bl, participants, o, "PLA")
+    assert (tests[tests.endpoint == "T25FW24"].status == "skipped").all()
+    assert (tests[tests.endpoint != "T25FW24"].status == "ok").all()
+    # everything censored: every Cox/KM analysis skipped, nothing raises
+    o_all = outcomes.assign(event=0)
+    assert (stats.cox_models(bl, participants, o_all, "PLA").status == "skipped").all()
+    assert (stats.km_analysis(bl, participants, o_all, "PLA")[0].status == "skipped").all()
+    # endpoint with no rows at all
+    cox3 = stats.cox_models(bl, participants, outcomes[outcomes.endpoint != "9HPT24"], "PLA", endpoints=["9HPT24"])
+    assert cox3.note.str.contains("no outcome rows for endpoint 9HPT24").all()
+
+
+def test_too_few_subjects(small):
+    participants, long, outcomes = small
+    keep = participants.groupby("arm").head(3)
+    lg = long[long.participant_id.isin(keep.participant_id)]
+    coef, _ = stats.ancova(stats.compute_change(lg), keep, "PLA", min_n_per_arm=2)
+    reasons = set(coef.note)
+    assert all(("too few subjects" in r) or ("one level" in r) for r in reasons), reasons
+    coef4, _ = stats.ancova(stats.compute_change(lg), keep, "PLA", min_n_per_arm=4)
+    assert coef4.note.str.contains("min_n_per_arm=4").all()
+    o = outcomes[outcomes.participant_id.isin(keep.participant_id)]
+    cox = stats.cox_models(stats.baseline_lesions(lg), keep, o, "PLA", endpoints=["CCDP24"],
+                           models=["multivariable"])
+    assert (cox.status == "skipped").all()
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def test_bad_inputs_raise_input_error(tmp_path, small):
+    participants, long, outcomes = small
+    paths = write_inputs(tmp_path, participants, long, outcomes)
+    out = {"out_tsv": tmp_path / "c.tsv", "out_table4_tsv": tmp_path / "t4.tsv"}
+    # missing column, naming the file
+    long.drop(columns="tlc").to_csv(tmp_path / "nolc.tsv", sep="\t", index=False)
+    with pytest.raises(InputError, match=r"nolc\.tsv: missing column\(s\) tlc"):
+        stats.run_cox(tmp_path / "nolc.tsv", paths["participants"], paths["outcomes"], control_arm="PLA", **out)
+    # unknown participant in the long table, naming the row
+    lg = long.copy()
+    lg.loc[5, "participant_id"] = "sub-999"
+    lg.to_csv(tmp_path / "unk.tsv", sep="\t", index=False)
+    with pytest.raises(InputError, match=r"unk\.tsv, row 7: unknown participant 'sub-999'"):
+        stats.run_change(tmp_path / "unk.tsv", paths["participants"], tmp_path / "a.tsv", tmp_path / "b.tsv",
+                         tmp_path / "c.png", "PLA")
+    # negative time, naming the row
+    o = outcomes.copy()
+    o.loc[3, "time_weeks"] = -1.0
+    o.to_csv(tmp_path / "neg.tsv", sep="\t", index=False)
+    with pytest.raises(InputError, match=r"neg\.tsv, row 5: negative time_weeks -1"):
+        stats.run_cox(paths["long"], paths["participants"], tmp_path / "neg.tsv", control_arm="PLA", **out)
+    # subject without baseline
+    lg = long[~((long.participant_id == "sub-004") & (long.week == 0) & (long.source == "gt"))]
+    with pytest.raises(InputError, match="sub-004 has no baseline"):
+        stats.validate_long(lg, participants)
+    with pytest.raises(InputError, match="duplicate row"):
+        stats.validate_long(pd.concat([long, long.iloc[[0]]]), participants)
+    with pytest.raises(InputError, match="unknown arm 'OCR'"):
+        stats.validate_participants(participants, arms=["PLA", "RTX"])
+    with pytest.raises(InputError, match="sex"):
+        stats.validate_participants(participants.assign(sex="X"))
+    with pytest.raises(InputError, match="event"):
+        stats.validate_outcomes(outcomes.assign(event=2), participants)
+    with pytest.raises(InputError, match="not present"):
+        stats.resolve_sources(long, ["gt", "unet"])
+    with pytest.raises(InputError, match="control arm"):
+        stats.resolve_arms(participants, "PLA", ["OCR", "RTX"])
+    with pytest.raises(InputError, match="file not found"):
+        stats.read_participants(tmp_path / "nope.tsv")
+    with pytest.raises(InputError, match=r"\{endpoint\}"):
+        stats.run_km(paths["long"], paths["participants"], paths["outcomes"], tmp_path / "k.tsv",
+                     tmp_path / "kc.tsv", tmp_path / "km.png", "PLA")
+
+
+# ------------------------------------------------------------------ entry points, layout
+
+
+def test_entry_points_write_side_by_side_outputs(tmp_path, small):
+    participants, long, outcomes = small
+    paths = write_inputs(tmp_path, participants, long, outcomes)
+    summ = stats.run_change(paths["long"], paths["participants"], tmp_path / "change.tsv", tmp_path / "summ.tsv",
+                            tmp_path / "change.png", "PLA")
+    assert list(dict.fromkeys(summ.source)) == ["gt", "baseline"]
+    assert (tmp_path / "change.png").stat().st_size > 10_000
+    ch = pd.read_csv(tmp_path / "change.tsv", sep="\t")
+    assert len(ch) == len(long)
+    coef, _ = stats.run_ancova(paths["long"], paths["participants"], tmp_path / "anc.tsv", tmp_path / "anova.tsv",
+                               "PLA", out_wide_tsv=tmp_path / "anc_wide.tsv")
+    wide = pd.read_csv(tmp_path / "anc_wide.tsv", sep="\t")
+    assert {"gt.estimate", "baseline.estimate", "gt.p", "baseline.p"} <= set(wide.columns)
+    assert list(wide.week) == [24, 48, 96]
+    written = pd.read_csv(tmp_path / "anc.tsv", sep="\t")
+    assert written.coding.str.contains("reference ROW").any()
+    assert written.coding.str.contains("reference <= 45").any()
+    cox = stats.run_cox(paths["long"], paths["participants"], paths["outcomes"], tmp_path / "cox.tsv",
+                        tmp_path / "t4.tsv", "PLA", endpoints=["CDP24", "9HPT24"])
+    t4 = pd.read_csv(tmp_path / "t4.tsv", sep="\t", keep_default_na=False)
+    assert len(t4) == 2 * (1 + 1 + 7)
+    for src in ("gt", "baseline"):
+        for col in ("hr_95ci", "hr", "p", "n", "events"):
+            assert f"{src}.{col}" in t4.columns
+    r = t4[(t4.endpoint == "CDP24") & (t4.term == "log_tlv") & (t4.model == "multivariable")].iloc[0]
+    tidy = cox[(cox.endpoint == "CDP24") & (cox.term == "log_tlv") & (cox.model == "multivariable")]
+    assert float(r["baseline.hr"]) == pytest.approx(tidy[tidy.source == "baseline"].hr.iloc[0], rel=1e-9)
+    assert r["gt.hr_95ci"].count("(") == 1
+    tests = stats.run_km(paths["long"], paths["participants"], paths["outcomes"], tmp_path / "km.tsv",
+                         tmp_path / "kmc.tsv", str(tmp_path / "km_{endpoint}.png"), "PLA", endpoints=["CDP24"])
+    assert (tmp_path / "km_CDP24.png").stat().st_size > 10_000
+    kc = pd.read_csv(tmp_path / "kmc.tsv", sep="\t")
+    assert set(kc.kind) == {"curve", "at_risk"}
+    assert len(tests) == 4
+
+
+def test_entry_points_survive_degenerate_data(tmp_path, small):
+    participants, long, outcomes = small
+    o = outcomes.assign(event=0)
+    paths = write_inputs(tmp_path, participants.assign(region="US"), long, o)
+    cox = stats.run_cox(paths["long"], paths["participants"], paths["outcomes"], tmp_path / "cox.tsv",
+                        tmp_path / "t4.tsv", "PLA")
+    assert (cox.status == "skipped").all() and (tmp_path / "t4.tsv").exists()
+    stats.run_km(paths["long"], paths["participants"], paths["outcomes"], tmp_path / "km.tsv", tmp_path / "kmc.tsv",
+                 str(tmp_path / "km_{endpoint}.png"), "PLA", endpoints=["CDP24"])
+    assert (tmp_path / "km_CDP24.png").exists()
+    coef, _ = stats.run_ancova(paths["long"], paths["participants"], tmp_path / "a.tsv", tmp_path / "b.tsv", "PLA",
+                               out_wide_tsv=tmp_path / "w.tsv")
+    assert (coef.status == "skipped").all() and coef.note.str.contains("all US").all()
+    summ = stats.run_change(paths["long"], paths["participants"], tmp_path / "c.tsv", tmp_path / "s.tsv",
+                            tmp_path / "c.png", "PLA")
+    assert (summ.status == "ok").all()
+
+
+def test_fit_options_reach_full_convergence(small):
+    """Default options converge far tighter than lifelines' defaults (which stop at ~1e-5)."""
+    participants, long, outcomes = small
+    bl = stats.baseline_lesions(long)
+    d = outcomes[outcomes.endpoint == "CCDP24"].merge(participants).merge(bl[bl.source == "gt"])
+    X, _ = stats.cox_design(d, "multivariable", ["PLA", "OCR"])
+    tight, status, _ = stats.fit_cox(X, d.time_weeks.to_numpy(), d.event.to_numpy())
+    tighter, _, _ = stats.fit_cox(X, d.time_weeks.to_numpy(), d.event.to_numpy(),
+                                  {"precision": 1e-14, "r_precision": 1e-16, "max_steps": 2000})
+    assert status == "ok"
+    _sig_equal(tight["coef"], tighter["coef"], digits=8)
+
+
+def test_long_table_from_metrics_visits(tmp_path):
+    v = pd.DataFrame({"participant_id": ["sub-001", "sub-001", "sub-002"],
+                      "session": ["ses-w000", "ses-w024", "ses-w000"], "week": [0, 24, 0],
+                      "gt_tlv_ml": [1.0, 1.1, 0.0], "pred_tlv_ml": [1.2, 1.3, 0.1],
+                      "gt_tlc": [3, 4, 0], "pred_tlc": [3, 5, 1], "dc": [0.5, 0.6, "n/a"]})
+    v.to_csv(tmp_path / "b.tsv", sep="\t", index=False)
+    v.assign(pred_tlv_ml=[2.0, 2.2, 0.0], pred_tlc=[6, 7, 0]).to_csv(tmp_path / "u.tsv", sep="\t", index=False)
+    out = stats.run_long_table({"baseline": tmp_path / "b.tsv", "unet": tmp_path / "u.tsv"}, tmp_path / "long.tsv")
+    assert list(out.columns) == list(stats.LONG_COLUMNS)
+    assert list(dict.fromkeys(out.source)) == ["gt", "baseline", "unet"]
+    assert len(out) == 9
+    back = pd.read_csv(tmp_path / "long.tsv", sep="\t")
+    g = back[back.source == "gt"].set_index("session")
+    assert g.loc["ses-w024", "tlv_ml"] == 1.1 and g.loc["ses-w024", "tlc"] == 4
+    u = back[back.source == "unet"].set_index(["participant_id", "session"])
+    assert u.loc[("sub-001", "ses-w000"), "tlv_ml"] == 2.0
+    # the result is a valid stats input
+    parts = pd.DataFrame({"participant_id": ["sub-001", "sub-002"], "arm": ["PLA", "OCR"], "age": [40, 50],
+                          "sex": ["M", "F"], "region": ["US", "ROW"], "edss_bl": [3.0, 4.5]})
+    stats.validate_long(back, stats.validate_participants(parts))
+    # GT must agree between sources; 'gt' is reserved; missing columns are named
+    v.assign(gt_tlv_ml=[1.0, 1.5, 0.0]).to_csv(tmp_path / "x.tsv", sep="\t", index=False)
+    with pytest.raises(InputError, match="sub-001 ses-w024: GT TLV/TLC differ"):
+        stats.run_long_table({"baseline": tmp_path / "b.tsv", "unet": tmp_path / "x.tsv"}, tmp_path / "l2.tsv")
+    with pytest.raises(InputError, match="reserved"):
+        stats.run_long_table({"gt": tmp_path / "b.tsv"}, tmp_path / "l3.tsv")
+    v.drop(columns="pred_tlc").to_csv(tmp_path / "m.tsv", sep="\t", index=False)
+    with pytest.raises(InputError, match=r"m\.tsv: missing column\(s\) pred_tlc"):
+        stats.run_long_table({"baseline": tmp_path / "m.tsv"}, tmp_path / "l4.tsv")
+    assert not (tmp_path / "l2.tsv").exists()
