@@ -63,6 +63,10 @@ rule ancova:
     params:
         trial=trial_params,
         age_cutoff_years=ST["age_cutoff"],
+        us_label=ST["us_label"],
+        conf_level=ST["conf_level"],
+        min_n_per_arm=ST["min_n_per_arm"],
+        weeks=ST["ancova_weeks"],
     script:
         "../workflow_scripts/ancova.py"
 
@@ -87,6 +91,8 @@ rule cox:
         endpoints=ST["endpoints"],
         log_tlv_offset_ml=ST["log_tlv_offset_ml"],
         edss_cutoff=ST["edss_cutoff"],
+        us_label=ST["us_label"],
+        conf_level=ST["conf_level"],
     script:
         "../workflow_scripts/cox.py"
 
@@ -117,6 +123,7 @@ rule km:
     params:
         trial=trial_params,
         endpoints=ST["endpoints"],
+        at_risk_step_weeks=ST["km_at_risk_step_weeks"],
         png_template=lambda w: f"{STATS}/fig4_km_{{endpoint}}.png".replace(
             "{trial}", w.trial
         ),

@@ -189,6 +189,10 @@ class SynthParams:
     new_lesion_max_ul: float = 600.0
     #: Largest volume ratio of an enlarging lesion between two visits.
     enlarge_max_factor: float = 3.0
+    #: Existing lesions shrink by at most this fraction of their load between visits to
+    #: make room for new lesions within the TLV trajectory (new lesions are made smaller,
+    #: or dropped, when the room is not enough).
+    shrink_max_fraction: float = 0.15
     #: GT mask = slice-integrated lesion fraction >= this.
     gt_threshold: float = 0.5
     # --- clinical part ---
@@ -252,6 +256,7 @@ class SynthParams:
         num("new_lesion_rate_ratio_treated", float, 0)
         num("new_lesion_max_ul", float, 0, lo_open=True)
         num("enlarge_max_factor", float, 1)
+        num("shrink_max_fraction", float, 0, 1)
         num("gt_threshold", float, 0, 1, lo_open=True)
         for name in ("voxel_mm", "fov_mm"):
             v = getattr(self, name)
@@ -577,7 +582,8 @@ def _template(resolution: int, neck_mm: float, max_layer_mm: float) -> _Template
             d2[k] = np.minimum(d2[k], neck_d)
     # Ventricles: CSF deep inside the hull, largest components; lesion-centre weights.
     inside = ndi.distance_transform_edt(hull, sampling=2.0)
-    vent = (csf2 > 0.5) & (inside > 12.0)
+    # (opening removes the thin sheets of sulcal CSF, e.g. the interhemispheric fissure)
+    vent = ndi.binary_opening((csf2 > 0.5) & (inside > 15.0), structure=np.ones((3, 3, 3), bool))
     lab, n = ndi.label(vent)
     if n > 1:
         sizes = ndi.sum(vent, lab, index=np.arange(1, n + 1))
@@ -966,7 +972,16 @@ def _draw_lesions(t: _Template, anat: _Anatomy, p: SynthParams, arm: str, target
         new_vols = []
         for _ in range(n_new):
             x = float(np.exp(np.log(p.lesion_volume_median_ul) + p.lesion_volume_sigma * rng.standard_normal()))
-            new_vols.append(min(max(x, p.lesion_volume_min_ul), p.new_lesion_max_ul) * cal)
+            new_vols.append(min(max(x, p.lesion_volume_min_ul), p.new_lesion_max_ul))
+        # room for new lesions within the TLV trajectory: its growth plus at most
+        # shrink_max_fraction of the existing load (which then shrinks to make room)
+        old_now = sum(l.base_volume_ul() * l.scale[v] ** 3 for l in lesions if l.scale[v] > 0)
+        room = targets_ml[v] * 1000.0 * cal - old_now + p.shrink_max_fraction * old_now
+        if new_vols and sum(new_vols) > room:
+            f = max(room, 0.0) / sum(new_vols)
+            new_vols = [max(x * f, p.lesion_volume_min_ul) for x in new_vols]
+            while new_vols and sum(new_vols) > max(room, 0.0):
+                new_vols.pop()
         if new_vols:
             cs, ds = _sample_centres(t, anat, cdf, rng, 4 * len(new_vols))
             placed = 0
@@ -995,13 +1010,22 @@ def _draw_lesions(t: _Template, anat: _Anatomy, p: SynthParams, arm: str, target
             for l in old:
                 l.scale[v] *= f ** (1.0 / 3.0)
         elif rest > 0:
+            # enlarge a few lesions (chosen by sqrt volume), each by at most enlarge_max_factor;
+            # what a capped lesion cannot take goes to further lesions
             vols_old = np.array([l.base_volume_ul() * l.scale[v] ** 3 for l in old])
+            order = rng.choice(len(old), size=len(old), replace=False, p=np.sqrt(vols_old) / np.sqrt(vols_old).sum())
             n_enl = min(len(old), 1 + int(rng.poisson(rest / 150.0)))
-            pick = rng.choice(len(old), size=n_enl, replace=False, p=np.sqrt(vols_old) / np.sqrt(vols_old).sum())
-            share = vols_old[pick] / vols_old[pick].sum()
-            for i, sh in zip(pick, share):
-                ratio = min(1.0 + rest * sh / vols_old[i], p.enlarge_max_factor)
-                old[i].scale[v] *= ratio ** (1.0 / 3.0)
+            start = 0
+            while rest > 1e-6 and start < len(old):
+                pick = order[start:start + n_enl]
+                start += n_enl
+                share = vols_old[pick] / vols_old[pick].sum()
+                given = 0.0
+                for i, sh in zip(pick, share):
+                    ratio = min(1.0 + rest * sh / vols_old[i], p.enlarge_max_factor)
+                    old[i].scale[v] *= ratio ** (1.0 / 3.0)
+                    given += (ratio - 1.0) * vols_old[i]
+                rest -= given
     return lesions
 
 

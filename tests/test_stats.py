@@ -583,3 +583,25 @@ def test_long_table_from_metrics_visits(tmp_path):
     with pytest.raises(InputError, match=r"m\.tsv: missing column\(s\) pred_tlc"):
         stats.run_long_table({"baseline": tmp_path / "m.tsv"}, tmp_path / "l4.tsv")
     assert not (tmp_path / "l2.tsv").exists()
+
+
+def test_cox_separation_is_a_warning_not_a_crash():
+    """Events only (and earliest) in the highest-TLV subjects: monotone likelihood."""
+    n = 12
+    participants = stats.validate_participants(pd.DataFrame({
+        "participant_id": [f"sub-{i:03d}" for i in range(n)], "arm": ["PLA", "OCR"] * (n // 2),
+        "age": np.linspace(30, 60, n), "sex": ["M", "F", "F"] * (n // 3), "region": ["US", "ROW", "ROW"] * (n // 3),
+        "edss_bl": [3.0, 5.0] * (n // 2)}))
+    tlv = np.linspace(1, 20, n)
+    long = stats.validate_long(pd.DataFrame({
+        "participant_id": participants.participant_id, "session": "w000", "week": 0, "source": "gt",
+        "tlv_ml": tlv, "tlc": np.arange(n) + 1}), participants)
+    ev = (tlv > 10).astype(int)
+    outcomes = stats.validate_outcomes(pd.DataFrame({
+        "participant_id": participants.participant_id, "endpoint": "CDP24",
+        "time_weeks": np.where(ev == 1, 10.0 + n - np.arange(n), 120.0), "event": ev}), participants)
+    cox = stats.cox_models(stats.baseline_lesions(long), participants, outcomes, "PLA", endpoints=["CDP24"],
+                           models=["univariable_log_tlv"])
+    r = cox.iloc[0]
+    assert r["status"] == "warning" and r["note"]
+    assert r["coef"] > 5  # diverging towards +inf

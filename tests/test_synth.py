@@ -26,7 +26,7 @@ WEEKS = [0, 24]
 
 
 def tiny(**kw) -> synth.SynthParams:
-    return synth.SynthParams.tiny(seed=3, weeks=WEEKS, **kw)
+    return synth.SynthParams.tiny(**{"seed": 3, "weeks": WEEKS, **kw})
 
 
 @pytest.fixture(scope="module")

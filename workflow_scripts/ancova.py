@@ -6,5 +6,15 @@ from t2lesion.stats import run_ancova
 with rule_log(snakemake.log[0], snakemake.threads):
     i, o, p = snakemake.input, snakemake.output, snakemake.params
     run_ancova(
-        i.long, i.participants, o.coef, o.anova, **p.trial, age_cutoff_years=p.age_cutoff_years, out_wide_tsv=o.wide
+        i.long,
+        i.participants,
+        o.coef,
+        o.anova,
+        **p.trial,
+        weeks=p.weeks,
+        age_cutoff_years=p.age_cutoff_years,
+        us_label=p.us_label,
+        conf_level=p.conf_level,
+        min_n_per_arm=p.min_n_per_arm,
+        out_wide_tsv=o.wide,
     )

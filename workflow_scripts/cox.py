@@ -15,4 +15,6 @@ with rule_log(snakemake.log[0], snakemake.threads):
         endpoints=p.endpoints,
         log_tlv_offset_ml=p.log_tlv_offset_ml,
         edss_cutoff=p.edss_cutoff,
+        us_label=p.us_label,
+        conf_level=p.conf_level,
     )

@@ -5,4 +5,14 @@ from t2lesion.stats import run_km
 
 with rule_log(snakemake.log[0], snakemake.threads):
     i, o, p = snakemake.input, snakemake.output, snakemake.params
-    run_km(i.long, i.participants, i.outcomes, o.tests, o.curves, p.png_template, **p.trial, endpoints=p.endpoints)
+    run_km(
+        i.long,
+        i.participants,
+        i.outcomes,
+        o.tests,
+        o.curves,
+        p.png_template,
+        **p.trial,
+        endpoints=p.endpoints,
+        at_risk_step_weeks=p.at_risk_step_weeks,
+    )
