@@ -178,12 +178,15 @@ class LesionSegLoss(keras.losses.Loss):
     ``gamma``/``beta`` are scalar ``keras.Variable``s (``self.gamma``, ``self.beta``).
     """
 
-    def __init__(self, gamma: float = 0.02, beta: float = 0.1, dice_smooth: float = 1.0,
+    def __init__(self, gamma=0.02, beta=0.1, dice_smooth: float = 1.0,
                  name: str = "lesion_seg_loss", reduction: str = "sum_over_batch_size", **kwargs):
         super().__init__(name=name, reduction=reduction, **kwargs)
         self.dice_smooth = float(dice_smooth)
-        self.gamma = keras.Variable(float(gamma), trainable=False, dtype="float32", name="st_gamma")
-        self.beta = keras.Variable(float(beta), trainable=False, dtype="float32", name="st_beta")
+        # pass existing keras.Variables to share one schedule between the per-level losses
+        self.gamma = gamma if isinstance(gamma, keras.Variable) else keras.Variable(
+            float(gamma), trainable=False, dtype="float32", name="st_gamma")
+        self.beta = beta if isinstance(beta, keras.Variable) else keras.Variable(
+            float(beta), trainable=False, dtype="float32", name="st_beta")
 
     def call(self, y_true, y_pred):
         y_pred = ops.cast(y_pred, "float32")
@@ -214,11 +217,16 @@ class LesionSegLoss(keras.losses.Loss):
 
 
 class LossScheduleCallback(keras.callbacks.Callback):
-    """Sets γ and β of ``loss`` at the start of every epoch from ``LossConfig`` and ``n_epochs``."""
+    """Sets γ and β of ``losses`` at the start of every epoch from ``LossConfig`` and ``n_epochs``."""
 
-    def __init__(self, loss: LesionSegLoss, n_epochs: int, cfg: LossConfig | None = None):
+    def __init__(self, losses, n_epochs: int, cfg: LossConfig | None = None):
         super().__init__()
-        self.loss = loss
+        losses = losses if isinstance(losses, (list, tuple)) else [losses]
+        self.variables = []
+        for l in losses:
+            for v in (l.gamma, l.beta):
+                if not any(v is u for _, u in self.variables):
+                    self.variables.append(("gamma" if v is l.gamma else "beta", v))
         self.n_epochs = int(n_epochs)
         self.cfg = cfg or LossConfig()
         self.history: list[tuple[int, float, float]] = []
@@ -230,25 +238,36 @@ class LossScheduleCallback(keras.callbacks.Callback):
             beta_schedule(epoch, self.n_epochs, c.beta_min, c.beta_max, c.beta_midpoint, c.beta_width),
         )
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def apply(self, epoch: int) -> tuple[float, float]:
         g, b = self.values(epoch)
-        self.loss.gamma.assign(g)
-        self.loss.beta.assign(b)
+        for kind, v in self.variables:
+            v.assign(g if kind == "gamma" else b)
+        return g, b
+
+    def on_epoch_begin(self, epoch, logs=None):
+        g, b = self.apply(epoch)
         self.history.append((int(epoch), g, b))
-        if keras.backend.backend() == "jax" and self.model is not None:
-            # jitted JAX steps capture non-model variables as constants: retrace with new values
+        if keras.backend.backend() == "jax" and self.model is not None and epoch > 0:
+            # a jitted JAX step captures non-model variables as constants: retrace with new values
             self.model.make_train_function(force=True)
 
 
-def make_loss(cfg: LossConfig | None = None, n_epochs: int = 30) -> tuple[LesionSegLoss, LossScheduleCallback]:
-    """The loss (initialised at epoch 0 values) and the callback that schedules it."""
+def make_loss(cfg: LossConfig | None = None, n_epochs: int = 30, n_outputs: int = 3):
+    """Per-supervision-level losses (sharing one γ and one β variable; distinct names so Keras
+    logs each level) and the callback that schedules them, initialised to epoch-0 values.
+
+    Use: ``model.compile(optimizer, loss=losses)``; ``model.fit(x, [t] * n_outputs,
+    callbacks=[cb])`` with ``t`` the packed full-resolution target (``pack_targets``).
+    """
     cfg = cfg or LossConfig()
-    loss = LesionSegLoss(dice_smooth=cfg.dice_smooth)
-    cb = LossScheduleCallback(loss, n_epochs, cfg)
-    g, b = cb.values(0)
-    loss.gamma.assign(g)
-    loss.beta.assign(b)
-    return loss, cb
+    first = LesionSegLoss(dice_smooth=cfg.dice_smooth, name="loss_d1")
+    losses = [first] + [
+        LesionSegLoss(gamma=first.gamma, beta=first.beta, dice_smooth=cfg.dice_smooth, name=f"loss_d{i + 1}")
+        for i in range(1, n_outputs)
+    ]
+    cb = LossScheduleCallback(losses, n_epochs, cfg)
+    cb.apply(0)
+    return losses, cb
 
 
 __all__ = [

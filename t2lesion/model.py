@@ -746,6 +746,13 @@ def output_shapes(cfg: ModelConfig | None = None) -> list[tuple[int, int, int, i
     return [tuple(p // s for p, s in zip(cfg.patch_size, tot[d])) + (1,) for d in range(cfg.supervision_levels)]
 
 
+def load_model(path, compile: bool = True) -> keras.Model:
+    """``keras.saving.load_model`` with this package's custom objects (layers and losses) registered."""
+    from t2lesion import losses as _losses  # noqa: F401  (registers LesionSegLoss)
+
+    return keras.saving.load_model(path, compile=compile)
+
+
 def with_overrides(cfg: ModelConfig, **kw) -> ModelConfig:
     return dataclasses.replace(cfg, **kw).validate()
 
@@ -766,6 +773,7 @@ __all__ = [
     "receptive_field",
     "output_shapes",
     "with_overrides",
+    "load_model",
     "MCDropout",
     "LinearUpsample3D",
     "ChannelSelect",

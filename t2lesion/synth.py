@@ -17,16 +17,20 @@ Contrasts
     T1w: WM > GM > CSF, scalp fat bright; T2w: CSF bright; FLAIR: CSF dark; lesions
     hyperintense on T2w/FLAIR and hypointense on T1w), varied per subject.
 Lesions (continuous objects in subject space, same ``lesion_id`` at every visit)
-    Unions of 1–3 soft-edged ellipsoids centred in white matter, preferentially near the
-    ventricles (periventricular, long axis pointing away from them), clipped to brain
-    parenchyma. Volumes are log-normal and skewed small. The baseline load follows the
-    participant's target TLV from :mod:`t2lesion.cohort`; each follow-up adds new
-    lesions (Poisson, ``new_lesions_per_year`` with the treated arms' rate multiplied by
-    ``new_lesion_rate_ratio_treated``) and enlarges or shrinks existing ones so that the
-    nominal load follows the cohort's TLV trajectory (interpretation: the cohort's TLV
-    trajectory is the *target*; realised volumes are measured on the written masks).
+    Unions of 1–3 soft-edged ellipsoids centred in deep white matter, preferentially near
+    the ventricles (periventricular, long axis pointing away from them), clipped to brain
+    parenchyma. Nominal volumes are log-normal (``lesion_volume_*``), so that ~40 % of the
+    lesions of >= 3 voxels in the 1×1×3 mm masks have <= 10 voxels (≤ 30 µL). The
+    baseline load is the participant's target TLV from :mod:`t2lesion.cohort` (times
+    ``lesion_volume_calibration``, which makes the TLV *realised* in the masks match the
+    target on average; capped at ``max_tlv_ml``). Each follow-up adds new lesions
+    (Poisson, ``new_lesions_per_year``; treated arms × ``new_lesion_rate_ratio_treated``)
+    and enlarges or shrinks existing ones so that the nominal load follows the cohort's
+    TLV trajectory. Interpretation: the cohort's trajectory is the *target*; the truth
+    tables report what is realised in the written masks.
 Acquisition (every visit)
-    Random rigid head pose (≤ ``max_rotation_deg``, ≤ ``max_translation_mm``), axial
+    Random rigid head pose (≤ ``max_rotation_deg``; FOV centre ≤ ``max_translation_mm``
+    from the isocentre, brain ≤ ``max_fov_offset_mm`` from the FOV centre), axial
     native grid of ``voxel_mm`` (1×1×3 mm) over ``fov_mm``, slice partial volume by
     averaging ``slice_supersample`` sub-slices per slice (box slice profile), per-visit
     gain, a smooth multiplicative bias field per modality (log-range
@@ -35,10 +39,14 @@ Acquisition (every visit)
 Ground truth
     GT lesion mask = slice-integrated lesion fraction ≥ ``gt_threshold``; each mask
     voxel belongs to the lesion with the largest fraction in it, so touching lesions stay
-    attributable; ``lesions.tsv`` is measured on the written mask (lesions that vanish
-    are omitted for that visit). Outcomes come from :func:`t2lesion.cohort.draw_outcomes`
-    with the log of the TLV realised in the baseline GT mask, so the true log-TLV hazard
-    ratio applies to what a perfect segmenter would measure.
+    attributable (``truth/…_desc-lesions_dseg.nii.gz`` holds that ``lesion_id`` map, an
+    addition to docs/CONTRACT.md); ``lesions.tsv`` is measured on the written mask
+    (lesions that vanish are omitted for that visit) and its subject-space centroids are
+    computed analytically from the lesion objects. Outcomes come from
+    :func:`t2lesion.cohort.draw_outcomes` with the log of the TLV realised in the baseline
+    GT mask, so the true log-TLV hazard ratio applies to what a perfect segmenter measures.
+    The anatomy is read from nilearn's shipped MNI files directly (the same data as
+    ``nilearn.datasets.load_mni152_*``, whose import costs seconds through scikit-learn).
 
 Entry points: :func:`generate_trial` (writes everything; CLI ``python -m t2lesion.synth``),
 :func:`simulate_visit` / :func:`simulate_subject_visits` (one subject in memory, for
@@ -84,19 +92,53 @@ _FORMAT_VERSION = 1
 def _default_contrast() -> dict[str, dict[str, float]]:
     # Scanner-like magnitudes (a 0-1000 range, never [0, 1]: ROBEX misbehaves there, SPEC §2).
     return {
-        "T1w": {"wm": 800.0, "gm": 520.0, "csf": 170.0, "lesion": 560.0, "bone": 40.0,
-                "marrow": 560.0, "muscle": 380.0, "fat": 950.0, "skin": 480.0},
-        "T2w": {"wm": 330.0, "gm": 500.0, "csf": 1000.0, "lesion": 760.0, "bone": 40.0,
-                "marrow": 450.0, "muscle": 280.0, "fat": 680.0, "skin": 420.0},
-        "FLAIR": {"wm": 420.0, "gm": 560.0, "csf": 70.0, "lesion": 950.0, "bone": 30.0,
-                  "marrow": 380.0, "muscle": 280.0, "fat": 560.0, "skin": 400.0},
+        "T1w": {
+            "wm": 800.0,
+            "gm": 520.0,
+            "csf": 170.0,
+            "lesion": 560.0,
+            "bone": 40.0,
+            "marrow": 560.0,
+            "muscle": 380.0,
+            "fat": 950.0,
+            "skin": 480.0,
+        },
+        "T2w": {
+            "wm": 330.0,
+            "gm": 500.0,
+            "csf": 1000.0,
+            "lesion": 760.0,
+            "bone": 40.0,
+            "marrow": 450.0,
+            "muscle": 280.0,
+            "fat": 680.0,
+            "skin": 420.0,
+        },
+        "FLAIR": {
+            "wm": 420.0,
+            "gm": 560.0,
+            "csf": 70.0,
+            "lesion": 950.0,
+            "bone": 30.0,
+            "marrow": 380.0,
+            "muscle": 280.0,
+            "fat": 560.0,
+            "skin": 400.0,
+        },
     }
 
 
 def _default_head_layers() -> list[list]:
     # [tissue, outer edge in mm outside the smoothed brain hull]; air beyond the last.
-    return [["csf", 2.5], ["bone", 4.5], ["marrow", 7.0], ["bone", 8.5],
-            ["muscle", 10.5], ["fat", 14.0], ["skin", 15.5]]
+    return [
+        ["csf", 2.5],
+        ["bone", 4.5],
+        ["marrow", 7.0],
+        ["bone", 8.5],
+        ["muscle", 10.5],
+        ["fat", 14.0],
+        ["skin", 15.5],
+    ]
 
 
 @dataclass
@@ -120,7 +162,10 @@ class SynthParams:
     deform_mm: float = 3.0
     #: Cosine basis functions per axis of the displacement (higher = wigglier).
     deform_modes: int = 4
-    #: SD of the per-axis head scaling factor (subject head size/shape).
+    #: Mean linear size of a subject's head relative to MNI (the MNI brain mask, CSF
+    #: included, is ~1.9 L; 0.95 gives brain masks of ~1.6 L).
+    head_scale_mean: float = 0.95
+    #: SD of the per-axis log head scaling factor (subject head size/shape).
     head_scale_sd: float = 0.03
     #: Skull/scalp layers: [tissue, outer edge in mm outside the brain hull].
     head_layers_mm: list = field(default_factory=_default_head_layers)
@@ -166,7 +211,8 @@ class SynthParams:
     lesion_elongation_max: float = 2.2
     #: Probability that a lesion has 1-2 satellite ellipsoids (blobby shape).
     lesion_satellite_prob: float = 0.35
-    #: Lesion centres need at least this template WM probability.
+    #: Lesion centres need at least this template WM probability (and lie >= 8 mm inside
+    #: the brain hull).
     lesion_wm_threshold: float = 0.6
     #: Length scale (mm) of the preference for periventricular white matter.
     lesion_periventricular_mm: float = 8.0
@@ -178,6 +224,10 @@ class SynthParams:
     lesion_contrast_sd: float = 0.12
     #: Probability that a lesion is a T1 "black hole" (much darker on T1w).
     t1_black_hole_prob: float = 0.25
+    #: A participant whose target TLV exceeds this (mL) at some visit gets all targets
+    #: scaled down by one factor (keeping the percent changes); the realised TLV (what the
+    #: outcomes depend on) is then smaller than the cohort's draw.
+    max_tlv_ml: float = 60.0
     #: Nominal lesion volumes are multiplied by this factor (calibrates the realised
     #: baseline TLV in 1×1×3 mm masks to the cohort's target TLV on average).
     lesion_volume_calibration: float = 1.15
@@ -227,6 +277,7 @@ class SynthParams:
         num("template_resolution_mm", int, 1, 2)
         num("deform_mm", float, 0)
         num("deform_modes", int, 1, 8)
+        num("head_scale_mean", float, 0.8, 1.1)
         num("head_scale_sd", float, 0, 0.2)
         num("skull_thickness_sd", float, 0, 0.5)
         num("neck_mm", float, 0, 120)
@@ -245,13 +296,14 @@ class SynthParams:
         num("lesion_volume_max_ul", float, 0, lo_open=True)
         num("lesion_elongation_max", float, 1)
         num("lesion_satellite_prob", float, 0, 1)
-        num("lesion_wm_threshold", float, 0, 0.99)
+        num("lesion_wm_threshold", float, 0.5, 0.99)
         num("lesion_periventricular_mm", float, 0, lo_open=True)
         num("lesion_deep_wm_weight", float, 0)
         num("lesion_edge_mm", float, 0, lo_open=True)
         num("lesion_contrast_sd", float, 0, 1)
         num("t1_black_hole_prob", float, 0, 1)
         num("lesion_volume_calibration", float, 0, lo_open=True)
+        num("max_tlv_ml", float, 0, lo_open=True)
         num("new_lesions_per_year", float, 0)
         num("new_lesion_rate_ratio_treated", float, 0)
         num("new_lesion_max_ul", float, 0, lo_open=True)
@@ -269,7 +321,12 @@ class SynthParams:
                 problems.append(f"synthetic parameter {name}={v!r} must be three positive numbers (x, y, z) in mm")
         try:
             w = [int(x) for x in self.weeks]
-            if not w or w[0] != 0 or any(b <= a for a, b in zip(w, w[1:])) or any(x != float(y) for x, y in zip(w, self.weeks)):
+            if (
+                not w
+                or w[0] != 0
+                or any(b <= a for a, b in zip(w, w[1:]))
+                or any(x != float(y) for x, y in zip(w, self.weeks))
+            ):
                 raise ValueError
             self.weeks = w
         except (TypeError, ValueError):
@@ -394,10 +451,14 @@ def _check_layers(layers) -> list[str]:
             prev = float(edge)
     except (TypeError, ValueError):
         ok = False
-    return [] if ok else [
-        f"synthetic parameter head_layers_mm={layers!r} must be [tissue, outer edge mm] pairs with "
-        "increasing edges and tissues from " + ", ".join(t for t in TISSUES if t != "lesion")
-    ]
+    return (
+        []
+        if ok
+        else [
+            f"synthetic parameter head_layers_mm={layers!r} must be [tissue, outer edge mm] pairs with "
+            "increasing edges and tissues from " + ", ".join(t for t in TISSUES if t != "lesion")
+        ]
+    )
 
 
 def _coerce_params(params) -> SynthParams:
@@ -486,9 +547,11 @@ def _load_mni() -> tuple[dict[str, np.ndarray], np.ndarray]:
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            imgs = {"t1": datasets.load_mni152_template(resolution=1),
-                    "gm": datasets.load_mni152_gm_template(resolution=1),
-                    "wm": datasets.load_mni152_wm_template(resolution=1)}
+            imgs = {
+                "t1": datasets.load_mni152_template(resolution=1),
+                "gm": datasets.load_mni152_gm_template(resolution=1),
+                "wm": datasets.load_mni152_wm_template(resolution=1),
+            }
     aff = imgs["t1"].affine
     if not (np.allclose(aff[:3, :3], np.diag(np.diag(aff[:3, :3]))) and np.all(np.diag(aff)[:3] > 0)):
         raise RuntimeError(f"unexpected MNI template orientation {aff.tolist()}")  # nilearn ships RAS+
@@ -621,7 +684,7 @@ def _template(resolution: int, neck_mm: float, max_layer_mm: float) -> _Template
         gm=gm,
         wm=wm,
         csf=csf,
-        tissue_flat=np.flatnonzero(hull_dist <= 12.0),
+        tissue_flat=np.flatnonzero(hull_dist <= 16.0),
         origin2c=origin2c,
         d2c=d2c,
         head_flat2=np.flatnonzero(d2c <= max_layer_mm + 12.0),
@@ -715,7 +778,7 @@ def _draw_deformation(t: _Template, p: SynthParams, rng: np.random.Generator) ->
     amp = 1.0 / (1.0 + freq2)
     amp[0, 0, 0] = 0.0  # no global translation: subject space stays ≈ MNI
     coef = rng.standard_normal((3, K, K, K)) * amp
-    scale = np.exp(rng.normal(0.0, p.head_scale_sd, 3)) if p.head_scale_sd > 0 else np.ones(3)
+    scale = p.head_scale_mean * (np.exp(rng.normal(0.0, p.head_scale_sd, 3)) if p.head_scale_sd > 0 else np.ones(3))
     d = _Deformation(centre=t.brain_centre.copy(), scale=scale, lo=lo, hi=hi, coef=coef)
     if p.deform_mm > 0:
         # normalise the RMS displacement inside the brain on a coarse sample of brain voxels
@@ -734,7 +797,7 @@ def _draw_deformation(t: _Template, p: SynthParams, rng: np.random.Generator) ->
 class _Anatomy:
     origin: np.ndarray
     res: float
-    images: dict[str, np.ndarray]  # clean subject-space intensities per modality
+    images: dict[str, np.ndarray]  # clean subject-space intensities (emptied once in sitk_images)
     brain: np.ndarray
     paren: np.ndarray  # GM + WM fraction (lesions are clipped to it)
     contrast: dict[str, dict[str, float]]
@@ -766,6 +829,17 @@ def _head_profile(layers: list, contrast: dict[str, float], scale: float):
     return np.array(xs), np.array(ys)
 
 
+def _slab_weights(thickness: float, h: float) -> np.ndarray:
+    """Weights on a grid of spacing ``h`` that average its linear interpolant over a
+    centred box of width ``thickness`` (a box slice profile)."""
+    J = int(math.ceil(thickness / 2.0 / h)) + 1
+    x = np.linspace(-thickness / 2.0, thickness / 2.0, 4001)
+    trapezoid = getattr(np, "trapezoid", None) or np.trapz
+    w = np.array([trapezoid(np.clip(1.0 - np.abs(x - j * h) / h, 0.0, None), x) for j in range(-J, J + 1)])
+    w = w[w > 1e-9] if w[0] <= 1e-9 else w
+    return (w / w.sum()).astype(np.float32)
+
+
 def _build_anatomy(t: _Template, p: SynthParams, rng: np.random.Generator) -> _Anatomy:
     deformation = _draw_deformation(t, p, rng)
     layer_scale = float(np.exp(rng.normal(0.0, p.skull_thickness_sd))) if p.skull_thickness_sd > 0 else 1.0
@@ -778,7 +852,10 @@ def _build_anatomy(t: _Template, p: SynthParams, rng: np.random.Generator) -> _A
 
     def template_coords(origin, res, shp, flat):
         """Template index coordinates (3, N) of the subject voxels ``flat`` of a grid."""
-        u = dfm.u_grid(origin, res, shp)
+        if res == 1.0:  # the displacement is smooth: evaluate on the aligned 2 mm grid
+            u = [_up2(c) for c in dfm.u_grid(t.origin2c, 2.0, t.d2c.shape)]
+        else:
+            u = dfm.u_grid(origin, res, shp)
         idx = np.unravel_index(flat, shp)  # (k, j, i)
         coords = np.empty((3, flat.size), dtype=np.float64)
         for ax, comp in ((0, 2), (1, 1), (2, 0)):
@@ -814,14 +891,25 @@ def _build_anatomy(t: _Template, p: SynthParams, rng: np.random.Generator) -> _A
         img.ravel()[head] += (np.interp(d_head, xs, ys) * outside).astype(np.float32)
         images[mod] = img
     anat = _Anatomy(
-        origin=t.origin.copy(), res=t.res, images=images, brain=brain, paren=paren,
-        contrast=contrast, deformation=deformation, layer_scale=layer_scale,
+        origin=t.origin.copy(),
+        res=t.res,
+        images=images,
+        brain=brain,
+        paren=paren,
+        contrast=contrast,
+        deformation=deformation,
+        layer_scale=layer_scale,
     )
+    # Slice profile: a box of the slice thickness along z, applied here once instead of
+    # sub-slice sampling at every visit (interpretation: the slab follows subject z; with
+    # the default ±8° tilt its ends move < 0.25 mm). Lesions are integrated exactly.
+    w = _slab_weights(float(p.voxel_mm[2]), t.res)
     for name, arr in list(images.items()) + [("brain", brain)]:
-        img = sitk.GetImageFromArray(arr)
+        img = sitk.GetImageFromArray(ndi.correlate1d(arr, w, axis=0, mode="constant"))
         img.SetOrigin(tuple(float(x) for x in t.origin))
         img.SetSpacing((t.res,) * 3)
         anat.sitk_images[name] = img
+    anat.images = {}  # the SimpleITK copies are what visits sample; free the arrays
     return anat
 
 
@@ -870,13 +958,17 @@ def _draw_volumes(rng, p: SynthParams, total_ul: float, vmax: float) -> list[flo
     return out
 
 
-def _sample_centres(t: _Template, anat: _Anatomy, cdf: np.ndarray, rng, n: int) -> tuple[np.ndarray, np.ndarray]:
+def _sample_centres(
+    t: _Template, anat: _Anatomy, cdf: np.ndarray, rng, n: int, wm_threshold: float
+) -> tuple[np.ndarray, np.ndarray]:
     """n lesion centres in subject space and a preferred long-axis direction for each."""
     if n == 0:
         return np.zeros((0, 3)), np.zeros((0, 3))
     shape2 = t.shape2
-    pts_t = []
-    while len(pts_t) < n:
+    pts_t: list = []
+    for _ in range(1000):
+        if len(pts_t) >= n:
+            break
         k = np.searchsorted(cdf, rng.random(n))
         flat = t.cand_idx[np.minimum(k, len(t.cand_idx) - 1)]
         z, y, x = np.unravel_index(flat, shape2)
@@ -884,7 +976,9 @@ def _sample_centres(t: _Template, anat: _Anatomy, cdf: np.ndarray, rng, n: int) 
         # keep points whose fine-grid WM is high enough
         ci = ((pt - t.origin) / t.res)[:, ::-1].T
         wm = ndi.map_coordinates(t.wm, ci, order=1, mode="constant")
-        pts_t += list(pt[wm >= 0.5])
+        pts_t += list(pt[wm >= wm_threshold])
+    else:
+        raise InputError(f"no lesion centres with white-matter probability >= {wm_threshold} (lesion_wm_threshold)")
     pts_t = np.asarray(pts_t[:n])
     # orientation: along the gradient of ventricle proximity (Dawson's fingers)
     h = 2.0
@@ -935,8 +1029,13 @@ def _make_lesion(lid: int, onset: int, n_visits: int, centre, direction, vol: fl
     intensity_factor = {mod: float(np.exp(rng.normal(0.0, p.lesion_contrast_sd))) for mod in MODALITIES}
     black_hole = bool(rng.random() < p.t1_black_hole_prob)
     les = _Lesion(
-        lesion_id=lid, onset=onset, centre=np.asarray(centre, float), rot=rot,
-        comp_centres=np.array(centres), comp_axes=np.array(axes), scale=scale,
+        lesion_id=lid,
+        onset=onset,
+        centre=np.asarray(centre, float),
+        rot=rot,
+        comp_centres=np.array(centres),
+        comp_axes=np.array(axes),
+        scale=scale,
         intensity=intensity_factor,
     )
     les.black_hole = black_hole  # type: ignore[attr-defined]
@@ -951,16 +1050,22 @@ def _lesion_intensity(les: _Lesion, anat: _Anatomy, mod: str) -> float:
     return float(c["wm"] + (target - c["wm"]) * les.intensity[mod])
 
 
-def _draw_lesions(t: _Template, anat: _Anatomy, p: SynthParams, arm: str, targets_ml: list[float], rng) -> list[_Lesion]:
+def _tlv_cap_factor(targets_ml: list[float], p: SynthParams) -> float:
+    return min(1.0, p.max_tlv_ml / max(max(targets_ml), 1e-12))
+
+
+def _draw_lesions(
+    t: _Template, anat: _Anatomy, p: SynthParams, arm: str, targets_ml: list[float], rng
+) -> list[_Lesion]:
     """Lesion objects with their per-visit scale, following the target TLV trajectory."""
     n_visits = len(p.weeks)
     cdf = _lesion_cdf(t, p)
-    cal = p.lesion_volume_calibration
+    cal = p.lesion_volume_calibration * _tlv_cap_factor(targets_ml, p)
     treated = arm != p.cohort.control_arm
     lesions: list[_Lesion] = []
     vols = _draw_volumes(rng, p, targets_ml[0] * 1000.0 * cal, p.lesion_volume_max_ul)
     vols = sorted(vols, reverse=True)
-    centres, dirs = _sample_centres(t, anat, cdf, rng, len(vols))
+    centres, dirs = _sample_centres(t, anat, cdf, rng, len(vols), p.lesion_wm_threshold)
     for v, c, dvec in zip(vols, centres, dirs):
         lesions.append(_make_lesion(len(lesions) + 1, 0, n_visits, c, dvec, v, p, rng))
     for v in range(1, n_visits):
@@ -983,7 +1088,7 @@ def _draw_lesions(t: _Template, anat: _Anatomy, p: SynthParams, arm: str, target
             while new_vols and sum(new_vols) > max(room, 0.0):
                 new_vols.pop()
         if new_vols:
-            cs, ds = _sample_centres(t, anat, cdf, rng, 4 * len(new_vols))
+            cs, ds = _sample_centres(t, anat, cdf, rng, 4 * len(new_vols), p.lesion_wm_threshold)
             placed = 0
             for c, dvec in zip(cs, ds):
                 if placed == len(new_vols):
@@ -1017,7 +1122,7 @@ def _draw_lesions(t: _Template, anat: _Anatomy, p: SynthParams, arm: str, target
             n_enl = min(len(old), 1 + int(rng.poisson(rest / 150.0)))
             start = 0
             while rest > 1e-6 and start < len(old):
-                pick = order[start:start + n_enl]
+                pick = order[start : start + n_enl]
                 start += n_enl
                 share = vols_old[pick] / vols_old[pick].sum()
                 given = 0.0
@@ -1073,6 +1178,14 @@ class SynthVisit:
 
     def image(self, modality: str) -> sitk.Image:
         return self.to_image(self.images[modality])
+
+    def transform_to_subject(self) -> sitk.AffineTransform:
+        """``native_to_subject`` as a SimpleITK transform (maps native points to subject
+        points, i.e. it resamples subject-space images onto this visit's grid)."""
+        tx = sitk.AffineTransform(3)
+        tx.SetMatrix(tuple(float(x) for x in self.native_to_subject[:3, :3].ravel()))
+        tx.SetTranslation(tuple(float(x) for x in self.native_to_subject[:3, 3]))
+        return tx
 
 
 def _native_geometry(p: SynthParams, centre=(0.0, 0.0, 0.0)):
@@ -1142,23 +1255,30 @@ def _render_visit(
     M, c_fov, offset = _draw_pose(p, t, rng)
     n, vox, origin = _native_geometry(p, c_fov)
     R, tr = M[:3, :3], M[:3, 3]
-    # --- tissue images on the fine (sub-slice) grid, one interpolation each
+    # --- tissue images at the slice centres, one interpolation each; the slice profile
+    # was applied once per subject along subject z (see _slab_weights)
     fine_spacing = (vox[0], vox[1], vox[2] / k)
     fine_origin = (origin[0], origin[1], origin[2] - (k - 1) / 2.0 * vox[2] / k)
-    fine_size = (int(n[0]), int(n[1]), int(n[2]) * k)
     tx = sitk.AffineTransform(3)
     tx.SetMatrix(tuple(float(x) for x in R.ravel()))
     tx.SetTranslation(tuple(float(x) for x in tr))
-    fine = {}
+    native = {}
     for name, img in anat.sitk_images.items():
         out = sitk.Resample(
-            img, fine_size, tx, sitk.sitkLinear, fine_origin, fine_spacing, (1, 0, 0, 0, 1, 0, 0, 0, 1), 0.0,
+            img,
+            tuple(int(x) for x in n),
+            tx,
+            sitk.sitkLinear,
+            tuple(origin),
+            tuple(vox),
+            (1, 0, 0, 0, 1, 0, 0, 0, 1),
+            0.0,
             sitk.sitkFloat32,
         )
-        fine[name] = sitk.GetArrayFromImage(out)
-    nzf, ny, nx = fine["brain"].shape
-    nz = int(n[2])
-    # --- lesions, evaluated analytically on the fine grid
+        native[name] = sitk.GetArrayFromImage(out)
+    nz, ny, nx = native["brain"].shape
+    nzf = nz * k
+    # --- lesions, evaluated analytically on the fine (sub-slice) grid
     best_frac = np.zeros((nz, ny, nx), np.float32)
     best_lab = np.zeros((nz, ny, nx), np.int32)
     total_fine = np.zeros((nzf, ny, nx), np.float32)
@@ -1197,13 +1317,13 @@ def _render_visit(
         occ[sub] *= np.clip(ndi.map_coordinates(anat.paren, pidx, order=1, mode="constant"), 0.0, 1.0)
         occ = occ.astype(np.float32)
         fsl = (slice(iz0 * k, iz1 * k), slice(iy0, iy1), slice(ix0, ix1))
-        for mod in MODALITIES:
-            target = _lesion_intensity(les, anat, mod)
-            blk = fine[mod][fsl]
-            blk += occ * (target - blk)
         np.maximum(total_fine[fsl], occ, out=total_fine[fsl])
         frac = occ.reshape(iz1 - iz0, k, iy1 - iy0, ix1 - ix0).mean(axis=1)
         nsl = (slice(iz0, iz1), slice(iy0, iy1), slice(ix0, ix1))
+        for mod in MODALITIES:
+            target = _lesion_intensity(les, anat, mod)
+            blk = native[mod][nsl]
+            blk += frac * (target - blk)
         better = frac > best_frac[nsl]
         best_frac[nsl][better] = frac[better]
         best_lab[nsl][better] = les.lesion_id
@@ -1213,11 +1333,11 @@ def _render_visit(
 
     total = down(total_fine)
     labels = np.where(total >= p.gt_threshold, best_lab, 0).astype(np.int32)
-    brain_mask = (down(fine["brain"]) >= 0.5).astype(np.uint8)
+    brain_mask = (native["brain"] >= 0.5).astype(np.uint8)
     clean, images, bias = {}, {}, {}
     for mod in MODALITIES:
         gain = float(np.exp(rng.normal(0.0, p.gain_sd))) if p.gain_sd > 0 else 1.0
-        c = down(fine[mod]) * np.float32(gain)
+        c = native[mod] * np.float32(gain)
         b = _bias_field(p, n, vox, origin - c_fov, brain_mask, rng)
         sigma = p.noise_fraction * anat.contrast[mod]["wm"] * gain
         sig = c * b
@@ -1259,8 +1379,12 @@ def _render_visit(
                     "session": session_label(week),
                     "week": week,
                     "lesion_id": int(lid),
-                    "x_subject": xs_[0], "y_subject": xs_[1], "z_subject": xs_[2],
-                    "x_native": xn[0], "y_native": xn[1], "z_native": xn[2],
+                    "x_subject": xs_[0],
+                    "y_subject": xs_[1],
+                    "z_subject": xs_[2],
+                    "x_native": xn[0],
+                    "y_native": xn[1],
+                    "z_native": xn[2],
                     "n_voxels": int(round(cnt)),
                     "volume_ml": int(round(cnt)) * vox_ml,
                     "nominal_volume_ml": nominal[int(lid)] / 1000.0,
@@ -1268,8 +1392,23 @@ def _render_visit(
                     "onset_week": int(p.weeks[les.onset]),
                 }
             )
-    cols = ["participant_id", "session", "week", "lesion_id", "x_subject", "y_subject", "z_subject",
-            "x_native", "y_native", "z_native", "n_voxels", "volume_ml", "nominal_volume_ml", "status", "onset_week"]
+    cols = [
+        "participant_id",
+        "session",
+        "week",
+        "lesion_id",
+        "x_subject",
+        "y_subject",
+        "z_subject",
+        "x_native",
+        "y_native",
+        "z_native",
+        "n_voxels",
+        "volume_ml",
+        "nominal_volume_ml",
+        "status",
+        "onset_week",
+    ]
     ltab = pd.DataFrame(rows, columns=cols)
     angles = _euler_deg(R)
     info = {
@@ -1457,7 +1596,7 @@ def _write_visit(p: SynthParams, vis: SynthVisit, root: Path) -> None:
     _write(vis.lesion_labels.astype(np.int16), vis, _truth_path(root, vis.participant_id, ses, "lesions_dseg"))
 
 
-def _subject_job(args) -> dict:
+def _subject_job(args, on_visit=None) -> dict:
     """Build one subject, render and write all its visits; return its truth rows."""
     pdict, index, pid, arm, targets, root, threads = args
     if threads:
@@ -1497,11 +1636,14 @@ def _subject_job(args) -> dict:
         )
         lesion_tabs.append(vis.lesions)
         del vis
+        if on_visit is not None:
+            on_visit()
     d = subj.anat.deformation
     subject_row = {
         "participant_id": pid,
         "arm": arm,
         "tlv_bl_target_ml": targets[0],
+        "tlv_target_scale": _tlv_cap_factor(targets, p),
         "tlv_bl_ml": tlv_bl,
         "n_lesions_bl": n_les_bl,
         "n_lesions_total": len(subj.lesions),
@@ -1510,15 +1652,22 @@ def _subject_job(args) -> dict:
         "head_scale_z": float(d.scale[2]),
         "skull_thickness_scale": subj.anat.layer_scale,
     }
-    return {"index": index, "subject": subject_row, "visits": visit_rows, "lesions": lesion_tabs, "n_visits": len(p.weeks)}
+    return {
+        "index": index,
+        "subject": subject_row,
+        "visits": visit_rows,
+        "lesions": lesion_tabs,
+        "n_visits": len(p.weeks),
+    }
 
 
 def _worker_init(threads: int) -> None:
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, int(threads)))
 
 
-def generate_trial(out_root: str | Path, params: SynthParams | dict | None = None, n_jobs: int = 1,
-                   progress: bool = True) -> dict:
+def generate_trial(
+    out_root: str | Path, params: SynthParams | dict | None = None, n_jobs: int = 1, progress: bool = True
+) -> dict:
     """Write a complete synthetic trial under ``out_root`` (``bids/`` and ``truth/``).
 
     Everything is written to a temporary folder inside ``out_root`` first and moved into
@@ -1553,13 +1702,13 @@ def generate_trial(out_root: str | Path, params: SynthParams | dict | None = Non
         _get_template(p)  # prepared once here; forked workers inherit it
         if n_jobs == 1 or len(jobs) == 1:
             for job in jobs:
-                results.append(_subject_job(job))
-                bar.update(results[-1]["n_visits"])
+                results.append(_subject_job(job, on_visit=lambda: bar.update(1)))
         else:
             threads = max(1, (os.cpu_count() or 1) // n_jobs)
             ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-            with ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx, initializer=_worker_init,
-                                     initargs=(threads,)) as ex:
+            with ProcessPoolExecutor(
+                max_workers=n_jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads,)
+            ) as ex:
                 futs = [ex.submit(_subject_job, job) for job in jobs]
                 for fut in as_completed(futs):
                     results.append(fut.result())
@@ -1597,20 +1746,34 @@ def _write_tables(p: SynthParams, root: Path, results: list[dict]) -> None:
     lesions = pd.concat(ltabs, ignore_index=True) if ltabs else pd.DataFrame(columns=results[0]["lesions"][0].columns)
     # outcomes from the true Cox model, on the TLV realised in the baseline GT masks
     participants, _, outcomes = clinical_tables(p, dict(zip(subjects["participant_id"], subjects["tlv_bl_ml"])))
-    subjects = subjects.merge(participants[["participant_id", "log_tlv", "age", "sex", "region", "edss_bl"]],
-                              on="participant_id")
+    subjects = subjects.merge(
+        participants[["participant_id", "log_tlv", "age", "sex", "region", "edss_bl"]], on="participant_id"
+    )
     cols = ["participant_id", "arm", "age", "sex", "region", "edss_bl"]
     participants[cols].to_csv(bids / "participants.tsv", sep="\t", index=False, float_format="%.10g")
     (bids / "phenotype").mkdir(exist_ok=True)
     outcomes.to_csv(bids / "phenotype" / "outcomes.tsv", sep="\t", index=False, float_format="%.10g")
-    desc = {"Name": "t2lesion synthetic MS trial", "BIDSVersion": "1.9.0", "DatasetType": "raw",
-            "GeneratedBy": [{"Name": "t2lesion.synth"}]}
+    desc = {
+        "Name": "t2lesion synthetic MS trial",
+        "BIDSVersion": "1.9.0",
+        "DatasetType": "raw",
+        "GeneratedBy": [{"Name": "t2lesion.synth"}],
+    }
     (bids / "dataset_description.json").write_text(json.dumps(desc, indent=2) + "\n")
     dd = bids / "derivatives" / "lesions"
     dd.mkdir(parents=True, exist_ok=True)
-    (dd / "dataset_description.json").write_text(json.dumps(
-        {"Name": "ground-truth T2 lesion masks", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
-         "GeneratedBy": [{"Name": "t2lesion.synth"}]}, indent=2) + "\n")
+    (dd / "dataset_description.json").write_text(
+        json.dumps(
+            {
+                "Name": "ground-truth T2 lesion masks",
+                "BIDSVersion": "1.9.0",
+                "DatasetType": "derivative",
+                "GeneratedBy": [{"Name": "t2lesion.synth"}],
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     subjects.to_csv(truth / "subjects.tsv", sep="\t", index=False, float_format="%.10g")
     visits.to_csv(truth / "visits.tsv", sep="\t", index=False, float_format="%.10g")
     lesions.to_csv(truth / "lesions.tsv", sep="\t", index=False, float_format="%.10g")

@@ -197,7 +197,7 @@ def register_to_mni(
 
 def register_to_baseline(
     t1w_path: str | Path,
-    brain_mask_path: str | Path,
+    brain_mask_path: str | Path | None,
     baseline_t1w_path: str | Path,
     baseline_brain_mask_path: str | Path,
     out_xfm: str | Path,
@@ -207,15 +207,19 @@ def register_to_baseline(
     """Follow-up T1w -> baseline T1w, rigid, brain to brain (SPEC §2).
 
     Writes ``out_xfm`` (``from-T1w_to-baseline``: maps baseline-native points to this
-    visit's native T1w points).
+    visit's native T1w points). With ``brain_mask_path=None`` (follow-ups reuse the
+    baseline's brain mask, no skull stripping of their own) the follow-up's whole head is
+    matched to the baseline head, the metric sampling only the baseline's brain.
     """
     set_threads(threads)
     t1w = read_image(t1w_path)
-    mask = read_mask(brain_mask_path, like=t1w, like_path=t1w_path)
     bl = read_image(baseline_t1w_path)
     bl_mask = read_mask(baseline_brain_mask_path, like=bl, like_path=baseline_t1w_path)
-    tx = rigid_register(
-        _masked(bl, bl_mask), _masked(t1w, mask), fixed_mask=_dilate(bl_mask, 4.0), init="moments", settings=settings
-    )
+    if brain_mask_path is not None:
+        mask = read_mask(brain_mask_path, like=t1w, like_path=t1w_path)
+        fixed, moving = _masked(bl, bl_mask), _masked(t1w, mask)
+    else:
+        fixed, moving = as_float(bl), as_float(t1w)
+    tx = rigid_register(fixed, moving, fixed_mask=_dilate(bl_mask, 4.0), init="moments", settings=settings)
     write_transform(tx, out_xfm)
     return Path(out_xfm)

@@ -1,0 +1,68 @@
+"""Intensity normalisation within the brain mask (paper, Methods "Model training"; SPEC §2).
+
+The paper: "rescaled to the same intensity range, clipped to remove intensity outliers, and
+normalized by z-scoring using the mean and standard deviation of intensities within the 1st
+and 99th percentiles". Interpretation (config ``preprocess.normalise``): clip brain voxels to
+their [0.5, 99.5] percentiles, then z-score with the mean/SD of the brain voxels lying
+between their 1st and 99th percentiles; voxels outside the brain are set to 0.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from t2lesion.errors import InputError
+from t2lesion.io import read_array
+from t2lesion.preprocess._common import read_mask, write_image
+
+log = logging.getLogger(__name__)
+
+CLIP_PERCENTILES = (0.5, 99.5)
+STATS_PERCENTILES = (1.0, 99.0)
+
+
+def normalise_array(
+    arr: np.ndarray,
+    mask: np.ndarray,
+    clip_percentiles=CLIP_PERCENTILES,
+    stats_percentiles=STATS_PERCENTILES,
+) -> np.ndarray:
+    """Clip then z-score ``arr`` inside ``mask`` (bool); 0 outside. Returns float32."""
+    mask = np.asarray(mask, dtype=bool)
+    vals = np.asarray(arr, dtype=np.float64)[mask]
+    if vals.size < 10:
+        raise ValueError(f"brain mask has only {vals.size} voxels")
+    lo, hi = np.percentile(vals, clip_percentiles)
+    vals = np.clip(vals, lo, hi)
+    p_lo, p_hi = np.percentile(vals, stats_percentiles)
+    core = vals[(vals >= p_lo) & (vals <= p_hi)]
+    mean, sd = float(core.mean()), float(core.std())
+    if not np.isfinite(sd) or sd <= 1e-12 * max(1.0, abs(mean)):
+        raise ValueError("image is constant inside the brain mask")
+    out = np.zeros(np.shape(arr), dtype=np.float32)
+    out[mask] = ((vals - mean) / sd).astype(np.float32)
+    return out
+
+
+def normalise(
+    in_path: str | Path,
+    brain_mask_path: str | Path,
+    out_path: str | Path,
+    clip_percentiles=CLIP_PERCENTILES,
+    stats_percentiles=STATS_PERCENTILES,
+) -> Path:
+    """Path-level normalisation (rule ``normalise``) of one resampled contrast."""
+    arr, img = read_array(in_path)
+    mask = read_mask(brain_mask_path, like=img, like_path=in_path)
+    try:
+        out = normalise_array(arr, sitk.GetArrayViewFromImage(mask), clip_percentiles, stats_percentiles)
+    except ValueError as exc:
+        raise InputError(f"{in_path}: cannot normalise ({exc}; mask {brain_mask_path})") from None
+    res = sitk.GetImageFromArray(out)
+    res.CopyInformation(img)
+    write_image(res, out_path)
+    return Path(out_path)

@@ -1,0 +1,178 @@
+"""Compose the visit's transforms and resample every native image once (SPEC §2).
+
+For contrast ``m`` of a visit, the composed transform maps a target-grid (MNI) point to the
+native point of ``m``:
+
+    x_m = (from-m_to-T1w) ∘ (from-T1w_to-baseline) ∘ (from-baselineT1w_to-MNI) (x_MNI)
+
+(identity for the T1w's own term and for the baseline's middle term). Each native image is
+interpolated exactly once: images linear (or B-spline), masks linear then >= 0.5.
+The target grid is MNI-aligned, axial, 1 x 1 x 3 mm, covering the template's field of view.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from t2lesion.errors import InputError
+from t2lesion.io import read_image, same_geometry
+from t2lesion.preprocess._common import (
+    TARGET_SPACING,
+    as_float,
+    matrix_to_transform,
+    read_mask,
+    read_transform,
+    set_threads,
+    target_grid,
+    transform_to_matrix,
+    write_image,
+    write_transform,
+)
+
+log = logging.getLogger(__name__)
+
+INTERPOLATORS = {"linear": sitk.sitkLinear, "bspline": sitk.sitkBSpline, "nearest": sitk.sitkNearestNeighbor}
+
+
+def compose(*transforms) -> np.ndarray:
+    """Compose fixed->moving transforms listed from the target side inwards.
+
+    ``compose(to_mni, to_baseline, to_t1w)`` returns M with x_m = M(x_MNI), i.e. ``to_mni`` is
+    applied first. ``None`` entries are identities.
+    """
+    m = np.eye(4)
+    for tx in transforms:
+        if tx is None:
+            continue
+        a = tx if isinstance(tx, np.ndarray) else transform_to_matrix(tx)
+        m = a @ m
+    return m
+
+
+def resample_image(
+    img: sitk.Image, grid: sitk.Image, tx: sitk.Transform, interpolation: str = "linear"
+) -> sitk.Image:
+    """Resample ``img`` onto ``grid`` (float32, 0 outside the field of view)."""
+    if interpolation not in INTERPOLATORS:
+        raise ValueError(f"unknown interpolation {interpolation!r}; choose one of {sorted(INTERPOLATORS)}")
+    return sitk.Resample(as_float(img), grid, tx, INTERPOLATORS[interpolation], 0.0, sitk.sitkFloat32)
+
+
+def resample_mask_image(mask: sitk.Image, grid: sitk.Image, tx: sitk.Transform) -> sitk.Image:
+    """Resample a binary mask: linear interpolation of 0/1, then threshold at 0.5 (uint8)."""
+    prob = sitk.Resample(sitk.Cast(mask, sitk.sitkFloat32), grid, tx, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    out = sitk.Cast(prob >= 0.5, sitk.sitkUInt8)
+    out.CopyInformation(grid)
+    return out
+
+
+MODS = ("T1w", "T2w", "FLAIR")
+
+
+def _need(d, keys, what):
+    missing = [k for k in keys if d is None or d.get(k) is None]
+    if missing:
+        raise ValueError(f"{what} lacks {missing}")
+
+
+def resample_visit(
+    images: dict[str, str | Path],
+    to_t1w: dict[str, str | Path],
+    brain_mask: str | Path,
+    baseline_to_mni: str | Path,
+    out_images: dict[str, str | Path],
+    out_mask: str | Path,
+    out_xfms: dict[str, str | Path],
+    to_baseline: str | Path | None = None,
+    gt_mask: str | Path | None = None,
+    out_gt_mask: str | Path | None = None,
+    gt_space: str = "FLAIR",
+    brain_mask_space: str = "T1w",
+    threads: int = 1,
+    spacing=TARGET_SPACING,
+    interpolation: str = "linear",
+    template_resolution: int = 1,
+) -> dict[str, Path]:
+    """Resample one visit into the MNI-aligned 1 x 1 x 3 mm grid (rule ``resample``).
+
+    ``images``: the visit's N4-corrected native {T1w, T2w, FLAIR}; ``to_t1w``: the
+    ``from-{T2w,FLAIR}_to-T1w`` transform files; ``brain_mask``: the native brain mask;
+    ``baseline_to_mni``: the *baseline's* ``from-T1w_to-MNI`` file; ``to_baseline``: this
+    follow-up's ``from-T1w_to-baseline`` file (None at baseline). ``brain_mask_space`` is
+    "T1w" (mask on this visit's T1w grid) or "baseline" (a follow-up reusing the baseline's
+    mask, carried through baseline -> MNI only). ``gt_mask`` lies on the ``gt_space``
+    contrast's grid (BIDS: the FLAIR's); it can also be done separately by
+    :func:`resample_mask` from the composed transform file.
+
+    Writes the contrasts (float32), the brain mask (and GT mask; uint8) and one composed
+    transform per contrast to ``out_xfms`` (``from-<mod>_to-MNI1x1x3``: maps target-grid
+    points to that contrast's native points). Returns the written paths by name.
+    """
+    _need(images, MODS, "images")
+    _need(to_t1w, ("T2w", "FLAIR"), "to_t1w")
+    _need(out_images, MODS, "out_images")
+    _need(out_xfms, MODS, "out_xfms")
+    set_threads(threads)
+    imgs = {m: read_image(images[m]) for m in MODS}
+    to_mni = read_transform(baseline_to_mni)
+    to_bl = read_transform(to_baseline) if to_baseline is not None else None
+    to_t1 = {"T1w": None, "T2w": read_transform(to_t1w["T2w"]), "FLAIR": read_transform(to_t1w["FLAIR"])}
+    grid = target_grid(spacing, template_resolution)
+    if brain_mask_space == "T1w":
+        brain = read_mask(brain_mask, like=imgs["T1w"], like_path=images["T1w"])
+    elif brain_mask_space == "baseline":
+        brain = read_mask(brain_mask)
+    else:
+        raise ValueError(f"brain_mask_space must be 'T1w' or 'baseline', got {brain_mask_space!r}")
+    gt = None
+    if gt_mask is not None:
+        if out_gt_mask is None:
+            raise ValueError("out_gt_mask is required when gt_mask is given")
+        if gt_space not in MODS:
+            raise ValueError(f"gt_space must be one of {MODS}, got {gt_space!r}")
+        gt = read_mask(gt_mask, like=imgs[gt_space], like_path=images[gt_space], allow_empty=True)
+
+    composed = {m: matrix_to_transform(compose(to_mni, to_bl, to_t1[m])) for m in MODS}
+    written: dict[str, Path] = {}
+    for m in MODS:
+        log.info("resampling %s -> %s", images[m], out_images[m])
+        write_image(resample_image(imgs[m], grid, composed[m], interpolation), out_images[m])
+        write_transform(composed[m], out_xfms[m])
+        written[m] = Path(out_images[m])
+        written[f"xfm_{m}"] = Path(out_xfms[m])
+
+    brain_out = resample_mask_image(brain, grid, composed["T1w"] if brain_mask_space == "T1w" else to_mni)
+    if not sitk.GetArrayViewFromImage(brain_out).any():
+        raise InputError(f"{brain_mask}: brain mask falls outside the target grid after registration")
+    write_image(brain_out, out_mask)
+    written["brain_mask"] = Path(out_mask)
+    if gt is not None:
+        write_image(resample_mask_image(gt, grid, composed[gt_space]), out_gt_mask)
+        written["gt_mask"] = Path(out_gt_mask)
+    return written
+
+
+def resample_mask(
+    mask_path: str | Path,
+    xfm_path: str | Path,
+    reference_path: str | Path,
+    out_path: str | Path,
+    threads: int = 1,
+) -> Path:
+    """Carry a native binary mask (e.g. the GT lesion mask, on its FLAIR's grid) into the
+    grid of ``reference_path`` through the composed transform ``xfm_path`` (e.g.
+    ``from-FLAIR_to-MNI1x1x3``): linear interpolation, then >= 0.5 (rule ``resample_gt``).
+
+    The mask must share the geometry of the image the transform was estimated for; the
+    ``validate_bids`` rule checks that a GT mask matches its FLAIR.
+    """
+    set_threads(threads)
+    mask = read_mask(mask_path, allow_empty=True)
+    tx = read_transform(xfm_path)
+    ref = read_image(reference_path)
+    write_image(resample_mask_image(mask, ref, tx), out_path)
+    return Path(out_path)

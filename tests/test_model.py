@@ -1,0 +1,300 @@
+"""Multi-arm 3-D U-Net (SPEC §4): shapes, parameter counts, receptive field, MC dropout,
+save/load, and the same training run on the TensorFlow and PyTorch backends."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from t2lesion import model as M  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _backend_check as BC  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+np_ = keras.ops.convert_to_numpy
+
+
+# --------------------------------------------------------------------------- defaults
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    return M.build_multiarm_unet(M.ModelConfig())
+
+
+def test_default_parameter_count_and_output_shapes(default_model):
+    cfg = M.ModelConfig()
+    n = M.count_params(default_model)
+    assert 5.0e6 <= n <= 7.0e6, n
+    assert n == default_model.count_params()
+    # the encoder/decoder sub-models partition the weights of the full model
+    enc, dec = M.split_encoder_decoder(default_model)
+    assert M.count_params(enc) + M.count_params(dec) == n
+
+    x = np.random.default_rng(0).normal(size=(1, 32, 96, 96, 3)).astype("float32")
+    out = default_model.predict_on_batch(x)
+    expected = [(1, 32, 96, 96, 1), (1, 32, 48, 48, 1), (1, 16, 24, 24, 1)]
+    assert [tuple(np.asarray(o).shape) for o in out] == expected
+    assert [(1,) + s for s in M.output_shapes(cfg)] == expected
+    for o in out:
+        o = np.asarray(o)
+        assert np.all((o >= 0) & (o <= 1)) and np.all(np.isfinite(o))
+
+
+def test_plain_unet_baseline_is_buildable_and_larger():
+    plain = M.build_plain_unet(M.ModelConfig())
+    n = M.count_params(plain)
+    assert 7.0e6 <= n <= 8.5e6, n  # paper: 7.7 M
+    assert [tuple(o.shape[1:]) for o in plain.outputs] == [(32, 96, 96, 1), (32, 48, 48, 1), (16, 24, 24, 1)]
+    enc, dec = M.split_encoder_decoder(plain, mc=True)
+    assert any(isinstance(l, M.MCDropout) and l.always_on for l in dec.layers)
+
+
+def test_three_arms_see_the_right_channels(default_model):
+    enc = default_model.get_layer("encoder")
+    sel = {l.name: l.indices for l in enc.layers if isinstance(l, M.ChannelSelect)}
+    # channel order [T2w, FLAIR, T1w]: E1 all, E2 FLAIR, E3 T2w
+    assert sel == {"e1_all_select": [0, 1, 2], "e2_FLAIR_select": [1], "e3_T2w_select": [0]}
+
+
+def test_config_roundtrip_and_validation():
+    cfg = M.ModelConfig()
+    assert M.ModelConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown model config keys"):
+        M.ModelConfig.from_dict({"widht": [1, 2]})
+    with pytest.raises(ValueError, match="strides needs 3"):
+        M.ModelConfig.from_dict({"strides": [[1, 2, 2]]})
+    with pytest.raises(ValueError, match="not divisible"):
+        M.ModelConfig.from_dict({"patch_size": [30, 96, 96]})
+    with pytest.raises(ValueError, match="not in channel_order"):
+        M.ModelConfig.from_dict({"arms": [["x", ["PD"]]], "arm_fractions": [1.0]})
+
+
+def test_no_tensorflow_or_torch_in_graph_code():
+    for name in ("model.py", "losses.py"):
+        src = (REPO / "t2lesion" / name).read_text()
+        code = "\n".join(l for l in src.splitlines() if not l.lstrip().startswith("#"))
+        assert not re.search(r"\bimport\s+(tensorflow|torch|jax)\b|\bfrom\s+(tensorflow|torch|jax)\b", code), name
+        assert not re.search(r"\btf\.", code), name
+
+
+# --------------------------------------------------------------------------- components
+
+
+def _reference_linear_upsample(a: np.ndarray, axis: int, f: int) -> np.ndarray:
+    """Half-pixel-centre linear interpolation with edge clamping, index by index."""
+    n = a.shape[axis]
+    out = []
+    for o in range(n * f):
+        u = min(max((o + 0.5) / f - 0.5, 0.0), n - 1)
+        i0 = int(np.floor(u))
+        i1 = min(i0 + 1, n - 1)
+        w = u - i0
+        out.append((1 - w) * np.take(a, i0, axis=axis) + w * np.take(a, i1, axis=axis))
+    return np.stack(out, axis=axis)
+
+
+@pytest.mark.parametrize("factors", [(1, 2, 2), (2, 2, 2), (2, 4, 4), (1, 3, 1)])
+def test_linear_upsample_matches_reference(factors):
+    a = np.random.default_rng(1).normal(size=(2, 3, 4, 5, 2)).astype("float32")
+    got = np_(M.LinearUpsample3D(factors)(a))
+    ref = a.astype("float64")
+    for ax, f in enumerate(factors):
+        if f > 1:
+            ref = _reference_linear_upsample(ref, ax + 1, f)
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def test_receptive_field_defaults_roughly_isotropic_in_mm():
+    rf = M.receptive_field(M.ModelConfig())
+    z, y, x = rf["finest_mm"]
+    assert y == x
+    assert abs(z - y) / y < 0.1, rf  # designed to be about equal along the three axes
+    assert rf["voxels"][0] == [37, 117, 117]
+    assert rf["mm"][0] == [111.0, 117.0, 117.0]
+
+
+def _empirical_rf(model, shape) -> list[int]:
+    """Extent (voxels, per axis) of the input region that influences the finest head's logit at
+    the centre voxel. In float64 with every BN set to scale 0.1, offset 10, all ReLUs are active,
+    so the network is affine in x and the gradient support is exactly the receptive field."""
+    import tensorflow as tf
+
+    for w in model.weights:
+        if w.path.endswith("/gamma"):
+            w.assign(np.full(w.shape, 0.1))
+        elif w.path.endswith("/beta"):
+            w.assign(np.full(w.shape, 10.0))
+    enc, dec = model.get_layer("encoder"), model.get_layer("decoder")
+    logit = keras.Model(dec.inputs, dec.get_layer("prob_d1_conv").output)
+    x = tf.constant(np.random.default_rng(0).normal(size=(1,) + shape + (3,)))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        o = logit(enc(x, training=False), training=False)
+        c = [s // 2 for s in o.shape[1:4]]
+        val = o[0, c[0], c[1], c[2], 0]
+    g = np.abs(tape.gradient(val, x).numpy())[0].sum(-1)
+    ext = []
+    for ax in range(3):
+        prof = g.sum(axis=tuple(a for a in range(3) if a != ax))
+        nz = np.nonzero(prof > 0)[0]
+        assert nz[0] > 0 and nz[-1] < shape[ax] - 1, "receptive field touches the input border"
+        ext.append(int(nz[-1] - nz[0] + 1))
+    return ext
+
+
+@pytest.mark.parametrize("kind", ["multiarm", "plain"])
+def test_receptive_field_matches_gradient_support(kind):
+    # default kernels/strides/connectivity, tiny widths, input larger than the receptive field
+    cfg = M.ModelConfig.from_dict({"widths": [2, 2, 2, 2], "patch_size": [64, 128, 128], "dropout_rate": 0.0})
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float64")
+    try:
+        model = M.build_model(cfg, kind)
+    finally:
+        keras.config.set_dtype_policy(policy)
+    assert _empirical_rf(model, (64, 128, 128)) == M.receptive_field(cfg, kind)["voxels"][0]
+
+
+# --------------------------------------------------------------------------- MC dropout
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    cfg = BC.tiny_config()
+    model = M.build_multiarm_unet(cfg)
+    # make moving statistics differ clearly from any batch statistics
+    rng = np.random.default_rng(7)
+    for w in model.non_trainable_weights:
+        if w.path.endswith("moving_mean"):
+            w.assign(rng.normal(0, 0.5, w.shape).astype("float32"))
+        elif w.path.endswith("moving_variance"):
+            w.assign(rng.uniform(0.5, 2.0, w.shape).astype("float32"))
+    x, _ = BC.synthetic_batch(cfg, batch=3, seed=2)
+    return cfg, model, x
+
+
+def test_mc_decoder_shares_weights(tiny):
+    _, model, _ = tiny
+    enc, dec = M.split_encoder_decoder(model)
+    _, mc = M.split_encoder_decoder(model, mc=True)
+    assert enc is model.get_layer("encoder") and dec is model.get_layer("decoder")
+    ids = {id(v) for v in dec.weights}
+    mc_vars = [v for v in mc.weights if "seed_generator" not in v.path]
+    assert len(mc_vars) == len([v for v in dec.weights if "seed_generator" not in v.path])
+    assert all(id(v) in ids for v in mc_vars)
+    assert sum(isinstance(l, M.MCDropout) and l.always_on for l in mc.layers) == 4
+
+
+def test_mc_rate0_equals_deterministic_and_uses_moving_statistics(tiny):
+    _, model, x = tiny
+    enc, dec = M.split_encoder_decoder(model)
+    _, mc0 = M.split_encoder_decoder(model, mc=True, rate=0.0)
+    feats = enc(x, training=False)
+    det = [np_(o) for o in dec(feats, training=False)]
+    mc = [np_(o) for o in mc0(feats)]
+    for a, b in zip(det, mc):
+        np.testing.assert_array_equal(a, b)
+    # deterministic == full model prediction
+    np.testing.assert_allclose(det[0], np.asarray(model.predict_on_batch(x)[0]), atol=1e-6)
+    # batch-statistics mode (training=True) would give something else ...
+    train_mode = np_(dec(feats, training=True)[0])
+    assert np.max(np.abs(train_mode - det[0])) > 1e-3
+    # ... and would make a window's output depend on the other windows of the batch; MC does not
+    feats0 = enc(x[:1], training=False)
+    np.testing.assert_allclose(np_(mc0(feats0)[0]), mc[0][:1], atol=1e-6)
+
+
+def test_mc_samples_differ_only_through_dropout(tiny):
+    _, model, x = tiny
+    enc, dec = M.split_encoder_decoder(model)
+    stats_before = [np_(v).copy() for v in model.non_trainable_weights if "moving" in v.path]
+    s1 = M.mc_predict(enc, dec, x, n_samples=5, seed=11, mode="samples")
+    assert s1.shape == (3, 5, 8, 32, 32, 1)
+    # samples differ from each other (dropout) ...
+    assert np.max(np.abs(s1[:, 0] - s1[:, 1])) > 1e-3
+    # ... reproducibly for a seed, differently for another seed
+    s2 = M.mc_predict(enc, dec, x, n_samples=5, seed=11, mode="samples")
+    np.testing.assert_array_equal(s1, s2)
+    s3 = M.mc_predict(enc, dec, x, n_samples=5, seed=12, mode="samples")
+    assert np.max(np.abs(s1 - s3)) > 1e-3
+    # the moments mode returns the statistics of the same draws
+    mom = M.mc_predict(enc, dec, x, n_samples=5, seed=11, mode="moments")
+    assert mom.shape == (3, 8, 32, 32, 3)
+    np.testing.assert_allclose(mom[..., 0], s1.mean(1)[..., 0], atol=1e-5)
+    np.testing.assert_allclose(mom[..., 1], (s1**2).mean(1)[..., 0], atol=1e-5)
+    pc = np.clip(s1[..., 0], 1e-7, 1 - 1e-7)
+    ent = -(pc * np.log(pc) + (1 - pc) * np.log(1 - pc))
+    np.testing.assert_allclose(mom[..., 2], ent.mean(1), atol=1e-4)
+    # MC inference never updates the BN moving statistics
+    stats_after = [np_(v) for v in model.non_trainable_weights if "moving" in v.path]
+    assert all(np.array_equal(a, b) for a, b in zip(stats_before, stats_after))
+
+
+def test_mc_predictor_runs_encoder_once_on_windows_and_decoder_on_repeated_batch(tiny):
+    _, model, x = tiny
+    enc, dec = M.split_encoder_decoder(model, mc=True)
+    pred = M.build_mc_predictor(enc, dec, n_samples=4, mode="samples")
+    assert sum(l is enc for l in pred.layers) == 1 and sum(l is dec for l in pred.layers) == 1
+    # the decoder input is the encoder output repeated n times along the batch (sample-major)
+    feats = enc(x, training=False)
+    rep = M.RepeatBatch(4)(feats[0])
+    assert tuple(rep.shape) == (12,) + tuple(feats[0].shape[1:])
+    np.testing.assert_array_equal(np_(rep)[3:6], np_(feats[0]))
+
+
+# --------------------------------------------------------------------------- training, save/load, backends
+
+
+def test_tensorflow_training_reduces_loss_and_save_load(tmp_path, monkeypatch):
+    monkeypatch.setenv("T2L_TMP", str(tmp_path))
+    rep = BC.run_checks(str(tmp_path / "tf.json"))
+    _assert_backend_report(rep, "tensorflow")
+
+
+def _assert_backend_report(rep: dict, backend: str):
+    assert rep["backend"] == backend
+    assert rep["finite"]
+    losses = rep["train_losses"]
+    assert min(losses[-2:]) < 0.5 * losses[0], losses
+    assert rep["pred_shapes"] == [[2, 8, 32, 32, 1], [2, 8, 16, 16, 1]]
+    assert rep["save_load_max_abs_diff"] == 0.0
+    assert rep["mc0_vs_det_max_abs_diff"] == 0.0
+    assert rep["det_vs_full_model_max_abs_diff"] < 1e-5
+    assert rep["mc_samples_shape"] == [2, 4, 8, 32, 32, 1]
+    assert rep["mc_reproducible_max_abs_diff"] == 0.0
+    assert rep["bn_stats_unchanged_by_mc"]
+
+
+def test_torch_backend_same_run_and_loads_tensorflow_model(tmp_path):
+    pytest.importorskip("torch")
+    # a fresh (untrained, non-saturated) TF model: the torch run must load it and predict the same
+    cfg = BC.tiny_config()
+    m = M.build_multiarm_unet(cfg)
+    x, _ = BC.synthetic_batch(cfg, seed=5)
+    exp = np.asarray(m.predict_on_batch(x)[0])
+    assert exp.std() > 1e-3
+    m.save(tmp_path / "tf_model.keras")
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "exp.npy", exp)
+    env = {**os.environ, "KERAS_BACKEND": "torch", "T2L_TMP": str(tmp_path), "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(
+        [sys.executable, str(Path(BC.__file__)), str(tmp_path / "torch.json"), "--load",
+         str(tmp_path / "tf_model.keras"), str(tmp_path / "x.npy"), str(tmp_path / "exp.npy")],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rep = json.loads((tmp_path / "torch.json").read_text())
+    _assert_backend_report(rep, "torch")
+    assert rep["cross_load_max_abs_diff"] < 1e-5
