@@ -1682,7 +1682,8 @@ def generate_trial(
     ours = (root / MARKER).exists()
     for sub in ("bids", "truth"):
         d = root / sub
-        if d.exists() and any(d.iterdir()) and not ours:
+        # Snakemake pre-creates the (empty) folders of declared outputs: only files count.
+        if d.exists() and not ours and any(f.is_file() for f in d.rglob("*")):
             raise InputError(f"{d}: exists and was not written by t2lesion.synth; refusing to overwrite it")
     participants, traj, _ = _clinical(p)
     n_jobs = max(1, int(n_jobs))
