@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 
 import cc3d
@@ -120,9 +119,7 @@ def run_segment(flair_path, t1w_path, brain_mask_path, out_mask_path, **params) 
             raise InputError(f"{path}: {exc}") from None
     mask = _threshold(z[0], z[1], brain, **params)
     out = Path(out_mask_path)
-    tmp = out.with_name(".part-" + out.name)
-    io.write_array(mask.astype(np.uint8), fimg, tmp)
-    os.replace(tmp, out)
+    io.write_array(mask.astype(np.uint8), fimg, out)
     n = int(mask.sum())
     result = {"lesion_voxels": n, "lesion_ml": n * io.voxel_volume_ml(fimg)}
     log.info("%s: %d lesion voxels (%.2f mL)", out, n, result["lesion_ml"])

@@ -6,6 +6,8 @@ also the model's axis order (SPEC §2).
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -70,12 +72,40 @@ def read_array(path: str | Path, dtype=np.float32) -> tuple[np.ndarray, sitk.Ima
     return sitk.GetArrayFromImage(img).astype(dtype, copy=False), img
 
 
+@contextlib.contextmanager
+def atomic_output(path: str | Path):
+    """Yield a temporary sibling of ``path`` that becomes ``path`` only if the block succeeds.
+
+    The temporary name keeps the file's extension (writers pick the format from it),
+    so an interrupted or failed step never leaves a half-written output behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".part-{path.name}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_tsv(df, path: str | Path, **to_csv) -> None:
+    """Write a pandas table as TSV, atomically; ``to_csv`` passes e.g. ``na_rep``."""
+    with atomic_output(path) as tmp:
+        df.to_csv(tmp, sep="\t", index=False, **to_csv)
+
+
+def write_image(img: sitk.Image, path: str | Path) -> None:
+    """Write an image (compressed NIfTI by extension), atomically."""
+    with atomic_output(path) as tmp:
+        sitk.WriteImage(img, str(tmp), useCompression=True)
+
+
 def write_array(arr: np.ndarray, reference: sitk.Image, path: str | Path) -> None:
-    """Write a (z, y, x) array with the geometry of ``reference``; creates parent folders."""
+    """Write a (z, y, x) array with the geometry of ``reference``, atomically."""
     out = sitk.GetImageFromArray(arr)
     out.CopyInformation(reference)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(out, str(path), useCompression=True)
+    write_image(out, path)
 
 
 def voxel_volume_ml(img: sitk.Image) -> float:

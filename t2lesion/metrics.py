@@ -68,7 +68,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -541,12 +540,7 @@ def size_group_table(lesions: pd.DataFrame, visits: pd.DataFrame | None = None,
 
 
 def _write_tsv(df: pd.DataFrame, path: str | Path) -> None:
-    """Write a TSV atomically (temp file + rename) so no partial table is left behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    df.to_csv(tmp, sep="\t", index=False, na_rep="n/a")
-    os.replace(tmp, path)
+    io.write_tsv(df, path, na_rep="n/a")
 
 
 def _read_mask(path: str | Path):

@@ -67,7 +67,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 import warnings
 from pathlib import Path
@@ -79,6 +78,7 @@ from scipy import stats as sps
 
 from t2lesion.cohort import ENDPOINTS, log_tlv
 from t2lesion.errors import InputError
+from t2lesion.io import write_tsv
 
 log = logging.getLogger(__name__)
 
@@ -1018,12 +1018,7 @@ def km_analysis(
 
 
 def _write_tsv(df: pd.DataFrame, path: str | Path) -> None:
-    """Write a TSV atomically (temporary file, then rename): nothing partial is left behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    df.to_csv(tmp, sep="\t", index=False, float_format="%.10g")
-    os.replace(tmp, path)
+    write_tsv(df, path, float_format="%.10g")
 
 
 def _load(long_tsv, participants_tsv, outcomes_tsv=None, arms=None, baseline_week=0):

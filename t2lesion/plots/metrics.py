@@ -5,7 +5,6 @@ Uses matplotlib's object API with the Agg canvas (no pyplot state), PNG output.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from t2lesion.io import atomic_output
 from t2lesion.metrics import bland_altman, pearson_ci
 
 _DPI = 150
@@ -21,12 +21,9 @@ _DPI = 150
 
 def _save(fig: Figure, path: str | Path) -> None:
     """Save atomically (temp file + rename): an interrupted run leaves no half-written PNG."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
     FigureCanvasAgg(fig)
-    fig.savefig(tmp, dpi=_DPI, format="png")
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=_DPI, format="png")
 
 
 def plot_agreement(gt, pred, out_png: str | Path, *, quantity: str = "TLV", unit: str = "mL",

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -21,6 +20,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+
+from t2lesion.io import atomic_output  # noqa: E402
 
 ARM_COLORS = ["#1f4e9c", "#d1495b", "#2e933c", "#edae49", "#6a4c93", "#00798c"]
 
@@ -46,14 +47,11 @@ def _short_reason(note: str) -> str:
 
 
 def _save(fig, out_png: str | Path) -> None:
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_png.with_name(out_png.name + ".part")
     try:
-        fig.savefig(tmp, dpi=130, bbox_inches="tight", format="png")
+        with atomic_output(out_png) as tmp:
+            fig.savefig(tmp, dpi=130, bbox_inches="tight", format="png")
     finally:
         plt.close(fig)
-    os.replace(tmp, out_png)
 
 
 def _empty(out_png: str | Path, message: str) -> None:

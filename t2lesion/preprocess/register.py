@@ -62,6 +62,9 @@ class RigidSettings:
 
 
 DEFAULT_RIGID = RigidSettings()
+#: Intra-visit: contrasts share the scanner frame and differ by little motion, so no
+#: rotation search.
+COREG_RIGID = RigidSettings(search_deg=0.0)
 
 
 def _masked(img: sitk.Image, mask: sitk.Image) -> sitk.Image:
@@ -156,7 +159,7 @@ def coregister_to_t1w(
     t1w_path: str | Path,
     out_xfm: str | Path,
     threads: int = 1,
-    settings: RigidSettings = DEFAULT_RIGID,
+    settings: RigidSettings = COREG_RIGID,
 ) -> Path:
     """Rigid MI registration of a visit's (N4-corrected) T2w or FLAIR to its T1w.
 
