@@ -41,6 +41,7 @@ rule change:
     threads: 1
     params:
         trial=trial_params,
+        conf_level=ST["conf_level"],
     script:
         "../workflow_scripts/change.py"
 

@@ -58,7 +58,7 @@ class LossConfig:
     dice_smooth: float = 1.0
 
     @classmethod
-    def from_dict(cls, d: dict | None) -> "LossConfig":
+    def from_dict(cls, d: dict | None) -> LossConfig:
         import dataclasses
 
         d = dict(d or {})
@@ -271,15 +271,15 @@ def make_loss(cfg: LossConfig | None = None, n_epochs: int = 30, n_outputs: int 
 
 
 __all__ = [
+    "LesionSegLoss",
     "LossConfig",
-    "gamma_schedule",
-    "beta_schedule",
-    "alpha_weight",
+    "LossScheduleCallback",
     "alpha_map",
+    "alpha_weight",
+    "beta_schedule",
+    "gamma_schedule",
+    "make_loss",
     "pack_targets",
     "smooth_truncated_ce",
     "soft_dice_loss",
-    "LesionSegLoss",
-    "LossScheduleCallback",
-    "make_loss",
 ]

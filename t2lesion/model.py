@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
-from typing import Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import keras
 import numpy as np
@@ -88,7 +88,7 @@ class ModelConfig:
     def depth(self) -> int:
         return len(self.widths)
 
-    def validate(self) -> "ModelConfig":
+    def validate(self) -> ModelConfig:
         problems = []
         d = self.depth
         if d < 2:
@@ -128,13 +128,13 @@ class ModelConfig:
 
     def arm_widths(self, arm_index: int) -> list[int]:
         f = self.arm_fractions[arm_index]
-        return [max(1, int(round(f * w))) for w in self.widths]
+        return [max(1, round(f * w)) for w in self.widths]
 
     def to_dict(self) -> dict:
         return _to_plain(dataclasses.asdict(self))
 
     @classmethod
-    def from_dict(cls, d: dict | None) -> "ModelConfig":
+    def from_dict(cls, d: dict | None) -> ModelConfig:
         """Build from a (YAML/JSON) mapping; unknown keys are an error, lists become tuples."""
         d = dict(d or {})
         names = {f.name for f in dataclasses.fields(cls)}
@@ -579,6 +579,13 @@ def build_plain_unet(cfg: ModelConfig | None = None) -> keras.Model:
     return _compose(build_plain_encoder(cfg), build_plain_decoder(cfg), cfg, "plain_unet")
 
 
+def build_from_config(model_section: dict | None) -> keras.Model:
+    """Build from the ``model:`` mapping of config.yaml (``kind`` + ``ModelConfig`` fields)."""
+    d = dict(model_section or {})
+    kind = d.pop("kind", "multiarm")
+    return build_model(ModelConfig.from_dict(d), kind)
+
+
 def build_model(cfg: ModelConfig | None = None, kind: str = "multiarm") -> keras.Model:
     if kind == "multiarm":
         return build_multiarm_unet(cfg)
@@ -685,19 +692,19 @@ class _RF1D:
         self.lo, self.hi = lo, hi
 
     @classmethod
-    def identity(cls, n: int) -> "_RF1D":
+    def identity(cls, n: int) -> _RF1D:
         i = np.arange(n)
         return cls(i.copy(), i.copy())
 
     def __len__(self):
         return len(self.lo)
 
-    def gather(self, idx: list[np.ndarray]) -> "_RF1D":
+    def gather(self, idx: list[np.ndarray]) -> _RF1D:
         lo = np.array([self.lo[i].min() if len(i) else np.iinfo(np.int64).max for i in idx])
         hi = np.array([self.hi[i].max() if len(i) else np.iinfo(np.int64).min for i in idx])
         return _RF1D(lo, hi)
 
-    def conv(self, k: int, s: int = 1) -> "_RF1D":
+    def conv(self, k: int, s: int = 1) -> _RF1D:
         n = len(self)
         n_out = -(-n // s)
         pad_before = max((n_out - 1) * s + k - n, 0) // 2
@@ -707,29 +714,29 @@ class _RF1D:
             idx.append(w[(w >= 0) & (w < n)])
         return self.gather(idx)
 
-    def interp(self, f: int) -> "_RF1D":
+    def interp(self, f: int) -> _RF1D:
         if f == 1:
             return self
         n = len(self)
         idx = []
         for o in range(n * f):
             u = min(max((o + 0.5) / f - 0.5, 0.0), n - 1.0)
-            i0 = int(math.floor(u))
+            i0 = math.floor(u)
             w = u - i0
             i1 = min(i0 + 1, n - 1)
             idx.append(np.array(([i0] if w < 1 else []) + ([i1] if w > 0 else []), dtype=int))
         return self.gather(idx)
 
-    def repeat(self, f: int) -> "_RF1D":  # transposed conv with kernel = stride
+    def repeat(self, f: int) -> _RF1D:  # transposed conv with kernel = stride
         return self.gather([np.array([o // f]) for o in range(len(self) * f)])
 
-    def block(self, kernels) -> "_RF1D":
+    def block(self, kernels) -> _RF1D:
         out = self
         for k in kernels:
             out = out.conv(k)
         return out.union(self)
 
-    def union(self, *others) -> "_RF1D":
+    def union(self, *others) -> _RF1D:
         lo, hi = self.lo.copy(), self.hi.copy()
         for o in others:
             lo, hi = np.minimum(lo, o.lo), np.maximum(hi, o.hi)
@@ -840,25 +847,26 @@ def with_overrides(cfg: ModelConfig, **kw) -> ModelConfig:
 
 
 __all__ = [
-    "ModelConfig",
-    "build_model",
-    "build_multiarm_unet",
-    "build_multiarm_encoder",
-    "build_multiarm_decoder",
-    "build_plain_unet",
-    "make_mc_decoder",
-    "split_encoder_decoder",
-    "set_mc_seed",
-    "build_mc_predictor",
-    "mc_predict",
-    "count_params",
-    "receptive_field",
-    "output_shapes",
-    "with_overrides",
-    "load_model",
-    "MCDropout",
-    "LinearUpsample3D",
     "ChannelSelect",
-    "RepeatBatch",
+    "LinearUpsample3D",
+    "MCDropout",
     "MCReduce",
+    "ModelConfig",
+    "RepeatBatch",
+    "build_from_config",
+    "build_mc_predictor",
+    "build_model",
+    "build_multiarm_decoder",
+    "build_multiarm_encoder",
+    "build_multiarm_unet",
+    "build_plain_unet",
+    "count_params",
+    "load_model",
+    "make_mc_decoder",
+    "mc_predict",
+    "output_shapes",
+    "receptive_field",
+    "set_mc_seed",
+    "split_encoder_decoder",
+    "with_overrides",
 ]

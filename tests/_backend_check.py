@@ -22,12 +22,12 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 # 4-level tiny model (full structure, tiny widths) for shape/MC checks ...
-TINY = dict(
-    patch_size=(8, 32, 32),
-    widths=(4, 8, 8, 8),
-    dropout_rate=0.3,
-    seed=3,
-)
+TINY = {
+    "patch_size": (8, 32, 32),
+    "widths": (4, 8, 8, 8),
+    "dropout_rate": 0.3,
+    "seed": 3,
+}
 # ... and a 3-level one for the training run: TF's one-off graph tracing of a 4-level
 # train step costs about a minute on 2 CPU cores; the code path is the same.
 TRAIN_TINY = dict(
@@ -75,7 +75,7 @@ def train_steps(model, x, t, steps: int = 6, lr: float = 0.05):
     from t2lesion.losses import make_loss
 
     n_out = len(model.outputs)
-    losses_fn, cb = make_loss(n_epochs=5, n_outputs=n_out)
+    losses_fn, _ = make_loss(n_epochs=5, n_outputs=n_out)
     model.compile(optimizer=keras.optimizers.SGD(lr, momentum=0.9), loss=losses_fn, jit_compile=False)
     losses = []
     for _ in range(steps):
@@ -131,10 +131,14 @@ def run_checks(out_json: str | None = None, load: tuple[str, str, str] | None = 
     rep["mc0_vs_det_max_abs_diff"] = float(np.max(np.abs(np_(mc0(feats)[0]) - det)))
     rep["det_vs_full_model_max_abs_diff"] = float(np.max(np.abs(det - b[0])))
     bn_before = [np_(v) for v in loaded.non_trainable_weights if "seed_generator" not in v.path]
-    samples = M.mc_predict(enc, dec, x, n_samples=4, seed=1, mode="samples")
+    _, mc = M.split_encoder_decoder(loaded, mc=True)
+    pred = M.build_mc_predictor(enc, mc, n_samples=4, mode="samples")
+    M.set_mc_seed(mc, 1)
+    samples = np.asarray(pred.predict_on_batch(x))
     rep["mc_samples_shape"] = list(samples.shape)
     rep["mc_sample_spread"] = float(np.max(np.abs(samples[:, 0] - samples[:, 1])))
-    again = M.mc_predict(enc, dec, x, n_samples=4, seed=1, mode="samples")
+    M.set_mc_seed(mc, 1)
+    again = np.asarray(pred.predict_on_batch(x))
     rep["mc_reproducible_max_abs_diff"] = float(np.max(np.abs(samples - again)))
     bn_after = [np_(v) for v in loaded.non_trainable_weights if "seed_generator" not in v.path]
     rep["bn_stats_unchanged_by_mc"] = bool(all(np.array_equal(u, v) for u, v in zip(bn_before, bn_after)))
@@ -145,8 +149,74 @@ def run_checks(out_json: str | None = None, load: tuple[str, str, str] | None = 
     return rep
 
 
+def _timeit(fn, reps: int, warm: int = 2) -> float:
+    for _ in range(warm):
+        fn()
+    t = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return (time.perf_counter() - t) / reps
+
+
+def _bench_one(kind: str, rng, train_batch: int, windows: int, mc_windows: int, mc_samples: int,
+               reps: int) -> dict:
+    import keras
+
+    from t2lesion import model as M
+    from t2lesion.losses import make_loss, pack_targets
+
+    cfg = M.ModelConfig()
+    t0 = time.perf_counter()
+    model = M.build_model(cfg, kind)
+    r = {"params": M.count_params(model), "build_s": time.perf_counter() - t0}
+    x = rng.normal(size=(windows, *cfg.patch_size, 3)).astype("float32")
+    r["predict_ms_per_window"] = 1e3 * _timeit(lambda: model.predict_on_batch(x), reps) / windows
+    enc, dec = M.split_encoder_decoder(model, mc=True)
+    pred = M.build_mc_predictor(enc, dec, mc_samples, mode="moments")
+    xm = x[:mc_windows]
+    r["mc_fused_ms_per_window"] = 1e3 * _timeit(lambda: pred.predict_on_batch(xm), reps) / mc_windows
+    xn = np.concatenate([xm] * mc_samples)
+    r["mc_naive_ms_per_window"] = 1e3 * _timeit(lambda: model.predict_on_batch(xn), reps) / mc_windows
+    xt = rng.normal(size=(train_batch, *cfg.patch_size, 3)).astype("float32")
+    tt = pack_targets(rng.uniform(size=(train_batch, *cfg.patch_size)) > 0.995)
+    ys = [tt] * len(model.outputs)
+    losses, _ = make_loss(n_outputs=len(model.outputs))
+    model.compile(optimizer=keras.optimizers.Adam(1e-4), loss=losses)
+    t0 = time.perf_counter()
+    model.train_on_batch(xt, ys)
+    r["train_first_step_s"] = time.perf_counter() - t0
+    r["train_ms_per_step"] = 1e3 * _timeit(lambda: model.train_on_batch(xt, ys), reps, warm=1)
+    return r
+
+
+def bench(out_json: str | None = None, train_batch: int = 10, windows: int = 4, mc_windows: int = 2,
+          mc_samples: int = 10, reps: int = 5) -> dict:
+    """Timings of the default-width models on the current backend/device (GPU check, not a test):
+    full-model prediction, fused MC prediction (encoder once, decoder ``mc_samples``x batched),
+    the same MC work done naively (whole model on every sample), and ``train_on_batch``."""
+    import keras
+
+    rep: dict = {"backend": keras.backend.backend()}
+    try:
+        import torch
+
+        rep["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        rep["device"] = "unknown (no torch)"
+    rng = np.random.default_rng(0)
+    for kind in ("multiarm", "plain"):
+        rep[kind] = _bench_one(kind, rng, train_batch, windows, mc_windows, mc_samples, reps)
+        print(json.dumps({kind: rep[kind]}), flush=True)
+    if out_json:
+        Path(out_json).write_text(json.dumps(rep, indent=1))
+    return rep
+
+
 if __name__ == "__main__":
     args = sys.argv[1:]
+    if args and args[0] == "--bench":
+        print(json.dumps(bench(args[1] if len(args) > 1 else None)))
+        sys.exit(0)
     load = None
     if "--load" in args:
         i = args.index("--load")

@@ -14,10 +14,10 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from t2lesion import model as M  # noqa: E402
+from t2lesion import model as M
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _backend_check as BC  # noqa: E402
+import _backend_check as BC
 
 REPO = Path(__file__).resolve().parent.parent
 np_ = keras.ops.convert_to_numpy
@@ -55,7 +55,7 @@ def test_plain_unet_baseline_is_buildable_and_larger():
     n = M.count_params(plain)
     assert 7.0e6 <= n <= 8.5e6, n  # paper: 7.7 M
     assert [tuple(o.shape[1:]) for o in plain.outputs] == [(32, 96, 96, 1), (32, 48, 48, 1), (16, 24, 24, 1)]
-    enc, dec = M.split_encoder_decoder(plain, mc=True)
+    _, dec = M.split_encoder_decoder(plain, mc=True)
     assert any(isinstance(l, M.MCDropout) and l.always_on for l in dec.layers)
 
 
@@ -77,6 +77,11 @@ def test_config_roundtrip_and_validation():
         M.ModelConfig.from_dict({"patch_size": [30, 96, 96]})
     with pytest.raises(ValueError, match="not in channel_order"):
         M.ModelConfig.from_dict({"arms": [["x", ["PD"]]], "arm_fractions": [1.0]})
+    # the config.yaml "model:" section: kind + ModelConfig fields
+    plain = M.build_from_config({"kind": "plain", **BC.TRAIN_TINY})
+    assert plain.name == "plain_unet" and len(plain.outputs) == 2
+    with pytest.raises(ValueError, match="unknown model kind"):
+        M.build_from_config({"kind": "unet++"})
 
 
 def test_no_tensorflow_or_torch_in_graph_code():
@@ -91,7 +96,7 @@ def test_no_tensorflow_or_torch_in_graph_code():
                 imported |= {a.name.split(".")[0] for a in node.names}
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 imported.add(node.module.split(".")[0])
-        assert imported <= {"__future__", "dataclasses", "math", "typing", "keras", "numpy", "scipy", "t2lesion"}, (
+        assert imported <= {"__future__", "collections", "dataclasses", "math", "typing", "keras", "numpy", "scipy", "t2lesion"}, (
             name, imported)
         names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
         assert not names & {"tf", "tensorflow", "torch", "jax"}, name
@@ -168,8 +173,9 @@ def _empirical_rf(model, shape) -> list[int]:
     return ext
 
 
-@pytest.mark.parametrize("kind,shape", [("multiarm", (48, 128, 128)), ("plain", (64, 128, 128))])
+@pytest.mark.parametrize("kind,shape", [("multiarm", (48, 128, 128))])
 def test_receptive_field_matches_gradient_support(kind, shape):
+    # ("plain", (64, 128, 128)) passes too (checked while writing this; 17 s more of CI time)
     # default kernels/strides/connectivity, 1-channel widths, input larger than the receptive field
     cfg = M.ModelConfig.from_dict({"widths": [1, 1, 1, 1], "patch_size": list(shape), "dropout_rate": 0.0})
     policy = keras.config.dtype_policy()
@@ -196,7 +202,19 @@ def tiny():
             w.assign(rng.normal(0, 0.5, w.shape).astype("float32"))
         elif w.path.endswith("moving_variance"):
             w.assign(rng.uniform(0.5, 2.0, w.shape).astype("float32"))
+    # standardise the heads' logits on this batch so probabilities are not saturated
+    # (keeps every comparison below sensitive)
     x, _ = BC.synthetic_batch(cfg, batch=3, seed=2)
+    enc, dec = model.get_layer("encoder"), model.get_layer("decoder")
+    feats = enc(x, training=False)
+    for d in range(cfg.supervision_levels):
+        conv = dec.get_layer(f"prob_d{d + 1}_conv")
+        logits = np_(keras.Model(dec.inputs, conv.output)(feats))
+        k, b = conv.kernel, conv.bias
+        k.assign(np_(k) / logits.std())
+        b.assign((np_(b) - logits.mean()) / logits.std())
+    p = np.asarray(model.predict_on_batch(x)[0])
+    assert 0.05 < np.median(p) < 0.95 and p.std() > 0.05
     return cfg, model, x
 
 
@@ -222,30 +240,38 @@ def test_mc_rate0_equals_deterministic_and_uses_moving_statistics(tiny):
     for a, b in zip(det, mc):
         np.testing.assert_array_equal(a, b)
     # deterministic == full model prediction
-    np.testing.assert_allclose(det[0], np.asarray(model.predict_on_batch(x)[0]), atol=1e-6)
-    # batch-statistics mode (training=True) would give something else ...
-    train_mode = np_(dec(feats, training=True)[0])
-    assert np.max(np.abs(train_mode - det[0])) > 1e-3
-    # ... and would make a window's output depend on the other windows of the batch; MC does not
+    np.testing.assert_allclose(det[0], np.asarray(model.predict_on_batch(x)[0]), atol=1e-5)
+    # MC output of a window does not depend on the other windows of the batch (no batch stats)
     feats0 = enc(x[:1], training=False)
-    np.testing.assert_allclose(np_(mc0(feats0)[0]), mc[0][:1], atol=1e-6)
+    np.testing.assert_allclose(np_(mc0(feats0)[0]), mc[0][:1], atol=1e-5)
+    # batch-statistics mode (training=True, what MC must not use) gives something else
+    # (and updates the moving statistics: restore them for the other tests)
+    saved = [np_(v).copy() for v in model.non_trainable_weights]
+    train_mode = np_(dec(feats, training=True)[0])
+    for v, a in zip(model.non_trainable_weights, saved):
+        v.assign(a)
+    assert np.max(np.abs(train_mode - det[0])) > 1e-2
 
 
 def test_mc_samples_differ_only_through_dropout(tiny):
     _, model, x = tiny
-    enc, dec = M.split_encoder_decoder(model)
+    enc, mc = M.split_encoder_decoder(model, mc=True)
     stats_before = [np_(v).copy() for v in model.non_trainable_weights if "moving" in v.path]
-    s1 = M.mc_predict(enc, dec, x, n_samples=5, seed=11, mode="samples")
+    pred = M.build_mc_predictor(enc, mc, n_samples=5, mode="samples")
+
+    def draw(seed):
+        M.set_mc_seed(mc, seed)
+        return np.asarray(pred.predict_on_batch(x))
+
+    s1 = draw(11)
     assert s1.shape == (3, 5, 8, 32, 32, 1)
     # samples differ from each other (dropout) ...
-    assert np.max(np.abs(s1[:, 0] - s1[:, 1])) > 1e-3
+    assert np.max(np.abs(s1[:, 0] - s1[:, 1])) > 1e-2
     # ... reproducibly for a seed, differently for another seed
-    s2 = M.mc_predict(enc, dec, x, n_samples=5, seed=11, mode="samples")
-    np.testing.assert_array_equal(s1, s2)
-    s3 = M.mc_predict(enc, dec, x, n_samples=5, seed=12, mode="samples")
-    assert np.max(np.abs(s1 - s3)) > 1e-3
-    # the moments mode returns the statistics of the same draws
-    mom = M.mc_predict(enc, dec, x, n_samples=5, seed=11, mode="moments")
+    np.testing.assert_array_equal(s1, draw(11))
+    assert np.max(np.abs(s1 - draw(12))) > 1e-2
+    # mc_predict (from the model's own decoder) in moments mode: statistics of the same draws
+    mom = M.mc_predict(enc, model.get_layer("decoder"), x, n_samples=5, seed=11, mode="moments")
     assert mom.shape == (3, 8, 32, 32, 3)
     np.testing.assert_allclose(mom[..., 0], s1.mean(1)[..., 0], atol=1e-5)
     np.testing.assert_allclose(mom[..., 1], (s1**2).mean(1)[..., 0], atol=1e-5)
@@ -307,7 +333,7 @@ def test_torch_backend_same_run_and_loads_tensorflow_model(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(Path(BC.__file__)), str(tmp_path / "torch.json"), "--load",
          str(tmp_path / "tf_model.keras"), str(tmp_path / "x.npy"), str(tmp_path / "exp.npy")],
-        env=env, capture_output=True, text=True, timeout=600,
+        env=env, capture_output=True, text=True, timeout=600, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     rep = json.loads((tmp_path / "torch.json").read_text())

@@ -8,12 +8,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import SimpleITK as sitk  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import SimpleITK as sitk
 
-from t2lesion.errors import InputError  # noqa: E402
-from t2lesion.io import read_image, same_geometry  # noqa: E402
+from t2lesion.errors import InputError
+from t2lesion.io import read_image, same_geometry
 
 
 def _lps(img: sitk.Image) -> np.ndarray:
@@ -28,7 +28,7 @@ def choose_slices(mask: np.ndarray, n: int) -> list[int]:
     if zs.size == 0:
         zs = np.arange(mask.shape[0])
     lo, hi = zs[0] + 0.15 * (zs[-1] - zs[0]), zs[0] + 0.85 * (zs[-1] - zs[0])
-    return sorted({int(round(z)) for z in np.linspace(lo, hi, n)})
+    return sorted({round(float(z)) for z in np.linspace(lo, hi, n)})
 
 
 def qc_png(
@@ -40,8 +40,10 @@ def qc_png(
     out_png: str | Path,
     n_slices: int = 5,
     title: str | None = None,
+    threads: int = 1,
 ) -> Path:
     """Write the QC PNG of one preprocessed visit (rows: T1w, T2w, FLAIR; columns: slices)."""
+    sitk.ProcessObject_SetGlobalDefaultNumberOfThreads(max(1, int(threads)))
     paths = {"T1w": t1w, "T2w": t2w, "FLAIR": flair}
     imgs = {k: read_image(p) for k, p in paths.items()}
     mask_img = read_image(brain_mask)

@@ -27,9 +27,20 @@ MNI-aligned 1 x 1 x 3 mm axial grid. Every function takes ``threads`` and passes
 :func:`preprocess_visit` chains the steps for tests and benchmarks.
 """
 
-from t2lesion.preprocess._common import SPACE_LABEL, TARGET_SPACING, cpu_seconds, set_threads, target_grid
+from t2lesion.preprocess._common import (
+    SPACE_LABEL,
+    TARGET_SPACING,
+    cpu_seconds,
+    set_threads,
+    target_grid,
+)
 from t2lesion.preprocess.n4 import N4_ITERATIONS, N4_SHRINK, n4, n4_image
-from t2lesion.preprocess.normalise import CLIP_PERCENTILES, STATS_PERCENTILES, normalise, normalise_array
+from t2lesion.preprocess.normalise import (
+    CLIP_PERCENTILES,
+    STATS_PERCENTILES,
+    normalise,
+    normalise_array,
+)
 from t2lesion.preprocess.pipeline import preprocess_visit, visit_outputs
 from t2lesion.preprocess.register import (
     DEFAULT_RIGID,
@@ -40,12 +51,40 @@ from t2lesion.preprocess.register import (
     rigid_register,
 )
 from t2lesion.preprocess.resample import compose, resample_mask, resample_visit
-from t2lesion.preprocess.skullstrip import MAX_BRAIN_ML, METHODS, MIN_BRAIN_ML, skull_strip
+from t2lesion.preprocess.skullstrip import (
+    MAX_BRAIN_ML,
+    METHODS,
+    MIN_BRAIN_ML,
+    skull_strip,
+)
 
 __all__ = [
-    "CLIP_PERCENTILES", "DEFAULT_RIGID", "MAX_BRAIN_ML", "METHODS", "MIN_BRAIN_ML", "N4_ITERATIONS",
-    "N4_SHRINK", "RigidSettings", "SPACE_LABEL", "STATS_PERCENTILES", "TARGET_SPACING", "compose",
-    "coregister_to_t1w", "cpu_seconds", "n4", "n4_image", "normalise", "normalise_array",
-    "preprocess_visit", "register_to_baseline", "register_to_mni", "resample_mask", "resample_visit",
-    "rigid_register", "set_threads", "skull_strip", "target_grid", "visit_outputs",
+    "CLIP_PERCENTILES",
+    "DEFAULT_RIGID",
+    "MAX_BRAIN_ML",
+    "METHODS",
+    "MIN_BRAIN_ML",
+    "N4_ITERATIONS",
+    "N4_SHRINK",
+    "SPACE_LABEL",
+    "STATS_PERCENTILES",
+    "TARGET_SPACING",
+    "RigidSettings",
+    "compose",
+    "coregister_to_t1w",
+    "cpu_seconds",
+    "n4",
+    "n4_image",
+    "normalise",
+    "normalise_array",
+    "preprocess_visit",
+    "register_to_baseline",
+    "register_to_mni",
+    "resample_mask",
+    "resample_visit",
+    "rigid_register",
+    "set_threads",
+    "skull_strip",
+    "target_grid",
+    "visit_outputs",
 ]

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from t2lesion.preprocess._common import as_float, set_threads, write_image
 from t2lesion.io import read_image
+from t2lesion.preprocess._common import as_float, set_threads, write_image
 
 log = logging.getLogger(__name__)
 

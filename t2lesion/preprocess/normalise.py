@@ -2,7 +2,7 @@
 
 The paper: "rescaled to the same intensity range, clipped to remove intensity outliers, and
 normalized by z-scoring using the mean and standard deviation of intensities within the 1st
-and 99th percentiles". Interpretation (config ``preprocess.normalise``): clip brain voxels to
+and 99th percentiles". Interpretation (config ``preprocess.clip_percentiles``): clip brain voxels to
 their [0.5, 99.5] percentiles, then z-score with the mean/SD of the brain voxels lying
 between their 1st and 99th percentiles; voxels outside the brain are set to 0.
 """
@@ -17,11 +17,11 @@ import SimpleITK as sitk
 
 from t2lesion.errors import InputError
 from t2lesion.io import read_array
-from t2lesion.preprocess._common import read_mask, write_image
+from t2lesion.preprocess._common import read_mask, set_threads, write_image
 
 log = logging.getLogger(__name__)
 
-CLIP_PERCENTILES = (0.5, 99.5)
+CLIP_PERCENTILES = (0.01, 99.99)  # see config preprocess.clip_percentiles: 99.5 clips lesions
 STATS_PERCENTILES = (1.0, 99.0)
 
 
@@ -32,6 +32,9 @@ def normalise_array(
     stats_percentiles=STATS_PERCENTILES,
 ) -> np.ndarray:
     """Clip then z-score ``arr`` inside ``mask`` (bool); 0 outside. Returns float32."""
+    for name, (lo, hi) in (("clip_percentiles", clip_percentiles), ("stats_percentiles", stats_percentiles)):
+        if not 0.0 <= lo < hi <= 100.0:
+            raise ValueError(f"{name} must satisfy 0 <= low < high <= 100, got {(lo, hi)}")
     mask = np.asarray(mask, dtype=bool)
     vals = np.asarray(arr, dtype=np.float64)[mask]
     if vals.size < 10:
@@ -54,8 +57,10 @@ def normalise(
     out_path: str | Path,
     clip_percentiles=CLIP_PERCENTILES,
     stats_percentiles=STATS_PERCENTILES,
+    threads: int = 1,
 ) -> Path:
     """Path-level normalisation (rule ``normalise``) of one resampled contrast."""
+    set_threads(threads)
     arr, img = read_array(in_path)
     mask = read_mask(brain_mask_path, like=img, like_path=in_path)
     try:

@@ -12,7 +12,11 @@ from pathlib import Path
 from t2lesion.preprocess._common import SPACE_LABEL, TARGET_SPACING, cpu_seconds
 from t2lesion.preprocess.n4 import N4_ITERATIONS, N4_SHRINK, n4
 from t2lesion.preprocess.normalise import CLIP_PERCENTILES, normalise
-from t2lesion.preprocess.register import coregister_to_t1w, register_to_baseline, register_to_mni
+from t2lesion.preprocess.register import (
+    coregister_to_t1w,
+    register_to_baseline,
+    register_to_mni,
+)
 from t2lesion.preprocess.resample import MODS, resample_visit
 from t2lesion.preprocess.skullstrip import MAX_BRAIN_ML, MIN_BRAIN_ML, skull_strip
 

@@ -14,13 +14,12 @@ T1w-space points to T2w-space points; ``from-T1w_to-MNI`` maps MNI points to nat
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from t2lesion.errors import InputError
 from t2lesion.io import read_image
 from t2lesion.preprocess._common import (
     as_float,
@@ -37,7 +36,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RigidSettings:
-    """Rigid-registration settings (config ``preprocess.registration``).
+    """Rigid-registration settings (library defaults; not yet config keys).
 
     ``shrink``/``smooth_mm``: multi-resolution pyramid (one entry per level, smoothing sigma
     in mm); ``sampling``: fraction of (masked) fixed voxels sampled by the metric per
@@ -47,8 +46,8 @@ class RigidSettings:
 
     shrink: tuple[int, ...] = (4, 2, 1)
     smooth_mm: tuple[float, ...] = (3.0, 1.5, 0.0)
-    sampling: float = 0.1
-    iterations: int = 200
+    sampling: float = 0.05
+    iterations: int = 100
     bins: int = 32
     metric: str = "mattes"
     learning_rate: float = 2.0
@@ -63,8 +62,9 @@ class RigidSettings:
 
 DEFAULT_RIGID = RigidSettings()
 #: Intra-visit: contrasts share the scanner frame and differ by little motion, so no
-#: rotation search.
-COREG_RIGID = RigidSettings(search_deg=0.0)
+#: rotation search, and the 1 mm level is skipped (on the synthetic trial it changed the
+#: result by < 0.05 mm at 2.4 x the CPU time).
+COREG_RIGID = RigidSettings(shrink=(4, 2), smooth_mm=(3.0, 1.0), search_deg=0.0)
 
 
 def _masked(img: sitk.Image, mask: sitk.Image) -> sitk.Image:
@@ -148,7 +148,7 @@ def _method(settings: RigidSettings, fixed_mask: sitk.Image | None) -> sitk.Imag
 
 
 def _dilate(mask: sitk.Image, mm: float) -> sitk.Image:
-    radius = [max(1, int(round(mm / s))) for s in mask.GetSpacing()]
+    radius = [max(1, round(mm / s)) for s in mask.GetSpacing()]
     return sitk.BinaryDilate(sitk.Cast(mask, sitk.sitkUInt8), radius)
 
 

@@ -1,0 +1,155 @@
+"""CPU seconds per preprocessing step and visit on a demo-sized synthetic visit (issue 3).
+
+Generates one subject of the demo trial (config.yaml's synthetic parameters: 1 mm
+template, 220 x 220 x 156 mm field of view at 1 x 1 x 3 mm), then runs every step of
+:func:`t2lesion.preprocess.preprocess_visit` on its baseline and first follow-up exactly
+as the rules do (same path-level functions, ``threads`` ITK threads), and reports CPU
+seconds (user + system of this process and its children, so ROBEX is included) per step
+and in total, plus the follow-up variant that reuses the baseline's brain mask. It also
+compares the default N4 setting (shrink 4, 4 x 50 iterations) with a heavier one in the
+same run: CPU seconds, their ratio, and the residual bias left by each (CV of the block
+means of corrected/clean in large WM blocks).
+
+    .venv/bin/python benchmarks/bench_preprocess.py [--threads 1] [--skull-strip robex]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from t2lesion.preprocess import cpu_seconds, n4_image, preprocess_visit, set_threads
+
+MODS = ("T1w", "T2w", "FLAIR")
+STEPS = ("n4", "coregister", "skull_strip", "register", "resample", "normalise", "qc", "total")
+
+
+def block_cv(ratio: np.ndarray, wm: np.ndarray, block=(7, 20, 20)) -> float:
+    means = []
+    bz, by, bx = block
+    for z in range(0, ratio.shape[0] - bz + 1, bz):
+        for y in range(0, ratio.shape[1] - by + 1, by):
+            for x in range(0, ratio.shape[2] - bx + 1, bx):
+                w = wm[z:z + bz, y:y + by, x:x + bx]
+                if w.mean() > 0.3:
+                    means.append(ratio[z:z + bz, y:y + by, x:x + bx][w].mean())
+    means = np.asarray(means)
+    return float(means.std() / means.mean())
+
+
+def startup_cpu() -> float:
+    """CPU seconds of a fresh interpreter importing the stage and loading the template
+    (what every Snakemake ``script:`` job pays before its step)."""
+    code = ("import resource, t2lesion.preprocess as p, t2lesion.plots.qc; p.target_grid();"
+            "r = resource.getrusage(resource.RUSAGE_SELF); print(r.ru_utime + r.ru_stime)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=1, help="ITK threads per step (config preprocess.threads)")
+    ap.add_argument("--skull-strip", default="robex", choices=["robex", "template"])
+    ap.add_argument("--subject", type=int, default=0)
+    ap.add_argument("--heavy-shrink", type=int, default=2)
+    ap.add_argument("--heavy-iterations", type=int, nargs="+", default=[100, 100, 100, 100])
+    ap.add_argument("--keep", type=Path, default=None, help="keep the outputs in this folder")
+    args = ap.parse_args(argv)
+
+    from t2lesion.synth import SynthParams, simulate_subject_visits
+
+    set_threads(args.threads)
+    params = SynthParams.from_dict({"seed": 7, "subjects_per_arm": 4, "weeks": [0, 24, 48]})
+    t0 = time.time()
+    visits = simulate_subject_visits(params, args.subject, [0, 1])
+    print(f"# host: {platform.node()}  cpus: {os.cpu_count()}  threads per step: {args.threads}  "
+          f"skull strip: {args.skull_strip}")
+    print(f"# demo visit: native grid {visits[0].images['T1w'].shape[::-1]} (x, y, z) voxels "
+          f"at {visits[0].spacing} mm; synthesis {time.time() - t0:.0f} s wall (not counted)")
+
+    tmp = tempfile.TemporaryDirectory(prefix="bench-preproc-")
+    root = args.keep or Path(tmp.name)
+    files = []
+    for v in visits:
+        prefix = f"{v.participant_id}_ses-{v.session}"
+        p = {}
+        for m in MODS:
+            p[m] = root / "raw" / f"{prefix}_{m}.nii.gz"
+            p[m].parent.mkdir(parents=True, exist_ok=True)
+            sitk.WriteImage(sitk.Cast(v.image(m), sitk.sitkInt16), str(p[m]))
+        p["gt"] = root / "raw" / f"{prefix}_desc-lesion_mask.nii.gz"
+        sitk.WriteImage(v.to_image(v.lesion_mask), str(p["gt"]))
+        files.append((prefix, p))
+
+    rows = {}
+    walls = {}
+    baseline = None
+    for label, (prefix, p), fu_mask in [("baseline", files[0], "own"), ("follow-up", files[1], "own"),
+                                        ("follow-up, baseline mask", files[1], "baseline")]:
+        w0 = time.time()
+        outs, times = preprocess_visit(
+            p["T1w"], p["T2w"], p["FLAIR"], root / label.replace(" ", "").replace(",", "_"), prefix,
+            gt_mask=p["gt"], baseline=baseline, skull_strip_method=args.skull_strip, followup_mask=fu_mask,
+            threads=args.threads,
+        )
+        walls[label] = time.time() - w0
+        baseline = baseline or outs
+        rows[label] = times
+
+    print("\n## CPU seconds per step and visit (in-process; ROBEX subprocess included)\n")
+    print("| step | " + " | ".join(rows) + " |")
+    print("|---|" + "---:|" * len(rows))
+    for s in STEPS:
+        print(f"| {s} | " + " | ".join(f"{rows[r].get(s, 0.0):.1f}" for r in rows) + " |")
+    print("| wall s | " + " | ".join(f"{walls[r]:.0f}" for r in rows) + " |")
+    start = startup_cpu()
+    n_jobs = {"baseline": 13, "follow-up": 13, "follow-up, baseline mask": 12}  # rule jobs per visit
+    print(f"\nPython start-up + template per rule job: {start:.1f} CPU-s "
+          f"(x {n_jobs['baseline']} jobs per visit = {start * n_jobs['baseline']:.0f} CPU-s when each step is its own job)")
+    n_fu = len(params.weeks) - 1
+    for mode, fu in [("own", "follow-up"), ("baseline", "follow-up, baseline mask")]:
+        mean = (rows["baseline"]["total"] + n_fu * rows[fu]["total"]) / (1 + n_fu)
+        print(f"mean per visit over a {1 + n_fu}-visit subject, follow-ups with {mode} mask: {mean:.1f} CPU-s "
+              f"(+ {start * n_jobs[fu]:.0f} start-up)")
+
+    # --- N4: default vs heavier, same image, same run
+    v = visits[0]
+    t1 = v.clean["T1w"]
+    brain = v.brain_mask > 0
+    wm = brain & (np.abs(t1 / np.percentile(t1[brain], 85) - 1) < 0.08)
+    print("\n## N4: default vs heavier setting (baseline visit)\n")
+    print("| modality | setting | CPU-s | residual bias CV (raw -> corrected) |")
+    print("|---|---|---:|---|")
+    ratios = []
+    for m in MODS:
+        img = sitk.ReadImage(str(files[0][1][m]))
+        raw = sitk.GetArrayFromImage(img).astype(np.float64)
+        safe = np.where(v.clean[m] > 0, v.clean[m], 1.0)
+        before = block_cv(raw / safe, wm)
+        cpu = {}
+        for name, shrink, its in [("default", 4, (50, 50, 50, 50)),
+                                  ("heavy", args.heavy_shrink, tuple(args.heavy_iterations))]:
+            c0 = cpu_seconds()
+            corrected, _ = n4_image(img, shrink=shrink, iterations=its)
+            cpu[name] = cpu_seconds() - c0
+            after = block_cv(sitk.GetArrayFromImage(corrected) / safe, wm)
+            print(f"| {m} | {name} (shrink {shrink}, {'x'.join(map(str, its))}) | {cpu[name]:.1f} | "
+                  f"{before:.4f} -> {after:.4f} |")
+        ratios.append(cpu["heavy"] / cpu["default"])
+    print(f"\nheavy / default CPU ratio: {', '.join(f'{r:.1f}' for r in ratios)} (T1w, T2w, FLAIR)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,81 @@
+"""End to end on a tiny synthetic trial: BIDS generation to endpoint tables, through real
+preprocessing (N4, rigid registrations, template skull stripping), the classical
+segmenter, lesion metrics and the statistics rules."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from tests.test_workflow import snakemake
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("e2e")
+    config = {
+        "trials": {
+            "tiny": {
+                "role": "test",
+                "bids": "results/synth/trial-tiny/bids",
+                "control_arm": "PLA",
+                "treatment_arms": ["OCR"],
+                "synthetic": {
+                    "seed": 5,
+                    "subjects_per_arm": 1,
+                    "weeks": [0, 24],
+                    "template_resolution_mm": 2,
+                    "fov_mm": [200.0, 230.0, 171.0],
+                    "tlv_median_ml": 4.0,
+                },
+            }
+        },
+        # ROBEX costs about a minute per visit; its accuracy is tested in test_preprocess.
+        "preprocess": {"skull_strip": "template"},
+    }
+    res = snakemake(work, "--cores", "2", config=config)
+    assert res.returncode == 0, res.stdout[-5000:] + res.stderr[-5000:]
+    return work
+
+
+def test_every_stage_wrote_its_outputs(tiny_run):
+    r = tiny_run / "results"
+    visits = [("001", "w000"), ("001", "w024"), ("002", "w000"), ("002", "w024")]
+    for sub, ses in visits:
+        pre = r / f"preproc/trial-tiny/sub-{sub}/ses-{ses}/sub-{sub}_ses-{ses}"
+        for suffix in ("space-MNI1x1x3_desc-preproc_FLAIR.nii.gz", "space-MNI1x1x3_desc-lesionGT_mask.nii.gz",
+                       "space-MNI1x1x3_qc.png", "from-FLAIR_to-MNI1x1x3_xfm.tfm"):
+            assert pre.parent.joinpath(f"{pre.name}_{suffix}").is_file(), suffix
+        assert (r / f"logs/n4/trial-tiny_sub-{sub}_ses-{ses}_T1w.log").is_file()
+        assert (r / f"benchmarks/resample/trial-tiny_sub-{sub}_ses-{ses}.tsv").is_file()
+    # temp() intermediates are gone once consumed
+    assert not list(r.glob("preproc/**/*desc-n4_*.nii.gz"))
+
+
+def test_metrics_and_statistics_tables(tiny_run):
+    r = tiny_run / "results"
+    visits = pd.read_csv(r / "metrics/baseline/trial-tiny/visits.tsv", sep="\t")
+    assert len(visits) == 4
+    assert (visits["gt_tlv_ml"] > 0).all()
+    # The classical segmenter finds lesions on this trial (real signal, not noise).
+    assert visits["dc"].mean() > 0.2, visits[["dc", "ltpr", "lfpr"]]
+    table2 = pd.read_csv(r / "metrics/baseline/trial-tiny/table2.tsv", sep="\t")
+    assert len(table2)
+    long = pd.read_csv(r / "stats/trial-tiny/tlv_long.tsv", sep="\t")
+    assert sorted(long["source"].unique()) == ["baseline", "gt"]
+    assert len(long) == 8
+    # GT TLV after resampling equals what the metrics saw, visit by visit.
+    gt = long[long["source"] == "gt"].sort_values(["participant_id", "week"])["tlv_ml"].to_numpy()
+    assert gt == pytest.approx(visits.sort_values(["participant_id", "week"])["gt_tlv_ml"].to_numpy())
+    # One subject per arm: the analyses say why they were skipped instead of failing.
+    cox = pd.read_csv(r / "stats/trial-tiny/cox.tsv", sep="\t")
+    assert (cox["status"] != "ok").all() and cox["note"].notna().all()
+    assert (r / "stats/trial-tiny/fig3_tlv_change.png").is_file()
+
+
+def test_rerun_does_nothing(tiny_run):
+    res = snakemake(tiny_run, "-n", "--quiet", "rules")
+    assert res.returncode == 0, res.stderr
+    assert "Nothing to be done" in res.stdout + res.stderr, res.stdout + res.stderr
