@@ -3,8 +3,11 @@
 The paper: "rescaled to the same intensity range, clipped to remove intensity outliers, and
 normalized by z-scoring using the mean and standard deviation of intensities within the 1st
 and 99th percentiles". Interpretation (config ``preprocess.clip_percentiles``): clip brain voxels to
-their [0.5, 99.5] percentiles, then z-score with the mean/SD of the brain voxels lying
-between their 1st and 99th percentiles; voxels outside the brain are set to 0.
+their [0.01, 99.99] percentiles, then z-score with the mean/SD of the brain voxels lying
+between their 1st and 99th percentiles; voxels outside the brain are set to 0. The upper
+clip must lie above the lesions, which fill 0.1-2 % of the brain: at 99.5 every FLAIR lesion
+voxel of a synthetic subject with 0.35 % lesion load was clipped to one value and the
+classical segmenter found nothing.
 """
 
 from __future__ import annotations
