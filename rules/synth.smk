@@ -17,7 +17,8 @@ for _trial in SYNTHETIC.values():
             "../envs/imaging.yaml"
         threads: 2
         params:
-            root=str(_trial.root),
+            # the trial folder holds bids/ and truth/: derived from truth/params.json
+            root=lambda w, output: str(Path(output[2]).parent.parent),
             synthetic=_trial.synthetic,
             arms=_trial.arms,
         script:

@@ -35,7 +35,8 @@ def tiny_run(tmp_path_factory):
         # ROBEX costs about a minute per visit; its accuracy is tested in test_preprocess.
         "preprocess": {"skull_strip": "template"},
     }
-    res = snakemake(work, "--cores", "2", config=config)
+    # a few minutes on two idle cores; generous for a loaded CI machine
+    res = snakemake(work, "--cores", "2", config=config, timeout=2400)
     assert res.returncode == 0, res.stdout[-5000:] + res.stderr[-5000:]
     return work
 

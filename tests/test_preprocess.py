@@ -37,7 +37,9 @@ from t2lesion.preprocess import (
 from t2lesion.preprocess import skullstrip as ss
 from t2lesion.preprocess._common import (
     matrix_to_transform,
+    mni_brain_mask,
     mni_template,
+    nib_to_sitk,
     transform_to_matrix,
 )
 
@@ -187,6 +189,21 @@ def test_followup_registration_with_baseline_mask_only(synth, processed, tmp_pat
         out_xfms={m: tmp_path / f"{m}.tfm" for m in MODS}, threads=THREADS,
     )
     assert _dice(_arr(tmp_path / "mask.nii.gz"), _arr(outs0["mask"])) > 0.97
+
+
+def test_failed_registration_is_reported():
+    from t2lesion.preprocess.register import _check_overlap, brain_overlap
+
+    arr = np.zeros((20, 60, 60), np.uint8)
+    arr[5:15, 15:45, 15:45] = 1
+    mask = sitk.GetImageFromArray(arr)
+    mask.SetSpacing((1.0, 1.0, 3.0))
+    shift = sitk.TranslationTransform(3, (20.0, 0.0, 0.0))
+    assert brain_overlap(mask, mask, sitk.Transform()) == (1.0, 1.0)
+    dice, inside = brain_overlap(mask, mask, shift)
+    assert dice < 0.5 and inside < 0.5
+    with pytest.raises(InputError, match=r"sub-7_T1w\.nii\.gz: rigid registration to baseline failed"):
+        _check_overlap(dice, "baseline", "sub-7_T1w.nii.gz")
 
 
 def test_rotation_search_recovers_large_pose(tmp_path):
@@ -341,19 +358,34 @@ def test_outputs_on_target_grid_and_normalised(processed):
         assert set(times) >= {"n4", "coregister", "skull_strip", "register", "resample", "normalise", "total"}
 
 
+def test_template_read_directly_equals_nilearn():
+    """The 1 mm template is read from nilearn's shipped file without importing nilearn."""
+    from nilearn.datasets import load_mni152_brain_mask, load_mni152_template
+
+    from t2lesion.io import same_geometry
+
+    ours, theirs = mni_template(1), nib_to_sitk(load_mni152_template(resolution=1))
+    assert same_geometry(ours, theirs)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(ours), sitk.GetArrayFromImage(theirs))
+    mask = nib_to_sitk(load_mni152_brain_mask(resolution=1), np.uint8)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(mni_brain_mask(1)), sitk.GetArrayFromImage(mask))
+
+
 def test_normalise_array_clips_and_zscores():
     rng = np.random.default_rng(1)
     arr = rng.normal(100, 10, (10, 20, 20)).astype(np.float32)
     mask = np.zeros(arr.shape, bool)
     mask[2:8, 4:16, 4:16] = True
     arr[5, 10, 10] = 1e6  # outlier inside the brain
-    out = normalise_array(arr, mask)
+    out = normalise_array(arr, mask, clip_percentiles=(0.5, 99.5))
     assert not out[~mask].any()
     assert out.max() < 5  # the outlier was clipped before the statistics
     core = out[mask][(out[mask] >= np.percentile(out[mask], 1)) & (out[mask] <= np.percentile(out[mask], 99))]
     assert abs(core.mean()) < 1e-4 and abs(core.std() - 1) < 1e-4
     with pytest.raises(ValueError, match="constant"):
         normalise_array(np.ones_like(arr), mask)
+    with pytest.raises(ValueError, match="clip_percentiles"):
+        normalise_array(arr, mask, clip_percentiles=(99.5, 0.5))
 
 
 def test_qc_png_without_gt_and_bad_geometry(processed, tmp_path):
@@ -416,12 +448,7 @@ def _bad_files(d: Path) -> dict[str, Path]:
     return {"corrupt": corrupt, "truncated": truncated, "4-D": four_d, "zero extent": empty}
 
 
-TRUNCATED_XFAIL = pytest.mark.xfail(
-    reason="t2lesion.io.read_image does not detect a truncated NIfTI (ITK reads it without error); "
-    "needs a data-size check in io.py", strict=False)
-
-
-@pytest.mark.parametrize("kind", ["corrupt", pytest.param("truncated", marks=TRUNCATED_XFAIL), "4-D", "zero extent"])
+@pytest.mark.parametrize("kind", ["corrupt", "truncated", "4-D", "zero extent"])
 def test_bad_inputs_fail_naming_the_file(kind, processed, tmp_path):
     bad = _bad_files(tmp_path / "bad")[kind]
     outs, _ = processed[0]
@@ -437,6 +464,10 @@ def test_bad_inputs_fail_naming_the_file(kind, processed, tmp_path):
         lambda: resample_mask(bad, outs["xfm_FLAIR"], outs["mask"], tmp_path / "o.nii.gz"),
         lambda: qc_png(bad, outs["preproc_T2w"], outs["preproc_FLAIR"], outs["mask"], None, tmp_path / "q.png"),
     ]
+    if kind == "truncated":
+        # ITK reads a truncated NIfTI without complaint; the steps that read raw BIDS files
+        # (N4 for the images, the GT carriers for the masks) check the voxel data as well.
+        calls = [calls[0], calls[8]]
     for call in calls:
         with pytest.raises(InputError) as exc:
             call()

@@ -16,12 +16,14 @@ from t2lesion.bids import image_path
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
 
 
-def snakemake(workdir: Path, *args: str, config: dict | None = None) -> subprocess.CompletedProcess:
+def snakemake(
+    workdir: Path, *args: str, config: dict | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
     cmd = [*SNAKEMAKE, "--directory", str(workdir), "--cores", "1"]
     if config is not None:
         (workdir / "config.yaml").write_text(yaml.safe_dump(config))
         cmd += ["--configfile", str(workdir / "config.yaml")]
-    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=600)
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=timeout)
 
 
 def real_trial_config(bids: Path) -> dict:

@@ -13,7 +13,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from t2lesion.errors import InputError
-from t2lesion.io import read_image, same_geometry
+from t2lesion.io import atomic_output, read_image, same_geometry
 
 
 def _lps(img: sitk.Image) -> np.ndarray:
@@ -91,7 +91,9 @@ def qc_png(
     fig.suptitle(sup, fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.96))
     out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=90)
-    plt.close(fig)
+    try:
+        with atomic_output(out_png) as tmp:
+            fig.savefig(tmp, dpi=90)
+    finally:
+        plt.close(fig)
     return out_png

@@ -86,7 +86,9 @@ def n4(
     ``bias_path`` optionally receives the estimated multiplicative bias field.
     """
     set_threads(threads)
-    img = read_image(in_path)
+    # Raw scanner input: also read the voxel data with nibabel, which (unlike ITK) notices a
+    # truncated file, and rejects NaN/Inf.
+    img = read_image(in_path, check_finite=True)
     log.info("N4 %s (shrink %d, iterations %s, %d threads)", in_path, shrink, list(iterations), threads)
     corrected, bias = n4_image(img, shrink=shrink, iterations=iterations)
     write_image(corrected, out_path)

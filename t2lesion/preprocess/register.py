@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from t2lesion.errors import InputError
 from t2lesion.io import read_image
 from t2lesion.preprocess._common import (
     as_float,
@@ -67,6 +68,24 @@ DEFAULT_RIGID = RigidSettings()
 COREG_RIGID = RigidSettings(shrink=(4, 2), smooth_mm=(3.0, 1.0), search_deg=0.0)
 
 
+#: Voxel size (mm) of the coarse isotropic copies on which the rotation search runs.
+SEARCH_SPACING_MM = 4.0
+
+
+def _isotropic(img: sitk.Image, mm: float) -> sitk.Image:
+    """Gaussian-smoothed copy of ``img`` resampled to ``mm`` isotropic voxels (same frame)."""
+    size = np.array(img.GetSize()) * np.array(img.GetSpacing()) / mm
+    smooth = sitk.SmoothingRecursiveGaussian(img, mm / 2.0)
+    ref = sitk.Image([max(1, int(np.ceil(s))) for s in size], sitk.sitkFloat32)
+    ref.SetSpacing((mm, mm, mm))
+    ref.SetDirection(img.GetDirection())
+    # keep the first voxel's outer corner where the original's is
+    d = np.array(img.GetDirection()).reshape(3, 3)
+    corner = np.array(img.GetOrigin()) - d @ (0.5 * np.array(img.GetSpacing()))
+    ref.SetOrigin(tuple(corner + d @ np.full(3, 0.5 * mm)))
+    return sitk.Resample(smooth, ref, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+
+
 def _masked(img: sitk.Image, mask: sitk.Image) -> sitk.Image:
     return sitk.Mask(as_float(img), sitk.Cast(mask, sitk.sitkUInt8), 0.0)
 
@@ -98,14 +117,18 @@ def rigid_register(
         raise ValueError(f"unknown registration init {init!r}")
     if settings.search_deg > 0 and settings.search_step_deg > 0:
         n = int(settings.search_deg // settings.search_step_deg)
-        reg = _method(settings, fixed_mask)
+        # On isotropic coarse copies: shrinking a 1 x 1 x 3 mm image by 4 gives 12 mm slices,
+        # too coarse in z for the metric to rank rotations.
+        mm = SEARCH_SPACING_MM
+        f_s = _isotropic(fixed, mm)
+        m_s = _isotropic(moving, mm)
+        f_mask = None if fixed_mask is None else sitk.Resample(fixed_mask, f_s, sitk.Transform(),
+                                                              sitk.sitkNearestNeighbor, 0)
+        reg = _method(settings, f_mask)
         reg.SetOptimizerAsExhaustive([n, n, n, 0, 0, 0], stepLength=np.deg2rad(settings.search_step_deg))
         reg.SetOptimizerScales([1.0] * 6)
-        reg.SetShrinkFactorsPerLevel([int(max(settings.shrink))])
-        reg.SetSmoothingSigmasPerLevel([float(max(settings.smooth_mm))])
-        reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
         reg.SetInitialTransform(tx, inPlace=True)
-        reg.Execute(fixed, moving)
+        reg.Execute(f_s, m_s)
         log.info("rotation search: best angles %s deg", np.round(np.rad2deg(tx.GetParameters()[:3]), 1).tolist())
 
     reg = _method(settings, fixed_mask)
@@ -145,6 +168,32 @@ def _method(settings: RigidSettings, fixed_mask: sitk.Image | None) -> sitk.Imag
         reg.SetMetricFixedMask(sitk.Cast(fixed_mask, sitk.sitkUInt8))
     reg.SetInterpolator(sitk.sitkLinear)
     return reg
+
+
+#: Sanity check of a registration: share of the subject's mapped brain inside the MNI brain
+#: mask (size-robust: a small brain well aligned still lies inside), and Dice between the
+#: follow-up's mapped brain and the baseline's (same subject). Below these it failed.
+MIN_BRAIN_OVERLAP = {"mni": 0.85, "baseline": 0.85}
+
+
+def brain_overlap(target_mask: sitk.Image, moving_mask: sitk.Image, tx: sitk.Transform) -> tuple[float, float]:
+    """(Dice, share of the mapped ``moving_mask`` inside ``target_mask``), mapping through ``tx``."""
+    mapped = sitk.Resample(sitk.Cast(moving_mask, sitk.sitkUInt8), target_mask, tx, sitk.sitkNearestNeighbor, 0)
+    a = sitk.GetArrayViewFromImage(target_mask) > 0
+    b = sitk.GetArrayViewFromImage(mapped) > 0
+    both = np.count_nonzero(a & b)
+    nb = np.count_nonzero(b)
+    return float(2.0 * both / max(1, np.count_nonzero(a) + nb)), float(both / max(1, nb))
+
+
+def _check_overlap(value: float, kind: str, source) -> None:
+    what = "share of the brain inside the MNI brain mask" if kind == "mni" else "brain Dice with the baseline"
+    log.info("after registration to %s: %s %.3f", kind, what, value)
+    if value < MIN_BRAIN_OVERLAP[kind]:
+        raise InputError(
+            f"{source}: rigid registration to {kind} failed ({what} {value:.2f} < "
+            f"{MIN_BRAIN_OVERLAP[kind]}); check the image's orientation and its brain mask"
+        )
 
 
 def _dilate(mask: sitk.Image, mm: float) -> sitk.Image:
@@ -194,6 +243,7 @@ def register_to_mni(
     tpl = mni_template(template_resolution)
     tpl_mask = _dilate(mni_brain_mask(template_resolution), 4.0)
     tx = rigid_register(tpl, _masked(t1w, mask), fixed_mask=tpl_mask, init="moments", settings=settings)
+    _check_overlap(brain_overlap(mni_brain_mask(template_resolution), mask, tx)[1], "mni", t1w_path)
     write_transform(tx, out_xfm)
     return Path(out_xfm)
 
@@ -224,5 +274,7 @@ def register_to_baseline(
     else:
         fixed, moving = as_float(bl), as_float(t1w)
     tx = rigid_register(fixed, moving, fixed_mask=_dilate(bl_mask, 4.0), init="moments", settings=settings)
+    if brain_mask_path is not None:
+        _check_overlap(brain_overlap(bl_mask, mask, tx)[0], "baseline", t1w_path)
     write_transform(tx, out_xfm)
     return Path(out_xfm)

@@ -151,7 +151,7 @@ def resample_visit(
             raise ValueError("out_gt_mask is required when gt_mask is given")
         if gt_space not in MODS:
             raise ValueError(f"gt_space must be one of {MODS}, got {gt_space!r}")
-        gt = read_mask(gt_mask, like=imgs[gt_space], like_path=images[gt_space], allow_empty=True)
+        gt = read_mask(gt_mask, like=imgs[gt_space], like_path=images[gt_space], allow_empty=True, check_data=True)
 
     composed = {m: matrix_to_transform(compose(to_mni, to_bl, to_t1[m])) for m in MODS}
     written: dict[str, Path] = {}
@@ -190,7 +190,7 @@ def resample_mask(
     ``validate_bids`` rule checks that a GT mask matches its FLAIR.
     """
     set_threads(threads)
-    mask = read_mask(mask_path, allow_empty=True)
+    mask = read_mask(mask_path, allow_empty=True, check_data=True)
     tx = read_transform(xfm_path)
     ref = read_image(reference_path)
     write_image(resample_mask_image(mask, ref, tx, interpolation), out_path)
