@@ -146,6 +146,8 @@ rule resample_gt:
     conda:
         "../envs/imaging.yaml"
     threads: PP["threads"]
+    params:
+        interpolation=PP["gt_interpolation"],
     script:
         "../workflow_scripts/resample_gt.py"
 

@@ -5,4 +5,11 @@ from t2lesion.preprocess import resample_mask
 
 with rule_log(snakemake.log[0], snakemake.threads):
     i = snakemake.input
-    resample_mask(i.gt, i.flair_xfm, i.reference, snakemake.output[0], threads=snakemake.threads)
+    resample_mask(
+        i.gt,
+        i.flair_xfm,
+        i.reference,
+        snakemake.output[0],
+        threads=snakemake.threads,
+        interpolation=snakemake.params.interpolation,
+    )
