@@ -30,22 +30,14 @@ import SimpleITK as sitk
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from t2lesion.preprocess import cpu_seconds, n4_image, preprocess_visit, set_threads
+from t2lesion.preprocess.n4 import residual_bias_cv
 
 MODS = ("T1w", "T2w", "FLAIR")
 STEPS = ("n4", "coregister", "skull_strip", "register", "resample", "normalise", "qc", "total")
 
 
-def block_cv(ratio: np.ndarray, wm: np.ndarray, block=(7, 20, 20)) -> float:
-    means = []
-    bz, by, bx = block
-    for z in range(0, ratio.shape[0] - bz + 1, bz):
-        for y in range(0, ratio.shape[1] - by + 1, by):
-            for x in range(0, ratio.shape[2] - bx + 1, bx):
-                w = wm[z:z + bz, y:y + by, x:x + bx]
-                if w.mean() > 0.3:
-                    means.append(ratio[z:z + bz, y:y + by, x:x + bx][w].mean())
-    means = np.asarray(means)
-    return float(means.std() / means.mean())
+def block_cv(ratio: np.ndarray, wm: np.ndarray) -> float:
+    return residual_bias_cv(ratio, wm)[0]
 
 
 def _fresh_cpu(code: str) -> float:

@@ -34,6 +34,7 @@ from t2lesion.preprocess import (
     skull_strip,
     target_grid,
 )
+from t2lesion.preprocess.n4 import residual_bias_cv
 from t2lesion.preprocess import skullstrip as ss
 from t2lesion.preprocess._common import (
     matrix_to_transform,
@@ -288,19 +289,10 @@ def test_implausible_brain_volume_fails_loudly(monkeypatch, tmp_path):
 
 
 # ----------------------------------------------------------------------------- N4
-def _block_cv(ratio: np.ndarray, wm: np.ndarray, block=(7, 20, 20)) -> float:
-    """CV across large WM blocks of the block-mean ratio (noise averages out in a block)."""
-    means = []
-    bz, by, bx = block
-    for z in range(0, ratio.shape[0] - bz + 1, bz):
-        for y in range(0, ratio.shape[1] - by + 1, by):
-            for x in range(0, ratio.shape[2] - bx + 1, bx):
-                w = wm[z:z + bz, y:y + by, x:x + bx]
-                if w.mean() > 0.3:
-                    means.append(ratio[z:z + bz, y:y + by, x:x + bx][w].mean())
-    means = np.asarray(means)
-    assert len(means) >= 20
-    return float(means.std() / means.mean())
+def _block_cv(ratio: np.ndarray, wm: np.ndarray) -> float:
+    cv, n_blocks = residual_bias_cv(ratio, wm)
+    assert n_blocks >= 20
+    return cv
 
 
 def _pure_wm(visit) -> np.ndarray:

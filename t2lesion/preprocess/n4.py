@@ -95,3 +95,23 @@ def n4(
     if bias_path is not None:
         write_image(bias, bias_path)
     return Path(out_path)
+
+
+def residual_bias_cv(ratio: np.ndarray, wm: np.ndarray, block=(7, 20, 20)) -> tuple[float, int]:
+    """Residual-bias measure for N4 checks: the coefficient of variation, across large
+    white-matter blocks, of the block-mean ``ratio`` (e.g. corrected / clean image).
+
+    Blocks of ``block`` voxels (z, y, x) count when over 30 % of them are in ``wm``;
+    averaging within a block removes noise, so what varies between blocks is bias.
+    Returns (CV, number of blocks used).
+    """
+    means = []
+    bz, by, bx = block
+    for z in range(0, ratio.shape[0] - bz + 1, bz):
+        for y in range(0, ratio.shape[1] - by + 1, by):
+            for x in range(0, ratio.shape[2] - bx + 1, bx):
+                w = wm[z : z + bz, y : y + by, x : x + bx]
+                if w.mean() > 0.3:
+                    means.append(ratio[z : z + bz, y : y + by, x : x + bx][w].mean())
+    means = np.asarray(means)
+    return float(means.std() / means.mean()), len(means)
