@@ -83,6 +83,28 @@ def all_targets():
     return targets
 
 
+def own_brain_mask(wildcards):
+    """Baseline visits are skull-stripped; follow-ups too only with followup_brain_mask: own."""
+    return (
+        wildcards.ses == "w000" or config["preprocess"]["followup_brain_mask"] == "own"
+    )
+
+
+def native_brain_mask(wildcards):
+    """The native brain mask a visit is resampled with: its own, or its baseline's."""
+    prefix = (
+        PRE.format(**wildcards)
+        if own_brain_mask(wildcards)
+        else baseline_prefix(wildcards)
+    )
+    return f"{prefix}_space-T1w_desc-brain_mask.nii.gz"
+
+
+def followup_mask(wildcards):
+    """register_baseline matches brain to brain only when the follow-up has its own mask."""
+    return {"mask": native_brain_mask(wildcards)} if own_brain_mask(wildcards) else {}
+
+
 def to_mni_chain(wildcards):
     """T1w -> MNI: the baseline's own transform, preceded by T1w -> baseline for follow-ups."""
     chain = {"baseline_to_mni": f"{baseline_prefix(wildcards)}_from-T1w_to-MNI_xfm.tfm"}

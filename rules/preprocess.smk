@@ -84,8 +84,8 @@ rule register_mni:
 
 rule register_baseline:
     input:
+        unpack(followup_mask),
         t1w=f"{PRE}_desc-n4_T1w.nii.gz",
-        mask=f"{PRE}_space-T1w_desc-brain_mask.nii.gz",
         baseline_t1w=lambda w: f"{baseline_prefix(w)}_desc-n4_T1w.nii.gz",
         baseline_mask=lambda w: f"{baseline_prefix(w)}_space-T1w_desc-brain_mask.nii.gz",
     output:
@@ -111,7 +111,7 @@ rule resample:
         flair=f"{PRE}_desc-n4_FLAIR.nii.gz",
         t2w_xfm=f"{PRE}_from-T2w_to-T1w_xfm.tfm",
         flair_xfm=f"{PRE}_from-FLAIR_to-T1w_xfm.tfm",
-        mask=f"{PRE}_space-T1w_desc-brain_mask.nii.gz",
+        mask=native_brain_mask,
     output:
         t1w=temp(f"{PRE}_{MNI}_desc-resampled_T1w.nii.gz"),
         t2w=temp(f"{PRE}_{MNI}_desc-resampled_T2w.nii.gz"),
@@ -127,6 +127,8 @@ rule resample:
     conda:
         "../envs/imaging.yaml"
     threads: PP["threads"]
+    params:
+        brain_mask_space=lambda w: "T1w" if own_brain_mask(w) else "baseline",
     script:
         "../workflow_scripts/resample.py"
 

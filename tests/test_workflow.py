@@ -51,6 +51,28 @@ def test_default_config_builds_the_dag():
         assert rule in out, f"{rule} missing from the demo DAG:\n{out}"
 
 
+def job_counts(output: str) -> dict[str, int]:
+    """Snakemake's "Job stats" table (rule, count) from a dry run's output."""
+    counts = {}
+    for line in output.split("Job stats:")[1].splitlines()[3:]:
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
+@pytest.mark.parametrize("followup_brain_mask, skull_strips", [("baseline", 2), ("own", 6)])
+def test_followup_brain_mask_decides_how_many_visits_are_skull_stripped(tmp_path, followup_brain_mask, skull_strips):
+    bids = make_bids(tmp_path / "bids", weeks=(0, 24, 48))  # 2 subjects x 3 visits
+    cfg = real_trial_config(bids) | {"preprocess": {"followup_brain_mask": followup_brain_mask}}
+    res = snakemake(tmp_path, "-n", config=cfg)
+    assert res.returncode == 0, res.stderr
+    counts = job_counts(res.stdout)
+    assert counts["skull_strip"] == skull_strips, counts
+    assert counts["register_baseline"] == 4 and counts["resample"] == 6, counts
+
+
 def test_misspelt_config_key_fails_with_its_name(tmp_path):
     bids = make_bids(tmp_path / "bids")
     cfg = real_trial_config(bids)

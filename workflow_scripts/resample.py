@@ -9,6 +9,7 @@ with rule_log(snakemake.log[0], snakemake.threads):
         images={"T1w": i.t1w, "T2w": i.t2w, "FLAIR": i.flair},
         to_t1w={"T2w": i.t2w_xfm, "FLAIR": i.flair_xfm},
         brain_mask=i.mask,
+        brain_mask_space=snakemake.params.brain_mask_space,
         baseline_to_mni=i.baseline_to_mni,
         to_baseline=i.get("to_baseline"),
         out_images={"T1w": o.t1w, "T2w": o.t2w, "FLAIR": o.flair},
