@@ -16,6 +16,15 @@ import SimpleITK as sitk
 from t2lesion.errors import InputError
 
 
+def read_with_itk(reader, path: str | Path, what: str):
+    """``reader(str(path))`` (an ITK reader); its error becomes an InputError naming ``path``."""
+    try:
+        return reader(str(path))
+    except RuntimeError as exc:
+        last = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
+        raise InputError(f"{path}: cannot be read as {what} ({last})") from None
+
+
 def read_image(path: str | Path, *, check_finite: bool = False) -> sitk.Image:
     """Read a 3-D scalar image, failing with a message naming ``path`` if it is unusable.
 
@@ -29,11 +38,7 @@ def read_image(path: str | Path, *, check_finite: bool = False) -> sitk.Image:
         raise InputError(f"{path}: file not found")
     if path.name.endswith((".nii", ".nii.gz")):
         _check_nifti(path, check_finite)
-    try:
-        img = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
-        raise InputError(f"{path}: cannot be read as an image ({first})") from None
+    img = read_with_itk(sitk.ReadImage, path, "an image")
     if img.GetDimension() != 3:
         raise InputError(f"{path}: expected a 3-D image, found {img.GetDimension()}-D {img.GetSize()}")
     if min(img.GetSize()) == 0:

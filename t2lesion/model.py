@@ -491,24 +491,33 @@ def build_multiarm_encoder(cfg: ModelConfig) -> keras.Model:
     return keras.Model(x, skips, name="encoder")
 
 
+def _skip_inputs(cfg: ModelConfig) -> list:
+    """The decoder's inputs: one skip tensor per depth, at that depth's grid and width."""
+    tot = cfg.total_strides()
+    return [
+        keras.Input(shape=tuple(p // s for p, s in zip(cfg.patch_size, tot[d])) + (cfg.widths[d],), name=f"skip{d + 1}")
+        for d in range(cfg.depth)
+    ]
+
+
+def _decoder_dropout(cfg: ModelConfig, d: int) -> MCDropout:
+    """The MC-dropout layer closing decoder depth ``d`` (0-based; seeded per depth)."""
+    return MCDropout(cfg.dropout_rate, seed=cfg.seed + d + 1, name=f"dec_d{d + 1}_dropout")
+
+
 def build_multiarm_decoder(cfg: ModelConfig) -> keras.Model:
     """[S1, ..., S_depth] -> [P1, ..., P_L] sigmoid lesion probabilities, finest first."""
     cfg.validate()
     D = cfg.depth
-    tot = cfg.total_strides()
-    ins = [
-        keras.Input(shape=tuple(p // s for p, s in zip(cfg.patch_size, tot[d])) + (cfg.widths[d],), name=f"skip{d + 1}")
-        for d in range(D)
-    ]
-    g: dict[int, object] = {}
-    g[D - 1] = MCDropout(cfg.dropout_rate, seed=cfg.seed + D, name=f"dec_d{D}_dropout")(ins[D - 1])
+    ins = _skip_inputs(cfg)
+    g: dict[int, object] = {D - 1: _decoder_dropout(cfg, D - 1)(ins[D - 1])}
     for d in range(D - 2, -1, -1):
         srcs = range(d + 1, D) if cfg.decoder_shortcuts else [d + 1]
         ups = [_upsample(g[b], cfg.widths[d], b, d, cfg, f"dec_d{d + 1}_up_from{b + 1}") for b in srcs]
         u = _sum(ups, f"dec_d{d + 1}_up_sum")
         h = layers.Concatenate(name=f"dec_d{d + 1}_concat")([u, ins[d]])
         h = residual_block(h, cfg.widths[d], cfg.block_kernels[d], cfg, f"dec_d{d + 1}_block")
-        g[d] = MCDropout(cfg.dropout_rate, seed=cfg.seed + d + 1, name=f"dec_d{d + 1}_dropout")(h)
+        g[d] = _decoder_dropout(cfg, d)(h)
     outs = [_head(g[d], f"prob_d{d + 1}") for d in range(cfg.supervision_levels)]
     return keras.Model(ins, outs, name="decoder")
 
@@ -555,19 +564,15 @@ def build_plain_decoder(cfg: ModelConfig) -> keras.Model:
     """Transposed-conv upsampling, concat skip, two 3×3×3 conv-BN-ReLU, dropout, heads."""
     cfg.validate()
     D = cfg.depth
-    tot = cfg.total_strides()
-    ins = [
-        keras.Input(shape=tuple(p // s for p, s in zip(cfg.patch_size, tot[d])) + (cfg.widths[d],), name=f"skip{d + 1}")
-        for d in range(D)
-    ]
-    g = {D - 1: MCDropout(cfg.dropout_rate, seed=cfg.seed + D, name=f"dec_d{D}_dropout")(ins[D - 1])}
+    ins = _skip_inputs(cfg)
+    g = {D - 1: _decoder_dropout(cfg, D - 1)(ins[D - 1])}
     for d in range(D - 2, -1, -1):
         s = cfg.strides[d]
         u = layers.Conv3DTranspose(cfg.widths[d], s, strides=s, padding="same", name=f"dec_d{d + 1}_upconv")(g[d + 1])
         h = layers.Concatenate(name=f"dec_d{d + 1}_concat")([u, ins[d]])
         h = _conv_bn_relu(h, cfg.widths[d], (3, 3, 3), cfg, f"dec_d{d + 1}_c1")
         h = _conv_bn_relu(h, cfg.widths[d], (3, 3, 3), cfg, f"dec_d{d + 1}_c2")
-        g[d] = MCDropout(cfg.dropout_rate, seed=cfg.seed + d + 1, name=f"dec_d{d + 1}_dropout")(h)
+        g[d] = _decoder_dropout(cfg, d)(h)
     outs = [_head(g[d], f"prob_d{d + 1}") for d in range(cfg.supervision_levels)]
     return keras.Model(ins, outs, name="decoder")
 

@@ -12,7 +12,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from t2lesion.errors import InputError
-from t2lesion.io import atomic_output, read_image
+from t2lesion.io import atomic_output, read_image, read_with_itk
 
 log = logging.getLogger(__name__)
 
@@ -147,11 +147,7 @@ def read_transform(path: str | Path) -> sitk.Transform:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: transform file not found")
-    try:
-        tx = sitk.ReadTransform(str(path))
-    except RuntimeError as exc:
-        last = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
-        raise InputError(f"{path}: cannot be read as an ITK transform ({last})") from None
+    tx = read_with_itk(sitk.ReadTransform, path, "an ITK transform")
     if tx.GetDimension() != 3:
         raise InputError(f"{path}: expected a 3-D transform, found {tx.GetDimension()}-D")
     try:
