@@ -29,6 +29,7 @@ env-test: $(VENV)/.installed-torch
 
 demo: env
 	$(BIN)/snakemake --cores $(CORES)
+	mkdir -p results/report
 	$(BIN)/snakemake --cores $(CORES) --report results/report/report.html
 	@echo "Report: results/report/report.html"
 

@@ -94,6 +94,7 @@ rule cox:
         edss_cutoff=ST["edss_cutoff"],
         us_label=ST["us_label"],
         conf_level=ST["conf_level"],
+        min_events_per_term=ST["min_events_per_term"],
     script:
         "../workflow_scripts/cox.py"
 

@@ -105,6 +105,7 @@ DEFAULTS: dict = {
     "edss_cutoff": 4.0,
     "us_label": "US",
     "min_n_per_arm": 2,
+    "min_events_per_term": 1.0,
     "ancova_weeks": None,
     "endpoints": list(ENDPOINTS),
     "cox_fit_options": dict(DEFAULT_COX_FIT_OPTIONS),
@@ -815,6 +816,7 @@ def cox_models(
     log_tlv_offset_ml: float = 0.01,
     sources: Sequence[str] | None = None,
     models: Sequence[str] = COX_MODELS,
+    min_events_per_term: float = 1.0,
 ) -> pd.DataFrame:
     """Cox PH models per source × endpoint (paper Table 4; SPEC §9).
 
@@ -824,8 +826,9 @@ def cox_models(
     One row per term: coef (log HR), se, hr, hr_ci_low, hr_ci_high (Wald,
     ``conf_level``), z, p, n, events, status, note. A model that cannot run
     (no outcome rows, no events, a covariate with one level, an arm with no
-    subjects, n <= number of terms, lifelines convergence error) gives one row
-    with empty term, status "skipped"/"failed" and the reason.
+    subjects, n <= number of terms, fewer than ``min_events_per_term`` events per
+    term, lifelines convergence error) gives one row with empty term, status
+    "skipped"/"failed" and the reason.
     """
     from lifelines.exceptions import ConvergenceError
 
@@ -861,6 +864,9 @@ def cox_models(
                     reason = _one_level(X, info, arms)
                     if reason is None and n <= X.shape[1]:
                         reason = f"too few subjects: n={n} for {X.shape[1]} terms"
+                    elif reason is None and events < min_events_per_term * X.shape[1]:
+                        reason = (f"too few events: {events} for {X.shape[1]} terms "
+                                  f"(stats.min_events_per_term={min_events_per_term:g})")
                 if reason:
                     log.warning("Cox %s skipped for source %s, endpoint %s: %s", model, src, ep, reason)
                     rows.append({**base, "term": "", "status": SKIPPED, "note": reason})
@@ -1109,13 +1115,14 @@ def run_cox(
     conf_level: float = 0.95,
     fit_options: Mapping | None = None,
     sources: Sequence[str] | None = None,
+    min_events_per_term: float = 1.0,
 ) -> pd.DataFrame:
     """Cox PH models (see :func:`cox_models`): tidy table and Table 4 wide layout."""
     participants, long, outcomes = _load(long_tsv, participants_tsv, outcomes_tsv, arms, baseline_week)
     srcs = resolve_sources(long, sources)
     bl = baseline_lesions(long, baseline_week, log_tlv_offset_ml)
     cox = cox_models(bl, participants, outcomes, control_arm, arms, endpoints, edss_cutoff, us_label, conf_level,
-                     fit_options, log_tlv_offset_ml, srcs)
+                     fit_options, log_tlv_offset_ml, srcs, min_events_per_term=min_events_per_term)
     _write_tsv(cox, out_tsv)
     _write_tsv(table4(cox, srcs), out_table4_tsv)
     return cox

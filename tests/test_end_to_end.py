@@ -76,6 +76,16 @@ def test_metrics_and_statistics_tables(tiny_run):
     assert (r / "stats/trial-tiny/fig3_tlv_change.png").is_file()
 
 
+def test_report_renders_every_figure(tiny_run):
+    """The self-contained HTML report `make demo` ends with (its folder made first, as there)."""
+    (tiny_run / "results/report").mkdir(exist_ok=True)
+    res = snakemake(tiny_run, "--report", "results/report/report.html", timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    html = (tiny_run / "results/report/report.html").read_text(errors="replace")
+    for name in ("sub-001_ses-w024_space-MNI1x1x3_qc.png", "fig3_tlv_change.png", "table2.tsv"):
+        assert name in html, f"{name} missing from the report"
+
+
 def test_rerun_does_nothing(tiny_run):
     res = snakemake(tiny_run, "-n", "--quiet", "rules")
     assert res.returncode == 0, res.stderr

@@ -605,3 +605,22 @@ def test_cox_separation_is_a_warning_not_a_crash():
     r = cox.iloc[0]
     assert r["status"] == "warning" and r["note"]
     assert r["coef"] > 5  # diverging towards +inf
+
+
+def test_cox_with_fewer_events_than_terms_is_skipped(small):
+    participants, long, outcomes = small
+    o = outcomes[outcomes.endpoint == "CDP24"].copy()
+    o.loc[o.index[o.event == 1][3:], "event"] = 0  # 3 events left
+    bl = stats.baseline_lesions(long)
+    cox = stats.cox_models(bl, participants, o, "PLA", endpoints=["CDP24"])
+    multi = cox[cox.model == "multivariable"]
+    assert len(multi) == bl.source.nunique() and (multi.status == "skipped").all()
+    assert multi.note.str.fullmatch(r"too few events: 3 for 7 terms \(stats.min_events_per_term=1\)").all()
+    assert (cox[cox.model != "multivariable"].status == "ok").all()
+    # the 10-events-per-term rule of thumb: univariable models need 10 events
+    full = outcomes[outcomes.endpoint == "CDP24"]
+    events = int(full.event.sum())
+    assert 10 <= events < 70
+    ten = stats.cox_models(bl, participants, full, "PLA", endpoints=["CDP24"], min_events_per_term=10)
+    assert (ten[ten.model != "multivariable"].status == "ok").all()
+    assert ten[ten.model == "multivariable"].note.str.startswith(f"too few events: {events} for 7 terms").all()

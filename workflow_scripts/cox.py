@@ -17,4 +17,5 @@ with rule_log(snakemake.log[0], snakemake.threads):
         edss_cutoff=p.edss_cutoff,
         us_label=p.us_label,
         conf_level=p.conf_level,
+        min_events_per_term=p.min_events_per_term,
     )
