@@ -47,7 +47,8 @@ def per_visit(jobs: pd.DataFrame) -> pd.DataFrame:
     kind = pd.Series(["baseline" if s == "w000" else "follow-up" for s in visit.index.get_level_values("ses")],
                      index=visit.index)
     out = {}
-    for label, sel in (("baseline", kind == "baseline"), ("follow-up", kind == "follow-up"), ("all", kind == kind)):
+    everyone = pd.Series(True, index=kind.index)
+    for label, sel in (("baseline", kind == "baseline"), ("follow-up", kind == "follow-up"), ("all", everyone)):
         sub = visit[sel.to_numpy()]
         if len(sub):
             col = sub["cpu_s"].mean()

@@ -96,24 +96,6 @@ GT_SOURCE = "gt"
 #: quadratic in the step); these options reproduce statsmodels PHReg to ~1e-12.
 DEFAULT_COX_FIT_OPTIONS: dict = {"precision": 1e-14, "r_precision": 0.0, "max_steps": 500}
 
-#: Defaults of every parameter that should be a config key (``stats.<key>``).
-DEFAULTS: dict = {
-    "baseline_week": 0,
-    "conf_level": 0.95,
-    "log_tlv_offset_ml": 0.01,
-    "age_cutoff_years": 45.0,
-    "edss_cutoff": 4.0,
-    "us_label": "US",
-    "min_n_per_arm": 2,
-    "min_events_per_term": 1.0,
-    "ancova_weeks": None,
-    "endpoints": list(ENDPOINTS),
-    "cox_fit_options": dict(DEFAULT_COX_FIT_OPTIONS),
-    "km_at_risk_step_weeks": 24.0,
-    "sources": None,
-    "arms": None,
-}
-
 OK, SKIPPED, WARNING, FAILED = "ok", "skipped", "warning", "failed"
 
 
