@@ -38,6 +38,21 @@ SUB_RE = re.compile(r"^sub-([A-Za-z0-9]+)$")
 SES_RE = re.compile(r"^ses-w(\d{3})$")
 BASELINE_SESSION = "w000"
 
+#: BIDS's spelling of a missing value in a table cell (an empty cell means the same).
+MISSING_VALUES = frozenset({"n/a", ""})
+#: Accepted spellings of sex (case-insensitive) and the code the analyses use.
+SEX_CODES = {"m": "M", "male": "M", "f": "F", "female": "F"}
+
+
+def is_missing(value) -> bool:
+    """True for a covariate cell that BIDS calls missing (``n/a`` or empty)."""
+    return value is None or (isinstance(value, float) and math.isnan(value)) or str(value).strip() in MISSING_VALUES
+
+
+def normalise_sex(value) -> str | None:
+    """``'male' -> 'M'``, ``'F' -> 'F'``; ``None`` for a missing or unrecognised value."""
+    return SEX_CODES.get(str(value).strip().lower()) if not is_missing(value) else None
+
 
 @dataclass(frozen=True)
 class Visit:
