@@ -4,15 +4,29 @@ Stages live in rules/*.smk; their logic in the t2lesion package. The config is
 validated against schemas/config.schema.yaml before anything else happens.
 """
 
-from snakemake.utils import min_version, validate
+import os
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version
+
+from t2lesion.config import check_config
+from t2lesion.errors import InputError
 
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# The demo trial's config beside this file, whatever the working directory, unless the
+# user gives their own (--configfile): then only the user's trials run, with the
+# schema's defaults for every key they leave out.
+if not workflow.overwrite_configfiles:
+
+    configfile: os.path.join(workflow.basedir, "config.yaml")
 
 
-validate(config, "schemas/config.schema.yaml")
+try:
+    check_config(config)  # fills the schema's defaults; one line per problem
+except InputError as _exc:
+    raise WorkflowError(str(_exc)) from None
 
 
 report: "report/workflow.rst"

@@ -17,5 +17,9 @@ rule validate_bids:
     params:
         bids=lambda w: str(trial_of(w).bids),
         arms=lambda w: trial_of(w).arms,
+        sessions=lambda w: trial_of(w).sessions,
+        exclude=lambda w: list(trial_of(w).exclude),
+    message:
+        "Validating trial {wildcards.trial}: tables, file names and every image; problems are listed in {log}"
     script:
         "../workflow_scripts/validate_bids.py"

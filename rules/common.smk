@@ -1,12 +1,13 @@
 # Shared definitions: trials and visits from the config, path helpers and input
 # functions. No rule logic lives here; everything computed is in t2lesion.config.
 import os
+import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from t2lesion.bids import Visit, gt_mask_path, image_path
-from t2lesion.config import trials_from_config
+from t2lesion.bids import Visit
+from t2lesion.config import trials_from_config, visit_inputs
 from t2lesion.errors import InputError
 
 # Jobs (scripts, conda envs, SLURM jobs) import the library from this checkout.
@@ -17,9 +18,11 @@ os.environ.update(
 )
 
 try:
-    TRIALS = trials_from_config(config)
+    TRIALS, _warnings = trials_from_config(config)
 except InputError as _exc:
     raise WorkflowError(str(_exc)) from None
+for _w in _warnings:
+    print(f"Warning: {_w}", file=sys.stderr)
 
 SYNTHETIC = {name: t for name, t in TRIALS.items() if t.synthetic is not None}
 TEST_TRIALS = [name for name, t in TRIALS.items() if t.role == "test"]
@@ -29,6 +32,7 @@ MODALITIES = ["T1w", "T2w", "FLAIR"]
 PRE = "results/preproc/trial-{trial}/sub-{sub}/ses-{ses}/sub-{sub}_ses-{ses}"
 PRED = "results/predict/{source}/trial-{trial}/sub-{sub}/ses-{ses}/sub-{sub}_ses-{ses}"
 PRED_BASELINE = PRED.replace("{source}", "baseline")
+VOLUME = "results/metrics/{source}/trial-{trial}/volumes/sub-{sub}_ses-{ses}_volume.tsv"
 STATS = "results/stats/trial-{trial}"
 MNI = "space-MNI1x1x3"
 LOGS = "results/logs"
@@ -47,14 +51,16 @@ def trial_of(wildcards):
     return TRIALS[wildcards.trial]
 
 
+def visit_of(wildcards):
+    return Visit(wildcards.sub, wildcards.ses)
+
+
 def bids_image(wildcards, modality):
-    return str(
-        image_path(trial_of(wildcards).bids, wildcards.sub, wildcards.ses, modality)
-    )
+    return str(trial_of(wildcards).image(visit_of(wildcards), modality))
 
 
 def bids_gt(wildcards):
-    return str(gt_mask_path(trial_of(wildcards).bids, wildcards.sub, wildcards.ses))
+    return str(trial_of(wildcards).gt_mask(visit_of(wildcards)))
 
 
 def validated(wildcards):
@@ -72,14 +78,21 @@ def baseline_prefix(wildcards):
 
 
 def all_targets():
+    """Per test trial: QC of every visit, every source's endpoints, and Table 2 where GT exists.
+
+    A trial whose BIDS folder has problems gets only its validation job, which lists them.
+    """
     targets = []
     for name in TEST_TRIALS:
         trial = TRIALS[name]
+        if trial.problems:
+            targets.append(f"results/validated/trial-{name}_visits.tsv")
+            continue
         targets += visit_paths(f"{PRE}_{MNI}_qc.png", name)
         if trial.gt_visits:
             for source in config["sources"]:
                 targets.append(f"results/metrics/{source}/trial-{name}/table2.tsv")
-            targets += stats_targets(name)
+        targets += stats_targets(name)
     return targets
 
 
@@ -114,8 +127,7 @@ def to_mni_chain(wildcards):
 
 
 def qc_gt(wildcards):
-    visit = Visit(wildcards.sub, wildcards.ses)
-    if visit in trial_of(wildcards).gt_visits:
+    if visit_of(wildcards) in trial_of(wildcards).gt_visits:
         return {"gt": f"{PRE.format(**wildcards)}_{MNI}_desc-lesionGT_mask.nii.gz"}
     return {}
 
@@ -126,6 +138,29 @@ def gt_visit_tables(wildcards, kind):
     return visit_paths(
         pattern, wildcards.trial, trial.gt_visits, source=wildcards.source
     )
+
+
+def volume_sources(trial):
+    """Sources whose lesion volumes feed the endpoints: 'gt' where GT exists, then the predictions."""
+    return (["gt"] if trial.gt_visits else []) + list(config["sources"])
+
+
+def lesion_volumes(wildcards):
+    """Per-visit volume tables of every source: predictions on every visit, GT where it exists."""
+    trial = trial_of(wildcards)
+    files, sources = [], []
+    for source in volume_sources(trial):
+        visits = trial.gt_visits if source == "gt" else trial.visits
+        files += visit_paths(VOLUME, wildcards.trial, visits, source=source)
+        sources += [source] * len(visits)
+    return {"files": files, "sources": sources}
+
+
+def lesion_mask(wildcards):
+    """The mask a source gives a visit: the GT carried into MNI, or the source's prediction."""
+    if wildcards.source == "gt":
+        return f"{PRE.format(**wildcards)}_{MNI}_desc-lesionGT_mask.nii.gz"
+    return f"{PRED.format(**wildcards)}_{MNI}_desc-lesion_mask.nii.gz"
 
 
 def stats_targets(trial):
@@ -148,16 +183,7 @@ def bids_table(name):
 
 
 def trial_inputs(wildcards):
-    trial = trial_of(wildcards)
-    files = [
-        str(trial.bids / "participants.tsv"),
-        str(trial.bids / "phenotype" / "outcomes.tsv"),
-    ]
-    for v in trial.visits:
-        files += [str(image_path(trial.bids, v.sub, v.ses, m)) for m in MODALITIES]
-    for v in trial.gt_visits:
-        files.append(str(gt_mask_path(trial.bids, v.sub, v.ses)))
-    return files
+    return visit_inputs(trial_of(wildcards))
 
 
 def synth_outputs(trial):
@@ -171,6 +197,6 @@ def synth_outputs(trial):
         f"{trial.root}/truth/subjects.tsv",
     ]
     for v in trial.visits:
-        files += [str(image_path(bids, v.sub, v.ses, m)) for m in MODALITIES]
-        files.append(str(gt_mask_path(bids, v.sub, v.ses)))
+        files += [str(trial.image(v, m)) for m in MODALITIES]
+        files.append(str(trial.gt_mask(v)))
     return files

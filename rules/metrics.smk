@@ -33,6 +33,26 @@ rule segment_baseline:
         "../workflow_scripts/segment_baseline.py"
 
 
+rule lesion_volume:
+    input:
+        lesion_mask,
+    output:
+        VOLUME,
+    log:
+        f"{LOGS}/lesion_volume/{{source}}_trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.log",
+    benchmark:
+        f"{BENCH}/lesion_volume/{{source}}_trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.tsv"
+    conda:
+        "../envs/stats.yaml"
+    threads: 1
+    params:
+        connectivity=MET["connectivity"],
+        min_size=MET["min_lesion_voxels"],
+        clean_voxel_metrics=MET["clean_voxel_metrics"],
+    script:
+        "../workflow_scripts/lesion_volume.py"
+
+
 rule metrics_visit:
     input:
         gt=f"{PRE}_{MNI}_desc-lesionGT_mask.nii.gz",

@@ -5,12 +5,14 @@ ST = config["stats"]
 
 rule tlv_long:
     input:
-        visits=expand(
-            "results/metrics/{source}/trial-{{trial}}/visits.tsv",
-            source=config["sources"],
-        ),
+        volumes=lambda w: lesion_volumes(w)["files"],
+        visits=validated,
     output:
-        f"{STATS}/tlv_long.tsv",
+        long=f"{STATS}/tlv_long.tsv",
+        exclusions=report(
+            f"{STATS}/exclusions_tlv_long.tsv",
+            category="Endpoints: exclusions",
+        ),
     log:
         f"{LOGS}/tlv_long/trial-{{trial}}.log",
     benchmark:
@@ -19,7 +21,7 @@ rule tlv_long:
         "../envs/stats.yaml"
     threads: 1
     params:
-        sources=config["sources"],
+        sources=lambda w: lesion_volumes(w)["sources"],
     script:
         "../workflow_scripts/tlv_long.py"
 

@@ -1,21 +1,25 @@
 """Workflow configuration: schema validation and the list of trials and visits.
 
-The Snakefile calls :func:`load` once; rules ask :class:`Trial` objects for their
-visits. A synthetic trial's visits are known from its parameters before its BIDS
-folder exists (the generator is deterministic), so the DAG can be built without a
-checkpoint; a real trial's visits come from a cheap structural validation of its
-BIDS folder (tables, IDs, folders, modalities), and the ``validate_bids`` rule later
-opens every image before any heavy step.
+The Snakefile calls :func:`check_config` once (schema defaults filled in, one line per
+problem naming the key path), then :func:`trials_from_config`; rules ask
+:class:`Trial` objects for their visits and files. A synthetic trial's visits are
+known from its parameters before its BIDS folder exists (the generator is
+deterministic), so the DAG can be built without a checkpoint; a real trial's visits
+come from a cheap structural validation of its BIDS folder (tables, IDs, folders,
+file names), and the ``validate_bids`` rule later opens every image before any heavy
+step. A real trial whose structure has problems keeps only its validation job, which
+lists every problem, tables and images together.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from t2lesion.bids import Visit, session_label, validate
+from t2lesion.bids import MODALITIES, Visit, gt_mask_path, image_path, read_exclusions, session_label, validate
 from t2lesion.errors import InputError
 
 SCHEMA = Path(__file__).resolve().parent.parent / "schemas" / "config.schema.yaml"
@@ -31,6 +35,13 @@ class Trial:
     synthetic: dict | None
     visits: tuple[Visit, ...]
     gt_visits: tuple[Visit, ...]
+    images: dict = field(default_factory=dict, compare=False)
+    gt: dict = field(default_factory=dict, compare=False)
+    excluded: dict = field(default_factory=dict, compare=False)
+    sessions: dict = field(default_factory=dict, compare=False)
+    exclude: tuple = ()
+    #: structural problems found while the DAG was built: only validation runs for this trial
+    problems: tuple[str, ...] = ()
 
     @property
     def arms(self) -> list[str]:
@@ -47,6 +58,14 @@ class Trial:
     def baseline(self, sub: str) -> Visit:
         return Visit(sub, session_label(0))
 
+    def image(self, visit: Visit, modality: str) -> Path:
+        if visit in self.images:
+            return self.images[visit][modality]
+        return image_path(self.bids, visit.sub, visit.ses, modality)
+
+    def gt_mask(self, visit: Visit) -> Path:
+        return self.gt.get(visit) or gt_mask_path(self.bids, visit.sub, visit.ses)
+
 
 def synthetic_visits(params: dict, arms: list[str]) -> list[Visit]:
     """Visits a synthetic trial will have, derived from its parameters alone."""
@@ -56,40 +75,172 @@ def synthetic_visits(params: dict, arms: list[str]) -> list[Visit]:
     return [Visit(sub, ses) for sub, ses in expected_visits(sp)]
 
 
-def trials_from_config(config: dict) -> dict[str, Trial]:
-    """Build :class:`Trial` objects; raises :class:`InputError` listing every problem."""
+def trials_from_config(config: dict) -> tuple[dict[str, Trial], list[str]]:
+    """Build :class:`Trial` objects and the warnings to show; raises :class:`InputError` for a
+    config that cannot be used (listing every problem).
+
+    A real trial with structural problems is returned with ``problems`` set and no
+    visits (only its validation job runs, and lists them all, images included).
+    """
     out: dict[str, Trial] = {}
     problems: list[str] = []
+    warnings: list[str] = []
+    folders: dict[Path, str] = {}
     for name, t in config["trials"].items():
         arms = [t["control_arm"], *t["treatment_arms"]]
-        bids = Path(t["bids"])
+        bids = Path(t["bids"]).expanduser()
+        key = bids.resolve()
+        if key in folders:
+            warnings.append(f"trials {folders[key]!r} and {name!r} use the same BIDS folder {bids}")
+        folders[key] = name
         synthetic = t.get("synthetic")
-        try:
-            if synthetic is not None:
+        exclude = t.get("exclude") or []
+        if isinstance(exclude, str):
+            try:
+                exclude = read_exclusions(Path(exclude).expanduser())
+            except InputError as exc:
+                problems.append(f"trial {name!r}: " + "\n    ".join([exc.header or "", *exc.problems]).strip())
+                continue
+        common = dict(name=name, role=t["role"], bids=bids, control_arm=t["control_arm"],
+                      treatment_arms=tuple(t["treatment_arms"]), synthetic=synthetic,
+                      sessions=dict(t.get("sessions") or {}), exclude=tuple(dict(e) for e in exclude))
+        if synthetic is not None:
+            try:
                 visits = synthetic_visits(synthetic, arms)
-                gt_visits = visits
-            else:
-                layout = validate(bids, arms, check_images=False)
-                visits = layout.visits
-                gt_visits = [v for v in visits if layout.has_gt[v]]
-        except InputError as exc:
-            problems.append(f"trial {name!r}:\n" + "\n".join(f"    {p}" for p in exc.problems))
+            except InputError as exc:
+                problems.append(f"trial {name!r}:\n" + "\n".join(f"    {p}" for p in exc.problems))
+                continue
+            out[name] = Trial(**common, visits=tuple(visits), gt_visits=tuple(visits))
             continue
-        out[name] = Trial(
-            name=name,
-            role=t["role"],
-            bids=bids,
-            control_arm=t["control_arm"],
-            treatment_arms=tuple(t["treatment_arms"]),
-            synthetic=synthetic,
-            visits=tuple(visits),
-            gt_visits=tuple(gt_visits),
-        )
+        try:
+            layout = validate(bids, arms, check_images=False, sessions=common["sessions"], exclude=exclude)
+        except InputError as exc:
+            if not bids.is_dir():
+                problems.append(f"trial {name!r}: {exc}")
+                continue
+            warnings.append(
+                f"trial {name!r}: {len(exc.problems)} problem(s) in {bids}; only its validation runs "
+                f"(results/validated/trial-{name}_visits.tsv), and its log lists every problem, images included:\n"
+                + "\n".join(f"    {p}" for p in exc.problems)
+            )
+            out[name] = Trial(**common, visits=(), gt_visits=(), problems=tuple(exc.problems))
+            continue
+        warnings += [f"trial {name!r}: {w}" for w in layout.warnings]
+        visits = tuple(layout.visits)
+        gt_visits = tuple(v for v in visits if v in layout.gt)
+        if layout.excluded:
+            warnings.append(f"trial {name!r}: {len(layout.excluded)} visit(s) excluded by the config: "
+                            + "; ".join(f"{v.prefix} ({r})" for v, r in sorted(layout.excluded.items(),
+                                                                              key=lambda kv: kv[0].prefix)))
+        if not gt_visits:
+            warnings.append(f"trial {name!r}: no GT lesion masks; every source still gets masks, volumes and "
+                            f"endpoints, while Table 2 and the 'gt' source are skipped")
+        elif len(gt_visits) < len(visits):
+            warnings.append(f"trial {name!r}: {len(gt_visits)} of {len(visits)} visits have a GT lesion mask; "
+                            f"Table 2 covers those, and the 'gt' source only subjects with GT at baseline")
+        out[name] = Trial(**common, visits=visits, gt_visits=gt_visits, images=layout.images, gt=layout.gt,
+                          excluded=layout.excluded)
+    if config.get("sources") and "unet" in config["sources"]:
+        problems.append("sources: 'unet' needs trained fold models, and the U-Net training and inference "
+                        "stages are not part of this version yet; use sources: [baseline]")
     if problems:
         raise InputError(problems, header="configured trials cannot be used")
-    return out
+    return out, warnings
+
+
+def visit_inputs(trial: Trial) -> list[str]:
+    """Files the validation job reads: the tables and every image and GT mask of its visits."""
+    files = [str(trial.bids / "participants.tsv"), str(trial.bids / "phenotype" / "outcomes.tsv")]
+    files = [f for f in files if trial.synthetic is not None or Path(f).is_file()]
+    for v in trial.visits:
+        files += [str(trial.image(v, m)) for m in MODALITIES]
+    files += [str(trial.gt_mask(v)) for v in trial.gt_visits]
+    return files
+
+
+# --------------------------------------------------------------------------- schema
+
+
+def _validator_with_defaults():
+    import jsonschema
+
+    base = jsonschema.Draft202012Validator
+    check_properties = base.VALIDATORS["properties"]
+
+    def fill_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for prop, sub in properties.items():
+                if isinstance(sub, dict) and "default" in sub and prop not in instance:
+                    instance[prop] = copy.deepcopy(sub["default"])
+        yield from check_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(base, {"properties": fill_defaults})
+
+
+def _error_line(error) -> str:
+    path = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+    schema, instance = error.schema, error.instance
+    if error.validator == "additionalProperties" and isinstance(instance, dict):
+        allowed = list(schema.get("properties", {}))
+        unknown = [k for k in instance if k not in allowed]
+        where = f"{path}: " if error.absolute_path else ""
+        return f"config: {where}unknown key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(allowed)}"
+    if error.validator == "oneOf":
+        return f"config: {path}: {instance!r} is not valid here ({schema.get('description', '').strip()[:200]})"
+    return f"config: {path}: {error.message}"
+
+
+def check_config(config: dict, schema_path: str | Path = SCHEMA) -> dict:
+    """Validate ``config`` in place against the schema, filling its defaults.
+
+    Raises :class:`InputError` with one line per problem: the key path, what is
+    wrong and, for an unknown key, the allowed keys (never the schema itself).
+    """
+    schema = read_yaml(schema_path)
+    validator = _validator_with_defaults()(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path])
+    if errors:
+        raise InputError([_error_line(e) for e in errors], header="config: the configuration is not valid")
+    return config
 
 
 def read_yaml(path: str | Path) -> dict:
-    with open(path) as fh:
-        return yaml.safe_load(fh) or {}
+    """Read a YAML file; a syntax error names the file, line and column."""
+    try:
+        with open(path) as fh:
+            return yaml.safe_load(fh) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}, line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
+        raise InputError(f"{where}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``t2lesion-check-config CONFIG.yaml…``: the YAML (file, line, column) and schema check of
+    configs, merged in order as ``snakemake --configfile`` does, with one line per problem."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="t2lesion-check-config", description=main.__doc__)
+    parser.add_argument("configs", nargs="+", help="config files, in --configfile order")
+    args = parser.parse_args(argv)
+    config: dict = {}
+    try:
+        for path in args.configs:
+            _merge(config, read_yaml(path))
+        check_config(config)
+        trials_from_config(config)
+    except InputError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"{', '.join(args.configs)}: valid ({len(config['trials'])} trial(s))")
+    return 0
+
+
+def _merge(into: dict, new: dict) -> None:
+    """Nested update, as Snakemake merges config files."""
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value

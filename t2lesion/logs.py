@@ -14,8 +14,9 @@ def rule_log(path: str | Path | None, threads: int | None = None):
 
     Also caps the math libraries' thread pools at ``threads`` so that Snakemake's
     ``threads:`` is what a job really uses (no oversubscription of the cores).
-    A user-facing :class:`~t2lesion.errors.InputError` is written to the log and
-    re-raised with its message intact.
+    A user-facing :class:`~t2lesion.errors.InputError` ends the job without a
+    traceback: its problems, one line each, go to the log and to the job's stderr
+    (which Snakemake shows), followed by a line naming the log, and the job exits 1.
     """
     from t2lesion.errors import InputError
 
@@ -44,7 +45,10 @@ def rule_log(path: str | Path | None, threads: int | None = None):
                 yield
         except InputError as exc:
             logging.getLogger("t2lesion").error("%s", exc)
-            raise
+            fh.write(f"{len(exc.problems)} problem(s); the full list is above, in {path}\n")
+            sys.stderr = old_err
+            print(f"{exc}\n(the full list is in {path})", file=old_err)
+            raise SystemExit(1) from None
         finally:
             sys.stderr = old_err
             root.removeHandler(handler)

@@ -374,6 +374,22 @@ def _compare_lesions(g: _Lesions, p: _Lesions, voxel_ml, overlap, fp_overlap, si
     return row, lesions
 
 
+def lesion_load(mask, voxel_ml: float, *, connectivity: int = CONNECTIVITY, min_size: int = MIN_SIZE,
+                clean_voxel_metrics: bool = False) -> dict:
+    """TLV (mL) and TLC of one mask, with no reference: what every source gives every visit.
+
+    The same definitions as the GT-vs-prediction metrics (:func:`evaluate_visit`
+    writes ``gt_tlv_ml``/``pred_tlv_ml`` and ``gt_tlc``/``pred_tlc`` of exactly these
+    values): TLC counts lesions of at least ``min_size`` voxels (``connectivity``);
+    TLV counts every lesion voxel, or only those of the counted lesions with
+    ``clean_voxel_metrics``. Keys: ``tlv_ml, tlc, voxels``.
+    """
+    _check_params(connectivity, min_size, 0.0, None)
+    les = _label(_as_mask(mask, "mask"), connectivity, min_size)
+    voxels = int(les.sizes.sum()) if clean_voxel_metrics else int(np.count_nonzero(mask))
+    return {"tlv_ml": voxels * float(voxel_ml), "tlc": int(les.sizes.size), "voxels": voxels}
+
+
 def evaluate_visit(gt, pred, voxel_ml: float, *, connectivity: int = CONNECTIVITY, min_size: int = MIN_SIZE,
                    overlap: float = OVERLAP, fp_overlap: float | None = None,
                    size_groups=DEFAULT_SIZE_GROUPS,
@@ -580,6 +596,27 @@ def run_visit(gt_mask_path, pred_mask_path, out_visit_tsv, out_lesions_tsv, part
     _write_tsv(lesions, out_lesions_tsv)
     log.info("%s %s: DC %.3f LTPR %.3f LFPR %.3f, %d GT / %d predicted lesions", participant_id, session,
              row["dc"], row["ltpr"], row["lfpr"], row["gt_tlc"], row["pred_tlc"])
+    return row
+
+
+VOLUME_COLUMNS = ("participant_id", "session", "week", "tlv_ml", "tlc", "voxels", "voxel_ml")
+
+
+def run_volume(mask_path, out_tsv, participant_id: str, session: str, *, connectivity: int = CONNECTIVITY,
+               min_size: int = MIN_SIZE, clean_voxel_metrics: bool = False) -> dict:
+    """Lesion load (TLV, TLC) of one visit's mask from any source, GT or prediction; one-row TSV.
+
+    Needs no ground truth: this is the per-visit volume table that the endpoint
+    statistics read (rule ``lesion_volume``), for every source and every visit.
+    """
+    mask, img = _read_mask(mask_path)
+    voxel_ml = io.voxel_volume_ml(img)
+    load = lesion_load(mask, voxel_ml, connectivity=connectivity, min_size=min_size,
+                       clean_voxel_metrics=clean_voxel_metrics)
+    row = {"participant_id": participant_id, "session": session, "week": week_from_session(session),
+           **load, "voxel_ml": voxel_ml}
+    _write_tsv(pd.DataFrame([row], columns=list(VOLUME_COLUMNS)), out_tsv)
+    log.info("%s %s: TLV %.3f mL, TLC %d (%s)", participant_id, session, row["tlv_ml"], row["tlc"], mask_path)
     return row
 
 

@@ -505,3 +505,34 @@ def test_metrics_stage_never_imports_a_deep_learning_framework():
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('keras', 'tensorflow', 'torch')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("clean", [False, True])
+def test_lesion_load_needs_no_gt_and_equals_the_gt_comparison(clean, tmp_path):
+    """The per-visit volume table (every source, every visit) and Table 2 use one definition."""
+    from t2lesion.metrics import evaluate_visit, lesion_load, run_volume
+
+    rng = np.random.default_rng(4)
+    gt = rng.random((12, 30, 30)) > 0.93
+    pred = rng.random((12, 30, 30)) > 0.95
+    row, _ = evaluate_visit(gt, pred, 0.003, clean_voxel_metrics=clean)
+    for side, mask in (("gt", gt), ("pred", pred)):
+        load = lesion_load(mask, 0.003, clean_voxel_metrics=clean)
+        assert load["tlv_ml"] == pytest.approx(row[f"{side}_tlv_ml"]) and load["tlc"] == row[f"{side}_tlc"]
+    assert lesion_load(np.zeros((4, 4, 4), bool), 0.003) == {"tlv_ml": 0.0, "tlc": 0, "voxels": 0}
+    # a 2-voxel speck is no lesion, but its voxels count in TLV unless clean_voxel_metrics
+    speck = np.zeros((4, 4, 4), bool)
+    speck[1, 1, 1:3] = True
+    assert lesion_load(speck, 1.0) == {"tlv_ml": 2.0, "tlc": 0, "voxels": 2}
+    assert lesion_load(speck, 1.0, clean_voxel_metrics=True)["tlv_ml"] == 0.0
+
+    import SimpleITK as sitk
+
+    img = sitk.GetImageFromArray(pred.astype(np.uint8))
+    img.SetSpacing((1.0, 1.0, 3.0))
+    sitk.WriteImage(img, str(tmp_path / "pred.nii.gz"))
+    out = run_volume(tmp_path / "pred.nii.gz", tmp_path / "v.tsv", "sub-001", "ses-w024", clean_voxel_metrics=clean)
+    table = pd.read_csv(tmp_path / "v.tsv", sep="\t")
+    assert len(table) == 1 and table["participant_id"][0] == out["participant_id"] == "sub-001"
+    assert table["week"][0] == 24 and table["tlc"][0] == row["pred_tlc"]
+    assert table["tlv_ml"][0] == pytest.approx(row["pred_tlv_ml"])

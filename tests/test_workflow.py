@@ -37,18 +37,28 @@ def test_snakefmt_clean():
     assert res.returncode == 0, res.stdout + res.stderr
 
 
-def test_lint_clean_on_default_config():
-    res = subprocess.run([*SNAKEMAKE, "--lint"], cwd=REPO, capture_output=True, text=True, timeout=300)
+def test_lint_clean_on_default_config(tmp_path):
+    res = snakemake(tmp_path, "--lint")  # in a temporary directory: the checkout's results/ stay untouched
     assert res.returncode == 0, res.stdout + res.stderr
     assert "Lints for" not in res.stdout + res.stderr, res.stdout + res.stderr
 
 
-def test_default_config_builds_the_dag():
-    res = subprocess.run([*SNAKEMAKE, "-n", "--quiet", "rules"], cwd=REPO, capture_output=True, text=True, timeout=300)
+def test_default_config_builds_the_dag(tmp_path):
+    """The demo config (beside the Snakefile) from any working directory, never the checkout's results/."""
+    res = snakemake(tmp_path, "-n", "--quiet", "rules")
     assert res.returncode == 0, res.stderr
     out = res.stdout + res.stderr
-    for rule in ("synth_synthdemo", "validate_bids", "n4", "skull_strip", "register_mni", "resample", "cox", "km"):
+    for rule in ("synth_synthdemo", "validate_bids", "n4", "skull_strip", "register_mni", "resample", "lesion_volume",
+                 "cox", "km"):
         assert rule in out, f"{rule} missing from the demo DAG:\n{out}"
+
+
+def test_a_users_config_runs_only_the_users_trials(tmp_path):
+    bids = make_bids(tmp_path / "bids")
+    res = snakemake(tmp_path, "-n", config=real_trial_config(bids))
+    assert res.returncode == 0, res.stderr
+    counts = job_counts(res.stdout)
+    assert "synth_synthdemo" not in counts and counts["validate_bids"] == 1, counts
 
 
 def job_counts(output: str) -> dict[str, int]:
@@ -91,8 +101,9 @@ def test_wrong_type_fails_with_its_name(tmp_path):
     assert "overlap" in res.stderr + res.stdout and "ten percent" in res.stderr + res.stdout
 
 
-def test_broken_tree_stops_before_any_result(tmp_path):
-    """Structural problems stop the DAG; image problems stop the validation rule; nothing is written."""
+def test_broken_tree_lists_table_and_image_problems_together(tmp_path):
+    """Structural problems leave only the validation job; it lists every problem, tables and images
+    together, one line each, without a traceback; nothing is written but the log."""
     bids = make_bids(tmp_path / "bids")
     image_path(bids, "002", "w024", "FLAIR").unlink()
     (bids / "sub-003" / "ses-w024" / "anat").mkdir(parents=True)
@@ -101,28 +112,101 @@ def test_broken_tree_stops_before_any_result(tmp_path):
     with open(bids / "participants.tsv", "a") as fh:
         fh.write("sub-003\tXYZ\t30\tF\tUS\t2\n")
         fh.write("sub-../x\tPLA\t30\tF\tUS\t2\n")
-    res = snakemake(tmp_path, "-n", config=real_trial_config(bids))
-    err = res.stdout + res.stderr
-    assert res.returncode != 0
-    for expected in ("missing FLAIR image", "no baseline visit", "unknown arm 'XYZ'", "letters and digits only"):
-        assert expected in err, err
-    assert not (tmp_path / "results").exists()
-
-    # Image-level problems are found by the validation rule, before any heavy step.
-    bids2 = make_bids(tmp_path / "bids2")
-    nan = np.ones((12, 10, 6), np.float32)
-    nan[2, 2, 2] = np.inf
+    inf = np.ones((12, 10, 6), np.float32)
+    inf[2, 2, 2] = np.inf
     import nibabel as nib
 
-    nib.save(nib.Nifti1Image(nan, np.eye(4)), str(image_path(bids2, "001", "w024", "T2w")))
+    nib.save(nib.Nifti1Image(inf, np.eye(4)), str(image_path(bids, "001", "w024", "T2w")))
     write_image(
-        bids2 / "derivatives/lesions/sub-002/ses-w000/anat/sub-002_ses-w000_desc-lesion_mask.nii.gz",
+        bids / "derivatives/lesions/sub-002/ses-w000/anat/sub-002_ses-w000_desc-lesion_mask.nii.gz",
         np.zeros((6, 9, 12), np.uint8),
     )
-    res = snakemake(tmp_path, "--cores", "2", config=real_trial_config(bids2))
+    res = snakemake(tmp_path, "-n", config=real_trial_config(bids))
+    assert res.returncode == 0, res.stderr
+    assert job_counts(res.stdout) == {"validate_bids": 1, "all": 1, "total": 2}
+    assert "only its validation runs" in res.stderr and "missing FLAIR image" in res.stderr
+
+    res = snakemake(tmp_path, "--cores", "2", config=real_trial_config(bids))
+    err = res.stdout + res.stderr
     assert res.returncode != 0
+    assert "Traceback" not in err, err
     log = (tmp_path / "results/logs/validate_bids/trial-real.log").read_text()
-    assert "sub-001_ses-w024_T2w.nii.gz: contains 1 NaN/Inf voxels" in log
-    assert "sub-002_ses-w000_desc-lesion_mask.nii.gz: header geometry differs from its FLAIR" in log
+    for text in (log, err):
+        for expected in ("missing FLAIR image", "no baseline visit", "unknown arm 'XYZ'", "letters and digits only",
+                         "sub-001_ses-w024_T2w.nii.gz: contains 1 NaN/Inf voxels",
+                         "sub-002_ses-w000_desc-lesion_mask.nii.gz: header geometry differs from its FLAIR (size"):
+            assert expected in text, text
+    assert "the full list is" in log
     made = [p for p in (tmp_path / "results").rglob("*") if p.is_file() and "logs" not in p.parts]
     assert made == [], made
+
+
+def test_config_problems_are_one_line_each(tmp_path):
+    bids = make_bids(tmp_path / "bids")
+    cfg = real_trial_config(bids) | {"sorces": ["baseline"]}
+    res = snakemake(tmp_path, "-n", config=cfg)
+    assert res.returncode != 0
+    assert "unknown key(s) 'sorces'; allowed: seed, trials, sources" in (res.stdout + res.stderr)
+    assert "$schema" not in (res.stdout + res.stderr) and "additionalProperties" not in (res.stdout + res.stderr)
+    assert len((res.stdout + res.stderr).splitlines()) < 12, res.stdout + res.stderr
+
+
+def test_unet_source_fails_at_start_with_one_line(tmp_path):
+    bids = make_bids(tmp_path / "bids")
+    res = snakemake(tmp_path, "-n", config=real_trial_config(bids) | {"sources": ["unet"]})
+    assert res.returncode != 0
+    assert "sources: 'unet' needs trained fold models" in (res.stdout + res.stderr)
+    assert "MissingInputException" not in (res.stdout + res.stderr)
+
+
+def test_config_friction_home_folder_hyphenated_arms_shared_folder(tmp_path):
+    import os
+
+    bids = make_bids(tmp_path / "home" / "trial", arms=("placebo", "treatment-600mg"))
+    trial = {"role": "test", "bids": "~/trial", "control_arm": "placebo", "treatment_arms": ["treatment-600mg"]}
+    cfg = {"trials": {"a": trial, "b": dict(trial)}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    cmd = [*SNAKEMAKE, "--directory", str(tmp_path), "--cores", "1", "--configfile", str(tmp_path / "config.yaml"),
+           "-n"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "HOME": str(tmp_path / "home")})
+    assert res.returncode == 0, res.stderr
+    assert "trials 'a' and 'b' use the same BIDS folder" in res.stderr
+    assert job_counts(res.stdout)["validate_bids"] == 2
+
+
+def test_trial_without_gt_still_gets_every_endpoint(tmp_path):
+    bids = make_bids(tmp_path / "bids", gt=False)
+    res = snakemake(tmp_path, "-n", config=real_trial_config(bids))
+    assert res.returncode == 0, res.stderr
+    assert "no GT lesion masks" in res.stderr
+    counts = job_counts(res.stdout)
+    assert counts["segment_baseline"] == 4 and counts["lesion_volume"] == 4, counts
+    for rule in ("tlv_long", "change", "ancova", "cox", "km"):
+        assert counts[rule] == 1, counts
+    for rule in ("resample_gt", "metrics_visit", "metrics_dataset"):
+        assert rule not in counts, counts
+
+
+def test_partial_gt_mapped_sessions_and_excluded_visits(tmp_path):
+    bids = make_bids(tmp_path / "bids", weeks=(0, 24, 48))
+    (bids / "derivatives/lesions/sub-001/ses-w048").rename(tmp_path / "gone")  # GT missing at one visit
+    for sub in ("001", "002"):
+        for old, new in (("w000", "bl"), ("w024", "m06")):
+            for root in (bids, bids / "derivatives/lesions"):
+                folder = root / f"sub-{sub}" / f"ses-{old}"
+                for f in folder.rglob("*.nii.gz"):
+                    f.rename(f.with_name(f.name.replace(f"ses-{old}", f"ses-{new}")))
+                folder.rename(folder.with_name(f"ses-{new}"))
+    cfg = real_trial_config(bids)
+    cfg["trials"]["real"]["sessions"] = {"bl": 0, "m06": 24}
+    cfg["trials"]["real"]["exclude"] = [{"participant_id": "sub-002", "session": "ses-w048", "reason": "motion"}]
+    res = snakemake(tmp_path, "-n", config=cfg)
+    assert res.returncode == 0, res.stderr
+    assert "1 visit(s) excluded by the config: sub-002_ses-w048 (motion)" in res.stderr
+    assert "4 of 5 visits have a GT lesion mask" in res.stderr
+    counts = job_counts(res.stdout)
+    assert counts["resample"] == 5 and counts["metrics_visit"] == 4, counts
+    assert counts["lesion_volume"] == 5 + 4, counts  # baseline source on every visit, gt where it exists
+    # inside the pipeline a mapped visit is named by its week
+    assert "results/preproc/trial-real/sub-001/ses-w024/" in res.stdout
+    assert "sub-001/ses-m06/anat/sub-001_ses-m06_FLAIR.nii.gz" in res.stdout  # read from its BIDS name

@@ -1,0 +1,75 @@
+"""Config checking: schema defaults, one line per problem naming the key path, YAML errors
+with file and line, and a schema whose every node is a real JSON-Schema keyword."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from t2lesion.config import SCHEMA, check_config, main, read_yaml
+from t2lesion.errors import InputError
+
+TRIAL = {"role": "test", "bids": "x", "control_arm": "PLA", "treatment_arms": ["OCR"]}
+
+KEYWORDS = {"type", "default", "description", "enum", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
+            "items", "minItems", "maxItems", "minLength", "properties", "additionalProperties", "required", "pattern",
+            "propertyNames", "minProperties", "oneOf", "$schema"}
+
+
+def test_every_schema_node_uses_json_schema_keywords_only():
+    """A flow-style description with a comma once split into a bogus key; this catches it."""
+    bad = []
+
+    def walk(node, path):
+        if not isinstance(node, dict):
+            return
+        bad.extend(f"{path}: {k}" for k in node if k not in KEYWORDS)
+        for key, sub in node.get("properties", {}).items():
+            walk(sub, f"{path}.{key}")
+        for key in ("items", "additionalProperties", "propertyNames"):
+            walk(node.get(key), f"{path}.{key}")
+        for i, sub in enumerate(node.get("oneOf", [])):
+            walk(sub, f"{path}.oneOf[{i}]")
+
+    walk(read_yaml(SCHEMA), "")
+    assert bad == []
+
+
+def test_defaults_are_filled_in_nested_sections():
+    config = check_config({"trials": {"t": dict(TRIAL)}})
+    assert config["metrics"]["connectivity"] == 18 and config["sources"] == ["baseline"]
+    assert config["preprocess"]["followup_brain_mask"] == "baseline"
+
+
+def test_each_problem_is_one_line_with_its_key_path():
+    config = {"trials": {"t": dict(TRIAL, sesions={"bl": 0})}, "metrics": {"conectivity": 18, "overlap": "ten"}}
+    with pytest.raises(InputError) as err:
+        check_config(config)
+    problems = err.value.problems
+    assert len(problems) == 3, problems
+    assert any(p.startswith("config: metrics: unknown key(s) 'conectivity'; allowed: connectivity,") for p in problems)
+    assert any(p.startswith("config: metrics.overlap: 'ten' is not of type 'number'") for p in problems)
+    assert any("trials.t: unknown key(s) 'sesions'; allowed: role, bids, control_arm" in p for p in problems)
+    assert all("\n" not in p and len(p) < 400 for p in problems)
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path, capsys):
+    bad = tmp_path / "my_trials.yaml"
+    bad.write_text("trials:\n  real:\n    role: test\n   bids: x\n")
+    with pytest.raises(InputError, match=r"my_trials.yaml, line 4, column 4: not valid YAML"):
+        read_yaml(bad)
+    assert main([str(bad)]) == 1
+    assert "my_trials.yaml, line 4" in capsys.readouterr().err
+
+
+def test_check_config_command_accepts_a_valid_overlay(tmp_path, capsys):
+    (tmp_path / "bids").mkdir()
+    from tests.conftest import make_bids
+
+    make_bids(tmp_path / "bids")
+    trials = tmp_path / "trials.yaml"
+    trials.write_text(yaml.safe_dump({"trials": {"real": dict(TRIAL, bids=str(tmp_path / "bids"))}}))
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(yaml.safe_dump({"metrics": {"overlap": 0.2}}))
+    assert main([str(trials), str(overlay)]) == 0
+    assert "valid (1 trial(s))" in capsys.readouterr().out
