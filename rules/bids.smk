@@ -6,7 +6,12 @@ rule validate_bids:
     input:
         trial_inputs,
     output:
-        "results/validated/trial-{trial}_visits.tsv",
+        report(
+            "results/validated/trial-{trial}_visits.tsv",
+            category="Inputs",
+            caption="../report/visits.rst",
+            labels={"table": "validated visits", "trial": "{trial}"},
+        ),
     log:
         f"{LOGS}/validate_bids/trial-{{trial}}.log",
     benchmark:

@@ -39,7 +39,7 @@ class Trial:
     gt: dict = field(default_factory=dict, compare=False)
     excluded: dict = field(default_factory=dict, compare=False)
     sessions: dict = field(default_factory=dict, compare=False)
-    exclude: tuple = ()
+    exclude: tuple = field(default=(), compare=False)
     #: structural problems found while the DAG was built: only validation runs for this trial
     problems: tuple[str, ...] = ()
 

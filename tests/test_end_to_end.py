@@ -4,6 +4,8 @@ segmenter, lesion metrics and the statistics rules."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -90,3 +92,56 @@ def test_rerun_does_nothing(tiny_run):
     res = snakemake(tiny_run, "-n", "--quiet", "rules")
     assert res.returncode == 0, res.stderr
     assert "Nothing to be done" in res.stdout + res.stderr, res.stdout + res.stderr
+
+
+@pytest.fixture(scope="module")
+def nogt_run(tiny_run, tmp_path_factory):
+    """The tiny trial as a real trial would arrive: no GT anywhere, sessions named ses-bl/ses-m06
+    (weeks from sessions.tsv), one visit as uncompressed .nii, another with a run- entity."""
+    import gzip
+    import shutil
+
+    work = tmp_path_factory.mktemp("nogt")
+    bids = Path(shutil.copytree(tiny_run / "results/synth/trial-tiny/bids", work / "bids"))
+    shutil.rmtree(bids / "derivatives")
+    for sub in ("001", "002"):
+        for old, new in (("w000", "bl"), ("w024", "m06")):
+            folder = bids / f"sub-{sub}" / f"ses-{old}"
+            for f in folder.rglob("*.nii.gz"):
+                f.rename(f.with_name(f.name.replace(f"ses-{old}", f"ses-{new}")))
+            folder.rename(folder.with_name(f"ses-{new}"))
+        pd.DataFrame({"session_id": ["ses-bl", "ses-m06"], "week": [0, 24]}).to_csv(
+            bids / f"sub-{sub}" / f"sub-{sub}_sessions.tsv", sep="\t", index=False)
+    for f in (bids / "sub-001/ses-m06/anat").glob("*.nii.gz"):
+        with gzip.open(f) as src:
+            f.with_suffix("").write_bytes(src.read())
+        f.unlink()
+    for f in (bids / "sub-002/ses-bl/anat").glob("*.nii.gz"):
+        f.rename(f.with_name(f.name.replace("ses-bl_", "ses-bl_run-1_")))
+    config = {
+        "trials": {"nogt": {"role": "test", "bids": str(bids), "control_arm": "PLA", "treatment_arms": ["OCR"]}},
+        "preprocess": {"skull_strip": "template"},
+    }
+    res = snakemake(work, "--cores", "2", config=config, timeout=2400)
+    assert res.returncode == 0, res.stdout[-5000:] + res.stderr[-5000:]
+    assert "no GT lesion masks" in res.stderr
+    return work
+
+
+def test_trial_without_gt_gets_masks_volumes_and_every_endpoint(nogt_run):
+    r = nogt_run / "results"
+    visits = pd.read_csv(r / "validated/trial-nogt_visits.tsv", sep="\t", keep_default_na=False)
+    assert visits["session"].tolist() == ["ses-w000", "ses-w024"] * 2
+    assert visits["source_session"].tolist() == ["ses-bl", "ses-m06"] * 2
+    assert not visits["has_gt"].any()
+    for sub in ("001", "002"):
+        for ses in ("w000", "w024"):
+            assert (r / f"predict/baseline/trial-nogt/sub-{sub}/ses-{ses}/"
+                         f"sub-{sub}_ses-{ses}_space-MNI1x1x3_desc-lesion_mask.nii.gz").is_file()
+    long = pd.read_csv(r / "stats/trial-nogt/tlv_long.tsv", sep="\t")
+    assert long["source"].unique().tolist() == ["baseline"] and len(long) == 4
+    assert (long["tlv_ml"] > 0).all()
+    for table in ("change_summary.tsv", "ancova.tsv", "cox.tsv", "table4.tsv", "km_tests.tsv"):
+        assert (r / "stats/trial-nogt" / table).is_file(), table
+    assert not (r / "metrics/baseline/trial-nogt/table2.tsv").exists()
+    assert not list(r.glob("preproc/**/*lesionGT*"))
