@@ -4,22 +4,17 @@ from __future__ import annotations
 
 import logging
 import math
-import re
-import warnings
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from t2lesion.errors import InputError
-from t2lesion.io import write_tsv  # noqa: F401
-from t2lesion.stats.inputs import _load
 from t2lesion.stats.common import (
-    FAILED, GT_SOURCE, LONG_COLUMNS, OK, OUTCOME_COLUMNS, PARTICIPANT_COLUMNS, SKIPPED, SOURCE_RE, SUB_RE,
-    DEFAULT_COX_FIT_OPTIONS, WARNING, _write_tsv, resolve_arms, resolve_sources, side_by_side,
+    OK, SKIPPED, Exclusions, _write_tsv, resolve_arms, resolve_sources, write_exclusions,
 )
+from t2lesion.stats.inputs import _load
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +140,30 @@ def summarize_change(
 
 
 
+def change_exclusions(change: pd.DataFrame, participants: pd.DataFrame, sources: Sequence[str],
+                      carried: pd.DataFrame | None = None, baseline_week: int = 0) -> pd.DataFrame:
+    """Who the change analyses leave out, per source: no lesion data (the long-table
+    stage's reason), no visit at a week that other participants have, baseline TLV 0
+    (no percent change; their absolute change is kept)."""
+    excl = Exclusions("change")
+    carried = carried if carried is not None else pd.DataFrame(columns=["participant_id", "source", "scope",
+                                                                        "reason"])
+    for src in sources:
+        cs = carried[carried["source"] == src]
+        reasons = {(r.participant_id, str(r.scope)): r.reason for r in cs.itertuples()}
+        ds = change[change["source"] == src]
+        have = set(ds["participant_id"])
+        for pid in participants["participant_id"]:
+            if pid not in have:
+                excl.add(pid, src, reasons.get((pid, ""), f"no {src} lesion data"))
+        for w in sorted(set(ds["week"]) - {baseline_week}):
+            for pid in sorted(have - set(ds.loc[ds["week"] == w, "participant_id"])):
+                excl.add(pid, src, reasons.get((pid, f"week {w}"), f"no week {w} visit"), f"week {w}")
+        bl0 = sorted(set(ds.loc[ds["excluded_bl0"], "participant_id"]))
+        excl.add(bl0, src, "baseline TLV 0: no percent change (absolute change kept)", "percent change")
+    return excl.frame()
+
+
 def run_change(
     long_tsv: str | Path,
     participants_tsv: str | Path,
@@ -156,22 +175,25 @@ def run_change(
     baseline_week: int = 0,
     conf_level: float = 0.95,
     sources: Sequence[str] | None = None,
+    out_exclusions_tsv: str | Path | None = None,
+    long_exclusions_tsv: str | Path | None = None,
 ) -> pd.DataFrame:
     """Change from baseline (SPEC §9 bullets 1–2; paper Fig. 3d–g).
 
     Writes the per-row change table (:func:`compute_change`), the per source × arm
-    × week summary with separations (:func:`summarize_change`) and the longitudinal
-    figure (one panel per source, GT first). Returns the summary.
+    × week summary with separations (:func:`summarize_change`), the longitudinal
+    figure (one panel per source, GT first) and the exclusions table
+    (:func:`change_exclusions`). Returns the summary.
     """
-    participants, long, _ = _load(long_tsv, participants_tsv, None, arms, baseline_week)
+    participants, long, _, carried = _load(long_tsv, participants_tsv, None, arms, baseline_week,
+                                           long_exclusions_tsv)
     srcs = resolve_sources(long, sources)
     change = compute_change(long[long["source"].isin(srcs)], baseline_week)
     summary = summarize_change(change, participants, control_arm, arms, conf_level, srcs, baseline_week)
     _write_tsv(change, out_change_tsv)
     _write_tsv(summary, out_summary_tsv)
+    write_exclusions(change_exclusions(change, participants, srcs, carried, baseline_week), out_exclusions_tsv)
     from t2lesion.plots.stats import plot_change
 
     plot_change(summary, out_png, control_arm=control_arm, conf_level=conf_level)
     return summary
-
-

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import logging
-import math
 import re
-import warnings
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
-import numpy as np
 import pandas as pd
-from scipy import stats as sps
 
 from t2lesion.errors import InputError
 from t2lesion.io import write_tsv
@@ -25,12 +21,23 @@ SUB_RE = re.compile(r"^sub-[A-Za-z0-9]+$")
 SOURCE_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 GT_SOURCE = "gt"
 
-#: Cox convergence (``stats.cox_fit_options``): Newton–Raphson until the step norm or
-#: the Newton decrement is < 1e-14, no relative log-likelihood stop. lifelines'
-#: defaults (precision 1e-7, r_precision 1e-9) leave coefficients off by ~1e-5
-#: relative, and even precision 1e-10 stops ~1e-6 off (the decrement criterion is
-#: quadratic in the step); these options reproduce statsmodels PHReg to ~1e-12.
-DEFAULT_COX_FIT_OPTIONS: dict = {"precision": 1e-14, "r_precision": 0.0, "max_steps": 500}
+#: Cox convergence (``fit_cox``'s ``fit_options``). lifelines stops Newton–Raphson when
+#: the step norm or the Newton decrement g'H⁻¹g/2 falls below ``precision`` *before*
+#: applying the step it has just computed, so the returned coefficients are one
+#: unapplied step short of the maximum: about sqrt(2·precision/curvature). With
+#: precision 1e-14 that was 5.8e-11 in a univariable model (7.7 digits against R).
+#: 1e-22 stops at a decrement of 1e-22, i.e. an unapplied step of ~1e-11/sqrt(H),
+#: which costs the same one or two iterations (Newton converges quadratically) and
+#: gives >= 12 significant digits of coef, se, z and p against R's coxph
+#: (tests/test_stats_reference.py). No relative log-likelihood stop (lifelines'
+#: default r_precision 1e-9, R's eps, stops earlier).
+DEFAULT_COX_FIT_OPTIONS: dict = {"precision": 1e-22, "r_precision": 0.0, "max_steps": 500}
+
+#: Every TSV of the statistics is written with 15 significant digits (as R's write.table).
+FLOAT_FORMAT = "%.15g"
+
+#: Columns of the exclusions tables (one per analysis: ``exclusions_<analysis>.tsv``).
+EXCLUSION_COLUMNS = ("participant_id", "source", "analysis", "scope", "reason")
 
 OK, SKIPPED, WARNING, FAILED = "ok", "skipped", "warning", "failed"
 
@@ -90,5 +97,40 @@ def side_by_side(
 
 
 def _write_tsv(df: pd.DataFrame, path: str | Path) -> None:
-    write_tsv(df, path, float_format="%.10g")
+    write_tsv(df, path, float_format=FLOAT_FORMAT)
+
+
+class Exclusions:
+    """Collects the participants an analysis leaves out, one row per reason (SPEC §9).
+
+    ``scope`` says where the subject is left out (e.g. ``week 48``, ``CDP24
+    multivariable``; empty = the whole analysis of that source). Every exclusion is
+    also logged. :meth:`frame` gives the table written as ``exclusions_<analysis>.tsv``.
+    """
+
+    def __init__(self, analysis: str):
+        self.analysis = analysis
+        self.rows: list[dict] = []
+
+    def add(self, pids, source: str, reason: str, scope: str = "") -> int:
+        pids = [pids] if isinstance(pids, str) else list(pids)
+        for pid in pids:
+            self.rows.append({"participant_id": pid, "source": source, "analysis": self.analysis,
+                              "scope": scope, "reason": reason})
+        if pids:
+            who = ", ".join(pids[:10]) + (" ..." if len(pids) > 10 else "")
+            log.warning("%s: %d participant(s) excluded (source %s%s): %s (%s)", self.analysis, len(pids), source,
+                        f", {scope}" if scope else "", reason, who)
+        return len(pids)
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows, columns=list(EXCLUSION_COLUMNS)).drop_duplicates(ignore_index=True)
+
+
+def write_exclusions(excl: "Exclusions | pd.DataFrame", path: str | Path | None) -> pd.DataFrame:
+    """Write an exclusions table (columns :data:`EXCLUSION_COLUMNS`; header only when none)."""
+    df = excl.frame() if isinstance(excl, Exclusions) else excl.reindex(columns=list(EXCLUSION_COLUMNS))
+    if path is not None:
+        _write_tsv(df, path)
+    return df
 
