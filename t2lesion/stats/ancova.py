@@ -187,8 +187,11 @@ def ancova_full(
         no_data = [p for p in part["participant_id"] if p not in have]
         cs = carried[carried["source"] == src]
         whole = {r.participant_id: r.reason for r in cs.itertuples() if not str(r.scope)}
+        by_reason = {}
         for pid in no_data:
-            excl.add(pid, src, whole.get(pid, f"no {src} lesion data"))
+            by_reason.setdefault(whole.get(pid, f"no {src} lesion data"), []).append(pid)
+        for why, pids in by_reason.items():
+            excl.add(pids, src, why)
         bl0 = sorted(set(ds.loc[ds["excluded_bl0"], "participant_id"]))
         excl.add(bl0, src, "baseline TLV 0: no percent change")
         for cov, pids in cov_missing.items():
@@ -201,20 +204,24 @@ def ancova_full(
             at_w = set(dw["participant_id"])
             visit_reason = {r.participant_id: r.reason for r in cs.itertuples() if str(r.scope) == f"week {w}"}
             no_visit = sorted(have - at_w)
+            by_reason: dict[str, list[str]] = {}
             for pid in no_visit:
-                excl.add(pid, src, visit_reason.get(pid, f"no week {w} visit"), f"week {w}")
+                by_reason.setdefault(visit_reason.get(pid, f"no week {w} visit"), []).append(pid)
+            for why, pids in by_reason.items():
+                excl.add(pids, src, why, f"week {w}")
             miss_cov = dw["region"].isna() | dw["age"].isna()
             n_cov = dw.loc[miss_cov & dw["pct_change"].notna(), "participant_id"]
             dw = dw[dw["pct_change"].notna() & ~miss_cov]
             base = {"source": src, "week": int(w), "n": len(dw), "n_excluded_bl0": n_bl0}
+            no_data_s, no_visit_s, bl0_at_w = set(no_data), set(no_visit), set(bl0) & at_w
             for arm in arms:
                 ids = [p for p, a in arm_of.items() if a == arm]
                 n_an = int((dw["arm"] == arm).sum())
                 lsm_rows.append({
                     "source": src, "week": int(w), "arm": arm, "n_arm": len(ids), "n_analysed": n_an,
-                    "n_missing": len(ids) - n_an, "n_no_lesion_data": sum(p in set(no_data) for p in ids),
-                    "n_no_visit": sum(p in set(no_visit) for p in ids),
-                    "n_excluded_bl0": sum(p in at_w and p in set(bl0) for p in ids),
+                    "n_missing": len(ids) - n_an, "n_no_lesion_data": sum(p in no_data_s for p in ids),
+                    "n_no_visit": sum(p in no_visit_s for p in ids),
+                    "n_excluded_bl0": sum(p in bl0_at_w for p in ids),
                     "n_missing_covariate": int(sum(arm_of[p] == arm for p in n_cov)),
                     "conf_level": conf_level, "status": SKIPPED, "note": "",
                 })

@@ -153,12 +153,16 @@ def change_exclusions(change: pd.DataFrame, participants: pd.DataFrame, sources:
         reasons = {(r.participant_id, str(r.scope)): r.reason for r in cs.itertuples()}
         ds = change[change["source"] == src]
         have = set(ds["participant_id"])
+        groups: dict[tuple[str, str], list[str]] = {}
         for pid in participants["participant_id"]:
             if pid not in have:
-                excl.add(pid, src, reasons.get((pid, ""), f"no {src} lesion data"))
+                groups.setdefault((reasons.get((pid, ""), f"no {src} lesion data"), ""), []).append(pid)
         for w in sorted(set(ds["week"]) - {baseline_week}):
             for pid in sorted(have - set(ds.loc[ds["week"] == w, "participant_id"])):
-                excl.add(pid, src, reasons.get((pid, f"week {w}"), f"no week {w} visit"), f"week {w}")
+                why = reasons.get((pid, f"week {w}"), f"no week {w} visit")
+                groups.setdefault((why, f"week {w}"), []).append(pid)
+        for (why, scope), pids in groups.items():
+            excl.add(pids, src, why, scope)
         bl0 = sorted(set(ds.loc[ds["excluded_bl0"], "participant_id"]))
         excl.add(bl0, src, "baseline TLV 0: no percent change (absolute change kept)", "percent change")
     return excl.frame()
