@@ -395,10 +395,11 @@ def long_table_from_volumes(
     drop = np.zeros(len(d), bool)
     if visits is not None:
         vkey = {(r.participant_id, r.week): r for r in visits.itertuples()}
-        for i, r in enumerate(d.itertuples()):
+        for r in d.itertuples():
             if (r.participant_id, r.week) not in vkey:
                 problems.append(f"{r.file}: {r.participant_id} week {r.week} is not a visit of the validated "
                                 f"visit list")
+        no_gt_at_bl = {v.participant_id for v in visits.itertuples() if v.week == baseline_week and not v.has_gt}
         bl_excluded = {}
         for v in visits.itertuples():
             if v.excluded and v.week == baseline_week:
@@ -423,7 +424,7 @@ def long_table_from_volumes(
                 if v.has_gt and GT_SOURCE not in have:
                     problems.append(f"long table: no 'gt' volume for {v.participant_id} {v.session} "
                                     f"(week {v.week}), which has a GT mask")
-                elif not v.has_gt and v.week != baseline_week:
+                elif not v.has_gt and v.week != baseline_week and v.participant_id not in no_gt_at_bl:
                     drop |= (here & d["source"].eq(GT_SOURCE)).to_numpy()
                     excl.add(v.participant_id, GT_SOURCE, f"no GT mask for visit {v.source_session}",
                              f"week {v.week}")
