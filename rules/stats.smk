@@ -29,11 +29,16 @@ rule tlv_long:
 rule change:
     input:
         long=f"{STATS}/tlv_long.tsv",
+        long_exclusions=f"{STATS}/exclusions_tlv_long.tsv",
         participants=bids_table("participants.tsv"),
     output:
         change=f"{STATS}/change.tsv",
         summary=report(f"{STATS}/change_summary.tsv", category="Fig. 3d-g: TLV change"),
         png=report(f"{STATS}/fig3_tlv_change.png", category="Fig. 3d-g: TLV change"),
+        exclusions=report(
+            f"{STATS}/exclusions_change.tsv",
+            category="Endpoints: exclusions",
+        ),
     log:
         f"{LOGS}/change/trial-{{trial}}.log",
     benchmark:
@@ -51,11 +56,17 @@ rule change:
 rule ancova:
     input:
         long=f"{STATS}/tlv_long.tsv",
+        long_exclusions=f"{STATS}/exclusions_tlv_long.tsv",
         participants=bids_table("participants.tsv"),
     output:
         coef=report(f"{STATS}/ancova.tsv", category="ANCOVA"),
         anova=f"{STATS}/ancova_type2.tsv",
         wide=report(f"{STATS}/ancova_arm_effect.tsv", category="ANCOVA"),
+        lsmeans=report(f"{STATS}/ancova_lsmeans.tsv", category="ANCOVA"),
+        exclusions=report(
+            f"{STATS}/exclusions_ancova.tsv",
+            category="Endpoints: exclusions",
+        ),
     log:
         f"{LOGS}/ancova/trial-{{trial}}.log",
     benchmark:
@@ -77,11 +88,16 @@ rule ancova:
 rule cox:
     input:
         long=f"{STATS}/tlv_long.tsv",
+        long_exclusions=f"{STATS}/exclusions_tlv_long.tsv",
         participants=bids_table("participants.tsv"),
         outcomes=bids_table("phenotype/outcomes.tsv"),
     output:
         cox=f"{STATS}/cox.tsv",
         table4=report(f"{STATS}/table4.tsv", category="Table 4: Cox models"),
+        exclusions=report(
+            f"{STATS}/exclusions_cox.tsv",
+            category="Endpoints: exclusions",
+        ),
     log:
         f"{LOGS}/cox/trial-{{trial}}.log",
     benchmark:
@@ -97,6 +113,7 @@ rule cox:
         us_label=ST["us_label"],
         conf_level=ST["conf_level"],
         min_events_per_term=ST["min_events_per_term"],
+        center_log_tlv=ST["center_log_tlv"],
     script:
         "../workflow_scripts/cox.py"
 
@@ -104,6 +121,7 @@ rule cox:
 rule km:
     input:
         long=f"{STATS}/tlv_long.tsv",
+        long_exclusions=f"{STATS}/exclusions_tlv_long.tsv",
         participants=bids_table("participants.tsv"),
         outcomes=bids_table("phenotype/outcomes.tsv"),
     output:
@@ -117,6 +135,10 @@ rule km:
             ),
             category="Fig. 4: Kaplan-Meier",
         ),
+        exclusions=report(
+            f"{STATS}/exclusions_km.tsv",
+            category="Endpoints: exclusions",
+        ),
     log:
         f"{LOGS}/km/trial-{{trial}}.log",
     benchmark:
@@ -128,6 +150,8 @@ rule km:
         trial=trial_params,
         endpoints=ST["endpoints"],
         at_risk_step_weeks=ST["km_at_risk_step_weeks"],
+        conf_level=ST["conf_level"],
+        conf_type=ST["km_conf_type"],
         png_template=lambda w: f"{STATS}/fig4_km_{{endpoint}}.png".replace(
             "{trial}", w.trial
         ),

@@ -120,6 +120,10 @@ def test_cox_codings_with_nonzero_covariate_effects():
     truth = true_coefficients(params)["cox"]
     cox = stats.cox_models(stats.baseline_lesions(long), participants, outcomes, "PLA", endpoints=["CCDP24"],
                            models=["multivariable"]).set_index("term")
+    # log TLV is centred (stats.center_log_tlv): the arm effect is the one at the centre
+    centre = cox["log_tlv_centre"].iloc[0]
+    assert centre == pytest.approx(stats.baseline_lesions(long)["log_tlv"].mean(), rel=1e-12)
+    truth["arm_OCR"] += truth["arm_OCR_x_log_tlv"] * centre
     for term, r in cox.iterrows():
         assert abs(r["coef"] - truth[term]) < 3.5 * r["se"], (term, r["coef"], truth[term])
         assert np.sign(r["coef"]) == np.sign(truth[term]), term
@@ -191,7 +195,7 @@ def test_cox_matches_statsmodels_phreg_efron_with_ties(small):
     d = o[o.endpoint == "CCDP24"].merge(participants, on="participant_id").merge(bl[bl.source == "gt"])
     assert d["time_weeks"].duplicated().sum() > 50
     for model in stats.COX_MODELS:
-        X, _ = stats.cox_design(d, model, ["PLA", "OCR"])
+        X, _ = stats.cox_design(d, model, ["PLA", "OCR"], log_tlv_centre=cox["log_tlv_centre"].max())
         ref = PHReg(d["time_weeks"].to_numpy(), X.to_numpy(), status=d["event"].to_numpy(), ties="efron").fit(
             tol=1e-13, maxiter=200)
         got = cox[(cox.source == "gt") & (cox.model == model)]
@@ -508,12 +512,12 @@ def test_entry_points_write_side_by_side_outputs(tmp_path, small):
     t4 = pd.read_csv(tmp_path / "t4.tsv", sep="\t", keep_default_na=False)
     assert len(t4) == 2 * (1 + 1 + 7)
     for src in ("gt", "baseline"):
-        for col in ("hr_95ci", "hr", "p", "n", "events"):
+        for col in ("hr_ci", "hr", "p", "n", "events", "concordance", "ph_p", "log_tlv_centre"):
             assert f"{src}.{col}" in t4.columns
     r = t4[(t4.endpoint == "CDP24") & (t4.term == "log_tlv") & (t4.model == "multivariable")].iloc[0]
     tidy = cox[(cox.endpoint == "CDP24") & (cox.term == "log_tlv") & (cox.model == "multivariable")]
     assert float(r["baseline.hr"]) == pytest.approx(tidy[tidy.source == "baseline"].hr.iloc[0], rel=1e-9)
-    assert r["gt.hr_95ci"].count("(") == 1
+    assert r["gt.hr_ci"].count("(") == 1
     tests = stats.run_km(paths["long"], paths["participants"], paths["outcomes"], tmp_path / "km.tsv",
                          tmp_path / "kmc.tsv", str(tmp_path / "km_{endpoint}.png"), "PLA", endpoints=["CDP24"])
     assert (tmp_path / "km_CDP24.png").stat().st_size > 10_000
@@ -553,36 +557,179 @@ def test_fit_options_reach_full_convergence(small):
     _sig_equal(tight["coef"], tighter["coef"], digits=8)
 
 
-def test_long_table_from_metrics_visits(tmp_path):
-    v = pd.DataFrame({"participant_id": ["sub-001", "sub-001", "sub-002"],
-                      "session": ["ses-w000", "ses-w024", "ses-w000"], "week": [0, 24, 0],
-                      "gt_tlv_ml": [1.0, 1.1, 0.0], "pred_tlv_ml": [1.2, 1.3, 0.1],
-                      "gt_tlc": [3, 4, 0], "pred_tlc": [3, 5, 1], "dc": [0.5, 0.6, "n/a"]})
-    v.to_csv(tmp_path / "b.tsv", sep="\t", index=False)
-    v.assign(pred_tlv_ml=[2.0, 2.2, 0.0], pred_tlc=[6, 7, 0]).to_csv(tmp_path / "u.tsv", sep="\t", index=False)
-    out = stats.run_long_table({"baseline": tmp_path / "b.tsv", "unet": tmp_path / "u.tsv"}, tmp_path / "long.tsv")
+def _volumes(tmp_path, rows, source):
+    """One single-row volume TSV per visit, as the volume rules write them."""
+    paths = []
+    for pid, ses, week, tlv, tlc in rows:
+        p = tmp_path / source / f"{pid}_{ses}.tsv"
+        p.parent.mkdir(exist_ok=True)
+        pd.DataFrame([{"participant_id": pid, "session": ses, "week": week, "tlv_ml": tlv, "tlc": tlc}]).to_csv(
+            p, sep="\t", index=False)
+        paths.append(p)
+    return paths
+
+
+def _visits(tmp_path, rows):
+    p = tmp_path / "visits.tsv"
+    pd.DataFrame(rows, columns=["participant_id", "session", "week", "has_gt", "excluded", "source_session"]).to_csv(
+        p, sep="\t", index=False)
+    return p
+
+
+PRED = [("sub-001", "ses-w000", 0, 1.2, 3), ("sub-001", "ses-w024", 24, 1.3, 5), ("sub-002", "ses-w000", 0, 0.1, 1),
+        ("sub-002", "ses-w024", 24, 0.2, 1), ("sub-003", "ses-w000", 0, 2.0, 4), ("sub-003", "ses-w024", 24, 2.5, 6)]
+
+
+def test_long_table_from_per_visit_volumes(tmp_path):
+    """New contract (issue 10): per-source per-visit volume rows, gt a source like any other."""
+    gt = [("sub-001", "ses-w000", 0, 1.0, 3), ("sub-001", "ses-w024", 24, 1.1, 4), ("sub-003", "ses-w000", 0, 1.9, 4)]
+    vols = {"baseline": _volumes(tmp_path, PRED, "baseline"),
+            "unet": _volumes(tmp_path, [(a, b, c, 2 * d, e) for a, b, c, d, e in PRED], "unet"),
+            "gt": _volumes(tmp_path, gt, "gt")}
+    visits = _visits(tmp_path, [
+        ("sub-001", "ses-w000", 0, True, "", "ses-w000"), ("sub-001", "ses-w024", 24, True, "", "ses-w024"),
+        ("sub-002", "ses-w000", 0, False, "", "ses-w000"), ("sub-002", "ses-w024", 24, False, "", "ses-w024"),
+        ("sub-003", "ses-w000", 0, True, "", "ses-w000"), ("sub-003", "ses-w024", 24, False, "", "ses-w024"),
+        ("sub-004", "ses-w000", 0, True, "motion artefacts", "ses-01")])
+    out = stats.run_long_table(vols, tmp_path / "long.tsv", visits_tsv=visits, exclusions_tsv=tmp_path / "ex.tsv")
     assert list(out.columns) == list(stats.LONG_COLUMNS)
     assert list(dict.fromkeys(out.source)) == ["gt", "baseline", "unet"]
-    assert len(out) == 9
+    assert len(out) == 3 + 6 + 6
     back = pd.read_csv(tmp_path / "long.tsv", sep="\t")
-    g = back[back.source == "gt"].set_index("session")
-    assert g.loc["ses-w024", "tlv_ml"] == 1.1 and g.loc["ses-w024", "tlc"] == 4
     u = back[back.source == "unet"].set_index(["participant_id", "session"])
-    assert u.loc[("sub-001", "ses-w000"), "tlv_ml"] == 2.0
-    # the result is a valid stats input
-    parts = pd.DataFrame({"participant_id": ["sub-001", "sub-002"], "arm": ["PLA", "OCR"], "age": [40, 50],
-                          "sex": ["M", "F"], "region": ["US", "ROW"], "edss_bl": [3.0, 4.5]})
-    stats.validate_long(back, stats.validate_participants(parts))
-    # GT must agree between sources; 'gt' is reserved; missing columns are named
-    v.assign(gt_tlv_ml=[1.0, 1.5, 0.0]).to_csv(tmp_path / "x.tsv", sep="\t", index=False)
-    with pytest.raises(InputError, match="sub-001 ses-w024: GT TLV/TLC differ"):
-        stats.run_long_table({"baseline": tmp_path / "b.tsv", "unet": tmp_path / "x.tsv"}, tmp_path / "l2.tsv")
-    with pytest.raises(InputError, match="reserved"):
-        stats.run_long_table({"gt": tmp_path / "b.tsv"}, tmp_path / "l3.tsv")
-    v.drop(columns="pred_tlc").to_csv(tmp_path / "m.tsv", sep="\t", index=False)
-    with pytest.raises(InputError, match=r"m\.tsv: missing column\(s\) pred_tlc"):
-        stats.run_long_table({"baseline": tmp_path / "m.tsv"}, tmp_path / "l4.tsv")
-    assert not (tmp_path / "l2.tsv").exists()
+    assert u.loc[("sub-001", "ses-w000"), "tlv_ml"] == 2.4
+    ex = pd.read_csv(tmp_path / "ex.tsv", sep="\t", keep_default_na=False)
+    assert list(ex.columns) == list(stats.EXCLUSION_COLUMNS) and set(ex.analysis) == {"tlv_long"}
+    rows = set(zip(ex.participant_id, ex.source, ex.scope, ex.reason))
+    assert ("sub-002", "gt", "", "no GT at baseline") in rows
+    assert ("sub-003", "gt", "week 24", "no GT mask for visit ses-w024") in rows
+    for src in ("gt", "baseline", "unet"):
+        assert ("sub-004", src, "", "baseline visit ses-01 excluded by the user: motion artefacts") in rows
+    # the result is a valid stats input; sub-004 (excluded by the user) is carried, not an error
+    parts = pd.DataFrame({"participant_id": ["sub-001", "sub-002", "sub-003", "sub-004"], "arm": ["PLA", "OCR"] * 2,
+                          "age": [40, 50, 60, 30], "sex": ["M", "F", "male", "Female"],
+                          "region": ["US", "ROW", "n/a", ""], "edss_bl": [3.0, 4.5, "n/a", 2]})
+    vp = stats.validate_participants(parts)
+    with pytest.raises(InputError, match="participant sub-004 of participants.tsv has no rows"):
+        stats.validate_long(back, vp)
+    stats.validate_long(back, vp, excluded_participants={"sub-004": "excluded by the user"})
+    cov = stats.coverage_exclusions(back, vp, ["gt", "baseline"], ex)
+    assert set(zip(cov.participant_id, cov.source)) == {("sub-002", "gt"), ("sub-004", "gt"),
+                                                        ("sub-004", "baseline")}
+    assert cov.set_index(["participant_id", "source"]).loc[("sub-004", "baseline"), "reason"].startswith(
+        "baseline visit ses-01 excluded")
+
+
+def test_long_table_without_gt_and_its_errors(tmp_path):
+    vols = {"baseline": _volumes(tmp_path, PRED, "baseline")}
+    out = stats.run_long_table(vols, tmp_path / "long.tsv", exclusions_tsv=tmp_path / "ex.tsv")
+    assert set(out.source) == {"baseline"} and len(out) == 6
+    assert stats.resolve_sources(out) == ["baseline"]
+    assert len(pd.read_csv(tmp_path / "ex.tsv", sep="\t")) == 0
+    # a prediction source missing a participant (or a visit of the visit list) is an error naming it
+    short = _volumes(tmp_path, PRED[:4], "unet")
+    with pytest.raises(InputError, match="prediction source 'unet' has no volumes for sub-003"):
+        stats.run_long_table({"baseline": vols["baseline"], "unet": short}, tmp_path / "l2.tsv")
+    visits = _visits(tmp_path, [(p, s, w, False, "", s) for p, s, w, _, _ in PRED]
+                     + [("sub-005", "ses-w000", 0, False, "", "ses-w000")])
+    with pytest.raises(InputError, match="no 'baseline' volume for sub-005 ses-w000"):
+        stats.run_long_table(vols, tmp_path / "l3.tsv", visits_tsv=visits)
+    # one row per file, named columns, duplicates named with both files
+    bad = tmp_path / "bad.tsv"
+    pd.DataFrame({"participant_id": ["sub-001"] * 2, "session": "ses-w000", "week": 0, "tlv_ml": 1.0,
+                  "tlc": 1}).to_csv(bad, sep="\t", index=False)
+    with pytest.raises(InputError, match=r"bad\.tsv: 2 rows"):
+        stats.run_long_table({"baseline": [bad]}, tmp_path / "l4.tsv")
+    pd.DataFrame({"participant_id": ["sub-001"], "session": "ses-w000", "week": 0}).to_csv(bad, sep="\t",
+                                                                                          index=False)
+    with pytest.raises(InputError, match=r"bad\.tsv: missing column\(s\) tlv_ml, tlc"):
+        stats.run_long_table({"baseline": [bad]}, tmp_path / "l5.tsv")
+    with pytest.raises(InputError, match="duplicate volume for sub-001 week 0"):
+        stats.run_long_table({"baseline": vols["baseline"] + vols["baseline"][:1]}, tmp_path / "l6.tsv")
+    # a prediction source without the baseline volume
+    with pytest.raises(InputError, match="sub-001 has no baseline"):
+        stats.run_long_table({"baseline": vols["baseline"][1:]}, tmp_path / "l7.tsv")
+    assert not any((tmp_path / f"l{i}.tsv").exists() for i in range(2, 8))
+
+
+def test_participants_covariates_may_be_missing_sex_spellings(small):
+    participants, _, _ = small
+    p = participants.astype({"age": object, "sex": object, "region": object, "edss_bl": object}).copy()
+    p.loc[0, ["age", "sex", "region", "edss_bl"]] = ["n/a", "n/a", "", "n/a"]
+    p.loc[1, "sex"], p.loc[2, "sex"] = "female", "MALE"
+    v = stats.validate_participants(p)
+    assert np.isnan(v.loc[0, "age"]) and v.loc[0, "sex"] is None and v.loc[0, "region"] is None
+    assert (v.loc[1, "sex"], v.loc[2, "sex"]) == ("F", "M")
+    with pytest.raises(InputError, match=r"row 5: sex 'X' for sub-004"):
+        stats.validate_participants(p.assign(sex=["M", "F", "M", "X"] + ["F"] * (len(p) - 4)))
+    with pytest.raises(InputError, match="missing arm for sub-001"):
+        stats.validate_participants(p.assign(arm=["n/a"] + list(p.arm[1:])))
+    assert set(stats.validate_outcomes(pd.DataFrame({"participant_id": ["sub-001"] * 2, "endpoint": ["A", "B"],
+                                                     "time_weeks": [1, 2], "event": ["1.0", "0"]}),
+                                       v).event) == {0, 1}
+
+
+def test_missing_covariate_is_excluded_not_coded_rest_of_world(small):
+    """A region n/a is left out of the models using region (counted), kept in the univariable/KM ones."""
+    participants, long, outcomes = small
+    p = participants.copy()
+    p.loc[p.participant_id == "sub-001", "region"] = None
+    ex = stats.Exclusions("cox")
+    bl = stats.baseline_lesions(long)
+    cox = stats.cox_models(bl, p, outcomes, "PLA", endpoints=["CDP24"], exclusions=ex)
+    n = cox.groupby("model")["n"].first()
+    assert n["multivariable"] == 119 and n["univariable_log_tlv"] == 120
+    f = ex.frame()
+    assert set(f.scope) == {"CDP24 multivariable"} and set(f.participant_id) == {"sub-001"}
+    assert set(f.source) == {"gt", "baseline"} and f.reason.str.contains("missing covariate region").all()
+    coef, _, lsm, exa = stats.ancova_full(stats.compute_change(long), p, "PLA", weeks=[96])
+    assert (coef.n == 119).all() and lsm.n_missing_covariate.sum() == 2  # one per source
+    assert set(exa.participant_id) == {"sub-001"}
+    tests, _, _ = stats.km_analysis(bl, p, outcomes, "PLA", endpoints=["CDP24"])
+    assert (tests.n_low + tests.n_high).sum() == 2 * 120
+
+
+def test_participant_missing_from_long_table_or_outcomes(tmp_path, small):
+    participants, long, outcomes = small
+    paths = write_inputs(tmp_path, participants, long[long.participant_id != "sub-007"], outcomes)
+    # absent from the whole TLV table: an error naming the participant
+    with pytest.raises(InputError, match="participant sub-007 of participants.tsv has no rows at all"):
+        stats.run_cox(paths["long"], paths["participants"], paths["outcomes"], tmp_path / "c.tsv",
+                      tmp_path / "t.tsv", "PLA")
+    # ... unless the long-table stage excluded it with a reason: then counted in every analysis
+    lex = tmp_path / "lex.tsv"
+    pd.DataFrame([{"participant_id": "sub-007", "source": s, "analysis": "tlv_long", "scope": "",
+                   "reason": "baseline visit ses-w000 excluded by the user: consent withdrawn"}
+                  for s in ("gt", "baseline")]).to_csv(lex, sep="\t", index=False)
+    cox = stats.run_cox(paths["long"], paths["participants"], paths["outcomes"], tmp_path / "c.tsv",
+                        tmp_path / "t.tsv", "PLA", endpoints=["CDP24"], long_exclusions_tsv=lex,
+                        out_exclusions_tsv=tmp_path / "xc.tsv")
+    assert (cox.n == 119).all()
+    xc = pd.read_csv(tmp_path / "xc.tsv", sep="\t", keep_default_na=False)
+    assert set(zip(xc.participant_id, xc.source)) == {("sub-007", "gt"), ("sub-007", "baseline")}
+    assert xc.reason.str.contains("consent withdrawn").all()
+    for run, kw in ((stats.run_change, dict(out_change_tsv=tmp_path / "ch.tsv", out_summary_tsv=tmp_path / "s.tsv",
+                                            out_png=tmp_path / "c.png")),
+                    (stats.run_ancova, dict(out_coef_tsv=tmp_path / "a.tsv", out_anova_tsv=tmp_path / "b.tsv",
+                                            weeks=[96]))):
+        run(paths["long"], paths["participants"], control_arm="PLA", long_exclusions_tsv=lex,
+            out_exclusions_tsv=tmp_path / "x.tsv", **kw)
+        x = pd.read_csv(tmp_path / "x.tsv", sep="\t", keep_default_na=False)
+        assert ("sub-007", "baseline", "") in set(zip(x.participant_id, x.source, x.scope))
+    # without an outcome row: counted per endpoint in Cox and KM, n lower by exactly that
+    o = outcomes[~((outcomes.participant_id == "sub-009") & (outcomes.endpoint == "CDP24"))]
+    paths = write_inputs(tmp_path, participants, long, o)
+    cox = stats.run_cox(paths["long"], paths["participants"], paths["outcomes"], tmp_path / "c.tsv",
+                        tmp_path / "t.tsv", "PLA", endpoints=["CDP24", "CCDP24"], out_exclusions_tsv=tmp_path / "x.tsv")
+    assert (cox[cox.endpoint == "CDP24"].n == 119).all() and (cox[cox.endpoint == "CCDP24"].n == 120).all()
+    x = pd.read_csv(tmp_path / "x.tsv", sep="\t")
+    assert list(zip(x.participant_id, x.scope)) == [("sub-009", "CDP24")] * 2
+    stats.run_km(paths["long"], paths["participants"], paths["outcomes"], tmp_path / "k.tsv", tmp_path / "kc.tsv",
+                 str(tmp_path / "k_{endpoint}.png"), "PLA", endpoints=["CDP24"], out_exclusions_tsv=tmp_path / "y.tsv")
+    y = pd.read_csv(tmp_path / "y.tsv", sep="\t")
+    assert list(zip(y.participant_id, y.scope, y.analysis)) == [("sub-009", "CDP24", "km")] * 2
+    with pytest.raises(InputError, match="km_conf_type"):
+        stats.km_estimate(np.array([1.0]), np.array([1]), conf_type="arcsine")
 
 
 def test_cox_separation_is_a_warning_not_a_crash():

@@ -17,4 +17,7 @@ with rule_log(snakemake.log[0], snakemake.threads):
         conf_level=p.conf_level,
         min_n_per_arm=p.min_n_per_arm,
         out_wide_tsv=o.wide,
+        out_lsmeans_tsv=o.lsmeans,
+        out_exclusions_tsv=o.exclusions,
+        long_exclusions_tsv=i.long_exclusions,
     )

@@ -18,4 +18,7 @@ with rule_log(snakemake.log[0], snakemake.threads):
         us_label=p.us_label,
         conf_level=p.conf_level,
         min_events_per_term=p.min_events_per_term,
+        center_log_tlv=p.center_log_tlv,
+        out_exclusions_tsv=o.exclusions,
+        long_exclusions_tsv=i.long_exclusions,
     )

@@ -15,4 +15,8 @@ with rule_log(snakemake.log[0], snakemake.threads):
         **p.trial,
         endpoints=p.endpoints,
         at_risk_step_weeks=p.at_risk_step_weeks,
+        conf_level=p.conf_level,
+        conf_type=p.conf_type,
+        out_exclusions_tsv=o.exclusions,
+        long_exclusions_tsv=i.long_exclusions,
     )
