@@ -771,3 +771,17 @@ def test_cox_with_fewer_events_than_terms_is_skipped(small):
     ten = stats.cox_models(bl, participants, full, "PLA", endpoints=["CDP24"], min_events_per_term=10)
     assert (ten[ten.model != "multivariable"].status == "ok").all()
     assert ten[ten.model == "multivariable"].note.str.startswith(f"too few events: {events} for 7 terms").all()
+
+
+def test_participants_with_bom_crlf_and_blanks_read_as_validation_reads_them(tmp_path):
+    """Statistics read the BIDS tables with the validator's reader: a table it accepts is read the same."""
+    from t2lesion.stats import read_participants
+
+    text = ("participant_id\tarm\tage\tsex\tregion\tedss_bl\tsite\r\n"
+            "sub-001 \tPLA\t40\tmale\tn/a\t3.5\tBasel\r\n"
+            "sub-002\tOCR\t51\tF\tUS\t2\tBoston\r\n")
+    path = tmp_path / "participants.tsv"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    p = read_participants(path, ["PLA", "OCR"])
+    assert p["participant_id"].tolist() == ["sub-001", "sub-002"]
+    assert p["sex"].tolist() == ["M", "F"] and p["region"].isna().tolist() == [True, False]

@@ -10,7 +10,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from t2lesion.bids import is_missing, normalise_sex
+from t2lesion.bids import is_missing, normalise_sex, read_table
 from t2lesion.errors import InputError
 from t2lesion.stats.common import (
     EXCLUSION_COLUMNS, GT_SOURCE, LONG_COLUMNS, OUTCOME_COLUMNS, PARTICIPANT_COLUMNS, SOURCE_RE, SUB_RE,
@@ -27,14 +27,11 @@ def _where(name: str, idx: int) -> str:
 
 
 def _read_tsv(path: str | Path, required: Sequence[str]) -> pd.DataFrame:
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: file not found")
-    try:
-        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
-    except Exception as exc:  # pandas raises many types for malformed text
-        raise InputError(f"{path}: cannot be parsed as a tab-separated table ({exc})") from None
-    _check_columns(df, required, str(path))
+    """A table as strings, read as BIDS validation reads it (BOM, CRLF and blanks around cells)."""
+    problems: list[str] = []
+    df = read_table(Path(path), tuple(required), problems)
+    if problems:
+        raise InputError(problems if len(problems) > 1 else problems[0])
     return df
 
 
