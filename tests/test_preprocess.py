@@ -274,6 +274,7 @@ def test_skull_strip_dice_against_truth(synth, stripped, method):
 def test_deepbet_not_below_robex_on_any_visit(synth, stripped):
     for (v, _, _), db, rb in zip(synth, stripped("deepbet"), stripped("robex")):
         d_db, d_rb = _dice(db, v.brain_mask), _dice(rb, v.brain_mask)
+        print(f"{v.session}: brain-mask Dice deepbet {d_db:.4f}, ROBEX {d_rb:.4f}")
         assert d_db >= d_rb - 0.01, f"{v.session}: deepbet Dice {d_db:.3f} < ROBEX {d_rb:.3f} - 0.01"
 
 
