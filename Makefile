@@ -11,10 +11,13 @@ CORES  ?= 2
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 
-# One lock file pins everything; the project itself installs without resolving.
+# One lock file pins everything, every transitive dependency included, so nothing is
+# resolved: --no-deps installs exactly the lock. That is also how the lock leaves out
+# deepbet's GUI dependency (customtkinter), which the library call never imports
+# (`pip check` names only that one).
 $(VENV)/.installed: requirements.lock pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements.lock
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 

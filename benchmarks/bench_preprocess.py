@@ -5,12 +5,15 @@ template, 220 x 220 x 156 mm field of view at 1 x 1 x 3 mm), then runs every ste
 :func:`t2lesion.preprocess.preprocess_visit` on its baseline and first follow-up exactly
 as the rules do (same path-level functions, ``threads`` ITK threads), and reports CPU
 seconds (user + system of this process and its children, so ROBEX is included) per step
-and in total, plus the follow-up variant that reuses the baseline's brain mask. It also
+and in total, plus the follow-up variant that reuses the baseline's brain mask. It does so
+for the chosen skull stripper and, on the same visits in the same run, for a second one
+(``--compare``, default ROBEX), and prints the ratio of their skull-stripping CPU time
+and each one's brain-mask Dice against the generator's truth. It also
 compares the default N4 setting (shrink 4, 4 x 50 iterations) with a heavier one in the
 same run: CPU seconds, their ratio, and the residual bias left by each (CV of the block
 means of corrected/clean in large WM blocks).
 
-    .venv/bin/python benchmarks/bench_preprocess.py [--threads 1] [--skull-strip robex]
+    .venv/bin/python benchmarks/bench_preprocess.py [--threads 1] [--skull-strip deepbet] [--compare robex]
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from t2lesion.preprocess import cpu_seconds, n4_image, preprocess_visit, set_threads
+from t2lesion.preprocess import METHODS, cpu_seconds, n4_image, preprocess_visit, set_threads
 from t2lesion.preprocess.n4 import residual_bias_cv
 
 MODS = ("T1w", "T2w", "FLAIR")
@@ -53,7 +56,8 @@ def startup_cpu() -> dict[str, float]:
     base = _fresh_cpu("import t2lesion.logs, t2lesion.preprocess")
     grid = _fresh_cpu("import t2lesion.logs, t2lesion.preprocess as p; p.target_grid()")
     qc = _fresh_cpu("import t2lesion.logs, t2lesion.plots.qc")
-    return {"base": base, "template": grid - base, "qc": qc - base}
+    deepbet = _fresh_cpu("import t2lesion.logs, t2lesion.preprocess, deepbet.bet")
+    return {"base": base, "template": grid - base, "qc": qc - base, "deepbet": deepbet - base}
 
 
 def pure_wm(visit) -> np.ndarray:
@@ -66,7 +70,9 @@ def pure_wm(visit) -> np.ndarray:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1, help="ITK threads per step (config preprocess.threads)")
-    ap.add_argument("--skull-strip", default="robex", choices=["robex", "template"])
+    ap.add_argument("--skull-strip", default="deepbet", choices=sorted(METHODS))
+    ap.add_argument("--compare", default="robex", choices=sorted(METHODS) + ["none"],
+                    help="a second skull stripper run on the same visits (none: skip)")
     ap.add_argument("--subject", type=int, default=0)
     ap.add_argument("--heavy-shrink", type=int, default=2)
     ap.add_argument("--heavy-iterations", type=int, nargs="+", default=[100, 100, 100, 100])
@@ -79,8 +85,10 @@ def main(argv=None) -> int:
     params = SynthParams.from_dict({"seed": 7, "subjects_per_arm": 4, "weeks": [0, 24, 48]})
     t0 = time.time()
     visits = simulate_subject_visits(params, args.subject, [0, 1])
+    methods = [args.skull_strip] + ([args.compare] if args.compare not in ("none", args.skull_strip) else [])
     print(f"# host: {platform.node()}  cpus: {os.cpu_count()}  threads per step: {args.threads}  "
-          f"skull strip: {args.skull_strip}")
+          f"skull strip: {', '.join(methods)}  date: {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC  "
+          f"load average: {os.getloadavg()[0]:.1f}")
     print(f"# demo visit: native grid {visits[0].images['T1w'].shape[::-1]} (x, y, z) voxels "
           f"at {visits[0].spacing} mm; synthesis {time.time() - t0:.0f} s wall (not counted)")
 
@@ -98,52 +106,82 @@ def main(argv=None) -> int:
         sitk.WriteImage(v.to_image(v.lesion_mask), str(p["gt"]))
         files.append((prefix, p))
 
-    rows = {}
-    walls = {}
-    dice = {}
-    baseline = None
-    for label, (prefix, p), fu_mask in [("baseline", files[0], "own"), ("follow-up", files[1], "own"),
-                                        ("follow-up, baseline mask", files[1], "baseline")]:
-        w0 = time.time()
-        outs, times = preprocess_visit(
-            p["T1w"], p["T2w"], p["FLAIR"], root / label.replace(" ", "").replace(",", "_"), prefix,
-            gt_mask=p["gt"], baseline=baseline, skull_strip_method=args.skull_strip, followup_mask=fu_mask,
-            threads=args.threads,
-        )
-        walls[label] = time.time() - w0
-        baseline = baseline or outs
-        rows[label] = times
-        v = visits[0 if label == "baseline" else 1]
-        if fu_mask == "own":
-            est = sitk.GetArrayFromImage(sitk.ReadImage(str(outs["native_mask"]))) > 0
-            dice[label] = 2 * np.count_nonzero(est & (v.brain_mask > 0)) / (est.sum() + (v.brain_mask > 0).sum())
+    if "deepbet" in methods:
+        import deepbet.bet  # noqa: F401  (torch's import is counted with the rule start-up below)
 
-    print("\n## CPU seconds per step and visit (in-process; ROBEX subprocess included)\n")
-    print("| step | " + " | ".join(rows) + " |")
-    print("|---|" + "---:|" * len(rows))
-    for s in STEPS:
-        print(f"| {s} | " + " | ".join(f"{rows[r].get(s, 0.0):.1f}" for r in rows) + " |")
-    print("| wall s | " + " | ".join(f"{walls[r]:.0f}" for r in rows) + " |")
-    print("| brain-mask Dice vs truth | " + " | ".join(f"{dice[r]:.3f}" if r in dice else "-" for r in rows) + " |")
     start = startup_cpu()
     # rule jobs per visit: n4 x3, coregister x2, skull_strip, register, resample, resample_gt,
     # normalise x3, qc; the template is loaded by resample and register_mni (baseline).
-    jobs = {"baseline": (13, 2), "follow-up": (13, 1), "follow-up, baseline mask": (12, 1)}
-    overhead = {k: n * start["base"] + t * start["template"] + start["qc"] for k, (n, t) in jobs.items()}
-    print(f"\nStart-up per rule job (fresh Python): {start['base']:.2f} CPU-s; + {start['template']:.2f} "
-          f"to load the template (resample, register_mni); + {start['qc']:.2f} for matplotlib (qc).")
-    print("Start-up per visit when every step is its own job: "
-          + ", ".join(f"{k} {v:.1f}" for k, v in overhead.items()) + " CPU-s")
+    jobs = {"baseline": (13, 2, 1), "follow-up": (13, 1, 1), "follow-up, baseline mask": (12, 1, 0)}
     n_fu = len(params.weeks) - 1
-    print("\n| per visit, CPU-s | in-process | with rule start-up |")
-    print("|---|---:|---:|")
-    for r in rows:
-        print(f"| {r} | {rows[r]['total']:.1f} | {rows[r]['total'] + overhead[r]:.1f} |")
-    for mode, fu in [("own", "follow-up"), ("baseline", "follow-up, baseline mask")]:
-        mean = (rows["baseline"]["total"] + n_fu * rows[fu]["total"]) / (1 + n_fu)
-        mean_o = (rows["baseline"]["total"] + overhead["baseline"]
-                  + n_fu * (rows[fu]["total"] + overhead[fu])) / (1 + n_fu)
-        print(f"| mean over a {1 + n_fu}-visit subject, follow-ups with {mode} mask | {mean:.1f} | {mean_o:.1f} |")
+    summary = {}
+    for method in methods:
+        rows, walls, dice = {}, {}, {}
+        baseline = None
+        for label, (prefix, p), fu_mask in [("baseline", files[0], "own"), ("follow-up", files[1], "own"),
+                                            ("follow-up, baseline mask", files[1], "baseline")]:
+            w0 = time.time()
+            outs, times = preprocess_visit(
+                p["T1w"], p["T2w"], p["FLAIR"], root / method / label.replace(" ", "").replace(",", "_"), prefix,
+                gt_mask=p["gt"], baseline=baseline, skull_strip_method=method, followup_mask=fu_mask,
+                threads=args.threads,
+            )
+            walls[label] = time.time() - w0
+            baseline = baseline or outs
+            rows[label] = times
+            v = visits[0 if label == "baseline" else 1]
+            if fu_mask == "own":
+                est = sitk.GetArrayFromImage(sitk.ReadImage(str(outs["native_mask"]))) > 0
+                dice[label] = 2 * np.count_nonzero(est & (v.brain_mask > 0)) / (est.sum() + (v.brain_mask > 0).sum())
+
+        print(f"\n## {method}: CPU seconds per step and visit (in-process; ROBEX subprocess included)\n")
+        print("| step | " + " | ".join(rows) + " |")
+        print("|---|" + "---:|" * len(rows))
+        for s in STEPS:
+            print(f"| {s} | " + " | ".join(f"{rows[r].get(s, 0.0):.1f}" for r in rows) + " |")
+        print("| wall s | " + " | ".join(f"{walls[r]:.0f}" for r in rows) + " |")
+        print("| brain-mask Dice vs truth | " + " | ".join(f"{dice[r]:.3f}" if r in dice else "-" for r in rows) + " |")
+        extra = start["deepbet"] if method == "deepbet" else 0.0
+        overhead = {k: n * start["base"] + t * start["template"] + start["qc"] + ss * extra
+                    for k, (n, t, ss) in jobs.items()}
+        print("\nStart-up per visit when every step is its own job: "
+              + ", ".join(f"{k} {v:.1f}" for k, v in overhead.items()) + " CPU-s")
+        print("\n| per visit, CPU-s | in-process | with rule start-up |")
+        print("|---|---:|---:|")
+        for r in rows:
+            print(f"| {r} | {rows[r]['total']:.1f} | {rows[r]['total'] + overhead[r]:.1f} |")
+        means = {}
+        for nf in sorted({1, n_fu}):
+            for mode, fu in [("own", "follow-up"), ("baseline", "follow-up, baseline mask")]:
+                mean = (rows["baseline"]["total"] + nf * rows[fu]["total"]) / (1 + nf)
+                mean_o = (rows["baseline"]["total"] + overhead["baseline"]
+                          + nf * (rows[fu]["total"] + overhead[fu])) / (1 + nf)
+                means[nf, mode] = mean_o
+                print(f"| mean over a {1 + nf}-visit subject, follow-ups with {mode} mask | {mean:.1f} | {mean_o:.1f} |")
+        summary[method] = {"rows": rows, "dice": dice, "means": means, "startup": extra}
+
+    print(f"\nStart-up per rule job (fresh Python): {start['base']:.2f} CPU-s; + {start['template']:.2f} "
+          f"to load the template (resample, register_mni); + {start['qc']:.2f} for matplotlib (qc); "
+          f"+ {start['deepbet']:.2f} to import torch and deepbet (skull_strip with deepbet).")
+    if len(methods) == 2:
+        a, b = methods
+        print(f"\n## Skull stripping: {a} vs {b}, same visits, same run\n")
+        print(f"| visit | {a} CPU-s | {b} CPU-s | ratio {a}/{b} | {a} Dice | {b} Dice |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for label in ("baseline", "follow-up"):
+            ca = summary[a]["rows"][label]["skull_strip"]
+            cb = summary[b]["rows"][label]["skull_strip"]
+            print(f"| {label} | {ca:.1f} | {cb:.1f} | {ca / cb:.3f} | {summary[a]['dice'][label]:.3f} "
+                  f"| {summary[b]['dice'][label]:.3f} |")
+        for label in ("baseline", "follow-up"):
+            ca = summary[a]["rows"][label]["skull_strip"] + summary[a]["startup"]
+            cb = summary[b]["rows"][label]["skull_strip"] + summary[b]["startup"]
+            print(f"| {label}, as a rule job (+ import start-up) | {ca:.1f} | {cb:.1f} | {ca / cb:.3f} | | |")
+        print(f"\n| mean preprocessing CPU-s per visit (rule start-up included) | {a} | {b} |")
+        print("|---|---:|---:|")
+        for (nf, mode) in summary[a]["means"]:
+            print(f"| {1 + nf}-visit subjects, follow-ups with {mode} mask | {summary[a]['means'][nf, mode]:.1f} "
+                  f"| {summary[b]['means'][nf, mode]:.1f} |")
 
     # --- N4: default vs heavier, same image, same run
     v = visits[0]

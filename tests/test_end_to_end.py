@@ -1,5 +1,5 @@
 """End to end on a tiny synthetic trial: BIDS generation to endpoint tables, through real
-preprocessing (N4, rigid registrations, template skull stripping), the classical
+preprocessing (N4, rigid registrations, deepbet skull stripping), the classical
 segmenter, lesion metrics and the statistics rules."""
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ def tiny_run(tmp_path_factory):
                 },
             }
         },
-        # ROBEX costs about a minute per visit; its accuracy is tested in test_preprocess.
-        "preprocess": {"skull_strip": "template"},
+        # No preprocess override: the default extractor (deepbet, ~5 CPU-s per visit) runs
+        # end to end; ROBEX (about a minute per visit) is tested in test_preprocess.
     }
     # a few minutes on two idle cores; generous for a loaded CI machine
     res = snakemake(work, "--cores", "2", config=config, timeout=2400)

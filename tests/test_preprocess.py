@@ -1,9 +1,10 @@
 """Preprocessing (SPEC §2, issue 3) checked against the synthetic trial's known truth.
 
 One tiny synthetic subject (2 visits, 1 x 1 x 3 mm native, random pose, bias, noise) is
-preprocessed once per module with the ``template`` skull stripper; ROBEX runs once (slow
-marker). The checks: follow-up alignment error vs the true pose, lesion centroids across
-visits, brain-mask Dice, N4 residual bias, GT lesion volume, outputs and their grid,
+preprocessed once per module with the ``template`` skull stripper; every extractor's brain
+mask is then scored on both visits (deepbet, the default, runs offline; ROBEX: slow marker).
+The checks: follow-up alignment error vs the true pose, lesion centroids across
+visits, brain-mask Dice per extractor, N4 residual bias, GT lesion volume, outputs and their grid,
 normalisation, QC figure, thread settings and input errors naming the file.
 """
 
@@ -20,6 +21,7 @@ import SimpleITK as sitk
 from t2lesion.errors import InputError
 from t2lesion.plots.qc import qc_png
 from t2lesion.preprocess import (
+    METHODS,
     compose,
     coregister_to_t1w,
     n4,
@@ -231,19 +233,126 @@ def test_rotation_search_recovers_large_pose(tmp_path):
 
 
 # ----------------------------------------------------------------------------- skull stripping
-def test_template_skull_strip_dice(synth, processed):
-    for (v, _, _), (outs, _) in zip(synth, processed):
-        d = _dice(_arr(outs["native_mask"]), v.brain_mask)
-        assert d >= 0.93, f"{v.session}: template brain-mask Dice {d:.3f}"
+#: Minimum brain-mask Dice against the generator's truth, per extractor and visit.
+MIN_BRAIN_DICE = {"deepbet": 0.97, "robex": 0.93, "template": 0.93}
+
+
+@pytest.fixture(scope="module")
+def stripped(synth, processed, tmp_path_factory):
+    """Brain masks of both visits' N4 T1w by each extractor, made once (lazily) per module."""
+    out_dir = tmp_path_factory.mktemp("stripped")
+    cache: dict[str, list[np.ndarray]] = {}
+
+    def get(method: str) -> list[np.ndarray]:
+        if method not in cache:
+            masks = []
+            for (v, _, _), (outs, _) in zip(synth, processed):
+                if method == "template":  # the processed fixture's own masks
+                    masks.append(_arr(outs["native_mask"]))
+                    continue
+                out = out_dir / f"{method}_{v.session}.nii.gz"
+                skull_strip(outs["n4_T1w"], out, method=method, threads=THREADS)
+                masks.append(_arr(out))
+            cache[method] = masks
+        return cache[method]
+
+    return get
+
+
+@pytest.mark.parametrize(
+    "method", [pytest.param(m, marks=pytest.mark.slow) if m == "robex" else m for m in METHODS]
+)
+def test_skull_strip_dice_against_truth(synth, stripped, method):
+    """Every extractor, every visit, against the synthetic generator's true brain mask."""
+    assert set(METHODS) == set(MIN_BRAIN_DICE)
+    for (v, _, _), mask in zip(synth, stripped(method)):
+        d = _dice(mask, v.brain_mask)
+        assert d >= MIN_BRAIN_DICE[method], f"{v.session}: {method} brain-mask Dice {d:.3f}"
 
 
 @pytest.mark.slow
-def test_robex_skull_strip_dice(synth, processed, tmp_path):
-    v = synth[0][0]
-    out = tmp_path / "robex_mask.nii.gz"
-    skull_strip(processed[0][0]["n4_T1w"], out, method="robex", threads=THREADS)
-    d = _dice(_arr(out), v.brain_mask)
-    assert d >= 0.93, f"ROBEX brain-mask Dice {d:.3f}"
+def test_deepbet_not_below_robex_on_any_visit(synth, stripped):
+    for (v, _, _), db, rb in zip(synth, stripped("deepbet"), stripped("robex")):
+        d_db, d_rb = _dice(db, v.brain_mask), _dice(rb, v.brain_mask)
+        print(f"{v.session}: brain-mask Dice deepbet {d_db:.4f}, ROBEX {d_rb:.4f}")
+        assert d_db >= d_rb - 0.01, f"{v.session}: deepbet Dice {d_db:.3f} < ROBEX {d_rb:.3f} - 0.01"
+
+
+def test_deepbet_runs_offline_and_deterministically(processed, stripped, monkeypatch, tmp_path):
+    """No network: every socket connection fails; the weights come from the installed wheel.
+    The same image gives the same mask (here at another thread count, too)."""
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise OSError("network access attempted during skull stripping")
+
+    for name in ("connect", "connect_ex", "sendto"):
+        monkeypatch.setattr(socket.socket, name, no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    out = tmp_path / "mask.nii.gz"
+    skull_strip(processed[0][0]["n4_T1w"], out, method="deepbet", threads=1)
+    np.testing.assert_array_equal(_arr(out), stripped("deepbet")[0])
+
+
+def test_deepbet_weights_ship_inside_the_package():
+    import deepbet
+
+    paths = ss.deepbet_weights()
+    assert sorted(p.name for p in paths.values()) == ["bbox_model.pt", "model.pt"]
+    site = Path(deepbet.__file__).resolve().parents[1]
+    for p in paths.values():
+        assert p.is_file() and p.stat().st_size > 1_000_000 and site in p.resolve().parents
+
+
+def test_missing_deepbet_weight_file_is_named(processed, monkeypatch, tmp_path):
+    import deepbet.utils
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "model.pt").write_bytes(b"")
+    monkeypatch.setattr(deepbet.utils, "DATA_PATH", str(tmp_path))
+    out = tmp_path / "mask.nii.gz"
+    with pytest.raises(RuntimeError, match=r"skull stripping \(deepbet\) failed: deepbet weight file\(s\) missing: "
+                       + str(tmp_path / "models" / "bbox_model.pt").replace(".", r"\.")):
+        skull_strip(processed[0][0]["n4_T1w"], out, method="deepbet")
+    assert not out.exists()
+
+
+def test_deepbet_uses_the_rule_threads_on_cpu(monkeypatch):
+    """torch runs with the rule's thread count and deterministic algorithms, on the CPU,
+    and the caller's torch settings come back afterwards."""
+    import torch
+    from deepbet.bet import BrainExtraction
+
+    seen = {}
+
+    def fake_run_model(self, x, *args, **kwargs):
+        seen.update(threads=torch.get_num_threads(), det=torch.are_deterministic_algorithms_enabled(),
+                    device=next(self.model.parameters()).device.type)
+        self.bbox = (slice(None),) * 3
+        return (x > 0).astype(np.float32)
+
+    monkeypatch.setattr(BrainExtraction, "run_model", fake_run_model)
+    before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    arr = np.zeros((8, 32, 32), np.float32)
+    arr[2:6, 8:24, 8:20] = 500
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing((1.0, 1.0, 3.0))
+    img.SetDirection((0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0))  # not axis-aligned to RAS
+    want = 3 if before[0] != 3 else 2
+    mask = ss._strip_deepbet(img, threads=want)
+    assert seen == {"threads": want, "det": True, "device": "cpu"}
+    assert (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()) == before
+    # the mask comes back on the image's own voxel grid, whatever its orientation
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(mask), arr > 0)
+    assert mask.GetDirection() == img.GetDirection() and mask.GetSpacing() == img.GetSpacing()
+
+
+def test_deepbet_without_a_head_is_an_input_error(tmp_path):
+    src = tmp_path / "sub-9_T1w.nii.gz"
+    sitk.WriteImage(sitk.Image([32, 32, 8], sitk.sitkInt16), str(src))
+    with pytest.raises(InputError, match=r"sub-9_T1w\.nii\.gz: skull stripping \(deepbet\) failed"):
+        skull_strip(src, tmp_path / "m.nii.gz", method="deepbet")
 
 
 def test_rescale_for_robex_is_scanner_like():
@@ -274,15 +383,16 @@ def test_robex_gets_the_thread_count(monkeypatch, tmp_path):
     assert seen["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] == "1"
 
 
-def test_implausible_brain_volume_fails_loudly(monkeypatch, tmp_path):
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_implausible_brain_volume_fails_loudly(monkeypatch, tmp_path, method):
     img = sitk.GetImageFromArray(np.full((10, 20, 20), 500, np.int16))
     img.SetSpacing((1.0, 1.0, 3.0))
     src = tmp_path / "sub-1_T1w.nii.gz"
     sitk.WriteImage(img, str(src))
     # a 12 mL "brain": the whole tiny image
-    monkeypatch.setitem(ss.METHODS, "template", lambda t1w, threads: sitk.Cast(t1w > 0, sitk.sitkUInt8))
+    monkeypatch.setitem(ss.METHODS, method, lambda t1w, threads: sitk.Cast(t1w > 0, sitk.sitkUInt8))
     with pytest.raises(InputError, match=r"sub-1_T1w\.nii\.gz.*implausible brain volume of 12 mL"):
-        skull_strip(src, tmp_path / "mask.nii.gz", method="template")
+        skull_strip(src, tmp_path / "mask.nii.gz", method=method)
     assert not (tmp_path / "mask.nii.gz").exists()
     with pytest.raises(InputError, match="unknown skull-strip method"):
         skull_strip(src, tmp_path / "mask.nii.gz", method="bet")

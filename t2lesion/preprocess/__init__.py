@@ -23,7 +23,8 @@ Skull stripping runs on the N4-corrected native T1w *before* the registrations s
 they can be brain to brain (the shipped MNI template is skull-stripped; SPEC §2). Every
 native image is interpolated once, through the composed rigid transforms, into the
 MNI-aligned 1 x 1 x 3 mm axial grid. Every function takes ``threads`` and passes it to ITK
-(and to the ROBEX subprocess), so Snakemake's ``threads:`` is what the job uses.
+(to torch for deepbet, and to the ROBEX subprocess), so Snakemake's ``threads:`` is what the
+job uses.
 :func:`preprocess_visit` chains the steps for tests and benchmarks.
 """
 

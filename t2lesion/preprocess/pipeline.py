@@ -64,7 +64,7 @@ def preprocess_visit(
     prefix: str,
     gt_mask: str | Path | None = None,
     baseline: dict[str, Path] | None = None,
-    skull_strip_method: str = "robex",
+    skull_strip_method: str = "deepbet",
     followup_mask: str = "own",
     threads: int = 1,
     n4_shrink=N4_SHRINK,

