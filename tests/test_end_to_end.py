@@ -120,7 +120,6 @@ def nogt_run(tiny_run, tmp_path_factory):
         f.rename(f.with_name(f.name.replace("ses-bl_", "ses-bl_run-1_")))
     config = {
         "trials": {"nogt": {"role": "test", "bids": str(bids), "control_arm": "PLA", "treatment_arms": ["OCR"]}},
-        "preprocess": {"skull_strip": "template"},
     }
     res = snakemake(work, "--cores", "2", config=config, timeout=2400)
     assert res.returncode == 0, res.stdout[-5000:] + res.stderr[-5000:]
