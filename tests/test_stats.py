@@ -785,3 +785,16 @@ def test_participants_with_bom_crlf_and_blanks_read_as_validation_reads_them(tmp
     p = read_participants(path, ["PLA", "OCR"])
     assert p["participant_id"].tolist() == ["sub-001", "sub-002"]
     assert p["sex"].tolist() == ["M", "F"] and p["region"].isna().tolist() == [True, False]
+
+
+def test_ph_test_with_one_distinct_event_time_is_nan_with_a_note_not_a_crash():
+    """R's cox.zph stops ("computationally singular") when all events share one time:
+    g(t) minus its mean is 0. Here that term's test is NaN and the row says why."""
+    from t2lesion.stats.survival import cox_zph_km
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(12, 2))
+    time = np.r_[np.full(3, 10.0), rng.uniform(20, 40, 9)]
+    event = np.r_[np.ones(3, int), np.zeros(9, int)]
+    chi2, glob = cox_zph_km(X, time, event, np.array([0.1, -0.2]))
+    assert np.isnan(chi2).all() and np.isnan(glob)

@@ -172,11 +172,20 @@ def cox_zph_km(X: np.ndarray, time: np.ndarray, event: np.ndarray, beta: np.ndar
     chi2 = np.zeros(p)
     for j in range(p):
         imat = np.block([[I11, I12[:, [j]]], [I12[[j], :], I22[[j]][:, [j]]]])
-        uu = np.r_[np.zeros(p), U[j]]
-        chi2[j] = float(uu @ np.linalg.solve(imat, uu))
+        chi2[j] = _score_chi2(np.r_[np.zeros(p), U[j]], imat)
     full = np.block([[I11, I12], [I12.T, I22]])
-    uu = np.r_[np.zeros(p), U]
-    return chi2, float(uu @ np.linalg.solve(full, uu))
+    return chi2, _score_chi2(np.r_[np.zeros(p), U], full)
+
+
+def _score_chi2(u: np.ndarray, imat: np.ndarray) -> float:
+    """u' I^-1 u, or NaN where the information is singular (R's cox.zph stops there with
+    "system is computationally singular": e.g. one distinct event time leaves g(t) - mean 0)."""
+    if np.linalg.cond(imat) > 1.0 / np.finfo(float).eps:  # R's solve(): reciprocal condition < eps
+        return np.nan
+    try:
+        return float(u @ np.linalg.solve(imat, u))
+    except np.linalg.LinAlgError:
+        return np.nan
 
 
 def _one_level(X: pd.DataFrame, info: dict, arms: list[str]) -> str | None:
@@ -337,6 +346,9 @@ def cox_models(
                     conc, _ = concordance_harrell(time_, event_, X.to_numpy(float) @ beta)
                     ph, ph_glob = (cox_zph_km(X.to_numpy(float), time_, event_, beta) if ph_test and status == OK
                                    else (np.full(len(beta), np.nan), np.nan))
+                if ph_test and status == OK and not np.all(np.isfinite([*ph, ph_glob])):
+                    note = "; ".join(x for x in (note, "PH test not computable: singular information "
+                                                       "(too few distinct event times)") if x)
                 k = len(beta)
                 for j, (term, r) in enumerate(s.iterrows()):
                     label, coding = info[term]
