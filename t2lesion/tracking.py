@@ -267,3 +267,158 @@ def run_tracking(mask_paths: Sequence, sessions: Sequence[str], out_lesions_tsv,
     log.info("%s: %d follow-up(s) against the %s visit: %d new, %d enlarging lesions", participant_id, len(fu),
              reference, int(fu["n_new"].sum()) if len(fu) else 0, int(fu["n_enlarging"].sum()) if len(fu) else 0)
     return visits
+
+
+# --------------------------------------------------------------------------- agreement with GT
+
+AGREEMENT_COLUMNS = [
+    "source", "quantity", "n_visits", "n_visits_equal", "mean_gt", "mean_source", "mean_difference", "r",
+    "ci_low", "ci_high", "p", "n_gt_new_lesions", "n_detected", "detection_rate", "n_detected_as_new",
+    "detection_rate_as_new", "new_overlap", "confidence", "note",
+]
+
+
+def detect_new_lesions(gt_qc, source_qc, new_overlap: float = OVERLAP,
+                       connectivity: int = CONNECTIVITY) -> tuple[int, int, int]:
+    """GT new lesions (label 1 of a GT QC map) that a source's QC map finds, at one visit.
+
+    A GT new lesion is *detected* when it matches (the metrics' rule: > 0 and ≥
+    ``new_overlap`` of its voxels) the source's new or enlarging lesions (labels 1, 2),
+    and *detected as new* when it matches the source's new lesions (label 1).
+    Returns ``(n_gt_new, n_detected, n_detected_as_new)``.
+    """
+    g = _as_mask(np.asarray(gt_qc) == QC_LABELS["new"], "gt_qc")
+    s = np.asarray(source_qc)
+    les = _label(g, connectivity, 1)  # each new lesion is a whole connected follow-up lesion
+    n = les.sizes.size
+    if not n:
+        return 0, 0, 0
+    found = []
+    for hit in ((s[g] == 1) | (s[g] == 2), s[g] == 1):
+        # les.idx enumerates g's voxels in C order, like s[g]
+        cov = np.bincount(les.lab[hit], minlength=n + 1)[1:]
+        found.append(int(_matches(cov / les.sizes, new_overlap).sum()))
+    return n, found[0], found[1]
+
+
+def agreement_table(visits: pd.DataFrame, detections: pd.DataFrame | None = None, *,
+                    new_overlap: float = OVERLAP, confidence: float = 0.95) -> pd.DataFrame:
+    """Per source, per-visit new (and new-or-enlarging) counts against GT's (Table 2's longitudinal twin).
+
+    ``visits``: tracking visit rows of every source (``source`` column, ``gt`` among
+    them); ``detections``: per source × follow-up visit ``n_gt_new, n_detected,
+    n_detected_as_new`` (:func:`detect_new_lesions`). Follow-up visits present for
+    GT and the source are compared: Pearson r with a Fisher-z CI, mean counts, visits
+    with equal counts; detection rate = detected GT new lesions / GT new lesions.
+    """
+    from t2lesion.metrics import pearson_ci
+
+    fu = visits[visits["reference_session"].fillna("") != ""]
+    gt = fu[fu["source"] == "gt"]
+    rows = []
+    for src in dict.fromkeys(fu["source"]):
+        if src == "gt":
+            continue
+        m = gt.merge(fu[fu["source"] == src], on=["participant_id", "session"], suffixes=("_gt", "_src"))
+        det = None
+        if detections is not None and len(detections):
+            det = detections[detections["source"] == src].sum(numeric_only=True)
+        for q in ("n_new", "n_new_or_enlarging"):
+            a, b = m[f"{q}_gt"].to_numpy(float), m[f"{q}_src"].to_numpy(float)
+            row = {"source": src, "quantity": q, "n_visits": len(m), "n_visits_equal": int((a == b).sum()),
+                   "mean_gt": a.mean() if len(m) else math.nan, "mean_source": b.mean() if len(m) else math.nan,
+                   "mean_difference": (b - a).mean() if len(m) else math.nan, "new_overlap": new_overlap,
+                   "confidence": confidence, "note": ""}
+            pc = pearson_ci(a, b, confidence)
+            row.update(r=pc["r"], ci_low=pc["ci_low"], ci_high=pc["ci_high"], p=pc["p"])
+            if len(m) and math.isnan(pc["r"]):
+                row["note"] = "r undefined: fewer than 3 visits or a constant count"
+            if det is not None and q == "n_new":
+                n_gt = int(det.get("n_gt_new", 0))
+                row.update(n_gt_new_lesions=n_gt, n_detected=int(det.get("n_detected", 0)),
+                           n_detected_as_new=int(det.get("n_detected_as_new", 0)),
+                           detection_rate=det.get("n_detected", 0) / n_gt if n_gt else math.nan,
+                           detection_rate_as_new=det.get("n_detected_as_new", 0) / n_gt if n_gt else math.nan)
+            rows.append(row)
+    return pd.DataFrame(rows).reindex(columns=AGREEMENT_COLUMNS)
+
+
+def run_agreement(visit_tsvs_by_source, qc_dirs_by_source, out_tsv, *, new_overlap: float = OVERLAP,
+                  connectivity: int = CONNECTIVITY, confidence: float = 0.95) -> pd.DataFrame:
+    """Path-level entry point (rule ``new_lesion_agreement``): :func:`agreement_table` from the tracking outputs."""
+    frames = []
+    for src, paths in visit_tsvs_by_source.items():
+        for p in paths:
+            frames.append(pd.read_csv(p, sep="\t", na_values=["n/a"], keep_default_na=False,
+                                      dtype={"participant_id": str, "session": str, "reference_session": str})
+                          .assign(source=src))
+    visits = pd.concat(frames, ignore_index=True)
+    visits["reference_session"] = visits["reference_session"].fillna("")
+    if "gt" not in visit_tsvs_by_source:
+        raise InputError("new-lesion agreement needs the 'gt' source (GT lesion masks)")
+    folder = {(src, Path(d).parent.name): Path(d) for src, dirs in qc_dirs_by_source.items() for d in dirs}
+    det = []
+    fu = visits[visits["reference_session"] != ""]
+    gt_keys = set(zip(fu.loc[fu["source"] == "gt", "participant_id"], fu.loc[fu["source"] == "gt", "session"]))
+    for r in fu[fu["source"] != "gt"].itertuples():
+        if (r.participant_id, r.session) not in gt_keys:
+            continue
+        name = qc_name(r.participant_id, r.session)
+        g, _ = io.read_array(folder[("gt", r.participant_id)] / name, np.int16)
+        s, _ = io.read_array(folder[(r.source, r.participant_id)] / name, np.int16)
+        if g.shape != s.shape:
+            raise InputError(f"{name}: GT and {r.source} QC maps differ in shape {g.shape} vs {s.shape}")
+        n, d1, d2 = detect_new_lesions(g, s, new_overlap, connectivity)
+        det.append({"source": r.source, "participant_id": r.participant_id, "session": r.session,
+                    "n_gt_new": n, "n_detected": d1, "n_detected_as_new": d2})
+    table = agreement_table(visits, pd.DataFrame(det), new_overlap=new_overlap, confidence=confidence)
+    io.write_tsv(table, out_tsv, na_rep="n/a", float_format="%.15g")
+    for r in table.itertuples():
+        log.info("%s %s: r %.3f over %d visits, %d equal; detection %s", r.source, r.quantity, r.r, r.n_visits,
+                 r.n_visits_equal, r.detection_rate)
+    return table
+
+
+# --------------------------------------------------------------------------- synthetic truth
+
+
+def _ses(label: str) -> str:
+    return str(label) if str(label).startswith("ses-") else f"ses-{label}"
+
+
+def truth_counts(lesions: pd.DataFrame, sessions_by_subject: dict | None = None, *, reference: str = "previous",
+                 voxel_ml: float = 0.003, min_size: int = MIN_SIZE, enlarge_relative: float = ENLARGE_RELATIVE,
+                 enlarge_voxels: float = ENLARGE_VOXELS) -> pd.DataFrame:
+    """New/enlarging counts per follow-up visit from the synthetic truth (``truth/lesions.tsv``).
+
+    The same rule as the masks', on lesion identities: a lesion (``lesion_id``,
+    ``volume_ml`` >= ``min_size`` voxels of ``voxel_ml``) is **new** when its id is
+    absent (or below ``min_size``) at the reference visit, **enlarging** when the same
+    id grew by ≥ ``enlarge_relative`` and ≥ ``enlarge_voxels`` × ``voxel_ml`` mL. Volumes
+    in mL, since the truth's voxel counts are in the native grid. The generator's
+    own ``status`` (any growth is "enlarging") is not the endpoint's and is not used.
+    Visits of a subject come from ``sessions_by_subject`` (participant_id → sessions)
+    or from the table. Returns participant_id, session, week, reference_session,
+    n_new, n_enlarging, n_new_or_enlarging.
+    """
+    t = lesions.copy()
+    t["session"] = [_ses(s) for s in t["session"]]
+    t = t[t["volume_ml"] >= min_size * voxel_ml * (1 - _TOL)]
+    if sessions_by_subject is None:
+        sessions_by_subject = {p: sorted(set(g["session"]), key=week_from_session)
+                               for p, g in t.groupby("participant_id")}
+    rows = []
+    for pid, sessions in sessions_by_subject.items():
+        sessions = sorted((_ses(s) for s in sessions), key=week_from_session)
+        vol = {s: dict(zip(g["lesion_id"], g["volume_ml"]))
+               for s, g in t[t["participant_id"] == pid].groupby("session")}
+        for k in range(1, len(sessions)):
+            ref = sessions[reference_index(k, reference)]
+            cur, old = vol.get(sessions[k], {}), vol.get(ref, {})
+            new = sum(1 for i in cur if i not in old)
+            enl = sum(1 for i, v in cur.items() if i in old and v >= (1 + enlarge_relative) * old[i] * (1 - _TOL)
+                      and v - old[i] >= (enlarge_voxels * voxel_ml) * (1 - _TOL))
+            rows.append({"participant_id": pid, "session": sessions[k], "week": week_from_session(sessions[k]),
+                         "reference_session": ref, "n_new": new, "n_enlarging": enl, "n_new_or_enlarging": new + enl})
+    return pd.DataFrame(rows, columns=["participant_id", "session", "week", "reference_session", "n_new",
+                                       "n_enlarging", "n_new_or_enlarging"])

@@ -171,3 +171,37 @@ def test_run_tracking_writes_tables_and_qc_maps(tmp_path):
     with pytest.raises(InputError, match="m2.nii.gz"):
         run_tracking([paths[0], bad], ["ses-w000", "ses-w024"], tmp_path / "l.tsv", tmp_path / "v.tsv",
                      tmp_path / "qc", participant_id="sub-7")
+
+
+def test_agreement_counts_and_detection_of_gt_new_lesions(tmp_path):
+    from t2lesion.tracking import agreement_table, detect_new_lesions, truth_counts
+
+    gt0 = box(blank(), 1, 3, 0, 5)
+    gt1 = box(box(gt0.copy(), 10, 12, 0, 3), 20, 22, 0, 3)  # two new lesions
+    pr0 = box(blank(), 1, 3, 0, 5)
+    pr1 = box(pr0.copy(), 10, 12, 1, 4)  # finds one of them, as new
+    _, _, (gq,) = track_subject([gt0, gt1], ["ses-w000", "ses-w024"])
+    _, _, (pq,) = track_subject([pr0, pr1], ["ses-w000", "ses-w024"])
+    assert detect_new_lesions(gq, pq) == (2, 1, 1)
+    rows = []
+    for src, counts in (("gt", [2, 0, 1, 3]), ("baseline", [1, 0, 1, 2])):
+        for i, c in enumerate(counts):
+            rows.append({"source": src, "participant_id": f"sub-{i}", "session": "ses-w024",
+                         "reference_session": "ses-w000", "n_new": c, "n_new_or_enlarging": c + 1})
+    det = pd.DataFrame([{"source": "baseline", "n_gt_new": 6, "n_detected": 4, "n_detected_as_new": 3}])
+    tab = agreement_table(pd.DataFrame(rows), det)
+    row = tab[tab["quantity"] == "n_new"].iloc[0]
+    assert (row["n_visits"], row["n_visits_equal"], row["detection_rate"]) == (4, 2, 4 / 6)
+    assert row["r"] == pytest.approx(np.corrcoef([2, 0, 1, 3], [1, 0, 1, 2])[0, 1])
+    # truth by lesion identity: id 2 appears, id 1 grows by exactly +50 % (and >= 3 voxels), id 3 grows a little
+    truth = pd.DataFrame({
+        "participant_id": "sub-1", "session": ["w000", "w000", "w024", "w024", "w024", "w048", "w048", "w048"],
+        "lesion_id": [1, 3, 1, 2, 3, 1, 2, 3],
+        "volume_ml": [0.030, 0.030, 0.045, 0.009, 0.033, 0.045, 0.018, 0.033],
+    })
+    prev = truth_counts(truth, {"sub-1": ["ses-w000", "ses-w024", "ses-w048"]})
+    assert prev[["n_new", "n_enlarging"]].values.tolist() == [[1, 1], [0, 1]]
+    base = truth_counts(truth, {"sub-1": ["ses-w000", "ses-w024", "ses-w048"]}, reference="baseline")
+    assert base[["n_new", "n_enlarging"]].values.tolist() == [[1, 1], [1, 1]]
+    small = truth.assign(volume_ml=truth["volume_ml"].where(truth["lesion_id"] != 2, 0.003))  # 1 voxel
+    assert truth_counts(small)["n_new"].tolist() == [0, 0]
