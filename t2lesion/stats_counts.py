@@ -371,16 +371,17 @@ def count_endpoint(subjects: pd.DataFrame, control_arm: str, arms: Sequence[str]
         X = X.drop(columns=dropped)
         note = (f"covariate(s) {', '.join(dropped)} with one level among the analysed subjects: dropped"
                 if dropped else "")
-        if len(X) <= X.shape[1] + 1:
+        fits = []
+        if len(X) <= X.shape[1] + 1:  # the rank-sum test below still runs
             reason = f"too few subjects: n={len(X)} for {X.shape[1] + 1} parameters (with theta)"
-            for model in ("negative_binomial", "poisson", "wilcoxon"):
+            for model in ("negative_binomial", "poisson"):
                 rows.append({**base, "model": model, "term": "", "status": SKIPPED, "note": reason})
-            continue
-        y = d["count"].to_numpy(float)
-        off = np.log(d["n_scans"].to_numpy(float))
-        nb = fit_negbin(y, X.to_numpy(), off)
-        po = fit_poisson(y, X.to_numpy(), off)
-        for model, fit in (("negative_binomial", nb), ("poisson", po)):
+        else:
+            y = d["count"].to_numpy(float)
+            off = np.log(d["n_scans"].to_numpy(float))
+            fits = [("negative_binomial", fit_negbin(y, X.to_numpy(), off)),
+                    ("poisson", fit_poisson(y, X.to_numpy(), off))]
+        for model, fit in fits:
             status, mnote = OK, note
             if not fit["converged"]:
                 status, mnote = WARNING, "; ".join(filter(None, [note, "IRLS did not converge"]))

@@ -5,15 +5,21 @@ MNI), so a follow-up mask is compared voxel by voxel with a *reference* visit's 
 of the same source: the previous visit (``lesions.reference: previous``, default)
 or the baseline (``baseline``, the subject's first visit given).
 
-Lesions are labelled exactly as the lesion metrics label them
+Follow-up lesions are labelled exactly as the lesion metrics label them
 (:func:`t2lesion.metrics._label`: ``connectivity`` 18, components of fewer than
-``min_size`` = 3 voxels dropped, SPEC §8), in the reference and in the follow-up;
-the rules below use these *cleaned* masks on both sides, as the metrics do.
+``min_size`` = 3 voxels dropped, SPEC §8): only they are classified and counted.
+The reference side is the reference visit's lesion **mask** as it is: its
+components of every size (``reference_min_size`` = 1, interpretation). A lesion
+that shrank below 3 voxels at the reference visit still existed there; with the
+3-voxel minimum on the reference side too, such a lesion growing back past 3
+voxels would count as new. On the synthetic trial that flicker of lesions of 2-4
+voxels around the minimum, after resampling to MNI, was the largest disagreement
+with the truth (whose rule is "new = identity absent at the reference visit").
 
 Classification of each follow-up lesion L (|·| = voxels)
 ---------------------------------------------------------
 
-* covered fraction f(L) = |L ∩ reference lesions| / |L|.
+* covered fraction f(L) = |L ∩ reference mask| / |L|.
 * **new** when L does not *match* at ``new_overlap`` (default 0.10, the metrics'
   detection rule: a match needs f > 0 and f ≥ threshold), i.e. fewer than 10 % of
   its voxels lie in the reference visit's lesion mask (with ``new_overlap`` 0: no
@@ -55,8 +61,9 @@ Outputs (:func:`run_tracking`, one subject and source)
     visits table   one row per visit: the baseline (or first) visit with its lesion
                    count only, and each follow-up with n_lesions, n_new, n_enlarging,
                    n_new_or_enlarging, n_stable, n_shrinking, new_volume_ml,
-                   enlarging_volume_ml, n_reference_lesions, n_resolved (reference
-                   lesions that no follow-up lesion overlaps), and the parameters.
+                   enlarging_volume_ml, n_reference_lesions (components of the
+                   reference mask, every size), n_resolved (those that no follow-up
+                   lesion overlaps), and the parameters.
     QC label map   per follow-up: 1 = new, 2 = enlarging, 3 = other (stable or
                    shrinking) lesion, 0 = background; the follow-up's grid.
 """
@@ -81,6 +88,8 @@ log = logging.getLogger(__name__)
 REFERENCES = ("previous", "baseline")
 ENLARGE_RELATIVE = 0.5
 ENLARGE_VOXELS = 3
+#: Smallest component of the reference mask that counts (1: the whole mask, specks included).
+REFERENCE_MIN_SIZE = 1
 CLASSES = ("new", "enlarging", "stable", "shrinking")
 #: Values of the QC label map.
 QC_LABELS = {"new": 1, "enlarging": 2, "stable": 3, "shrinking": 3}
@@ -95,13 +104,13 @@ VISIT_COLUMNS = [
     "participant_id", "session", "week", "reference_session", "reference_week", "n_lesions", "n_new",
     "n_enlarging", "n_new_or_enlarging", "n_stable", "n_shrinking", "new_volume_ml", "enlarging_volume_ml",
     "n_reference_lesions", "n_resolved", "voxel_ml", "reference", "connectivity", "min_size", "new_overlap",
-    "enlarge_relative", "enlarge_voxels",
+    "enlarge_relative", "enlarge_voxels", "reference_min_size",
 ]
 
 
 def check_params(reference: str = "previous", connectivity: int = CONNECTIVITY, min_size: int = MIN_SIZE,
                  new_overlap: float = OVERLAP, enlarge_relative: float = ENLARGE_RELATIVE,
-                 enlarge_voxels: float = ENLARGE_VOXELS) -> None:
+                 enlarge_voxels: float = ENLARGE_VOXELS, reference_min_size: int = 1) -> None:
     """Raise :class:`InputError` listing every bad tracking parameter."""
     problems = []
     if reference not in REFERENCES:
@@ -112,12 +121,13 @@ def check_params(reference: str = "previous", connectivity: int = CONNECTIVITY, 
     if problems:
         raise InputError(problems, header="lesion tracking parameters:")
     _check_params(connectivity, min_size, new_overlap, None)
+    _check_params(connectivity, reference_min_size, new_overlap, None)
 
 
 def classify_pair(reference, followup, voxel_ml: float = 1.0, *, connectivity: int = CONNECTIVITY,
                   min_size: int = MIN_SIZE, new_overlap: float = OVERLAP,
-                  enlarge_relative: float = ENLARGE_RELATIVE,
-                  enlarge_voxels: float = ENLARGE_VOXELS) -> tuple[pd.DataFrame, dict, np.ndarray]:
+                  enlarge_relative: float = ENLARGE_RELATIVE, enlarge_voxels: float = ENLARGE_VOXELS,
+                  reference_min_size: int = REFERENCE_MIN_SIZE) -> tuple[pd.DataFrame, dict, np.ndarray]:
     """Classify the lesions of one follow-up mask against its reference mask (module rules).
 
     Both are 3-D binary arrays of one grid. Returns ``(lesions, counts, qc)``:
@@ -125,11 +135,12 @@ def classify_pair(reference, followup, voxel_ml: float = 1.0, *, connectivity: i
     on; ``counts`` the per-visit counts (``n_lesions`` … ``n_resolved``); ``qc`` the
     uint8 label map (:data:`QC_LABELS`).
     """
-    check_params("previous", connectivity, min_size, new_overlap, enlarge_relative, enlarge_voxels)
+    check_params("previous", connectivity, min_size, new_overlap, enlarge_relative, enlarge_voxels,
+                 reference_min_size)
     r, f = _as_mask(reference, "reference"), _as_mask(followup, "followup")
     if r.shape != f.shape:
         raise ValueError(f"reference and follow-up shapes differ: {r.shape} vs {f.shape}")
-    R, F = _label(r, connectivity, min_size), _label(f, connectivity, min_size)
+    R, F = _label(r, connectivity, reference_min_size), _label(f, connectivity, min_size)
     nr, nf = R.sizes.size, F.sizes.size
     # overlap voxels o(L, R) of every pair, from the follow-up's lesion voxels
     r_at_f = R.labels.ravel()[F.idx]
@@ -207,7 +218,8 @@ def track_subject(masks: Sequence, sessions: Sequence[str], voxel_ml: float = 1.
     par = {"reference": reference, "connectivity": params.get("connectivity", CONNECTIVITY),
            "min_size": params.get("min_size", MIN_SIZE), "new_overlap": params.get("new_overlap", OVERLAP),
            "enlarge_relative": params.get("enlarge_relative", ENLARGE_RELATIVE),
-           "enlarge_voxels": params.get("enlarge_voxels", ENLARGE_VOXELS)}
+           "enlarge_voxels": params.get("enlarge_voxels", ENLARGE_VOXELS),
+           "reference_min_size": params.get("reference_min_size", REFERENCE_MIN_SIZE)}
     first = _label(_as_mask(masks[0], "mask"), par["connectivity"], par["min_size"])
     visit_rows = [{"participant_id": participant_id, "session": sessions[0], "week": weeks[0],
                    "reference_session": "", "reference_week": math.nan, "n_lesions": int(first.sizes.size),
@@ -393,7 +405,7 @@ def truth_counts(lesions: pd.DataFrame, sessions_by_subject: dict | None = None,
 
     The same rule as the masks', on lesion identities: a lesion (``lesion_id``,
     ``volume_ml`` >= ``min_size`` voxels of ``voxel_ml``) is **new** when its id is
-    absent (or below ``min_size``) at the reference visit, **enlarging** when the same
+    absent at the reference visit (no voxel there), **enlarging** when the same
     id grew by ≥ ``enlarge_relative`` and ≥ ``enlarge_voxels`` × ``voxel_ml`` mL. Volumes
     in mL, since the truth's voxel counts are in the native grid. The generator's
     own ``status`` (any growth is "enlarging") is not the endpoint's and is not used.
@@ -403,18 +415,19 @@ def truth_counts(lesions: pd.DataFrame, sessions_by_subject: dict | None = None,
     """
     t = lesions.copy()
     t["session"] = [_ses(s) for s in t["session"]]
-    t = t[t["volume_ml"] >= min_size * voxel_ml * (1 - _TOL)]
+    counted = t["volume_ml"] >= min_size * voxel_ml * (1 - _TOL)
     if sessions_by_subject is None:
         sessions_by_subject = {p: sorted(set(g["session"]), key=week_from_session)
                                for p, g in t.groupby("participant_id")}
     rows = []
     for pid, sessions in sessions_by_subject.items():
         sessions = sorted((_ses(s) for s in sessions), key=week_from_session)
-        vol = {s: dict(zip(g["lesion_id"], g["volume_ml"]))
-               for s, g in t[t["participant_id"] == pid].groupby("session")}
+        mine = t["participant_id"] == pid
+        vol = {s: dict(zip(g["lesion_id"], g["volume_ml"])) for s, g in t[mine].groupby("session")}
+        big = {s: dict(zip(g["lesion_id"], g["volume_ml"])) for s, g in t[mine & counted].groupby("session")}
         for k in range(1, len(sessions)):
             ref = sessions[reference_index(k, reference)]
-            cur, old = vol.get(sessions[k], {}), vol.get(ref, {})
+            cur, old = big.get(sessions[k], {}), vol.get(ref, {})
             new = sum(1 for i in cur if i not in old)
             enl = sum(1 for i, v in cur.items() if i in old and v >= (1 + enlarge_relative) * old[i] * (1 - _TOL)
                       and v - old[i] >= (enlarge_voxels * voxel_ml) * (1 - _TOL))

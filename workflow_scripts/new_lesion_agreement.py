@@ -15,5 +15,5 @@ with rule_log(snakemake.log[0], snakemake.threads):
         snakemake.output[0],
         new_overlap=p.new_overlap,
         connectivity=p.connectivity,
-        conf_level=p.conf_level,
+        confidence=p.conf_level,
     )
