@@ -66,6 +66,8 @@ GT_SOURCE = "gt"
 OK, SKIPPED, WARNING = "ok", "skipped", "warning"
 SE_CONVENTION = "R MASS::glm.nb: SEs from the NB GLM at the ML theta (conditional on theta), Wald z"
 THETA_BOUNDS = (1e-6, 1e8)
+#: Above this θ the profile score is numerically flat (no overdispersion): flagged, NB ≈ Poisson.
+THETA_LARGE = 1e6
 VISIT_REQUIRED = ("participant_id", "session", "week", "reference_session", "n_lesions", "n_new", "n_enlarging",
                   "n_new_or_enlarging", "new_volume_ml")
 SUBJECT_COLUMNS = ["source", "participant_id", "arm", "age", "region", "tlc_bl", "n_scans", "n_new",
@@ -149,7 +151,9 @@ def fit_negbin(y, X, offset=None) -> dict:
 
     θ̂ is the root of the profile score d/dθ max_β ℓ(β, θ) (= the θ score at β̂(θ)),
     found by Brent's method on log θ to machine precision; β̂ and the SEs are those
-    of the NB GLM at θ̂ (:func:`irls`). Keys: ``beta, se, cov, theta, theta_se,
+    of the NB GLM at θ̂ (:func:`irls`). Without overdispersion the likelihood rises
+    towards θ = ∞ (Poisson): θ̂ > :data:`THETA_LARGE` sets ``theta_at_bound`` (R's
+    glm.nb warns "iteration limit reached" there). Keys: ``beta, se, cov, theta, theta_se,
     two_log_likelihood, mu, converged, theta_at_bound``.
     """
     y = np.asarray(y, float)
@@ -176,6 +180,7 @@ def fit_negbin(y, X, offset=None) -> dict:
         t_hat = hi if vals[-1] > 0 else lo
         at_bound = True
     theta = math.exp(t_hat)
+    at_bound = at_bound or theta > THETA_LARGE
     beta, mu, cov, conv = irls(y, X, offset, theta, beta0=cache["beta"])
     info = _theta_info(y, mu, theta)
     return {
@@ -387,8 +392,8 @@ def count_endpoint(subjects: pd.DataFrame, control_arm: str, arms: Sequence[str]
                 status, mnote = WARNING, "; ".join(filter(None, [note, "IRLS did not converge"]))
             if model == "negative_binomial" and fit["theta_at_bound"]:
                 status = WARNING
-                mnote = "; ".join(filter(None, [mnote, f"theta at its bound {fit['theta']:.3g}: no "
-                                                       f"(or extreme) overdispersion"]))
+                mnote = "; ".join(filter(None, [mnote, f"theta {fit['theta']:.3g} (> {THETA_LARGE:g}): no "
+                                                       f"overdispersion, the NB fit is the Poisson fit"]))
             for k, name in enumerate(X.columns):
                 b, se = float(fit["beta"][k]), float(fit["se"][k])
                 ttype = "arm" if name.startswith("arm_") else ("intercept" if name == "Intercept" else "covariate")

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from t2lesion.stats_counts import (count_endpoint, fit_negbin, run_new_lesions, simulate_counts,
+from t2lesion.stats_counts import (count_endpoint, fit_negbin, fit_poisson, run_new_lesions, simulate_counts,
                                    subject_counts, wilcoxon_rank_sum)
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -105,8 +105,16 @@ def test_no_overdispersion_puts_theta_at_its_bound_with_a_warning():
     X = np.column_stack([np.ones(n), rng.integers(0, 2, n)])
     y = rng.poisson(np.exp(0.5 - 0.4 * X[:, 1]))
     fit = fit_negbin(y, X)
-    # Poisson data: either a huge theta or the bound; the coefficients equal the Poisson fit's
-    assert fit["theta"] > 20 or fit["theta_at_bound"]
+    assert fit["theta"] > 20  # Poisson data: a large theta, or none at all (the bound)
+    # underdispersed counts: no finite theta; flagged, and the NB fit is the Poisson fit
+    y2 = np.repeat([2, 3], n // 2)
+    fit2, po = fit_negbin(y2, X), fit_poisson(y2, X)
+    assert fit2["theta_at_bound"] and fit2["beta"] == pytest.approx(po["beta"], rel=1e-5)
+    sim = simulate_counts(10, seed=4)
+    sim["count"] = 2 + (np.arange(len(sim)) % 2)
+    res, _ = count_endpoint(sim, "PLA", ["PLA", "OCR"])
+    nb = res[res["model"] == "negative_binomial"]
+    assert (nb["status"] == "warning").all() and nb["note"].str.contains("no overdispersion").all()
 
 
 def _visits(rows):

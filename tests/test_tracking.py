@@ -3,7 +3,6 @@ new/enlarging counts of GT masks against the synthetic generator's truth."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
