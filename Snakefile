@@ -38,6 +38,7 @@ include: "rules/bids.smk"
 include: "rules/preprocess.smk"
 include: "rules/metrics.smk"
 include: "rules/stats.smk"
+include: "rules/lesions.smk"
 
 
 rule all:

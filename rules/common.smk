@@ -93,6 +93,7 @@ def all_targets():
             for source in config["sources"]:
                 targets.append(f"results/metrics/{source}/trial-{name}/table2.tsv")
         targets += stats_targets(name)
+        targets += lesion_targets(name)
     return targets
 
 
@@ -173,6 +174,20 @@ def stats_targets(trial):
     return [p.format(trial=trial) for p in out]
 
 
+def lesion_targets(name):
+    """New/enlarging T2 lesion endpoint (SPEC §9b), for trials with a subject seen at >= 2 visits."""
+    trial = TRIALS[name]
+    per_subject = {}
+    for v in trial.visits:
+        per_subject[v.sub] = per_subject.get(v.sub, 0) + 1
+    if max(per_subject.values(), default=0) < 2:
+        return []
+    out = [f"{STATS}/nb_rate_ratio.tsv"]
+    if trial.gt_visits and config["sources"]:
+        out.append(f"{STATS}/new_lesions_agreement.tsv")
+    return [p.format(trial=name) for p in out]
+
+
 def trial_params(wildcards):
     trial = trial_of(wildcards)
     return {"control_arm": trial.control_arm, "arms": trial.arms}
@@ -200,3 +215,52 @@ def synth_outputs(trial):
         files += [str(trial.image(v, m)) for m in MODALITIES]
         files.append(str(trial.gt_mask(v)))
     return files
+
+
+# New and enlarging lesions (rules/lesions.smk): per-subject tracking inputs and outputs.
+TRACK = "results/lesions/{source}/trial-{trial}/sub-{sub}"
+
+
+def tracked_visits(trial, source, sub):
+    """A subject's visits with a mask of ``source`` (GT only where it exists), by week."""
+    t = TRIALS[trial]
+    visits = t.gt_visits if source == "gt" else t.visits
+    return sorted((v for v in visits if v.sub == sub), key=lambda v: v.week)
+
+
+def tracked_subjects(trial, source):
+    t = TRIALS[trial]
+    return sorted({v.sub for v in (t.gt_visits if source == "gt" else t.visits)})
+
+
+class VisitWildcards(dict):
+    """One visit's wildcards, for input functions that take a rule's wildcards."""
+
+    __getattr__ = dict.__getitem__
+
+
+def tracking_masks(wildcards):
+    """Every visit's mask of one subject and source, as lesion_mask gives them."""
+    return [
+        lesion_mask(
+            VisitWildcards(
+                trial=wildcards.trial, sub=v.sub, ses=v.ses, source=wildcards.source
+            )
+        )
+        for v in tracked_visits(wildcards.trial, wildcards.source, wildcards.sub)
+    ]
+
+
+def tracking_outputs(wildcards, kind, sources=None):
+    """Per-subject tracking outputs of every source of a trial (GT first where it exists)."""
+    trial = trial_of(wildcards)
+    files, srcs = [], []
+    for source in sources or volume_sources(trial):
+        for sub in tracked_subjects(wildcards.trial, source):
+            files.append(
+                (
+                    f"{TRACK}/qc" if kind == "qc" else f"{TRACK}/sub-{{sub}}_{kind}.tsv"
+                ).format(source=source, trial=wildcards.trial, sub=sub)
+            )
+            srcs.append(source)
+    return {"files": files, "sources": srcs}
