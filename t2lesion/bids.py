@@ -171,7 +171,8 @@ def read_table(path: Path, required: tuple[str, ...], problems: list[str]) -> pd
     return df
 
 
-def _as_number(value: str) -> float | None:
+def as_number(value) -> float | None:
+    """A table cell as a finite number, or None."""
     try:
         x = float(value)
     except (TypeError, ValueError):
@@ -198,12 +199,12 @@ def _check_participants(
         seen[pid] = i + 2
         if arms is not None and row["arm"] not in arms:
             problems.append(f"{where}: unknown arm {row['arm']!r} for {pid!r} (configured arms: {', '.join(sorted(arms))})")
-        age = _as_number(row["age"])
+        age = as_number(row["age"])
         if not is_missing(row["age"]) and (age is None or age <= 0):
             problems.append(f"{where}: age {row['age']!r} for {pid!r} is not a positive number (or n/a)")
         if not is_missing(row["sex"]) and normalise_sex(row["sex"]) is None:
             problems.append(f"{where}: sex {row['sex']!r} for {pid!r} must be M/F or male/female (or n/a)")
-        edss = _as_number(row["edss_bl"])
+        edss = as_number(row["edss_bl"])
         if not is_missing(row["edss_bl"]) and (edss is None or not 0 <= edss <= 10):
             problems.append(f"{where}: edss_bl {row['edss_bl']!r} for {pid!r} is not a number in 0–10 (or n/a)")
         ok_rows.append(i)
@@ -223,7 +224,7 @@ def _check_outcomes(path: Path, df: pd.DataFrame, known: set[str] | None, proble
             problems.append(f"{where}: outcome for unknown participant {pid!r} (not in participants.tsv)")
         if row["endpoint"] not in ENDPOINTS:
             problems.append(f"{where}: unknown endpoint {row['endpoint']!r} (expected one of {', '.join(ENDPOINTS)})")
-        t = _as_number(row["time_weeks"])
+        t = as_number(row["time_weeks"])
         if t is None:
             problems.append(f"{where}: time_weeks {row['time_weeks']!r} is not a number")
         elif t < 0:
@@ -279,7 +280,7 @@ def _session_weeks(
         if raw is None:
             unmapped.append(lab)
             continue
-        week = _as_number(str(raw))
+        week = as_number(str(raw))
         if week is None or week < 0 or week != round(week) or week > MAX_WEEK:
             problems.append(f"{where}: week {raw!r} of session 'ses-{lab}' is not a whole number in 0–{MAX_WEEK}")
             continue

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from t2lesion.bids import is_missing, normalise_sex, read_table
+from t2lesion.bids import as_number, is_missing, normalise_sex, read_table
 from t2lesion.errors import InputError
 from t2lesion.stats.common import (
     EXCLUSION_COLUMNS, GT_SOURCE, LONG_COLUMNS, OUTCOME_COLUMNS, PARTICIPANT_COLUMNS, SOURCE_RE, SUB_RE,
@@ -39,14 +38,6 @@ def _check_columns(df: pd.DataFrame, required: Sequence[str], name: str) -> None
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise InputError(f"{name}: missing column(s) {', '.join(missing)} (has: {', '.join(map(str, df.columns))})")
-
-
-def _num(value) -> float | None:
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
 
 
 def validate_participants(
@@ -81,7 +72,7 @@ def validate_participants(
             problems.append(f"{where}: missing arm for {pid} (the randomised arm is required)")
         elif arms is not None and arm not in arms:
             problems.append(f"{where}: unknown arm {arm!r} for {pid} (configured arms: {', '.join(arms)})")
-        age = np.nan if is_missing(row["age"]) else _num(row["age"])
+        age = np.nan if is_missing(row["age"]) else as_number(row["age"])
         if age is None or age <= 0:
             problems.append(f"{where}: age {row['age']!r} for {pid} is not a positive number (or n/a)")
         ages.append(age)
@@ -90,7 +81,7 @@ def validate_participants(
             problems.append(f"{where}: sex {row['sex']!r} for {pid} must be M/F/male/female (any case) or n/a")
         sexes.append(sex)
         regions.append(None if is_missing(row["region"]) else str(row["region"]).strip())
-        edss = np.nan if is_missing(row["edss_bl"]) else _num(row["edss_bl"])
+        edss = np.nan if is_missing(row["edss_bl"]) else as_number(row["edss_bl"])
         if edss is None or not (np.isnan(edss) or 0 <= edss <= 10):
             problems.append(f"{where}: edss_bl {row['edss_bl']!r} for {pid} is not a number in 0-10 (or n/a)")
         edss_.append(edss)
