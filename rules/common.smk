@@ -146,22 +146,31 @@ def volume_sources(trial):
     return (["gt"] if trial.gt_visits else []) + list(config["sources"])
 
 
+def source_visits(trial, source):
+    """The visits a source has a mask for: GT only where it exists, predictions everywhere."""
+    return trial.gt_visits if source == "gt" else trial.visits
+
+
 def lesion_volumes(wildcards):
     """Per-visit volume tables of every source: predictions on every visit, GT where it exists."""
     trial = trial_of(wildcards)
     files, sources = [], []
     for source in volume_sources(trial):
-        visits = trial.gt_visits if source == "gt" else trial.visits
+        visits = source_visits(trial, source)
         files += visit_paths(VOLUME, wildcards.trial, visits, source=source)
         sources += [source] * len(visits)
     return {"files": files, "sources": sources}
 
 
-def lesion_mask(wildcards):
+def mask_path(trial, sub, ses, source):
     """The mask a source gives a visit: the GT carried into MNI, or the source's prediction."""
-    if wildcards.source == "gt":
-        return f"{PRE.format(**wildcards)}_{MNI}_desc-lesionGT_mask.nii.gz"
-    return f"{PRED.format(**wildcards)}_{MNI}_desc-lesion_mask.nii.gz"
+    if source == "gt":
+        return f"{PRE.format(trial=trial, sub=sub, ses=ses)}_{MNI}_desc-lesionGT_mask.nii.gz"
+    return f"{PRED.format(trial=trial, sub=sub, ses=ses, source=source)}_{MNI}_desc-lesion_mask.nii.gz"
+
+
+def lesion_mask(wildcards):
+    return mask_path(wildcards.trial, wildcards.sub, wildcards.ses, wildcards.source)
 
 
 def stats_targets(trial):
@@ -223,30 +232,18 @@ TRACK = "results/lesions/{source}/trial-{trial}/sub-{sub}"
 
 def tracked_visits(trial, source, sub):
     """A subject's visits with a mask of ``source`` (GT only where it exists), by week."""
-    t = TRIALS[trial]
-    visits = t.gt_visits if source == "gt" else t.visits
+    visits = source_visits(TRIALS[trial], source)
     return sorted((v for v in visits if v.sub == sub), key=lambda v: v.week)
 
 
 def tracked_subjects(trial, source):
-    t = TRIALS[trial]
-    return sorted({v.sub for v in (t.gt_visits if source == "gt" else t.visits)})
-
-
-class VisitWildcards(dict):
-    """One visit's wildcards, for input functions that take a rule's wildcards."""
-
-    __getattr__ = dict.__getitem__
+    return sorted({v.sub for v in source_visits(TRIALS[trial], source)})
 
 
 def tracking_masks(wildcards):
     """Every visit's mask of one subject and source, as lesion_mask gives them."""
     return [
-        lesion_mask(
-            VisitWildcards(
-                trial=wildcards.trial, sub=v.sub, ses=v.ses, source=wildcards.source
-            )
-        )
+        mask_path(wildcards.trial, v.sub, v.ses, wildcards.source)
         for v in tracked_visits(wildcards.trial, wildcards.source, wildcards.sub)
     ]
 

@@ -419,8 +419,7 @@ def long_table_from_volumes(
         for pid, reason in bl_excluded.items():
             for src in sources:
                 excl.add(pid, src, reason)
-        no_gt_bl = [v.participant_id for v in visits.itertuples()
-                    if v.week == baseline_week and not v.has_gt and v.participant_id not in bl_excluded]
+        no_gt_bl = sorted(no_gt_at_bl - set(bl_excluded))
         if GT_SOURCE in sources and no_gt_bl:
             drop |= (d["participant_id"].isin(no_gt_bl) & d["source"].eq(GT_SOURCE)).to_numpy()
             excl.add(no_gt_bl, GT_SOURCE, "no GT at baseline")
