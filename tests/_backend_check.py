@@ -40,14 +40,14 @@ TRAIN_TINY = dict(
 
 
 def tiny_config(train: bool = False, **kw):
-    from t2lesion.model import ModelConfig
+    from t2lesion.unet.model import ModelConfig
 
     return ModelConfig.from_dict({**(TRAIN_TINY if train else TINY), **kw})
 
 
 def synthetic_batch(cfg, batch: int = 2, seed: int = 0):
     """Images with bright blobs (lesions) in FLAIR/T2w, the packed [mask, alpha] target."""
-    from t2lesion.losses import alpha_map, pack_targets
+    from t2lesion.unet.losses import alpha_map, pack_targets
 
     rng = np.random.default_rng(seed)
     z, y, x = cfg.patch_size
@@ -72,7 +72,7 @@ def train_steps(model, x, t, steps: int = 6, lr: float = 0.05):
     (SGD rather than Adam and no XLA: graph tracing dominates the CPU test time.)"""
     import keras
 
-    from t2lesion.losses import make_loss
+    from t2lesion.unet.losses import make_loss
 
     n_out = len(model.outputs)
     losses_fn, _ = make_loss(n_epochs=5, n_outputs=n_out)
@@ -87,7 +87,7 @@ def train_steps(model, x, t, steps: int = 6, lr: float = 0.05):
 def run_checks(out_json: str | None = None, load: tuple[str, str, str] | None = None) -> dict:
     import keras
 
-    from t2lesion import model as M
+    from t2lesion.unet import model as M
 
     rep: dict = {"backend": keras.backend.backend()}
     t0 = time.time()
@@ -162,8 +162,8 @@ def _bench_one(kind: str, rng, train_batch: int, windows: int, mc_windows: int, 
                reps: int) -> dict:
     import keras
 
-    from t2lesion import model as M
-    from t2lesion.losses import make_loss, pack_targets
+    from t2lesion.unet import model as M
+    from t2lesion.unet.losses import make_loss, pack_targets
 
     cfg = M.ModelConfig()
     t0 = time.perf_counter()

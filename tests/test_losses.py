@@ -10,7 +10,7 @@ import pytest
 keras = pytest.importorskip("keras")
 from keras import ops
 
-from t2lesion import losses as L
+from t2lesion.unet import losses as L
 
 np_ = ops.convert_to_numpy
 

@@ -842,7 +842,7 @@ def output_shapes(cfg: ModelConfig | None = None) -> list[tuple[int, int, int, i
 
 def load_model(path, compile: bool = True) -> keras.Model:
     """``keras.saving.load_model`` with this package's custom objects (layers and losses) registered."""
-    from t2lesion import losses as _losses  # noqa: F401  (registers LesionSegLoss)
+    from t2lesion.unet import losses as _losses  # noqa: F401  (registers LesionSegLoss)
 
     return keras.saving.load_model(path, compile=compile)
 
