@@ -1,0 +1,102 @@
+"""GPU leasing with a fake device list: no GPU is needed to test the lease."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from t2lesion import gpu
+
+HOLDER = """
+import sys, time
+from t2lesion import gpu
+l = gpu.lease(timeout_s=float(sys.argv[1]), poll_s=0.05)
+print(l.how, l.device, flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def _env(tmp_path: Path, devices: str, **extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    env.update(T2LESION_GPUS=devices, T2LESION_GPU_LOCKS=str(tmp_path / "locks"), **extra)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parent.parent), env.get("PYTHONPATH", "")])
+    return env
+
+
+def _start(tmp_path, devices, timeout=30.0, hold=3.0, **extra):
+    return subprocess.Popen([sys.executable, "-c", HOLDER, str(timeout), str(hold)], env=_env(tmp_path, devices, **extra),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_concurrent_jobs_get_distinct_devices(tmp_path):
+    procs = [_start(tmp_path, "0,1,2,3", hold=4.0) for _ in range(4)]
+    out = [p.communicate(timeout=60) for p in procs]
+    got = [o.split() for o, _ in out]
+    assert all(g[0] == "leased" for g in got), out
+    assert sorted(g[1] for g in got) == ["0", "1", "2", "3"]
+
+
+def test_a_fifth_job_waits_for_a_device_to_come_free(tmp_path):
+    holders = [_start(tmp_path, "0,1", hold=3.0) for _ in range(2)]
+    time.sleep(1.5)  # both devices are now held
+    t0 = time.monotonic()
+    late = _start(tmp_path, "0,1", hold=0.0)
+    late_out, _ = late.communicate(timeout=60)
+    waited = time.monotonic() - t0
+    first = sorted(p.communicate(timeout=60)[0].split()[1] for p in holders)
+    assert first == ["0", "1"]
+    how, dev = late_out.split()
+    assert how == "leased" and dev in ("0", "1")
+    assert waited > 0.5  # it could only start once a holder had exited
+
+
+def test_no_free_device_times_out_with_a_clear_error(tmp_path):
+    holder = _start(tmp_path, "0", hold=5.0)
+    time.sleep(1.5)
+    late = _start(tmp_path, "0", timeout=0.5, hold=0.0)
+    _, err = late.communicate(timeout=60)
+    holder.communicate(timeout=60)
+    assert late.returncode != 0
+    assert "no free GPU among 0" in err and "--resources gpu=N" in err
+
+
+def test_scheduler_choice_is_left_alone(tmp_path):
+    p = _start(tmp_path, "0,1", hold=0.0, CUDA_VISIBLE_DEVICES="1")
+    out, _ = p.communicate(timeout=60)
+    assert out.split()[0] == "scheduler"
+    assert not (tmp_path / "locks" / "gpu-0.lock").exists()
+
+
+def test_without_a_gpu_the_job_runs_on_the_cpu(tmp_path):
+    p = _start(tmp_path, "", hold=0.0)
+    out, err = p.communicate(timeout=60)
+    assert out.split()[0] == "cpu"
+
+
+def test_lease_in_process_sets_the_variable_and_release_frees_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("T2LESION_GPUS", "7")
+    monkeypatch.setenv("T2LESION_GPU_LOCKS", str(tmp_path / "locks"))
+    try:
+        l = gpu.lease(timeout_s=1, poll_s=0.05)
+        assert l.device == "7" and os.environ["CUDA_VISIBLE_DEVICES"] == "7"
+        assert gpu.lease().device == "7"  # idempotent within a process
+        other = subprocess.run([sys.executable, "-c", HOLDER, "0.3", "0"], env=_env(tmp_path, "7"),
+                               capture_output=True, text=True, timeout=60)
+        assert other.returncode != 0  # held by this process
+    finally:
+        gpu.release()
+    other = subprocess.run([sys.executable, "-c", HOLDER, "1", "0"], env=_env(tmp_path, "7"),
+                           capture_output=True, text=True, timeout=60)
+    assert other.stdout.split() == ["leased", "7"]
+
+
+@pytest.mark.parametrize("value,expected", [("0,1", ["0", "1"]), (" 2 , 3 ", ["2", "3"]), ("", [])])
+def test_device_list_from_environment(monkeypatch, value, expected):
+    monkeypatch.setenv("T2LESION_GPUS", value)
+    assert gpu.visible_devices() == expected
