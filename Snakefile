@@ -39,6 +39,7 @@ include: "rules/preprocess.smk"
 include: "rules/metrics.smk"
 include: "rules/stats.smk"
 include: "rules/lesions.smk"
+include: "rules/train.smk"
 
 
 rule all:

@@ -7,7 +7,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from t2lesion.bids import Visit
-from t2lesion.config import trials_from_config, visit_inputs
+from t2lesion.config import fold_models, trials_from_config, visit_inputs
 from t2lesion.errors import InputError
 
 # Jobs (scripts, conda envs, SLURM jobs) import the library from this checkout.
@@ -26,6 +26,14 @@ for _w in _warnings:
 
 SYNTHETIC = {name: t for name, t in TRIALS.items() if t.synthetic is not None}
 TEST_TRIALS = [name for name, t in TRIALS.items() if t.role == "test"]
+TRAIN_TRIALS = [name for name, t in TRIALS.items() if t.role == "train"]
+MODEL_CFG = config["model"]
+FOLDS = list(range(1, config["training"]["folds"] + 1))
+try:
+    # the U-Net's fold models: trained here (one job per fold) or a folder trained elsewhere
+    UNET_MODELS = fold_models(config, TRAIN_TRIALS, FOLDS)
+except InputError as _exc:
+    raise WorkflowError(str(_exc)) from None
 MODALITIES = ["T1w", "T2w", "FLAIR"]
 
 # Every file name carries its entities; these prefixes keep rules short.
@@ -83,6 +91,12 @@ def all_targets():
     A trial whose BIDS folder has problems gets only its validation job, which lists them.
     """
     targets = []
+    if TRAIN_TRIALS:
+        for fold in FOLDS:
+            targets += [
+                f"results/train/fold-{fold}/model.keras",
+                f"results/train/fold-{fold}/training_curve.png",
+            ]
     for name in TEST_TRIALS:
         trial = TRIALS[name]
         if trial.problems:

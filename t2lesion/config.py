@@ -148,6 +148,32 @@ def trials_from_config(config: dict) -> tuple[dict[str, Trial], list[str]]:
     return out, warnings
 
 
+def fold_models(config: dict, train_trials: list[str], folds: list[int]) -> list[str]:
+    """The fold models the ``unet`` source predicts with, in fold order.
+
+    ``inference.models`` names a folder of models trained elsewhere (``fold-<k>/model.keras``);
+    otherwise the folds trained by this workflow from its ``role: train`` trials. Asking for
+    ``unet`` with neither is a one-line error at workflow start. Returns [] when ``unet`` is
+    not a source and nothing is trained.
+    """
+    folder = (config.get("inference") or {}).get("models")
+    wants_unet = "unet" in config.get("sources", [])
+    if folder:
+        root = Path(folder).expanduser()
+        found = sorted(root.glob("fold-*/model.keras"), key=lambda p: p.parent.name)
+        if not found:
+            raise InputError(f"inference.models: no fold-<k>/model.keras under {root}")
+        return [str(p) for p in found]
+    if train_trials:
+        return [f"results/train/fold-{k}/model.keras" for k in folds]
+    if wants_unet:
+        raise InputError(
+            "sources: 'unet' needs fold models: add a trial with role: train, or set inference.models "
+            "to a folder of fold-<k>/model.keras trained elsewhere, or drop 'unet' from sources"
+        )
+    return []
+
+
 def visit_inputs(trial: Trial) -> list[str]:
     """Files the validation job reads: the tables and every image and GT mask of its visits."""
     files = [str(trial.bids / "participants.tsv"), str(trial.bids / "phenotype" / "outcomes.tsv")]

@@ -1,0 +1,124 @@
+# U-Net training (SPEC §3, §6): a patient-level fold split per training trial, every GT
+# visit stored once as a memory-mappable array, an index of lesion windows per fold, and
+# one resumable GPU job per fold. Fold k's model is validated on fold k of every training
+# trial and trained on the others.
+TR = config["training"]
+TRAIN = "results/train"
+
+
+rule fold_split:
+    input:
+        validated=validated,
+        participants=bids_table("participants.tsv"),
+    output:
+        report(
+            f"{TRAIN}/trial-{{trial}}/folds.tsv",
+            category="U-Net training",
+            labels={"table": "fold split", "trial": "{trial}"},
+        ),
+    log:
+        f"{LOGS}/fold_split/trial-{{trial}}.log",
+    benchmark:
+        f"{BENCH}/fold_split/trial-{{trial}}.tsv"
+    conda:
+        "../envs/dl.yaml"
+    threads: 1
+    params:
+        folds=TR["folds"],
+        seed=config["seed"],
+        arms=lambda w: trial_of(w).arms,
+    script:
+        "../workflow_scripts/fold_split.py"
+
+
+rule patch_store:
+    input:
+        t2w=f"{PRE}_{MNI}_desc-preproc_T2w.nii.gz",
+        flair=f"{PRE}_{MNI}_desc-preproc_FLAIR.nii.gz",
+        t1w=f"{PRE}_{MNI}_desc-preproc_T1w.nii.gz",
+        mask=f"{PRE}_{MNI}_desc-brain_mask.nii.gz",
+        gt=f"{PRE}_{MNI}_desc-lesionGT_mask.nii.gz",
+    output:
+        npy=f"{TRAIN}/trial-{{trial}}/store/sub-{{sub}}_ses-{{ses}}.npy",
+        meta=f"{TRAIN}/trial-{{trial}}/store/sub-{{sub}}_ses-{{ses}}.json",
+    log:
+        f"{LOGS}/patch_store/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.log",
+    benchmark:
+        f"{BENCH}/patch_store/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.tsv"
+    conda:
+        "../envs/dl.yaml"
+    threads: 1
+    params:
+        loss=config["loss"],
+        patch_size=MODEL_CFG["patch_size"],
+    script:
+        "../workflow_scripts/patch_store.py"
+
+
+rule patch_index:
+    input:
+        folds=f"{TRAIN}/trial-{{trial}}/folds.tsv",
+        store=lambda w: visit_paths(
+            f"{TRAIN}/trial-{{trial}}/store/sub-{{sub}}_ses-{{ses}}.npy",
+            w.trial,
+            trial_of(w).gt_visits,
+        ),
+    output:
+        expand(
+            f"{TRAIN}/trial-{{{{trial}}}}/index_fold-{{fold}}.tsv",
+            fold=FOLDS,
+        ),
+    log:
+        f"{LOGS}/patch_index/trial-{{trial}}.log",
+    benchmark:
+        f"{BENCH}/patch_index/trial-{{trial}}.tsv"
+    conda:
+        "../envs/dl.yaml"
+    threads: 1
+    params:
+        patch_size=MODEL_CFG["patch_size"],
+        overlap=TR["patch_overlap"],
+        folds=FOLDS,
+    script:
+        "../workflow_scripts/patch_index.py"
+
+
+rule train:
+    input:
+        index=expand(
+            f"{TRAIN}/trial-{{trial}}/index_fold-{{fold}}.tsv",
+            trial=TRAIN_TRIALS,
+            fold=FOLDS,
+        ),
+    output:
+        model=f"{TRAIN}/fold-{{fold}}/model.keras",
+        last=f"{TRAIN}/fold-{{fold}}/last.keras",
+        history=report(
+            f"{TRAIN}/fold-{{fold}}/history.tsv",
+            category="U-Net training",
+            labels={"table": "history", "fold": "{fold}"},
+        ),
+        curve=report(
+            f"{TRAIN}/fold-{{fold}}/training_curve.png",
+            category="U-Net training",
+            labels={"figure": "training curve", "fold": "{fold}"},
+        ),
+    log:
+        f"{LOGS}/train/fold-{{fold}}.log",
+    benchmark:
+        f"{BENCH}/train/fold-{{fold}}.tsv"
+    conda:
+        "../envs/dl.yaml"
+    threads: TR["threads"]
+    resources:
+        gpu=1,
+    params:
+        # checkpoints outside the declared outputs: Snakemake deletes a failed job's
+        # outputs, and a killed fold resumes from here at its next epoch
+        resume_dir=f"{TRAIN}/fold-{{fold}}/checkpoint",
+        model=config["model"],
+        loss=config["loss"],
+        training=TR,
+        seed=config["seed"],
+    script:
+        "../workflow_scripts/train.py"

@@ -1,0 +1,125 @@
+"""The U-Net rules' library side: what each Snakemake job of rules/train.smk and
+rules/infer.smk does, file in, file out. The workflow scripts only unpack ``snakemake``.
+
+Keras is imported inside the functions that need it, after :func:`t2lesion.gpu.lease` has
+chosen a device (the backend reads ``CUDA_VISIBLE_DEVICES`` once, at import).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from t2lesion.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+def training_participants(validated: str | Path, participants: str | Path, arms: Sequence[str]) -> pd.DataFrame:
+    """Participants of a training trial with at least one usable GT visit, and their arm."""
+    from t2lesion.stats.inputs import read_participants
+
+    visits = pd.read_csv(validated, sep="\t", dtype={"participant_id": str, "session": str, "excluded": str},
+                         keep_default_na=False)
+    usable = visits[(visits["excluded"] == "") & visits["has_gt"].astype(str).str.lower().isin(["true", "1"])]
+    people = read_participants(participants, arms)
+    people = people[people["participant_id"].isin(set(usable["participant_id"]))]
+    if people.empty:
+        raise InputError(f"{validated}: no visit with a GT mask to train on")
+    return people[["participant_id", "arm"]].reset_index(drop=True)
+
+
+def run_fold_split(validated, participants, out, arms: Sequence[str], folds: int, seed: int) -> pd.DataFrame:
+    from t2lesion.unet.folds import split_folds, write_folds
+
+    people = training_participants(validated, participants, arms)
+    df = split_folds(people, folds, seed)
+    write_folds(df, out)
+    for fold, part in df.groupby("fold"):
+        log.info("fold %s: %d participants (%s)", fold, len(part), part["arm"].value_counts().to_dict())
+    return df
+
+
+def run_index(folds_tsv, store: Sequence[str | Path], outs: Sequence[str | Path], folds: Sequence[int],
+              patch_size, overlap: float) -> pd.DataFrame:
+    """One index TSV per fold: the lesion windows of that fold's visits (all of them GT visits)."""
+    from t2lesion.unet.patches import build_index
+
+    split = pd.read_csv(folds_tsv, sep="\t", dtype={"participant_id": str})
+    fold_of = dict(zip(split["participant_id"], split["fold"]))
+    rows = []
+    for path in store:
+        name = Path(path).stem  # sub-<id>_ses-<wNNN>
+        sub, ses = name.split("_", 1)
+        if sub not in fold_of:
+            continue  # a participant left out of the split (no usable GT visit)
+        rows.append({"participant_id": sub, "session": ses, "path": str(path), "fold": int(fold_of[sub])})
+    index = build_index(pd.DataFrame(rows), tuple(patch_size), overlap)
+    for fold, out in zip(folds, outs):
+        part = index[index["fold"] == fold]
+        if part.empty:
+            raise InputError(f"{folds_tsv}: fold {fold} has no window with a lesion voxel to train or validate on")
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        part.to_csv(out, sep="\t", index=False)
+        log.info("fold %s: %d windows from %d visits", fold, len(part), part["path"].nunique())
+    return index
+
+
+def _settings_key(**settings) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def prepare_resume_dir(resume_dir: str | Path, **settings) -> Path:
+    """The fold's checkpoint folder, emptied when it holds a run with other settings (a
+    changed config must not resume someone else's training)."""
+    folder = Path(resume_dir)
+    key = _settings_key(**settings)
+    stamp = folder / "settings.sha256"
+    if folder.exists() and (not stamp.is_file() or stamp.read_text().strip() != key):
+        log.warning("%s: checkpoints from other settings; starting this fold afresh", folder)
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(key + "\n")
+    return folder
+
+
+def run_train(index: Sequence[str | Path], fold: int, resume_dir, outputs: dict, model: dict, loss: dict,
+              training: dict, seed: int) -> dict:
+    """Train fold ``fold``: validate on every index file of that fold, train on the others.
+
+    Writes ``outputs`` (model, last, history, curve) by copying from ``resume_dir``, where
+    :func:`t2lesion.unet.train.train_fold` keeps its per-epoch checkpoints.
+    """
+    from t2lesion.unet.data import PatchDataset
+    from t2lesion.unet.model import fold_seed
+    from t2lesion.unet.train import train_fold
+
+    frames = [pd.read_csv(p, sep="\t", dtype={"participant_id": str}) for p in index]
+    table = pd.concat(frames, ignore_index=True)
+    val = table[table["fold"] == fold].reset_index(drop=True)
+    trn = table[table["fold"] != fold].reset_index(drop=True)
+    if val.empty or trn.empty:
+        raise InputError(f"fold {fold}: {len(trn)} training and {len(val)} validation windows; both must be > 0")
+    patch = tuple(model.get("patch_size", (32, 96, 96)))
+    fseed = fold_seed(seed, fold, model.get("seed"))
+    log.info("fold %s: %d training windows (%d participants), %d validation windows (%d participants); seed %d",
+             fold, len(trn), trn["participant_id"].nunique(), len(val), val["participant_id"].nunique(), fseed)
+    workers = int(training.get("workers", 0))
+    train_ds = PatchDataset(trn, patch, batch_size=training["batch_size"], augment_fraction=training["augment_fraction"],
+                            seed=fseed, shuffle=True, steps=training.get("steps_per_epoch"),
+                            workers=max(1, workers), use_multiprocessing=False)
+    val_ds = PatchDataset(val, patch, batch_size=training["batch_size"], augment_fraction=0.0, seed=fseed,
+                          shuffle=False)
+    folder = prepare_resume_dir(resume_dir, model=model, loss=loss, training=training, seed=fseed,
+                                index=[str(p) for p in index])
+    result = train_fold(train_ds, val_ds, folder, model, loss, training, seed=fseed, log=log)
+    for key, name in (("model", "model.keras"), ("last", "last.keras"), ("history", "history.tsv"),
+                      ("curve", "training_curve.png")):
+        shutil.copyfile(folder / name, outputs[key])
+    return result
