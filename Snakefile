@@ -40,6 +40,7 @@ include: "rules/metrics.smk"
 include: "rules/stats.smk"
 include: "rules/lesions.smk"
 include: "rules/train.smk"
+include: "rules/infer.smk"
 
 
 rule all:

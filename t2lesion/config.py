@@ -140,9 +140,6 @@ def trials_from_config(config: dict) -> tuple[dict[str, Trial], list[str]]:
                             f"Table 2 covers those, and the 'gt' source only subjects with GT at baseline")
         out[name] = Trial(**common, visits=visits, gt_visits=gt_visits, images=layout.images, gt=layout.gt,
                           excluded=layout.excluded)
-    if config.get("sources") and "unet" in config["sources"]:
-        problems.append("sources: 'unet' needs trained fold models, and the U-Net training and inference "
-                        "stages are not part of this version yet; use sources: [baseline]")
     if problems:
         raise InputError(problems, header="configured trials cannot be used")
     return out, warnings

@@ -158,8 +158,28 @@ def test_unet_source_fails_at_start_with_one_line(tmp_path):
     bids = make_bids(tmp_path / "bids")
     res = snakemake(tmp_path, "-n", config=real_trial_config(bids) | {"sources": ["unet"]})
     assert res.returncode != 0
-    assert "sources: 'unet' needs trained fold models" in (res.stdout + res.stderr)
-    assert "MissingInputException" not in (res.stdout + res.stderr)
+    out = res.stdout + res.stderr
+    assert "sources: 'unet' needs fold models: add a trial with role: train, or set inference.models" in out
+    assert "MissingInputException" not in out and "Traceback" not in out
+
+
+def test_inference_only_from_a_folder_of_fold_models(tmp_path):
+    """inference.models: predictions from models trained elsewhere, with no training job."""
+    bids = make_bids(tmp_path / "bids")
+    models = tmp_path / "models"
+    for k in (1, 2):
+        (models / f"fold-{k}").mkdir(parents=True)
+        (models / f"fold-{k}" / "model.keras").write_bytes(b"")
+    cfg = real_trial_config(bids) | {"sources": ["baseline", "unet"], "inference": {"models": str(models)}}
+    res = snakemake(tmp_path, "-n", "--quiet", "rules", config=cfg)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out
+    assert "infer_" in out and "train " not in out and "patch_store" not in out
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = snakemake(tmp_path, "-n", config=cfg | {"inference": {"models": str(empty)}})
+    assert res.returncode != 0
+    assert f"inference.models: no fold-<k>/model.keras under {empty}" in res.stdout + res.stderr
 
 
 def test_config_friction_home_folder_hyphenated_arms_shared_folder(tmp_path):
