@@ -1,0 +1,333 @@
+"""Training data loader (SPEC §6): batches of windows read from the memory-mapped visit arrays
+of :mod:`t2lesion.unet.patches`, a share of them augmented on the fly.
+
+Determinism
+-----------
+Which window a sample shows and how it is augmented are a pure function of
+``(seed, epoch, sample position)``: sample ``i`` of an epoch draws from
+``np.random.default_rng(np.random.SeedSequence([seed, epoch, i]))`` and the epoch's window
+order from a permutation seeded by ``(seed, epoch)``. Batches therefore do not depend on
+which worker builds them, in what order, or on threads vs processes. The epoch is set
+explicitly (``set_epoch``, or the ``epoch_callback()`` Keras callback, which runs before
+Keras starts the epoch's workers); ``on_epoch_end`` changes nothing, because Keras calls it
+more than once per epoch. Pass ``shuffle=False`` to ``model.fit`` (its default True would
+re-order the batches with Python's unseeded ``random``); this dataset shuffles itself.
+
+Augmentation
+------------
+``augment`` composes a random rotation (mostly in-plane), isotropic scaling, translation and a
+smooth elastic displacement into one coordinate map, in millimetres (voxels are 3 × 1 × 1 mm,
+z, y, x), and resamples once with ``scipy.ndimage.map_coordinates``: linear for the images,
+nearest for the mask and α, so the three move together and α keeps its per-lesion values.
+The source region it reads is the bounding box of the mapped coordinates, taken from the
+visit's array around the window where the array has it and zero outside (the stored images
+are 0 outside the brain). Default ranges are interpretations (the paper names the transform
+types only); ``training.augment_fraction`` sets the share of augmented samples.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from t2lesion.errors import InputError
+from t2lesion.unet.patches import ALPHA, INDEX_COLUMNS, MASK, open_visit, read_index
+
+#: default voxel spacing (z, y, x) in mm of the MNI 1x1x3 grid
+SPACING_ZYX = (3.0, 1.0, 1.0)
+#: entropy tag that keeps the order streams apart from the per-sample streams
+_ORDER_TAG = 0x6F72646572
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+def _rotation(rz: float, ry: float, rx: float) -> np.ndarray:
+    """Rotation matrix in (z, y, x) coordinates: ``rz`` about the z axis (in-plane, the y-x
+    plane), ``ry`` and ``rx`` about the y and x axes (out-of-plane); radians."""
+    cz, sz = math.cos(rz), math.sin(rz)
+    cy, sy = math.cos(ry), math.sin(ry)
+    cx, sx = math.cos(rx), math.sin(rx)
+    about_z = np.array([[1, 0, 0], [0, cz, -sz], [0, sz, cz]])
+    about_y = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    about_x = np.array([[cx, -sx, 0], [sx, cx, 0], [0, 0, 1]])
+    return about_z @ about_y @ about_x
+
+
+def _bspline_basis(n: int, step_vox: float, node_mm: float) -> np.ndarray:
+    """(n, m) cubic B-spline weights of ``n`` points ``step_vox`` mm apart on a control grid
+    of node spacing ``node_mm`` that covers them (one extra node beyond each end)."""
+    u = np.arange(n) * step_vox / node_mm  # position in node units, first point at node 1
+    m = int(math.floor(u[-1])) + 4
+    t = np.abs(u[:, None] + 1.0 - np.arange(m)[None, :])
+    w = np.where(t < 1, (4 - 6 * t**2 + 3 * t**3) / 6, np.where(t < 2, (2 - t) ** 3 / 6, 0.0))
+    return w
+
+
+def elastic_field(shape: Sequence[int], spacing: Sequence[float], rng: np.random.Generator,
+                  sigma_mm: Sequence[float] = (1.0, 2.0, 2.0), node_mm: float = 24.0) -> np.ndarray:
+    """A smooth random displacement field (3, z, y, x) in mm: a cubic B-spline over a control
+    grid of ``node_mm`` spacing with Gaussian control displacements, scaled so that each
+    component's voxel-wise standard deviation is about ``sigma_mm`` (z, y, x)."""
+    bases = [_bspline_basis(int(n), float(s), float(node_mm)).astype(np.float32) for n, s in zip(shape, spacing)]
+    # variance of a B-spline sum of unit Gaussians, averaged over the grid, per axis
+    gain = math.sqrt(float(np.prod([np.mean((b**2).sum(1)) for b in bases])))
+    out = np.empty((3,) + tuple(int(n) for n in shape), dtype=np.float32)
+    for a in range(3):
+        coef = (rng.standard_normal(tuple(b.shape[1] for b in bases)) * (float(sigma_mm[a]) / gain)).astype(np.float32)
+        f = np.tensordot(bases[0], coef, axes=(1, 0))  # (z, my, mx)
+        f = np.tensordot(f, bases[1], axes=(1, 1))  # (z, mx, y)
+        f = np.tensordot(f, bases[2], axes=(1, 1))  # (z, y, x)
+        out[a] = f
+    return out
+
+
+def augment(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator, *,
+            out_shape: Sequence[int] | None = None, center: Sequence[float] | None = None,
+            spacing: Sequence[float] = SPACING_ZYX,
+            rotation_inplane_deg: float = 15.0, rotation_outplane_deg: float = 5.0,
+            scale_range: tuple[float, float] = (0.9, 1.1),
+            translation_mm: Sequence[float] = (3.0, 8.0, 8.0),
+            elastic_sigma_mm: Sequence[float] = (1.0, 2.0, 2.0), elastic_node_mm: float = 24.0,
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Randomly rotate, scale, translate and elastically deform a window; return
+    ``(image, labels)`` of ``out_shape`` (float32, channels last).
+
+    ``image`` (z, y, x, C) is resampled linearly, ``labels`` (z, y, x, L) by nearest neighbour,
+    both through the same coordinate map. They may be larger than the output (e.g. a whole
+    memory-mapped visit): the output window is centred at ``center`` (voxel coordinates of the
+    input; default its centre) and only the region the map reaches is read; outside the input
+    counts as 0. Parameters, each drawn uniformly in ``±`` its range (defaults are
+    interpretations, not the paper's numbers):
+
+    - ``rotation_inplane_deg``: about the z axis (in the axial plane); 15°.
+    - ``rotation_outplane_deg``: about the y and x axes (tilts across 3 mm slices); 5°.
+    - ``scale_range``: isotropic zoom factor in mm; 0.9–1.1.
+    - ``translation_mm`` (z, y, x): shift of the window; one slice and 8 mm in-plane.
+    - ``elastic_sigma_mm`` (z, y, x), ``elastic_node_mm``: voxel-wise SD of a cubic B-spline
+      displacement field with control nodes every 24 mm; 1 mm across, 2 mm in-plane.
+
+    Rotation and scaling act in millimetres about the window's centre, so a 10° in-plane turn
+    is a true 10° turn although voxels are 3 × 1 × 1 mm.
+    """
+    sp = np.asarray(spacing, dtype=np.float64)
+    shape = tuple(int(n) for n in (image.shape[:3] if out_shape is None else out_shape))
+    # draw in a fixed order: the result is a function of the generator's state only
+    deg = math.pi / 180.0
+    rz = rng.uniform(-1, 1) * rotation_inplane_deg * deg
+    ry = rng.uniform(-1, 1) * rotation_outplane_deg * deg
+    rx = rng.uniform(-1, 1) * rotation_outplane_deg * deg
+    scale = rng.uniform(*scale_range)
+    shift = rng.uniform(-1, 1, 3) * np.asarray(translation_mm, dtype=np.float64)
+    field = elastic_field(shape, sp, rng, elastic_sigma_mm, elastic_node_mm) if max(elastic_sigma_mm) > 0 else None
+    return warp(image, labels, rotation=(rz, ry, rx), scale=scale, shift_mm=shift, displacement_mm=field,
+                out_shape=shape, center=center, spacing=sp)
+
+
+def warp(image: np.ndarray, labels: np.ndarray, *, rotation: Sequence[float] = (0.0, 0.0, 0.0),
+         scale: float = 1.0, shift_mm: Sequence[float] = (0.0, 0.0, 0.0),
+         displacement_mm: np.ndarray | None = None, out_shape: Sequence[int] | None = None,
+         center: Sequence[float] | None = None, spacing: Sequence[float] = SPACING_ZYX,
+         ) -> tuple[np.ndarray, np.ndarray]:
+    """The deterministic half of :func:`augment`: resample ``image`` (linear) and ``labels``
+    (nearest) through one map. Output voxel o (offset from the output centre, in mm) reads the
+    input at ``center + (R·o / scale + shift_mm + displacement_mm(o)) / spacing`` (voxels), with
+    ``R`` the rotation by ``rotation = (about z, about y, about x)`` radians (:func:`_rotation`)
+    and ``displacement_mm`` a (3, *out_shape) field. Only the input region the map reaches is
+    read (a memory-mapped visit stays on disk); outside the input counts as 0."""
+    if image.ndim != 4 or labels.ndim != 4 or image.shape[:3] != labels.shape[:3]:
+        raise ValueError(f"warp expects (z, y, x, C) image and labels on one grid, got {image.shape} and {labels.shape}")
+    in_shape = np.array(image.shape[:3])
+    out_shape = tuple(int(n) for n in (in_shape if out_shape is None else out_shape))
+    c_in = (in_shape - 1) / 2.0 if center is None else np.asarray(center, dtype=np.float64)
+    sp = np.asarray(spacing, dtype=np.float64)
+    shift = np.asarray(shift_mm, dtype=np.float64)
+    if displacement_mm is not None and displacement_mm.shape != (3,) + out_shape:
+        raise ValueError(f"displacement field {displacement_mm.shape} does not match (3, *{out_shape})")
+
+    # float32 coordinates: exact enough (1e-4 voxel at 200 voxels) and faster to resample with
+    m = _rotation(*rotation) / float(scale)
+    axes_mm = [((np.arange(n) - (n - 1) / 2.0) * sp[a]).astype(np.float32) for a, n in enumerate(out_shape)]
+    grids = [axes_mm[0][:, None, None], axes_mm[1][None, :, None], axes_mm[2][None, None, :]]
+    coords = np.empty((3,) + out_shape, dtype=np.float32)
+    for a in range(3):
+        w = (m[a] / sp[a]).astype(np.float32)
+        ca = coords[a]
+        np.add(w[1] * grids[1], w[2] * grids[2], out=ca)
+        ca += w[0] * grids[0]
+        ca += np.float32(c_in[a] + shift[a] / sp[a])
+        if displacement_mm is not None:
+            ca += displacement_mm[a] / np.float32(sp[a])
+
+    # read only the input region the map reaches (clipped to the input; beyond it is 0); the
+    # views are resampled in place, so a memory-mapped visit pages in just that region
+    flat = coords.reshape(3, -1)
+    lo = np.maximum(np.floor(flat.min(1)).astype(int) - 1, 0)
+    hi = np.minimum(np.ceil(flat.max(1)).astype(int) + 2, in_shape)
+    img_out = np.zeros(out_shape + (image.shape[3],), np.float32)
+    lab_out = np.zeros(out_shape + (labels.shape[3],), np.float32)
+    if np.any(hi <= lo):  # the window left the input entirely
+        return img_out, lab_out
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    coords -= lo.astype(np.float32).reshape(3, 1, 1, 1)
+    for src, dst, order in ((image, img_out, 1), (labels, lab_out, 0)):
+        region = src[box]
+        if region.dtype != np.float32:
+            region = region.astype(np.float32)
+        for c in range(region.shape[3]):
+            ndimage.map_coordinates(region[..., c], coords, output=dst[..., c], order=order,
+                                    mode="constant", cval=0.0, prefilter=False)
+    return img_out, lab_out
+
+
+# --------------------------------------------------------------------------- dataset
+
+
+class PatchDataset(keras.utils.PyDataset):
+    """Batches ``(x, (t,) * n_outputs)`` of indexed windows: x (B, z, y, x, 3) float32 in
+    ``[T2w, FLAIR, T1w]`` order, t (B, z, y, x, 2) float32 ``[mask, alpha]`` (the packed
+    target of ``losses.pack_targets``, the same for every supervision output).
+
+    ``index``: a window index (``patches.INDEX_COLUMNS``) or the path of its TSV; relative
+    ``path`` entries are resolved against the working directory. ``steps``: batches per
+    epoch; None = ceil(windows / batch_size). Batches are always full: positions past the
+    windows continue into the next pass over them (a fresh permutation when shuffling; the
+    same order otherwise), so ``steps`` larger than one pass samples windows by cycling.
+    For validation use ``augment_fraction=0, shuffle=False``. ``augment_kwargs`` go to
+    :func:`augment`. ``workers``/``use_multiprocessing`` as in ``keras.utils.PyDataset``.
+    """
+
+    def __init__(self, index: pd.DataFrame | str | Path, patch_size, batch_size: int = 10,
+                 augment_fraction: float = 0.5, seed: int = 0, shuffle: bool = True, n_outputs: int = 3,
+                 workers: int = 1, use_multiprocessing: bool = False, steps: int | None = None,
+                 spacing: Sequence[float] = SPACING_ZYX, augment_kwargs: dict | None = None,
+                 max_queue_size: int = 10):
+        super().__init__(workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
+        source = str(index) if isinstance(index, (str, Path)) else "window index"
+        df = read_index(index) if isinstance(index, (str, Path)) else index
+        need = [c for c in INDEX_COLUMNS if c not in ("fold",)]
+        missing = [c for c in need if c not in df.columns]
+        if missing:
+            raise InputError(f"{source}: window index lacks column(s) {missing}")
+        if len(df) == 0:
+            raise InputError(f"{source}: window index has no windows (no visit with lesion voxels?)")
+        self.patch_size = tuple(int(p) for p in patch_size)
+        if len(self.patch_size) != 3 or min(self.patch_size) <= 0:
+            raise ValueError(f"patch_size must be three positive integers, got {patch_size!r}")
+        if batch_size < 1 or n_outputs < 1 or (steps is not None and steps < 1):
+            raise ValueError(f"batch_size, n_outputs and steps must be ≥ 1, got {batch_size}, {n_outputs}, {steps}")
+        if not 0.0 <= augment_fraction <= 1.0:
+            raise ValueError(f"augment_fraction must be in [0, 1], got {augment_fraction}")
+        self.paths = df["path"].astype(str).to_numpy()
+        self.corners = df[["corner_z", "corner_y", "corner_x"]].to_numpy(dtype=np.int64)
+        self.windows = df.reset_index(drop=True)
+        self.batch_size = int(batch_size)
+        self.augment_fraction = float(augment_fraction)
+        self.seed = int(seed) % 2**63
+        self.shuffle = bool(shuffle)
+        self.n_outputs = int(n_outputs)
+        self.steps = None if steps is None else int(steps)
+        self.spacing = tuple(float(s) for s in spacing)
+        self.augment_kwargs = dict(augment_kwargs or {})
+        self.epoch = 0
+        self._cache: dict[str, np.ndarray] = {}
+        self._orders: dict[tuple[int, int], np.ndarray] = {}
+
+    # -- pickling for process workers: never ship the memory maps, each worker opens its own
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_cache"] = {}
+        state["_orders"] = {}
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
+    def __len__(self) -> int:
+        if self.steps is not None:
+            return self.steps
+        return math.ceil(len(self.paths) / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order and augmentations the batches show."""
+        self.epoch = int(epoch)
+
+    def on_epoch_end(self):
+        # Keras calls this more than once per epoch (EpochIterator.reset); the epoch is set
+        # explicitly by set_epoch / epoch_callback instead.
+        pass
+
+    def epoch_callback(self) -> keras.callbacks.Callback:
+        """A Keras callback that calls ``set_epoch(epoch)`` at each epoch's start (also right
+        after resuming at ``initial_epoch``), before Keras starts the loader's workers."""
+        return _SetEpoch(self)
+
+    def _visit(self, path: str) -> np.ndarray:
+        arr = self._cache.get(path)
+        if arr is None:
+            arr = open_visit(path)
+            if any(n < p for n, p in zip(arr.shape[:3], self.patch_size)):
+                raise InputError(f"{path}: stored array {arr.shape[:3]} is smaller than the patch {self.patch_size}")
+            self._cache[path] = arr
+        return arr
+
+    def _order(self, cycle: int) -> np.ndarray:
+        key = (self.epoch, cycle)
+        order = self._orders.get(key)
+        if order is None:
+            rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch, _ORDER_TAG, cycle]))
+            order = rng.permutation(len(self.paths))
+            if len(self._orders) > 8:
+                self._orders.clear()
+            self._orders[key] = order
+        return order
+
+    def window_of(self, position: int) -> int:
+        """Row of the index shown at sample ``position`` of the current epoch."""
+        n = len(self.paths)
+        cycle, k = divmod(int(position), n)
+        return int(self._order(cycle)[k]) if self.shuffle else k
+
+    def sample(self, position: int) -> tuple[np.ndarray, np.ndarray]:
+        """Sample ``position`` of the current epoch: image (z, y, x, 3), target (z, y, x, 2)."""
+        row = self.window_of(position)
+        arr = self._visit(self.paths[row])
+        corner = self.corners[row]
+        if np.any(corner < 0) or np.any(corner + self.patch_size > np.array(arr.shape[:3])):
+            raise InputError(f"{self.paths[row]}: window at {tuple(corner)} of size {self.patch_size} "
+                             f"lies outside the stored array {arr.shape[:3]}")
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch, int(position)]))
+        if rng.random() < self.augment_fraction:
+            center = corner + (np.array(self.patch_size) - 1) / 2.0
+            return augment(arr[..., :MASK], arr[..., MASK:], rng, out_shape=self.patch_size,
+                           center=center, spacing=self.spacing, **self.augment_kwargs)
+        box = tuple(slice(int(c), int(c) + p) for c, p in zip(corner, self.patch_size))
+        window = np.asarray(arr[box], dtype=np.float32)
+        return window[..., :MASK], window[..., MASK:ALPHA + 1]
+
+    def __getitem__(self, i: int):
+        if not 0 <= i < len(self):
+            raise IndexError(f"batch {i} out of range (0…{len(self) - 1})")
+        x = np.empty((self.batch_size,) + self.patch_size + (MASK,), np.float32)
+        t = np.empty((self.batch_size,) + self.patch_size + (2,), np.float32)
+        for b in range(self.batch_size):
+            x[b], t[b] = self.sample(i * self.batch_size + b)
+        return x, (t,) * self.n_outputs
+
+
+class _SetEpoch(keras.callbacks.Callback):
+    def __init__(self, dataset: PatchDataset):
+        super().__init__()
+        self.dataset = dataset
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.dataset.set_epoch(epoch)
+
+
+__all__ = ["PatchDataset", "SPACING_ZYX", "augment", "elastic_field", "warp"]
