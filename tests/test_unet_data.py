@@ -102,16 +102,16 @@ def test_folds_patient_level_balanced_and_seeded(tmp_path):
     f = split_folds(p, 3, seed=7)
     assert list(f.columns) == ["participant_id", "arm", "fold"]
     assert list(f["participant_id"]) == list(p["participant_id"])
-    assert set(f["fold"]) == {0, 1, 2}
+    assert set(f["fold"]) == {1, 2, 3}
     # every visit of a patient in one fold
     visits = p.loc[p.index.repeat(3)].assign(session=["w000", "w024", "w048"] * len(p))
     per_patient = visits.merge(f, on=["participant_id", "arm"]).groupby("participant_id")["fold"].nunique()
     assert (per_patient == 1).all()
     # folds differ by ≤ 1 overall (16 = 6 + 5 + 5) and within each arm (7 = 3+2+2, 5 = 2+2+1, 4 = 2+1+1)
-    sizes = f["fold"].value_counts().reindex(range(3), fill_value=0)
+    sizes = f["fold"].value_counts().reindex(range(1, 4), fill_value=0)
     assert sorted(sizes) == [5, 5, 6]
     for arm, n in {"PLA": 7, "OCR": 5, "IFN": 4}.items():
-        counts = f.loc[f["arm"] == arm, "fold"].value_counts().reindex(range(3), fill_value=0)
+        counts = f.loc[f["arm"] == arm, "fold"].value_counts().reindex(range(1, 4), fill_value=0)
         assert counts.sum() == n and counts.max() - counts.min() <= 1, (arm, counts.tolist())
     # seeded: same seed, same split, whatever the row order; another seed, another split
     shuffled = p.sample(frac=1, random_state=3)

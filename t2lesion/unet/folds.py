@@ -1,7 +1,7 @@
 """Patient-level cross-validation split (SPEC §3): every visit of a patient in one fold, arms
 balanced across folds, seeded. Pure numpy/pandas, no Keras import.
 
-Folds are numbered 0 … k-1 (as in nnU-Net). Within each arm the participants are shuffled
+Folds are numbered 1 … k (the paths say fold-<k>). Within each arm the participants are shuffled
 with the seed and dealt to the folds round-robin; the deal continues across arms where the
 previous arm stopped, so the folds' sizes differ by at most one overall and within each arm.
 """
@@ -23,7 +23,7 @@ def split_folds(participants: pd.DataFrame, k: int, seed: int) -> pd.DataFrame:
     """Assign each participant to one of ``k`` folds, stratified by arm.
 
     ``participants`` has one row per participant with columns ``participant_id`` and ``arm``
-    (other columns are ignored). Returns ``participant_id, arm, fold`` in the input's row order.
+    (other columns are ignored). Returns ``participant_id, arm, fold`` (fold 1..k) in the input's row order.
     The result depends only on the set of (participant, arm) pairs and ``seed``, not on the
     input's row order.
     """
@@ -41,13 +41,13 @@ def split_folds(participants: pd.DataFrame, k: int, seed: int) -> pd.DataFrame:
         raise InputError(f"{len(df)} participant(s) cannot fill {k} folds: every fold needs at least one patient")
 
     rng = np.random.default_rng(np.random.SeedSequence([int(seed) % 2**63, k]))
-    # a seeded first fold, so that fold 0 is not always the one that gets the remainders
+    # a seeded first fold, so that fold 1 is not always the one that gets the remainders
     position = int(rng.integers(k))
     fold = {}
     for arm in sorted(df["arm"].unique()):
         ids = np.sort(df.loc[df["arm"] == arm, "participant_id"].to_numpy())
         for pid in rng.permutation(ids):
-            fold[pid] = position % k
+            fold[pid] = position % k + 1  # folds are numbered 1..k, as the paths fold-<k>
             position += 1
     out = df.copy()
     out["fold"] = out["participant_id"].map(fold).astype(int)
