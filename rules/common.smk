@@ -106,6 +106,8 @@ def all_targets():
         if trial.gt_visits:
             for source in config["sources"]:
                 targets.append(f"results/metrics/{source}/trial-{name}/table2.tsv")
+            if len(config["sources"]) > 1:
+                targets.append(f"results/metrics/trial-{name}/table2.tsv")
         targets += stats_targets(name)
         targets += lesion_targets(name)
     return targets

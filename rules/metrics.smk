@@ -109,3 +109,38 @@ rule metrics_dataset:
         isbi_score=MET["isbi_score"],
     script:
         "../workflow_scripts/metrics_dataset.py"
+
+
+rule metrics_compare:
+    input:
+        table2=expand(
+            "results/metrics/{source}/trial-{{trial}}/table2.tsv",
+            source=config["sources"],
+        ),
+    output:
+        table2=report(
+            "results/metrics/trial-{trial}/table2.tsv",
+            category="Table 2: segmentation and detection",
+            labels={"source": "all, side by side", "trial": "{trial}"},
+        ),
+        fig_size_groups=report(
+            "results/metrics/trial-{trial}/size_groups.png",
+            category="Fig. 3a-c: size groups",
+            labels={"source": "all, side by side", "trial": "{trial}"},
+        ),
+        fig_tlv=report(
+            "results/metrics/trial-{trial}/tlv_agreement.png",
+            category="TLV agreement",
+            labels={"source": "all, side by side", "trial": "{trial}"},
+        ),
+    log:
+        f"{LOGS}/metrics_compare/trial-{{trial}}.log",
+    benchmark:
+        f"{BENCH}/metrics_compare/trial-{{trial}}.tsv"
+    conda:
+        "../envs/stats.yaml"
+    threads: 1
+    params:
+        sources=config["sources"],
+    script:
+        "../workflow_scripts/metrics_compare.py"

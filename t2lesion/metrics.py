@@ -714,3 +714,29 @@ def run_dataset(visit_tsvs: Sequence, lesion_tsvs: Sequence, out_dir: str | Path
     log.info("%s: %d visits, %d lesion rows; DC %s", title, len(visits), len(lesions),
              t2.loc[t2["column"] == "dc", "summary"].iloc[0])
     return paths
+
+
+def run_compare(dataset_dirs: Mapping[str, str | Path], out_table2: str | Path, out_size_groups_png: str | Path,
+                out_tlv_png: str | Path, *, trial: str) -> pd.DataFrame:
+    """The sources of one trial side by side: Table 2 with one block of rows per source, and the
+    size-group bars and TLV agreement of every source in one figure each.
+
+    ``dataset_dirs`` maps each source to the folder :func:`run_dataset` wrote for it.
+    """
+    from t2lesion.plots import metrics as plots
+
+    tables, groups, visits = [], {}, {}
+    for source, folder in dataset_dirs.items():
+        paths = dataset_outputs(folder)
+        tables.append(pd.read_csv(paths["table2"], sep="\t"))
+        groups[source] = pd.read_csv(paths["size_groups"], sep="\t")
+        visits[source] = pd.read_csv(paths["visits"], sep="\t")
+    t2 = pd.concat(tables, ignore_index=True)
+    _write_tsv(t2, out_table2)
+    title = f"trial-{trial}: " + " vs ".join(dataset_dirs)
+    plots.plot_size_groups(groups, out_size_groups_png, title=title)
+    plots.plot_agreement_sources(visits, out_tlv_png, title=title)
+    for source in dataset_dirs:
+        dc = t2.loc[(t2["source"] == source) & (t2["column"] == "dc"), "summary"]
+        log.info("%s: DC %s", source, dc.iloc[0] if len(dc) else "n/a")
+    return t2

@@ -536,3 +536,19 @@ def test_lesion_load_needs_no_gt_and_equals_the_gt_comparison(clean, tmp_path):
     assert len(table) == 1 and table["participant_id"][0] == out["participant_id"] == "sub-001"
     assert table["week"][0] == 24 and table["tlc"][0] == row["pred_tlc"]
     assert table["tlv_ml"][0] == pytest.approx(row["pred_tlv_ml"])
+
+
+def test_run_compare_puts_every_source_side_by_side(tmp_path):
+    vt, lt = _dataset(tmp_path / "a", n_visits=4)
+    dirs = {}
+    for source in ("baseline", "unet"):
+        M.run_dataset(vt, lt, tmp_path / source, source=source, trial="A")
+        dirs[source] = tmp_path / source
+    out = tmp_path / "cmp"
+    t2 = M.run_compare(dirs, out / "table2.tsv", out / "size_groups.png", out / "tlv.png", trial="A")
+    back = pd.read_csv(out / "table2.tsv", sep="\t")
+    assert back["source"].tolist() == t2["source"].tolist()
+    assert list(dict.fromkeys(back["source"])) == ["baseline", "unet"]
+    per_source = [pd.read_csv(dirs[s] / "table2.tsv", sep="\t") for s in dirs]
+    pd.testing.assert_frame_equal(back, pd.concat(per_source, ignore_index=True))
+    assert (out / "size_groups.png").stat().st_size > 1000 and (out / "tlv.png").stat().st_size > 1000

@@ -105,3 +105,43 @@ def plot_size_groups(tables: Mapping[str, pd.DataFrame], out_png: str | Path, *,
     if title:
         fig.suptitle(title)
     _save(fig, out_png)
+
+
+def plot_agreement_sources(visits: Mapping[str, pd.DataFrame], out_png: str | Path, *, quantity: str = "TLV",
+                           unit: str = "mL", title: str | None = None) -> None:
+    """Predicted vs GT ``quantity`` of several sources on one scatter (identity line; r per source
+    in the legend), and their Bland–Altman differences side by side."""
+    col = {"TLV": "tlv_ml", "TLC": "tlc"}.get(quantity, quantity.lower())
+    lab = f"{quantity} ({unit})" if unit else quantity
+    fig = Figure(figsize=(10, 4.4), layout="constrained")
+    ax1, ax2 = fig.subplots(1, 2)
+    hi = 0.0
+    for i, (source, v) in enumerate(visits.items()):
+        gt, pred = v[f"gt_{col}"].to_numpy(float), v[f"pred_{col}"].to_numpy(float)
+        ok = np.isfinite(gt) & np.isfinite(pred)
+        gt, pred = gt[ok], pred[ok]
+        hi = max(hi, float(gt.max(initial=0)), float(pred.max(initial=0)))
+        pc = pearson_ci(gt, pred)
+        ax1.scatter(gt, pred, s=14, alpha=0.7, edgecolors="none", color=f"C{i}",
+                    label=f"{source}: r = {pc['r']:.3f}, n = {pc['n']}")
+        ba = bland_altman(gt, pred)
+        ax2.scatter((gt + pred) / 2, pred - gt, s=14, alpha=0.7, edgecolors="none", color=f"C{i}",
+                    label=f"{source}: bias {ba['bias']:.2f}")
+        if np.isfinite(ba["bias"]):
+            ax2.axhline(ba["bias"], color=f"C{i}", lw=1)
+    hi = hi * 1.05 or 1.0
+    ax1.plot([0, hi], [0, hi], color="0.4", lw=1, ls="--")
+    ax1.set_xlim(0, hi)
+    ax1.set_ylim(0, hi)
+    ax1.set_aspect("equal")
+    ax1.set_xlabel(f"GT {lab}")
+    ax1.set_ylabel(f"predicted {lab}")
+    ax1.legend(loc="upper left", frameon=False, fontsize=8)
+    ax2.axhline(0, color="0.6", lw=0.8)
+    ax2.set_xlabel(f"mean of GT and predicted {lab}")
+    ax2.set_ylabel(f"predicted − GT {lab}")
+    ax2.set_title("Bland–Altman")
+    ax2.legend(loc="best", frameon=False, fontsize=8)
+    if title:
+        fig.suptitle(title)
+    _save(fig, out_png)

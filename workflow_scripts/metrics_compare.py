@@ -1,0 +1,11 @@
+"""Every source of one trial side by side: Table 2, size groups, TLV agreement (rule metrics_compare)."""
+
+from pathlib import Path
+
+from t2lesion.logs import rule_log
+from t2lesion.metrics import run_compare
+
+with rule_log(snakemake.log[0], snakemake.threads):
+    o = snakemake.output
+    folders = {s: Path(p).parent for s, p in zip(snakemake.params.sources, snakemake.input.table2)}
+    run_compare(folders, o.table2, o.fig_size_groups, o.fig_tlv, trial=snakemake.wildcards.trial)
