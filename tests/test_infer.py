@@ -369,3 +369,26 @@ def test_bad_inputs_name_the_file(tmp_path):
         I.predict_visits([{**v, "gt_mask": "x"}], [], {}, seed=0, log=None, models=[flair_identity])
     with pytest.raises(ValueError, match="unknown inference config keys"):
         I.predict_visits([v], [], {"overlapp": 0.5}, seed=0, log=None, models=[flair_identity])
+    with pytest.raises(ValueError, match="blending must be one of"):
+        I.predict_visits([v], [], {"blending": "cosine"}, seed=0, log=None, models=[flair_identity])
+
+
+def test_workflow_script_calls_predict_visits_inside_the_rule_log(tmp_path, monkeypatch):
+    import runpy
+    from types import SimpleNamespace
+
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS",
+                "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+        monkeypatch.setenv(var, "2")  # restored after the test (rule_log sets them)
+    model_path = tmp_path / "model.keras"
+    identity_keras_model((8, 32, 32)).save(model_path)
+    visit = _write_visit(tmp_path, "sub-03_ses-w024", np.random.default_rng(8), _rigid((0, 0, 5), (2.0, 1.0, 0.0)))
+    log_path = tmp_path / "logs" / "infer.log"
+    smk = SimpleNamespace(log=[str(log_path)], threads=1, input=SimpleNamespace(models=[str(model_path)]),
+                          params=SimpleNamespace(visits=[visit], cfg={"mc_samples": 1, "overlap": 0.5}, seed=3))
+    runpy.run_path(str(Path(__file__).resolve().parents[1] / "workflow_scripts" / "infer.py"),
+                   init_globals={"snakemake": smk})
+    for k in ("out_prob", "out_mask", "out_sd", "out_entropy", "out_mi", "out_native_mask"):
+        assert Path(visit[k]).is_file(), k
+    text = log_path.read_text()
+    assert "visit 1/1 sub-03_ses-w024" in text and "overlap 0.50" in text

@@ -489,17 +489,29 @@ def inference_settings(cfg: dict | None) -> dict:
     out = {k: cfg.get(k, v) if cfg.get(k) is not None else v for k, v in CFG_DEFAULTS.items()}
     out["mc_samples"] = int(out["mc_samples"])
     out["batch_size"] = int(out["batch_size"])
+    problems = []
+    if out["blending"] not in BLENDINGS:
+        problems.append(f"blending must be one of {BLENDINGS}, got {out['blending']!r}")
+    if not 0.0 <= float(out["overlap"]) < 1.0:
+        problems.append(f"overlap must be in [0, 1), got {out['overlap']}")
+    if out["mc_samples"] < 1 or out["batch_size"] < 1:
+        problems.append("mc_samples and batch_size must be >= 1")
+    if not 0.0 < float(out["threshold"]) < 1.0:
+        problems.append(f"threshold must be in (0, 1), got {out['threshold']}")
+    if problems:
+        raise ValueError("inference config: " + "; ".join(problems))
     return out
 
 
 def predict_visits(visits: Sequence[dict], model_paths: Sequence[str | Path], cfg: dict | None, seed: int,
                    log: logging.Logger | None = None, *, channel_order: Sequence[str] | None = None,
-                   models: Sequence | None = None) -> list[dict]:
+                   models: Sequence | None = None, uncertainty: str = "within") -> list[dict]:
     """Predict every visit with the ensemble of ``model_paths`` (each loaded once) and write its
     maps (keys: :data:`VISIT_KEYS`). ``cfg``: the ``inference:`` config section. ``seed``: base
     seed; visit ``v`` uses ``derive_seed(seed, visit_key(v["id"]))``. ``channel_order``: of the
     model inputs (default ``ModelConfig().channel_order``). ``models`` (instead of paths):
-    already loaded models or :class:`FoldPredictor` s. Returns one timing record per visit.
+    already loaded models or :class:`FoldPredictor` s. ``uncertainty``: see :func:`derive_maps`.
+    Returns one timing record per visit.
     """
     from t2lesion.io import write_array
     from t2lesion.preprocess._common import write_image
@@ -528,7 +540,7 @@ def predict_visits(visits: Sequence[dict], model_paths: Sequence[str | Path], cf
         st: dict = {}
         maps = predict_visit(preds, images, brain, None, s["overlap"], s["blending"], s["mc_samples"],
                              s["batch_size"], derive_seed(seed, visit_key(v["id"])),
-                             threshold=s["threshold"], stats=st)
+                             threshold=s["threshold"], uncertainty=uncertainty, stats=st)
         t3 = time.perf_counter()
         for name in MAPS:
             write_array(maps[name], ref, v[f"out_{name}"])
