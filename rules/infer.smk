@@ -33,7 +33,7 @@ def infer_visit(trial, v):
         "brain_mask": f"{pre}_{MNI}_desc-brain_mask.nii.gz",
         "native_flair": str(t.image(v, "FLAIR")),
         "flair_xfm": f"{pre}_from-FLAIR_to-MNI1x1x3_xfm.tfm",
-        **{key: f"{pred}_{suffix}" for key, suffix in UNET_OUT.items()},
+        **{f"out_{key}": f"{pred}_{suffix}" for key, suffix in UNET_OUT.items()},
     }
 
 
@@ -56,7 +56,7 @@ if "unet" in config["sources"]:
                     ],
                     native=[d["native_flair"] for d in _visits],
                 output:
-                    [d[k] for d in _visits for k in UNET_OUT],
+                    [d[f"out_{k}"] for d in _visits for k in UNET_OUT],
                 log:
                     f"{LOGS}/infer/trial-{_trial}_batch-{_i + 1}.log",
                 benchmark:
@@ -68,8 +68,9 @@ if "unet" in config["sources"]:
                     gpu=1,
                 params:
                     visits=_visits,
-                    cfg={**INF, "patch_size": MODEL_CFG["patch_size"]},
+                    cfg=INF,
                     seed=config["seed"],
+                    channel_order=MODEL_CFG.get("channel_order"),
                 message:
                     f"U-Net inference, trial {_trial}, batch {_i + 1}: {len(_visits)} visits"
                 script:

@@ -57,7 +57,9 @@ def rule_log(path: str | Path | None, threads: int | None = None):
 def _set_thread_env(threads: int) -> None:
     import os
 
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"):
+    # TensorFlow sizes its thread pools at import, from its own variables
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS",
+                "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
         os.environ[var] = str(threads)
     try:
         import SimpleITK as sitk
