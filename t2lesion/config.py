@@ -222,8 +222,14 @@ def check_config(config: dict, schema_path: str | Path = SCHEMA) -> dict:
     schema = read_yaml(schema_path)
     validator = _validator_with_defaults()(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path])
-    if errors:
-        raise InputError([_error_line(e) for e in errors], header="config: the configuration is not valid")
+    problems = [_error_line(e) for e in errors]
+    if not problems:
+        # rules JSON Schema cannot express (list lengths against the model's depth, ...); no Keras import
+        from t2lesion.unet.config import section_problems
+
+        problems = section_problems(config)
+    if problems:
+        raise InputError(problems, header="config: the configuration is not valid")
     return config
 
 

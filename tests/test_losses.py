@@ -206,13 +206,14 @@ def test_gamma_and_beta_schedules():
 
 def test_schedule_callback_drives_the_compiled_loss():
     """With lr = 0 the prediction is fixed, so each epoch's logged loss is the Eq. 1 value at
-    that epoch's γ and β: proves the compiled train step reads the updated variables."""
+    that epoch's γ and β: proves the compiled train step reads the model's schedule state."""
     t, _ = _example(shape=(2, 4, 8, 8))
     x = np.random.default_rng(1).normal(size=(2, 4, 8, 8, 1)).astype("float32")
     inp = keras.Input((4, 8, 8, 1))
-    out = keras.layers.Conv3D(1, 1, activation="sigmoid", kernel_initializer="ones", bias_initializer="zeros")(inp)
+    h = L.LossScheduleState()(inp)
+    out = keras.layers.Conv3D(1, 1, activation="sigmoid", kernel_initializer="ones", bias_initializer="zeros")(h)
     model = keras.Model(inp, out)
-    losses, cb = L.make_loss(n_epochs=4, n_outputs=1)
+    losses, cb = L.make_loss(n_epochs=4, n_outputs=1, model=model)
     model.compile(optimizer=keras.optimizers.SGD(0.0), loss=losses[0])
     hist = model.fit(x, t, epochs=4, batch_size=2, verbose=0, shuffle=False, callbacks=[cb])
     p = 1 / (1 + np.exp(-x))
@@ -220,15 +221,68 @@ def test_schedule_callback_drives_the_compiled_loss():
     np.testing.assert_allclose(hist.history["loss"], expected, rtol=1e-4)
     assert [h[0] for h in cb.history] == [0, 1, 2, 3]
     assert cb.history[-1][1] == pytest.approx(0.15)
+    assert L.find_schedule_state(model).values()[0] == 3
     assert float(np_(losses[0].gamma)) == pytest.approx(0.15)
 
 
-def test_make_loss_shares_schedule_between_levels():
-    losses, cb = L.make_loss(n_epochs=10, n_outputs=3)
+def test_make_loss_binds_every_level_to_the_model_state():
+    inp = keras.Input((4, 8, 8, 1))
+    state = L.LossScheduleState(name="s")
+    model = keras.Model(inp, keras.layers.Conv3D(1, 1)(state(inp)))
+    losses, cb = L.make_loss(n_epochs=10, n_outputs=3, model=model)
     assert [l.name for l in losses] == ["loss_d1", "loss_d2", "loss_d3"]
-    assert all(l.gamma is losses[0].gamma and l.beta is losses[0].beta for l in losses)
+    assert all(l.state is state and l.scheduled for l in losses)
+    assert state.values() == (-1, pytest.approx(0.02), pytest.approx(L.beta_schedule(0, 10)))
     cb.on_epoch_begin(9)
-    assert all(float(np_(l.gamma)) == pytest.approx(0.15) for l in losses)
+    assert all(l.current()[0] == pytest.approx(0.15) for l in losses)
+    # the config records the current values and that the loss is scheduled
+    assert losses[0].get_config()["gamma"] == pytest.approx(0.15) and losses[0].get_config()["scheduled"]
+    with pytest.raises(ValueError, match="LossScheduleState"):
+        L.make_loss(model=keras.Model(inp, keras.layers.Conv3D(1, 1)(inp)))
+
+
+def _schedule_report(backend: str, tmp_path) -> dict:
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import _backend_check as BC
+
+    if backend == keras.backend.backend():
+        os.environ["T2L_TMP"] = str(tmp_path)
+        return BC.schedule_checks()
+    pytest.importorskip(backend)
+    env = {**os.environ, "KERAS_BACKEND": backend, "T2L_TMP": str(tmp_path), "CUDA_VISIBLE_DEVICES": ""}
+    out = tmp_path / f"{backend}.json"
+    proc = subprocess.run([sys.executable, BC.__file__, "--schedule", str(out)], env=env, capture_output=True,
+                          text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "torch", "jax"])
+def test_schedule_is_model_state_on_every_backend(backend, tmp_path):
+    """γ/β changed between epochs reach the compiled train and test steps without rebuilding
+    them (JAX: no recompile per epoch), validation loss uses the current values, and the
+    state survives save/load with the deserialised loss bound to it (unbound: a warning)."""
+    rep = _schedule_report(backend, tmp_path)
+    assert rep["backend"] == backend
+    exp = rep["expected"]
+    assert min(abs(a - b) for a, b in zip(exp, exp[1:])) > 0.05  # the check is sensitive
+    np.testing.assert_allclose(rep["loss"], exp, rtol=1e-5)
+    np.testing.assert_allclose(rep["val_loss"], exp, rtol=1e-5)  # validation at the epoch's γ/β
+    assert rep["train_function_ids_distinct"] == 1  # never rebuilt
+    if backend in ("tensorflow", "jax"):  # traced once, never retraced for new γ/β
+        assert len(set(rep["loss_traces_per_epoch"])) == 1, rep["loss_traces_per_epoch"]
+    for got, want in rep["evaluate_vs_expected"] + [rep["loaded_evaluate_vs_expected"]]:
+        assert got == pytest.approx(want, rel=1e-5)
+    assert abs(rep["evaluate_vs_expected"][0][0] - rep["evaluate_vs_expected"][1][0]) > 0.05
+    assert not rep["test_function_rebuilt"]
+    assert rep["loaded_state"] == [2, pytest.approx(0.11), pytest.approx(0.77)]
+    assert rep["loaded_loss_bound"] and rep["unbound_warns"]
 
 
 def test_pack_targets():

@@ -19,54 +19,33 @@ is; α: max-pool, i.e. the weight of the smallest lesion touching the coarse vox
 
 Schedules
 ---------
-γ (truncation point) and β (background weight) are non-trainable ``keras.Variable`` scalars
-owned by the loss and updated each epoch by ``LossScheduleCallback`` (γ linear 0.02 → 0.15;
-β sigmoid growth). TF (tf.function captures variables by reference) and PyTorch (eager) see
-the new values without retracing; on JAX, where a jitted train step would bake them in as
-constants, the callback rebuilds the train function after each update.
+γ (truncation point) and β (background weight) live in the **model**: ``LossScheduleState``
+is an identity layer at the model's input that owns three non-trainable scalar weights
+(γ, β and the epoch they were set for). The losses read them (``LesionSegLoss.bind``), and
+``LossScheduleCallback`` / the training loop assign them at each epoch start (γ linear
+0.02 → 0.15; β sigmoid growth). Being model state they are saved in every ``.keras`` file
+and restored with it (``t2lesion.unet.model.load_model`` re-binds the deserialised losses;
+a scheduled loss used unbound warns), and every backend sees new values without rebuilding
+its train/test functions: TF captures the variables by reference, PyTorch runs eagerly, and
+JAX's trainer passes the model's non-trainable variables to the jitted step as inputs (the
+loss reads them inside the trainer's stateless scope), so no recompile per epoch; the
+compiled validation loss (``evaluate``) uses the current values too.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import warnings
 
 import keras
 import numpy as np
 from keras import ops
 
+from t2lesion.unet.config import LossConfig
+
 PKG = "t2lesion"
 
 # --------------------------------------------------------------------------- schedules (pure Python)
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    """Loss hyper-parameters (SPEC §5). Midpoints/slopes are interpretations (docs/model.md)."""
-
-    gamma_start: float = 0.02
-    gamma_end: float = 0.15
-    beta_min: float = 0.1
-    beta_max: float = 1.0
-    beta_midpoint: float = 0.5  # fraction of the training epochs
-    beta_width: float = 0.1  # sigmoid scale, fraction of the training epochs
-    alpha_max: float = 100.0
-    alpha_min: float = 1.0
-    alpha_midpoint_voxels: float = 30.0  # 30 voxels = 90 µL at 1×1×3 mm
-    alpha_slope_voxels: float = 10.0
-    alpha_connectivity: int = 18
-    dice_smooth: float = 1.0
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> LossConfig:
-        import dataclasses
-
-        d = dict(d or {})
-        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown loss config keys: {unknown}")
-        return cls(**d)
-
 
 def _sigmoid(t: float) -> float:
     return 1.0 / (1.0 + math.exp(-t)) if t >= 0 else math.exp(t) / (1.0 + math.exp(t))
@@ -169,26 +148,113 @@ def _pool_to(t, target_shape):
 
 
 @keras.saving.register_keras_serializable(package=PKG)
+class LossScheduleState(keras.layers.Layer):
+    """Identity layer owning the loss schedule's state as non-trainable model weights.
+
+    ``gamma``, ``beta`` (float32 scalars) and ``epoch`` (int32: the 0-based epoch they were set
+    for, -1 before training). Put it in the model's graph (``build_model`` does, at the input)
+    so the state is saved/restored with the model and is part of the model's non-trainable
+    variables, which JAX's trainer passes to the jitted train/test steps as inputs.
+    """
+
+    def __init__(self, gamma: float = 0.02, beta: float = 0.1, **kwargs):
+        kwargs.setdefault("dtype", "float32")  # a pure pass-through under any precision policy
+        super().__init__(**kwargs)
+        self.gamma_init = float(gamma)
+        self.beta_init = float(beta)
+        self.gamma = self.add_weight(shape=(), dtype="float32", trainable=False, name="gamma",
+                                     initializer=keras.initializers.Constant(self.gamma_init))
+        self.beta = self.add_weight(shape=(), dtype="float32", trainable=False, name="beta",
+                                    initializer=keras.initializers.Constant(self.beta_init))
+        self.epoch = self.add_weight(shape=(), dtype="int32", trainable=False, name="epoch",
+                                     initializer=keras.initializers.Constant(-1))
+
+    def call(self, x):
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def set(self, epoch: int, gamma: float, beta: float) -> None:
+        self.gamma.assign(float(gamma))
+        self.beta.assign(float(beta))
+        self.epoch.assign(int(epoch))
+
+    def values(self) -> tuple[int, float, float]:
+        """(epoch, γ, β) as Python numbers."""
+        f = ops.convert_to_numpy
+        return int(f(self.epoch)), float(f(self.gamma)), float(f(self.beta))
+
+    def get_config(self):
+        return {**super().get_config(), "gamma": self.gamma_init, "beta": self.beta_init}
+
+
+def find_schedule_state(model) -> LossScheduleState | None:
+    """The model's ``LossScheduleState`` layer (searched in nested models too), or None."""
+    if isinstance(model, LossScheduleState):
+        return model
+    for layer in getattr(model, "layers", []):
+        found = find_schedule_state(layer)
+        if found is not None:
+            return found
+    return None
+
+
+@keras.saving.register_keras_serializable(package=PKG)
 class LesionSegLoss(keras.losses.Loss):
     """α·L_FG-ST + β·L_BG-ST + L_dice for one supervision output; returns one value per sample.
 
     L_FG-ST = Σ_fg α_i·L_ST(p_i) / N_fg (0 if the sample has no lesion voxel),
     L_BG-ST = Σ_bg L_ST(1-p_i) / N_bg (0 if it has no background voxel),
     L_dice  = soft Dice of (p, mask) over the sample's voxels.
-    ``gamma``/``beta`` are scalar ``keras.Variable``s (``self.gamma``, ``self.beta``).
+
+    Unbound, γ and β are the fixed numbers given (e.g. the validation loss at fixed γ/β).
+    ``bind(state)`` makes the loss read them from a ``LossScheduleState`` (the model's) on every
+    call. The config records ``scheduled``; a scheduled loss deserialised without its model
+    state (``keras.saving.load_model`` instead of ``t2lesion.unet.model.load_model``) warns
+    when it is used, instead of silently training with frozen γ/β.
     """
 
-    def __init__(self, gamma=0.02, beta=0.1, dice_smooth: float = 1.0,
+    def __init__(self, gamma: float = 0.02, beta: float = 0.1, dice_smooth: float = 1.0, scheduled: bool = False,
                  name: str = "lesion_seg_loss", reduction: str = "sum_over_batch_size", **kwargs):
         super().__init__(name=name, reduction=reduction, **kwargs)
         self.dice_smooth = float(dice_smooth)
-        # pass existing keras.Variables to share one schedule between the per-level losses
-        self.gamma = gamma if isinstance(gamma, keras.Variable) else keras.Variable(
-            float(gamma), trainable=False, dtype="float32", name="st_gamma")
-        self.beta = beta if isinstance(beta, keras.Variable) else keras.Variable(
-            float(beta), trainable=False, dtype="float32", name="st_beta")
+        self.fixed_gamma = float(gamma)
+        self.fixed_beta = float(beta)
+        self.scheduled = bool(scheduled)
+        self.state: LossScheduleState | None = None
+        self._warned = False
+
+    def bind(self, state: LossScheduleState) -> LesionSegLoss:
+        if not isinstance(state, LossScheduleState):
+            raise TypeError(f"bind() needs a LossScheduleState, got {type(state).__name__}")
+        self.state = state
+        self.scheduled = True
+        return self
+
+    @property
+    def gamma(self):
+        return self.state.gamma if self.state is not None else self.fixed_gamma
+
+    @property
+    def beta(self):
+        return self.state.beta if self.state is not None else self.fixed_beta
+
+    def current(self) -> tuple[float, float]:
+        """(γ, β) this loss uses now, as Python floats."""
+        if self.state is None:
+            return self.fixed_gamma, self.fixed_beta
+        _, g, b = self.state.values()
+        return g, b
 
     def call(self, y_true, y_pred):
+        if self.state is None and self.scheduled and not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"{self.name}: a scheduled LesionSegLoss is used without its schedule state; γ/β stay "
+                f"frozen at {self.fixed_gamma:g}/{self.fixed_beta:g}. Load models with "
+                "t2lesion.unet.model.load_model (re-binds the model's LossScheduleState) or call bind().",
+                RuntimeWarning, stacklevel=2)
         y_pred = ops.cast(y_pred, "float32")
         y_true = ops.cast(y_true, "float32")
         y_true = _pool_to(y_true, y_pred.shape)
@@ -196,8 +262,8 @@ class LesionSegLoss(keras.losses.Loss):
         alpha = y_true[..., 1:2] if y_true.shape[-1] >= 2 else q
         p = ops.clip(y_pred, 0.0, 1.0)
         axes = tuple(range(1, len(p.shape)))
-        gamma = ops.convert_to_tensor(self.gamma)
-        beta = ops.convert_to_tensor(self.beta)
+        gamma = ops.cast(ops.convert_to_tensor(self.gamma), "float32")
+        beta = ops.cast(ops.convert_to_tensor(self.beta), "float32")
         bgm = 1.0 - q
         n_fg = ops.sum(q, axis=axes)
         n_bg = ops.sum(bgm, axis=axes)
@@ -207,66 +273,94 @@ class LesionSegLoss(keras.losses.Loss):
         return fg + beta * bg + dice
 
     def get_config(self):
+        g, b = self.current()
         return {
             "name": self.name,
             "reduction": self.reduction,
-            "gamma": float(ops.convert_to_numpy(self.gamma)),
-            "beta": float(ops.convert_to_numpy(self.beta)),
+            "gamma": g,
+            "beta": b,
             "dice_smooth": self.dice_smooth,
+            "scheduled": self.scheduled,
         }
 
 
-class LossScheduleCallback(keras.callbacks.Callback):
-    """Sets γ and β of ``losses`` at the start of every epoch from ``LossConfig`` and ``n_epochs``."""
+def bind_losses(model) -> int:
+    """Bind the ``LesionSegLoss``es a model was compiled with to the model's
+    ``LossScheduleState``; returns how many were bound (0 if the model has none)."""
+    state = find_schedule_state(model)
+    bound = 0
+    for loss in _flat(getattr(model, "loss", None)):
+        if isinstance(loss, LesionSegLoss) and state is not None:
+            loss.bind(state)
+            bound += 1
+    return bound
 
-    def __init__(self, losses, n_epochs: int, cfg: LossConfig | None = None):
+
+def _flat(x):
+    if isinstance(x, (list, tuple)):
+        return [y for e in x for y in _flat(e)]
+    if isinstance(x, dict):
+        return [y for e in x.values() for y in _flat(e)]
+    return [] if x is None else [x]
+
+
+def schedule_values(epoch: int, n_epochs: int, cfg: LossConfig | None = None) -> tuple[float, float]:
+    """(γ, β) of the schedules of ``cfg`` at 0-based ``epoch`` of ``n_epochs``."""
+    c = cfg or LossConfig()
+    return (
+        gamma_schedule(epoch, n_epochs, c.gamma_start, c.gamma_end),
+        beta_schedule(epoch, n_epochs, c.beta_min, c.beta_max, c.beta_midpoint, c.beta_width),
+    )
+
+
+class LossScheduleCallback(keras.callbacks.Callback):
+    """Sets the model's γ and β (``LossScheduleState``) at the start of every epoch from
+    ``LossConfig`` and ``n_epochs``. ``state`` defaults to the state layer of the model being
+    fitted. No train function is rebuilt on any backend."""
+
+    def __init__(self, n_epochs: int, cfg: LossConfig | None = None, state: LossScheduleState | None = None):
         super().__init__()
-        losses = losses if isinstance(losses, (list, tuple)) else [losses]
-        self.variables = []
-        for l in losses:
-            for v in (l.gamma, l.beta):
-                if not any(v is u for _, u in self.variables):
-                    self.variables.append(("gamma" if v is l.gamma else "beta", v))
         self.n_epochs = int(n_epochs)
         self.cfg = cfg or LossConfig()
+        self.state = state
         self.history: list[tuple[int, float, float]] = []
 
     def values(self, epoch: int) -> tuple[float, float]:
-        c = self.cfg
-        return (
-            gamma_schedule(epoch, self.n_epochs, c.gamma_start, c.gamma_end),
-            beta_schedule(epoch, self.n_epochs, c.beta_min, c.beta_max, c.beta_midpoint, c.beta_width),
-        )
+        return schedule_values(epoch, self.n_epochs, self.cfg)
+
+    def _state(self) -> LossScheduleState:
+        if self.state is None and self.model is not None:
+            self.state = find_schedule_state(self.model)
+        if self.state is None:
+            raise ValueError("LossScheduleCallback: the model has no LossScheduleState layer")
+        return self.state
 
     def apply(self, epoch: int) -> tuple[float, float]:
         g, b = self.values(epoch)
-        for kind, v in self.variables:
-            v.assign(g if kind == "gamma" else b)
+        self._state().set(epoch, g, b)
         return g, b
 
     def on_epoch_begin(self, epoch, logs=None):
         g, b = self.apply(epoch)
         self.history.append((int(epoch), g, b))
-        if keras.backend.backend() == "jax" and self.model is not None and epoch > 0:
-            # a jitted JAX step captures non-model variables as constants: retrace with new values
-            self.model.make_train_function(force=True)
 
 
-def make_loss(cfg: LossConfig | None = None, n_epochs: int = 30, n_outputs: int = 3):
-    """Per-supervision-level losses (sharing one γ and one β variable; distinct names so Keras
-    logs each level) and the callback that schedules them, initialised to epoch-0 values.
+def make_loss(cfg: LossConfig | None = None, n_epochs: int = 30, n_outputs: int = 3, model=None):
+    """Per-supervision-level losses bound to ``model``'s ``LossScheduleState`` (distinct names so
+    Keras logs each level) and the callback that schedules them; the state is set to epoch 0's
+    values. ``model`` may also be the state layer itself.
 
     Use: ``model.compile(optimizer, loss=losses)``; ``model.fit(x, [t] * n_outputs,
     callbacks=[cb])`` with ``t`` the packed full-resolution target (``pack_targets``).
     """
     cfg = cfg or LossConfig()
-    first = LesionSegLoss(dice_smooth=cfg.dice_smooth, name="loss_d1")
-    losses = [first] + [
-        LesionSegLoss(gamma=first.gamma, beta=first.beta, dice_smooth=cfg.dice_smooth, name=f"loss_d{i + 1}")
-        for i in range(1, n_outputs)
-    ]
-    cb = LossScheduleCallback(losses, n_epochs, cfg)
-    cb.apply(0)
+    state = find_schedule_state(model) if model is not None else None
+    if state is None:
+        raise ValueError("make_loss needs a model with a LossScheduleState layer (build_model adds one)")
+    losses = [LesionSegLoss(dice_smooth=cfg.dice_smooth, name=f"loss_d{i + 1}").bind(state) for i in range(n_outputs)]
+    cb = LossScheduleCallback(n_epochs, cfg, state)
+    g, b = cb.values(0)
+    state.set(-1, g, b)
     return losses, cb
 
 
@@ -274,6 +368,10 @@ __all__ = [
     "LesionSegLoss",
     "LossConfig",
     "LossScheduleCallback",
+    "LossScheduleState",
+    "bind_losses",
+    "find_schedule_state",
+    "schedule_values",
     "alpha_map",
     "alpha_weight",
     "beta_schedule",

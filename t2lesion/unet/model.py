@@ -31,131 +31,18 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import keras
 import numpy as np
 from keras import layers, ops
 
+from t2lesion.unet.config import ModelConfig, Triple, split_model_section
+from t2lesion.unet.losses import LossScheduleState, bind_losses
+
 PKG = "t2lesion"
+SCHEDULE_LAYER = "loss_schedule"
 
-Triple = tuple[int, int, int]
-
-# --------------------------------------------------------------------------- config
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Architecture hyper-parameters. Defaults = the paper's model as interpreted in docs/model.md.
-
-    widths: feature channels per depth (finest first) of the skip/decoder path and of the
-        plain U-Net baseline ("the same number of filters at the various depths").
-    arms: encoder arms as (name, channel names). Single-arm ablation: ``(("all", (...)),)``.
-    arm_fractions: width of each arm as a fraction of ``widths``; the default (1/2, 3/8, 3/8)
-        gives arm widths 16-128 (E1) and 12-96 (E2, E3); their concatenation (1.25 × widths[d])
-        is reduced to widths[d] by the 1×1×1 projection.
-    strides: stride from depth d to d+1 (z, y, x); len = depth - 1.
-    block_kernels: per depth, the kernels of the two convs of each residual block.
-    down_kernel: kernel rule of each strided downsampling conv (one per level step, HRNet-style
-        chains for longer jumps): ``"stride+1"`` (3 on strided axes, 1 elsewhere: HRNet's 3×3
-        stride-2 conv) or ``"stride"`` (kernel = stride, non-overlapping, cheaper).
-    """
-
-    patch_size: Triple = (32, 96, 96)
-    spacing_mm: tuple[float, float, float] = (3.0, 1.0, 1.0)
-    channel_order: tuple[str, ...] = ("T2w", "FLAIR", "T1w")
-    widths: tuple[int, ...] = (32, 64, 128, 256)
-    arms: tuple[tuple[str, tuple[str, ...]], ...] = (
-        ("all", ("T2w", "FLAIR", "T1w")),
-        ("FLAIR", ("FLAIR",)),
-        ("T2w", ("T2w",)),
-    )
-    arm_fractions: tuple[float, ...] = (0.5, 0.375, 0.375)
-    strides: tuple[Triple, ...] = ((1, 2, 2), (2, 2, 2), (2, 2, 2))
-    block_kernels: tuple[tuple[Triple, Triple], ...] = (((1, 3, 3), (3, 3, 3)),) * 4
-    down_kernel: str = "stride+1"
-    dense_input: bool = True
-    dense_skip: bool = True
-    decoder_shortcuts: bool = True
-    dropout_rate: float = 0.2
-    supervision_levels: int = 3
-    bn_momentum: float = 0.99
-    bn_epsilon: float = 1e-3
-    seed: int = 0
-
-    # -- derived -----------------------------------------------------------------
-    @property
-    def depth(self) -> int:
-        return len(self.widths)
-
-    def validate(self) -> ModelConfig:
-        problems = []
-        d = self.depth
-        if d < 2:
-            problems.append(f"widths must have >= 2 entries, got {self.widths}")
-        if len(self.strides) != d - 1:
-            problems.append(f"strides needs {d - 1} entries (one per downsampling), got {len(self.strides)}")
-        if len(self.block_kernels) != d:
-            problems.append(f"block_kernels needs {d} entries (one per depth), got {len(self.block_kernels)}")
-        if len(self.arm_fractions) != len(self.arms):
-            problems.append("arm_fractions must have one entry per arm")
-        if self.down_kernel not in ("stride", "stride+1"):
-            problems.append(f"down_kernel must be 'stride' or 'stride+1', got {self.down_kernel!r}")
-        if not 0.0 <= self.dropout_rate < 1.0:
-            problems.append(f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
-        if not 1 <= self.supervision_levels <= d - 1:
-            problems.append(f"supervision_levels must be in [1, {d - 1}], got {self.supervision_levels}")
-        for _, chans in self.arms:
-            for c in chans:
-                if c not in self.channel_order:
-                    problems.append(f"arm channel {c!r} not in channel_order {self.channel_order}")
-        tot = self.total_strides()[-1]
-        for ax in range(3):
-            if self.patch_size[ax] % tot[ax]:
-                problems.append(
-                    f"patch_size {self.patch_size} axis {ax} is not divisible by the total stride {tot[ax]}"
-                )
-        if problems:
-            raise ValueError("invalid ModelConfig:\n  - " + "\n  - ".join(problems))
-        return self
-
-    def total_strides(self) -> list[Triple]:
-        """Cumulative stride (jump, in input voxels) at each depth, finest first."""
-        out = [(1, 1, 1)]
-        for s in self.strides:
-            out.append(tuple(int(a * b) for a, b in zip(out[-1], s)))
-        return out
-
-    def arm_widths(self, arm_index: int) -> list[int]:
-        f = self.arm_fractions[arm_index]
-        return [max(1, round(f * w)) for w in self.widths]
-
-    def to_dict(self) -> dict:
-        return _to_plain(dataclasses.asdict(self))
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> ModelConfig:
-        """Build from a (YAML/JSON) mapping; unknown keys are an error, lists become tuples."""
-        d = dict(d or {})
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown model config keys: {unknown}")
-        return cls(**{k: _to_tuple(v) for k, v in d.items()}).validate()
-
-
-def _to_tuple(v):
-    if isinstance(v, (list, tuple)):
-        return tuple(_to_tuple(x) for x in v)
-    return v
-
-
-def _to_plain(v):
-    if isinstance(v, (list, tuple)):
-        return [_to_plain(x) for x in v]
-    if isinstance(v, dict):
-        return {k: _to_plain(x) for k, x in v.items()}
-    return v
+# --------------------------------------------------------------------------- helpers
 
 
 def _down_kernel(stride: Sequence[int], rule: str) -> Triple:
@@ -523,8 +410,11 @@ def build_multiarm_decoder(cfg: ModelConfig) -> keras.Model:
 
 
 def _compose(encoder: keras.Model, decoder: keras.Model, cfg: ModelConfig, name: str) -> keras.Model:
+    """``decoder(encoder(x))``, with the loss schedule's state (an identity layer at the input
+    owning γ, β and the epoch as non-trainable weights) so that it is saved with the model."""
     x = keras.Input(shape=tuple(cfg.patch_size) + (len(cfg.channel_order),), name="image")
-    outs = decoder(encoder(x))
+    h = LossScheduleState(name=SCHEDULE_LAYER)(x)
+    outs = decoder(encoder(h))
     return keras.Model(x, outs, name=name)
 
 
@@ -584,11 +474,11 @@ def build_plain_unet(cfg: ModelConfig | None = None) -> keras.Model:
     return _compose(build_plain_encoder(cfg), build_plain_decoder(cfg), cfg, "plain_unet")
 
 
-def build_from_config(model_section: dict | None) -> keras.Model:
-    """Build from the ``model:`` mapping of config.yaml (``kind`` + ``ModelConfig`` fields)."""
-    d = dict(model_section or {})
-    kind = d.pop("kind", "multiarm")
-    return build_model(ModelConfig.from_dict(d), kind)
+def build_from_config(model_section: dict | None, seed: int | None = None) -> keras.Model:
+    """Build from the ``model:`` mapping of config.yaml (``kind`` + ``ModelConfig`` fields).
+    ``seed`` replaces a null ``model.seed`` (a fold's seed: ``t2lesion.unet.config.fold_seed``)."""
+    kind, cfg = split_model_section(model_section, seed)
+    return build_model(cfg, kind)
 
 
 def build_model(cfg: ModelConfig | None = None, kind: str = "multiarm") -> keras.Model:
@@ -615,7 +505,7 @@ def make_mc_decoder(decoder: keras.Model, rate: float | None = None, seed: int =
         if isinstance(layer, (MCDropout, layers.Dropout)):
             counter[0] += 1
             r = layer.rate if rate is None else rate
-            return MCDropout(r, always_on=True, seed=seed + counter[0], name=f"{layer.name}_mc")
+            return MCDropout(r, always_on=True, seed=_seed_state(seed, counter[0]), name=f"{layer.name}_mc")
         return layer
 
     mc = keras.models.clone_model(decoder, clone_function=clone)
@@ -636,13 +526,35 @@ def split_encoder_decoder(model: keras.Model, mc: bool = False, rate: float | No
     return encoder, decoder
 
 
-def set_mc_seed(decoder: keras.Model, seed: int) -> None:
-    """Reset the seed generators of the always-on dropout layers (reproducible MC draws)."""
+def _seed_state(seed: int, k: int) -> int:
+    """A generator seed in [0, 2**31) from any integer ``seed`` and a layer index (no overflow)."""
+    ss = np.random.SeedSequence([int(seed) % 2**64, int(k)])
+    return int(ss.generate_state(1, dtype=np.uint32)[0] >> 1)
+
+
+def reseed_dropout(model: keras.Model, seed: int, only_mc: bool = False) -> int:
+    """Reset the seed generators of the model's dropout layers (``MCDropout``, nested models
+    included) from ``seed``: reproducible draws for any integer seed. Returns the count."""
     k = 0
-    for layer in decoder.layers:
-        if isinstance(layer, MCDropout):
+    for layer in _walk(model):
+        if isinstance(layer, MCDropout) and (layer.always_on or not only_mc):
             k += 1
-            layer.seed_generator.state.assign(np.array([int(seed) * 1009 + k, 0], dtype="uint32"))
+            state = layer.seed_generator.state
+            state.assign(np.array([_seed_state(seed, k), 0], dtype=state.dtype))
+    return k
+
+
+def _walk(model):
+    for layer in getattr(model, "layers", []):
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _walk(layer)
+
+
+def set_mc_seed(decoder: keras.Model, seed: int) -> None:
+    """Reset the seed generators of the always-on dropout layers (reproducible MC draws).
+    Any integer seed (folds x windows x passes may exceed 2**32)."""
+    reseed_dropout(decoder, seed, only_mc=True)
 
 
 def _is_mc(decoder: keras.Model) -> bool:
@@ -686,7 +598,15 @@ def mc_predict(encoder: keras.Model, decoder: keras.Model, x, n_samples: int = 1
 
 
 def count_params(model: keras.Model) -> int:
-    return int(sum(int(np.prod(w.shape)) for w in model.weights if "seed_generator" not in w.path))
+    """Parameters: weights and BN statistics, not the loss schedule's 3 scalars
+    (``model.count_params()`` counts those too)."""
+    sched = find_schedule_state_vars(model)
+    return int(sum(int(np.prod(w.shape)) for w in model.weights
+                   if "seed_generator" not in w.path and id(w) not in sched))
+
+
+def find_schedule_state_vars(model) -> set[int]:
+    return {id(v) for layer in _walk(model) if isinstance(layer, LossScheduleState) for v in layer.weights}
 
 
 class _RF1D:
@@ -841,10 +761,29 @@ def output_shapes(cfg: ModelConfig | None = None) -> list[tuple[int, int, int, i
 
 
 def load_model(path, compile: bool = True) -> keras.Model:
-    """``keras.saving.load_model`` with this package's custom objects (layers and losses) registered."""
-    from t2lesion.unet import losses as _losses  # noqa: F401  (registers LesionSegLoss)
+    """``keras.saving.load_model`` with this package's custom objects registered; a compiled
+    model's ``LesionSegLoss``es are re-bound to the model's saved ``LossScheduleState`` (so a
+    resumed training continues the schedule instead of freezing γ/β at their saved values)."""
+    model = keras.saving.load_model(path, compile=compile)
+    if compile:
+        bind_losses(model)
+    return model
 
-    return keras.saving.load_model(path, compile=compile)
+
+def set_precision(mode: str = "auto", gpu: bool = False) -> str:
+    """Global Keras dtype policy for models built (or loaded) afterwards; returns its name.
+
+    ``"on"``: ``mixed_bfloat16`` (bf16 compute, float32 variables); ``"off"``: ``float32``;
+    ``"auto"``: mixed on a GPU, float32 on the CPU. The heads' sigmoids are float32 layers in
+    every policy, so predictions and the loss are float32. bf16 rather than fp16: no loss
+    scaling needed.
+    """
+    if mode not in ("auto", "on", "off"):
+        raise ValueError(f"mixed_precision must be 'auto', 'on' or 'off', got {mode!r}")
+    on = mode == "on" or (mode == "auto" and bool(gpu))
+    policy = "mixed_bfloat16" if on else "float32"
+    keras.config.set_dtype_policy(policy)
+    return policy
 
 
 def with_overrides(cfg: ModelConfig, **kw) -> ModelConfig:
@@ -871,7 +810,9 @@ __all__ = [
     "mc_predict",
     "output_shapes",
     "receptive_field",
+    "reseed_dropout",
     "set_mc_seed",
+    "set_precision",
     "split_encoder_decoder",
     "with_overrides",
 ]
