@@ -3,6 +3,12 @@
 # baseline rigid registration (brain to brain), one resampling of every native
 # image into the MNI-aligned 1x1x3 mm grid, then normalisation and QC.
 PP = config["preprocess"]
+# On a cluster (profiles/slurm) the chain of one visit, N4 to QC, is one job: every rule here
+# is in its session's group, so one visit's jobs form one connected component. The session
+# in the name keeps a follow-up, which reads its baseline's N4 T1w and brain mask, out of its
+# baseline's job (one name for all would join a subject's visits into one job). Local runs
+# ignore groups.
+VISIT_GROUP = "preprocess-{ses}"
 
 
 rule n4:
@@ -15,6 +21,8 @@ rule n4:
         f"{LOGS}/n4/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}_{{modality}}.log",
     benchmark:
         f"{BENCH}/n4/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}_{{modality}}.tsv"
+    group:
+        VISIT_GROUP
     conda:
         "../envs/imaging.yaml"
     threads: PP["threads"]
@@ -37,6 +45,8 @@ rule coregister:
         f"{BENCH}/coregister/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}_{{modality}}.tsv"
     wildcard_constraints:
         modality="T2w|FLAIR",
+    group:
+        VISIT_GROUP
     conda:
         "../envs/imaging.yaml"
     threads: PP["threads"]
@@ -53,6 +63,8 @@ rule skull_strip:
         f"{LOGS}/skull_strip/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.log",
     benchmark:
         f"{BENCH}/skull_strip/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.tsv"
+    group:
+        VISIT_GROUP
     conda:
         "../envs/imaging.yaml"
     threads: PP["threads"]
@@ -75,6 +87,8 @@ rule register_mni:
         f"{BENCH}/register_mni/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.tsv"
     wildcard_constraints:
         ses="w000",
+    group:
+        VISIT_GROUP
     conda:
         "../envs/imaging.yaml"
     threads: PP["threads"]
@@ -96,6 +110,8 @@ rule register_baseline:
         f"{BENCH}/register_baseline/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.tsv"
     wildcard_constraints:
         ses=r"w(?!000)\d{3}",
+    group:
+        VISIT_GROUP
     conda:
         "../envs/imaging.yaml"
     threads: PP["threads"]
@@ -124,6 +140,8 @@ rule resample:
         f"{LOGS}/resample/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.log",
     benchmark:
         f"{BENCH}/resample/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.tsv"
+    group:
+        VISIT_GROUP
     conda:
         "../envs/imaging.yaml"
     threads: PP["threads"]
@@ -145,6 +163,8 @@ rule resample_gt:
         f"{LOGS}/resample_gt/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.log",
     benchmark:
         f"{BENCH}/resample_gt/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.tsv"
+    group:
+        VISIT_GROUP
     conda:
         "../envs/imaging.yaml"
     threads: PP["threads"]
@@ -164,6 +184,8 @@ rule normalise:
         f"{LOGS}/normalise/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}_{{modality}}.log",
     benchmark:
         f"{BENCH}/normalise/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}_{{modality}}.tsv"
+    group:
+        VISIT_GROUP
     conda:
         "../envs/imaging.yaml"
     threads: 1
@@ -191,6 +213,8 @@ rule qc:
         f"{LOGS}/qc/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.log",
     benchmark:
         f"{BENCH}/qc/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.tsv"
+    group:
+        VISIT_GROUP
     conda:
         "../envs/imaging.yaml"
     threads: 1
