@@ -3,12 +3,6 @@
 # baseline rigid registration (brain to brain), one resampling of every native
 # image into the MNI-aligned 1x1x3 mm grid, then normalisation and QC.
 PP = config["preprocess"]
-# On a cluster (profiles/slurm) the chain of one visit, N4 to QC, is one job: every rule here
-# is in its session's group, so one visit's jobs form one connected component. The session
-# in the name keeps a follow-up, which reads its baseline's N4 T1w and brain mask, out of its
-# baseline's job (one name for all would join a subject's visits into one job). Local runs
-# ignore groups.
-VISIT_GROUP = "preprocess-{ses}"
 
 
 rule n4:
@@ -21,8 +15,6 @@ rule n4:
         f"{LOGS}/n4/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}_{{modality}}.log",
     benchmark:
         f"{BENCH}/n4/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}_{{modality}}.tsv"
-    group:
-        VISIT_GROUP
     conda:
         "../envs/imaging.yaml"
     threads: PP["threads"]
@@ -45,8 +37,6 @@ rule coregister:
         f"{BENCH}/coregister/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}_{{modality}}.tsv"
     wildcard_constraints:
         modality="T2w|FLAIR",
-    group:
-        VISIT_GROUP
     conda:
         "../envs/imaging.yaml"
     threads: PP["threads"]
@@ -63,8 +53,6 @@ rule skull_strip:
         f"{LOGS}/skull_strip/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.log",
     benchmark:
         f"{BENCH}/skull_strip/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.tsv"
-    group:
-        VISIT_GROUP
     conda:
         "../envs/imaging.yaml"
     threads: PP["threads"]
@@ -87,8 +75,6 @@ rule register_mni:
         f"{BENCH}/register_mni/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.tsv"
     wildcard_constraints:
         ses="w000",
-    group:
-        VISIT_GROUP
     conda:
         "../envs/imaging.yaml"
     threads: PP["threads"]
@@ -110,8 +96,6 @@ rule register_baseline:
         f"{BENCH}/register_baseline/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.tsv"
     wildcard_constraints:
         ses=r"w(?!000)\d{3}",
-    group:
-        VISIT_GROUP
     conda:
         "../envs/imaging.yaml"
     threads: PP["threads"]
@@ -140,8 +124,6 @@ rule resample:
         f"{LOGS}/resample/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.log",
     benchmark:
         f"{BENCH}/resample/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.tsv"
-    group:
-        VISIT_GROUP
     conda:
         "../envs/imaging.yaml"
     threads: PP["threads"]
@@ -163,8 +145,6 @@ rule resample_gt:
         f"{LOGS}/resample_gt/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.log",
     benchmark:
         f"{BENCH}/resample_gt/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.tsv"
-    group:
-        VISIT_GROUP
     conda:
         "../envs/imaging.yaml"
     threads: PP["threads"]
@@ -184,8 +164,6 @@ rule normalise:
         f"{LOGS}/normalise/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}_{{modality}}.log",
     benchmark:
         f"{BENCH}/normalise/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}_{{modality}}.tsv"
-    group:
-        VISIT_GROUP
     conda:
         "../envs/imaging.yaml"
     threads: 1
@@ -213,8 +191,6 @@ rule qc:
         f"{LOGS}/qc/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.log",
     benchmark:
         f"{BENCH}/qc/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.tsv"
-    group:
-        VISIT_GROUP
     conda:
         "../envs/imaging.yaml"
     threads: 1

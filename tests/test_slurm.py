@@ -415,7 +415,7 @@ def describe(res: subprocess.CompletedProcess, cluster: Cluster, workdir: Path) 
 def test_workflow_profile_keeps_the_cluster_profiles_settings():
     """Snakemake also loads the workflow's own profiles/default, over --profile: it must not
     replace the cluster's latency-wait, nor cap the cluster jobs' threads with the login
-    node's cores."""
+    node's cores. The cluster profile groups every preprocessing rule by visit."""
     from snakemake.cli import get_argument_parser
 
     slurm = REPO / "profiles" / "slurm"
@@ -424,6 +424,9 @@ def test_workflow_profile_keeps_the_cluster_profiles_settings():
     assert args.executor == "slurm" and args.latency_wait == alone.latency_wait == 60
     assert args.cores == alone.cores == 4 and args.jobs == alone.jobs
     assert args.group_components == {"preprocess-{ses}": 1, "visit-metrics": 20}
+    # every preprocessing rule is in its visit's group (a new one would otherwise be a SLURM job of its own)
+    rules = re.findall(r"(?m)^rule (\w+):", (REPO / "rules" / "preprocess.smk").read_text())
+    assert len(rules) >= 9 and {r: args.groups.get(r) for r in rules} == dict.fromkeys(rules, "preprocess-{ses}")
     assert args.set_resources == alone.set_resources
     plain = {k: v.value for k, v in args.default_resources.items() if not v.is_evaluable()}
     assert plain["runtime"] == 15 and plain["mem_mb"] == 2000, plain
