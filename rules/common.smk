@@ -1,5 +1,6 @@
 # Shared definitions: trials and visits from the config, path helpers and input
 # functions. No rule logic lives here; everything computed is in t2lesion.config.
+import functools
 import os
 import sys
 from pathlib import Path
@@ -43,6 +44,10 @@ PRED_BASELINE = PRED.replace("{source}", "baseline")
 VOLUME = "results/metrics/{source}/trial-{trial}/volumes/sub-{sub}_ses-{ses}_volume.tsv"
 STATS = "results/stats/trial-{trial}"
 MNI = "space-MNI1x1x3"
+# A visit's baseline, as a pattern (a plain string input costs the DAG less than a function).
+PRE_BASELINE = PRE.replace("{ses}", "w000")
+# What the per-visit jobs wait for: validation's outcome (rule validation_passed says why).
+VALIDATION_PASSED = "results/validated/trial-{trial}_passed"
 LOGS = "results/logs"
 BENCH = "results/benchmarks"
 
@@ -143,8 +148,14 @@ def to_mni_chain(wildcards):
     return chain
 
 
+@functools.cache
+def gt_visit_set(trial):
+    """A trial's visits with GT, as a set: looked up once per visit while the DAG is built."""
+    return frozenset(TRIALS[trial].gt_visits)
+
+
 def qc_gt(wildcards):
-    if visit_of(wildcards) in trial_of(wildcards).gt_visits:
+    if visit_of(wildcards) in gt_visit_set(wildcards.trial):
         return {"gt": f"{PRE.format(**wildcards)}_{MNI}_desc-lesionGT_mask.nii.gz"}
     return {}
 
@@ -246,14 +257,23 @@ def synth_outputs(trial):
 TRACK = "results/lesions/{source}/trial-{trial}/sub-{sub}"
 
 
+@functools.cache
+def _tracked_by_subject(trial, source):
+    """Visits with a mask of ``source``, by subject and week: built once per trial and source,
+    so that the per-subject look-ups below stay cheap at thousands of visits."""
+    by_subject = {}
+    for v in sorted(source_visits(TRIALS[trial], source), key=lambda v: v.week):
+        by_subject.setdefault(v.sub, []).append(v)
+    return by_subject
+
+
 def tracked_visits(trial, source, sub):
     """A subject's visits with a mask of ``source`` (GT only where it exists), by week."""
-    visits = source_visits(TRIALS[trial], source)
-    return sorted((v for v in visits if v.sub == sub), key=lambda v: v.week)
+    return list(_tracked_by_subject(trial, source).get(sub, ()))
 
 
 def tracked_subjects(trial, source):
-    return sorted({v.sub for v in source_visits(TRIALS[trial], source)})
+    return sorted(_tracked_by_subject(trial, source))
 
 
 def tracking_masks(wildcards):

@@ -65,7 +65,11 @@ if "unet" in config["sources"]:
                     "../envs/dl.yaml"
                 threads: INF["threads"]
                 resources:
+                    # under SLURM: --gpus=1, and memory/time for a batch of visits (the
+                    # profile's set-resources cannot name these per-batch rules in advance)
                     gpu=1,
+                    mem_mb=32000,
+                    runtime=240,
                 params:
                     visits=_visits,
                     cfg=INF,

@@ -8,7 +8,7 @@ PP = config["preprocess"]
 rule n4:
     input:
         image=lambda w: bids_image(w, w.modality),
-        validated=validated,
+        validated=VALIDATION_PASSED,
     output:
         temp(f"{PRE}_desc-n4_{{modality}}.nii.gz"),
     log:
@@ -86,8 +86,8 @@ rule register_baseline:
     input:
         unpack(followup_mask),
         t1w=f"{PRE}_desc-n4_T1w.nii.gz",
-        baseline_t1w=lambda w: f"{baseline_prefix(w)}_desc-n4_T1w.nii.gz",
-        baseline_mask=lambda w: f"{baseline_prefix(w)}_space-T1w_desc-brain_mask.nii.gz",
+        baseline_t1w=f"{PRE_BASELINE}_desc-n4_T1w.nii.gz",
+        baseline_mask=f"{PRE_BASELINE}_space-T1w_desc-brain_mask.nii.gz",
     output:
         f"{PRE}_from-T1w_to-baseline_xfm.tfm",
     log:
@@ -136,7 +136,7 @@ rule resample:
 rule resample_gt:
     input:
         gt=bids_gt,
-        validated=validated,
+        validated=VALIDATION_PASSED,
         flair_xfm=f"{PRE}_from-FLAIR_to-MNI1x1x3_xfm.tfm",
         reference=f"{PRE}_{MNI}_desc-brain_mask.nii.gz",
     output:
