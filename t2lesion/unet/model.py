@@ -414,7 +414,8 @@ def _compose(encoder: keras.Model, decoder: keras.Model, cfg: ModelConfig, name:
     owning γ, β and the epoch as non-trainable weights) so that it is saved with the model."""
     x = keras.Input(shape=tuple(cfg.patch_size) + (len(cfg.channel_order),), name="image")
     h = LossScheduleState(name=SCHEDULE_LAYER)(x)
-    outs = decoder(encoder(h))
+    # named float32 pass-throughs: Keras logs one loss per head (p1_loss, p2_loss, ...)
+    outs = [layers.Identity(dtype="float32", name=f"p{i + 1}")(o) for i, o in enumerate(decoder(encoder(h)))]
     return keras.Model(x, outs, name=name)
 
 

@@ -318,8 +318,11 @@ def train_fold(train_data, val_data, out_dir, model_cfg: dict, loss_cfg: dict, t
             raise RuntimeError(f"{out / 'last.keras'}: not a compiled checkpoint of this project's model")
         model.jit_compile = jit
         start = int(cur["completed"])
-        log.info("resuming at epoch %d/%d (optimizer step %d)", start + 1, n_epochs,
-                 int(ops.convert_to_numpy(model.optimizer.iterations)))
+        step = int(ops.convert_to_numpy(model.optimizer.iterations))
+        if start < n_epochs:
+            log.info("resuming at epoch %d/%d (optimizer step %d)", start + 1, n_epochs, step)
+        else:
+            log.info("all %d epochs were already done (optimizer step %d)", n_epochs, step)
     else:
         _recover(out, None, log)
         keras.utils.set_random_seed(int(seed))
