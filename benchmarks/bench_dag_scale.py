@@ -46,15 +46,12 @@ def env() -> dict:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
 
 
-def dry_run(bids: Path, timeout: float, profile: Path | None = None) -> tuple[float, float, int | None, str]:
-    """Wall and CPU seconds (user + system of the snakemake process), job count, a note on failure."""
-    work = Path(tempfile.mkdtemp(prefix="bench-dag-scale-"))
+def _timed(args: list[str], timeout: float, work: Path) -> tuple[float, float, int | None, str]:
+    """Run ``python args`` once: wall and CPU seconds (user + system of the child), job count, a
+    note on failure; ``work`` is removed afterwards."""
     try:
-        cfg = write_config(work, bids)
-        pre = ["-m", "cProfile", "-o", str(profile)] if profile else []
         r0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-        res = subprocess.run([sys.executable, *pre, *snakemake_cmd(work, cfg)], capture_output=True, text=True,
-                             timeout=timeout, env=env())
+        res = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=env())
         wall, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
         out = res.stdout + res.stderr
@@ -64,6 +61,14 @@ def dry_run(bids: Path, timeout: float, profile: Path | None = None) -> tuple[fl
         return float("nan"), float("nan"), None, f"timeout > {timeout:.0f} s"
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def dry_run(bids: Path, timeout: float, profile: Path | None = None) -> tuple[float, float, int | None, str]:
+    """Wall and CPU seconds (user + system of the snakemake process), job count, a note on failure."""
+    work = Path(tempfile.mkdtemp(prefix="bench-dag-scale-"))
+    cfg = write_config(work, bids)
+    pre = ["-m", "cProfile", "-o", str(profile)] if profile else []
+    return _timed([*pre, *snakemake_cmd(work, cfg)], timeout, work)
 
 
 FLOOR_SNAKEFILE = """
@@ -99,23 +104,12 @@ for k in range(K):
 def floor_dry_run(n_visits: int, jobs: int, timeout: float) -> tuple[float, float, int | None, str]:
     """``snakemake -n`` of FLOOR_SNAKEFILE with about ``jobs`` jobs (``jobs / n_visits`` per visit)."""
     work = Path(tempfile.mkdtemp(prefix="bench-dag-floor-"))
-    try:
-        per_visit = max(1, round((jobs - 1) / n_visits))
-        (work / "Snakefile").write_text(FLOOR_SNAKEFILE.format(n_visits=n_visits, per_visit=per_visit))
-        (work / "noop.py").write_text("")
-        cmd = ["-m", "snakemake", "--snakefile", str(work / "Snakefile"), "--directory", str(work),
-               "--cores", "1", "-n", "--quiet", "rules"]
-        r0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-        res = subprocess.run([sys.executable, *cmd], capture_output=True, text=True, timeout=timeout, env=env())
-        wall, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
-        out = res.stdout + res.stderr
-        note = "" if res.returncode == 0 else f"rc={res.returncode}: {out.strip().splitlines()[-1][:160]}"
-        return wall, cpu, job_total(out), note
-    except subprocess.TimeoutExpired:
-        return float("nan"), float("nan"), None, f"timeout > {timeout:.0f} s"
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    per_visit = max(1, round((jobs - 1) / n_visits))
+    (work / "Snakefile").write_text(FLOOR_SNAKEFILE.format(n_visits=n_visits, per_visit=per_visit))
+    (work / "noop.py").write_text("")
+    cmd = ["-m", "snakemake", "--snakefile", str(work / "Snakefile"), "--directory", str(work),
+           "--cores", "1", "-n", "--quiet", "rules"]
+    return _timed(cmd, timeout, work)
 
 
 def ours(file: str) -> bool:
