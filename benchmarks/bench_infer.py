@@ -30,6 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import t2lesion  # noqa: E402,F401  (TensorFlow CPU defaults, before Keras)
 import keras  # noqa: E402
 
 from t2lesion.unet import infer as I  # noqa: E402

@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
+import t2lesion  # noqa: F401  (sets the TensorFlow CPU defaults before any test imports Keras)
+
 REPO = Path(__file__).resolve().parent.parent
 
 
