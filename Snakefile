@@ -41,6 +41,7 @@ include: "rules/stats.smk"
 include: "rules/lesions.smk"
 include: "rules/train.smk"
 include: "rules/infer.smk"
+include: "rules/report.smk"
 
 
 rule all:

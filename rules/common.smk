@@ -115,6 +115,9 @@ def all_targets():
                 targets.append(f"results/metrics/trial-{name}/table2.tsv")
         targets += stats_targets(name)
         targets += lesion_targets(name)
+        targets += report_targets(name)
+    if summary_trials() or TRAIN_TRIALS:
+        targets.append("results/report/summary.md")
     return targets
 
 
@@ -297,3 +300,127 @@ def tracking_outputs(wildcards, kind, sources=None):
             )
             srcs.append(source)
     return {"files": files, "sources": srcs}
+
+
+# The paper's report (rules/report.smk): Table 1, Fig. 2 and results/report/summary.md.
+FIG2 = "results/metrics/{source}/trial-{trial}/fig2_overlays.png"
+
+
+def fig2_sources():
+    """Fig. 2 compares GT with each prediction source."""
+    return [s for s in config["sources"] if s != "gt"]
+
+
+def report_targets(name):
+    """Table 1 of a test trial, and its Fig. 2 per prediction source where GT exists."""
+    out = [f"{STATS}/table1.tsv".format(trial=name)]
+    if TRIALS[name].gt_visits:
+        out += [FIG2.format(source=s, trial=name) for s in fig2_sources()]
+    return out
+
+
+def fig2_inputs(wildcards):
+    """The source's per-visit metrics (they pick the visits) and, for every visit with GT, the
+    FLAIR, GT and predicted mask the figure may show."""
+    trial, source = wildcards.trial, wildcards.source
+    visits = TRIALS[trial].gt_visits
+    return {
+        "visits": f"results/metrics/{source}/trial-{trial}/visits.tsv",
+        "flair": visit_paths(f"{PRE}_{MNI}_desc-preproc_FLAIR.nii.gz", trial, visits),
+        "gt": [mask_path(trial, v.sub, v.ses, "gt") for v in visits],
+        "pred": [mask_path(trial, v.sub, v.ses, source) for v in visits],
+    }
+
+
+def fig2_ids(wildcards):
+    return [f"sub-{v.sub}_ses-{v.ses}" for v in TRIALS[wildcards.trial].gt_visits]
+
+
+def _table2_of(name):
+    if not (TRIALS[name].gt_visits and config["sources"]):
+        return None
+    if len(config["sources"]) > 1:
+        return f"results/metrics/trial-{name}/table2.tsv"
+    return f"results/metrics/{config['sources'][0]}/trial-{name}/table2.tsv"
+
+
+def summary_trials():
+    """Per valid test trial, the tables and figures summary.md shows or links (t2lesion.report)."""
+    out = {}
+    for name in TEST_TRIALS:
+        trial = TRIALS[name]
+        if trial.problems:
+            continue
+        stats = STATS.format(trial=name)
+        files = {
+            "table1": f"{stats}/table1.tsv",
+            "table2": _table2_of(name),
+            "ancova": f"{stats}/ancova_arm_effect.tsv",
+            "table4": f"{stats}/table4.tsv",
+            "km": f"{stats}/km_tests.tsv",
+        }
+        lesions = bool(lesion_targets(name))
+        if lesions:
+            files["nb"] = f"{stats}/nb_rate_ratio.tsv"
+        met = [f"results/metrics/{s}/trial-{name}" for s in config["sources"]]
+        if len(config["sources"]) > 1:
+            met.append(f"results/metrics/trial-{name}")
+        gt = bool(trial.gt_visits)
+        figures = {
+            "Fig. 2: GT and predicted lesions over FLAIR": (
+                [FIG2.format(source=s, trial=name) for s in fig2_sources()]
+                if gt
+                else []
+            ),
+            "Fig. 3a-c: size groups": (
+                [f"{m}/size_groups.png" for m in met] if gt else []
+            ),
+            "TLV agreement": [f"{m}/tlv_agreement.png" for m in met] if gt else [],
+            "Fig. 3d-g: TLV change": [f"{stats}/fig3_tlv_change.png"],
+            "Fig. 3h-i: new and enlarging T2 lesions": (
+                [
+                    f"{stats}/fig3h_new_lesions_per_scan.png",
+                    f"{stats}/fig3i_new_lesions_rate_ratio.png",
+                ]
+                if lesions
+                else []
+            ),
+            "Fig. 4: Kaplan-Meier": [
+                f"{stats}/fig4_km_{e}.png" for e in config["stats"]["endpoints"]
+            ],
+            "Preprocessing QC (one per visit)": visit_paths(
+                f"{PRE}_{MNI}_qc.png", name
+            ),
+        }
+        files["figures"] = figures
+        out[name] = {k: v for k, v in files.items() if v}
+    return out
+
+
+def summary_histories():
+    if not TRAIN_TRIALS:
+        return {}
+    return {str(f): f"results/train/fold-{f}/history.tsv" for f in FOLDS}
+
+
+def summary_training_figures():
+    if not TRAIN_TRIALS:
+        return {}
+    return {
+        "Training curves": [f"results/train/fold-{f}/training_curve.png" for f in FOLDS]
+    }
+
+
+def summary_inputs(wildcards):
+    """Every file summary.md reads or links, so that it is written after all of them."""
+    files = list(summary_histories().values())
+    for paths in summary_training_figures().values():
+        files += paths
+    for trial in summary_trials().values():
+        for key, value in trial.items():
+            if key == "figures":
+                for paths in value.values():
+                    files += paths
+            else:
+                files.append(value)
+    return files

@@ -1,0 +1,255 @@
+"""``results/report/summary.md``: the run as the paper presents it, in plain Markdown.
+
+For readers outside Snakemake's HTML report: per test trial, Table 1 (cohort by arm),
+Table 2 (segmentation and detection, every source side by side), the ANCOVA arm effect
+on percent TLV change (Fig. 3d–g's test), Table 4 (Cox models; a model that could not
+run says why), the Kaplan–Meier log-rank tests (Fig. 4), the new/enlarging lesion rate
+ratio (beyond the paper), then the U-Net training summary (per fold: best epoch and its
+validation Dice) and relative links to every figure. Numbers with 3 significant digits,
+p values as ``p = 0.0123`` or ``p < 0.001``.
+
+Everything is read from the tables the other rules wrote; nothing is recomputed here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import pandas as pd
+
+from t2lesion.io import atomic_output
+from t2lesion.stats.cohort_table import fmt_num, source_label
+
+log = logging.getLogger(__name__)
+
+OK_STATUSES = ("ok", "warning")
+
+
+def fmt_p(p) -> str:
+    """A p value for reading: ``p < 0.001``, else 3 significant digits (``p = 0.0412``)."""
+    try:
+        p = float(p)
+    except (TypeError, ValueError):
+        return "n/a"
+    if not math.isfinite(p):
+        return "n/a"
+    return "p < 0.001" if p < 0.001 else f"p = {fmt_num(p)}"
+
+
+def fmt_ci(est, low, high) -> str:
+    """``est (low, high)`` with 3 significant digits each."""
+    return f"{fmt_num(est)} ({fmt_num(low)}, {fmt_num(high)})"
+
+
+def _cell(value) -> str:
+    """A table cell as Markdown-safe text (pipes escaped, line breaks removed)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value).replace("|", "\\|").replace("\n", " ").strip()
+
+
+def md_table(df: pd.DataFrame) -> str:
+    """A DataFrame as a GitHub-flavoured Markdown pipe table."""
+    cols = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(_cell(c) for c in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for row in df.itertuples(index=False):
+        lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def _read(path) -> pd.DataFrame:
+    return pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+
+
+def _num(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _sources_of(df: pd.DataFrame, suffix: str) -> list[str]:
+    """Sources of a wide ``<source>.<value>`` table, in column order."""
+    return [c[: -len(suffix) - 1] for c in df.columns if c.endswith("." + suffix)]
+
+
+def _result_or_reason(row, src: str, text: str) -> str:
+    status = row.get(f"{src}.status", "ok") or "ok"
+    note = row.get(f"{src}.note", "")
+    if status not in OK_STATUSES:
+        return f"{status}: {note}" if note else status
+    return f"{text} ({status}: {note})" if status == "warning" and note else text
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+def table2_section(table2: pd.DataFrame) -> pd.DataFrame:
+    """Table 2 with one column per source (its ``mean ± SD`` or r summary)."""
+    t = table2.copy()
+    sources = list(dict.fromkeys(t["source"]))
+    keys = ["block", "metric"]
+    out = t[keys].drop_duplicates().reset_index(drop=True)
+    for src in sources:
+        block = t[t["source"] == src].drop_duplicates(keys)
+        text = [fmt_num(m) if sd != sd else f"{fmt_num(m)} ± {fmt_num(sd)}"
+                for m, sd in zip(block["mean"].map(_num), block["sd"].map(_num))]
+        out = out.merge(block[keys].assign(**{src: text}), on=keys, how="left")
+    n = t.groupby("source", sort=False)["n"].first()
+    out.columns = [*keys, *[f"{s} (n = {n[s]} visits)" for s in sources]]
+    return out
+
+
+def ancova_section(wide: pd.DataFrame) -> pd.DataFrame:
+    """ANCOVA arm effect per week: estimate (CI) and p per source, or why it was skipped."""
+    rows = []
+    for _, r in wide.iterrows():
+        row = {"week": r["week"], "term": r["label"]}
+        for src in _sources_of(wide, "estimate"):
+            text = f"{fmt_ci(r[f'{src}.estimate'], r[f'{src}.ci_low'], r[f'{src}.ci_high'])}, " \
+                   f"{fmt_p(r[f'{src}.p'])}, n = {r[f'{src}.n']}"
+            row[source_label(src)] = _result_or_reason(r, src, text)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def table4_section(table4: pd.DataFrame) -> pd.DataFrame:
+    """Table 4: HR (CI) and p per source and term, or the reason a model was skipped."""
+    rows = []
+    for _, r in table4.iterrows():
+        model = "multivariable" if r["model"] == "multivariable" else "univariable"
+        row = {"endpoint": r["endpoint"], "model": model, "term": r["label"] or "(model skipped)"}
+        for src in _sources_of(table4, "hr"):
+            text = f"{fmt_ci(r[f'{src}.hr'], r[f'{src}.hr_ci_low'], r[f'{src}.hr_ci_high'])}, " \
+                   f"{fmt_p(r[f'{src}.p'])} (n = {r[f'{src}.n']}, events {r[f'{src}.events']})"
+            row[source_label(src)] = _result_or_reason(r, src, text)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def km_section(tests: pd.DataFrame) -> pd.DataFrame:
+    """Log-rank tests (low vs high baseline TLV) per source, endpoint and arm."""
+    rows = []
+    for _, r in tests.iterrows():
+        if r["status"] in OK_STATUSES:
+            result = f"χ² = {fmt_num(_num(r['chi2']))}, {fmt_p(r['p'])}"
+        else:
+            result = f"{r['status']}: {r['note']}"
+        rows.append({"source": source_label(r["source"]), "endpoint": r["endpoint"], "arm": r["arm"],
+                     "n low / high": f"{r['n_low']} / {r['n_high']}",
+                     "events low / high": f"{r['events_low']} / {r['events_high']}",
+                     "log-rank": result})
+    return pd.DataFrame(rows)
+
+
+def rate_ratio_section(nb: pd.DataFrame) -> pd.DataFrame:
+    """The arm rows of the count models: rate ratio (CI) and p, per source and model."""
+    arm = nb[nb["term_type"] == "arm"]
+    rows = []
+    for _, r in arm.iterrows():
+        if r["status"] not in OK_STATUSES:
+            result = f"{r['status']}: {r['note']}"
+        elif _num(r["rate_ratio"]) == _num(r["rate_ratio"]):  # a model with a rate ratio
+            result = f"{fmt_ci(r['rate_ratio'], r['ci_low'], r['ci_high'])}, {fmt_p(r['p'])}"
+        else:  # the rank-sum sensitivity row: a p value only
+            result = fmt_p(r["p"])
+        if r["status"] == "warning" and r["note"]:
+            result += f" ({r['note']})"
+        rows.append({"source": source_label(r["source"]), "model": r["model"].replace("_", " "),
+                     "term": r["label"], "rate ratio (CI), p": result})
+    return pd.DataFrame(rows)
+
+
+def training_section(histories: Mapping[str, str | Path]) -> pd.DataFrame:
+    """Per fold: epochs run, the best epoch (the one model.keras holds) and its validation Dice."""
+    rows = []
+    for fold, path in histories.items():
+        h = pd.read_csv(path, sep="\t")
+        best = h[h["best"].astype(str).isin(["1", "True", "true", "1.0"])]
+        b = best.iloc[-1] if len(best) else h.loc[h["val_dice"].idxmax()]
+        rows.append({"fold": fold, "epochs": len(h), "best epoch": int(b["epoch"]),
+                     "validation Dice (best epoch)": fmt_num(b["val_dice"]),
+                     "validation loss (best epoch)": fmt_num(b["val_loss"])})
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------ writer
+
+
+def _link(path: str | Path, base: Path, text: str | None = None) -> str:
+    rel = os.path.relpath(Path(path), base).replace(os.sep, "/")
+    return f"[{text or Path(path).name}]({rel})"
+
+
+def _figure_list(figures: Mapping[str, Sequence], base: Path, max_each: int = 20) -> list[str]:
+    lines = []
+    for label, paths in figures.items():
+        paths = list(paths)
+        if not paths:
+            continue
+        shown = ", ".join(_link(p, base) for p in paths[:max_each])
+        more = f" and {len(paths) - max_each} more beside them" if len(paths) > max_each else ""
+        lines.append(f"- {label}: {shown}{more}")
+    return lines
+
+
+def summary_markdown(trials: Mapping[str, Mapping], histories: Mapping[str, str | Path] | None,
+                     out_md: str | Path, training_figures: Mapping[str, Sequence] | None = None) -> str:
+    """The Markdown text (links relative to ``out_md``'s folder).
+
+    ``trials`` maps each test trial to its files: table1, table2, ancova, table4, km (TSV
+    paths; any may be absent or None: that section is left out or says why), nb (optional)
+    and figures (label -> list of paths). ``histories`` maps a fold label to its
+    history.tsv (None or empty: no training section).
+    """
+    base = Path(out_md).parent
+    out = ["# T2-lesion endpoint analyses: summary", "",
+           "Tables and figures of Krishnan et al. (Sci. Rep. 2023) regenerated by this run. "
+           "Numbers have 3 significant digits; the TSVs linked below hold them in full. "
+           "A model that could not run says why instead of giving numbers.", ""]
+    for trial, files in trials.items():
+        out += [f"## trial-{trial}", ""]
+        sections = [
+            ("table1", "Table 1: cohort by arm", lambda p: md_table(_read(p))),
+            ("table2", "Table 2: segmentation and detection (mean ± SD over visits; r: Pearson)",
+             lambda p: md_table(table2_section(_read(p)))),
+            ("ancova", "ANCOVA: arm effect on percent TLV change from baseline (estimate (CI), p)",
+             lambda p: md_table(ancova_section(_read(p)))),
+            ("table4", "Table 4: Cox proportional-hazards models (HR (CI), p)",
+             lambda p: md_table(table4_section(_read(p)))),
+            ("km", "Fig. 4: Kaplan–Meier log-rank tests, baseline TLV above vs at most the median",
+             lambda p: md_table(km_section(_read(p)))),
+            ("nb", "New and enlarging T2 lesions: rate ratio vs the control arm (beyond the paper)",
+             lambda p: md_table(rate_ratio_section(_read(p)))),
+        ]
+        for key, title, render in sections:
+            path = files.get(key)
+            if not path:
+                continue
+            out += [f"### {title}", "", f"From {_link(path, base)}.", "", render(path), ""]
+        if files.get("figures"):
+            out += ["### Figures", "", *_figure_list(files["figures"], base), ""]
+    if histories:
+        out += ["## U-Net training", "", md_table(training_section(histories)), ""]
+        if training_figures:
+            out += [*_figure_list(training_figures, base), ""]
+    return "\n".join(out)
+
+
+def write_summary(trials: Mapping[str, Mapping], histories: Mapping[str, str | Path] | None, out_md: str | Path,
+                  training_figures: Mapping[str, Sequence] | None = None) -> Path:
+    """Write :func:`summary_markdown` to ``out_md``."""
+    text = summary_markdown(trials, histories, out_md, training_figures)
+    out_md = Path(out_md)
+    with atomic_output(out_md) as tmp:
+        Path(tmp).write_text(text, encoding="utf-8")
+    log.info("summary of %d trial(s) written to %s", len(trials), out_md)
+    return out_md
+
+
+__all__ = ["ancova_section", "fmt_ci", "fmt_p", "km_section", "md_table", "rate_ratio_section", "summary_markdown",
+           "table2_section", "table4_section", "training_section", "write_summary"]
