@@ -8,8 +8,9 @@ rule validate_bids:
     output:
         report(
             "results/validated/trial-{trial}_visits.tsv",
-            category="Inputs",
             caption="../report/visits.rst",
+            category="QC",
+            subcategory="Inputs",
             labels={"table": "validated visits", "trial": "{trial}"},
         ),
     log:

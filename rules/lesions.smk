@@ -43,28 +43,41 @@ rule new_lesions:
     output:
         subjects=report(
             f"{STATS}/new_lesions.tsv",
-            category="Fig. 3h-i: new and enlarging T2 lesions",
+            caption="../report/new_lesions.rst",
+            category="Endpoints",
+            subcategory="Fig. 3h-i: new and enlarging T2 lesions",
         ),
         visits=f"{STATS}/new_lesions_visits.tsv",
         by_arm=report(
             f"{STATS}/new_lesions_by_arm.tsv",
-            category="Fig. 3h-i: new and enlarging T2 lesions",
+            caption="../report/new_lesions_by_arm.rst",
+            category="Endpoints",
+            subcategory="Fig. 3h-i: new and enlarging T2 lesions",
         ),
         nb=report(
             f"{STATS}/nb_rate_ratio.tsv",
-            category="Fig. 3h-i: new and enlarging T2 lesions",
+            caption="../report/nb_rate_ratio.rst",
+            category="Endpoints",
+            subcategory="Fig. 3h-i: new and enlarging T2 lesions",
         ),
         exclusions=report(
             f"{STATS}/exclusions_new_lesions.tsv",
-            category="Endpoints: exclusions",
+            caption="../report/exclusions.rst",
+            category="Endpoints",
+            subcategory="Exclusions",
+            labels={"analysis": "new_lesions", "trial": "{trial}"},
         ),
         fig_rates=report(
             f"{STATS}/fig3h_new_lesions_per_scan.png",
-            category="Fig. 3h-i: new and enlarging T2 lesions",
+            caption="../report/fig3h.rst",
+            category="Endpoints",
+            subcategory="Fig. 3h-i: new and enlarging T2 lesions",
         ),
         fig_forest=report(
             f"{STATS}/fig3i_new_lesions_rate_ratio.png",
-            category="Fig. 3h-i: new and enlarging T2 lesions",
+            caption="../report/fig3i.rst",
+            category="Endpoints",
+            subcategory="Fig. 3h-i: new and enlarging T2 lesions",
         ),
     log:
         f"{LOGS}/new_lesions/trial-{{trial}}.log",
@@ -91,7 +104,9 @@ rule new_lesion_agreement:
     output:
         report(
             f"{STATS}/new_lesions_agreement.tsv",
-            category="Fig. 3h-i: new and enlarging T2 lesions",
+            caption="../report/new_lesions_agreement.rst",
+            category="Endpoints",
+            subcategory="Fig. 3h-i: new and enlarging T2 lesions",
         ),
     log:
         f"{LOGS}/new_lesion_agreement/trial-{{trial}}.log",

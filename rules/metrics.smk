@@ -83,18 +83,24 @@ rule metrics_dataset:
         size_groups="results/metrics/{source}/trial-{trial}/size_groups.tsv",
         table2=report(
             "results/metrics/{source}/trial-{trial}/table2.tsv",
-            category="Table 2: segmentation and detection",
+            caption="../report/table2.rst",
+            category="Segmentation",
+            subcategory="Table 2: segmentation and detection",
             labels={"source": "{source}", "trial": "{trial}"},
         ),
         correlation="results/metrics/{source}/trial-{trial}/correlation.tsv",
         fig_tlv=report(
             "results/metrics/{source}/trial-{trial}/tlv_agreement.png",
-            category="TLV agreement",
+            caption="../report/tlv_agreement.rst",
+            category="Segmentation",
+            subcategory="TLV agreement",
             labels={"source": "{source}", "trial": "{trial}"},
         ),
         fig_size_groups=report(
             "results/metrics/{source}/trial-{trial}/size_groups.png",
-            category="Fig. 3a-c: size groups",
+            caption="../report/size_groups.rst",
+            category="Segmentation",
+            subcategory="Fig. 3a-c: size groups",
             labels={"source": "{source}", "trial": "{trial}"},
         ),
     log:
@@ -120,17 +126,23 @@ rule metrics_compare:
     output:
         table2=report(
             "results/metrics/trial-{trial}/table2.tsv",
-            category="Table 2: segmentation and detection",
+            caption="../report/table2.rst",
+            category="Segmentation",
+            subcategory="Table 2: segmentation and detection",
             labels={"source": "all, side by side", "trial": "{trial}"},
         ),
         fig_size_groups=report(
             "results/metrics/trial-{trial}/size_groups.png",
-            category="Fig. 3a-c: size groups",
+            caption="../report/size_groups.rst",
+            category="Segmentation",
+            subcategory="Fig. 3a-c: size groups",
             labels={"source": "all, side by side", "trial": "{trial}"},
         ),
         fig_tlv=report(
             "results/metrics/trial-{trial}/tlv_agreement.png",
-            category="TLV agreement",
+            caption="../report/tlv_agreement.rst",
+            category="Segmentation",
+            subcategory="TLV agreement",
             labels={"source": "all, side by side", "trial": "{trial}"},
         ),
     log:

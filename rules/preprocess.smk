@@ -183,7 +183,8 @@ rule qc:
     output:
         report(
             f"{PRE}_{MNI}_qc.png",
-            category="Preprocessing QC",
+            caption="../report/qc.rst",
+            category="QC",
             subcategory="trial-{trial}",
             labels={"visit": "sub-{sub} ses-{ses}"},
         ),

@@ -11,7 +11,10 @@ rule tlv_long:
         long=f"{STATS}/tlv_long.tsv",
         exclusions=report(
             f"{STATS}/exclusions_tlv_long.tsv",
-            category="Endpoints: exclusions",
+            caption="../report/exclusions.rst",
+            category="Endpoints",
+            subcategory="Exclusions",
+            labels={"analysis": "tlv_long", "trial": "{trial}"},
         ),
     log:
         f"{LOGS}/tlv_long/trial-{{trial}}.log",
@@ -33,11 +36,24 @@ rule change:
         participants=bids_table("participants.tsv"),
     output:
         change=f"{STATS}/change.tsv",
-        summary=report(f"{STATS}/change_summary.tsv", category="Fig. 3d-g: TLV change"),
-        png=report(f"{STATS}/fig3_tlv_change.png", category="Fig. 3d-g: TLV change"),
+        summary=report(
+            f"{STATS}/change_summary.tsv",
+            caption="../report/change_summary.rst",
+            category="Endpoints",
+            subcategory="Fig. 3d-g: TLV change",
+        ),
+        png=report(
+            f"{STATS}/fig3_tlv_change.png",
+            caption="../report/fig3_change.rst",
+            category="Endpoints",
+            subcategory="Fig. 3d-g: TLV change",
+        ),
         exclusions=report(
             f"{STATS}/exclusions_change.tsv",
-            category="Endpoints: exclusions",
+            caption="../report/exclusions.rst",
+            category="Endpoints",
+            subcategory="Exclusions",
+            labels={"analysis": "change", "trial": "{trial}"},
         ),
     log:
         f"{LOGS}/change/trial-{{trial}}.log",
@@ -59,13 +75,31 @@ rule ancova:
         long_exclusions=f"{STATS}/exclusions_tlv_long.tsv",
         participants=bids_table("participants.tsv"),
     output:
-        coef=report(f"{STATS}/ancova.tsv", category="ANCOVA"),
+        coef=report(
+            f"{STATS}/ancova.tsv",
+            caption="../report/ancova.rst",
+            category="Endpoints",
+            subcategory="ANCOVA",
+        ),
         anova=f"{STATS}/ancova_type2.tsv",
-        wide=report(f"{STATS}/ancova_arm_effect.tsv", category="ANCOVA"),
-        lsmeans=report(f"{STATS}/ancova_lsmeans.tsv", category="ANCOVA"),
+        wide=report(
+            f"{STATS}/ancova_arm_effect.tsv",
+            caption="../report/ancova_arm_effect.rst",
+            category="Endpoints",
+            subcategory="ANCOVA",
+        ),
+        lsmeans=report(
+            f"{STATS}/ancova_lsmeans.tsv",
+            caption="../report/ancova_lsmeans.rst",
+            category="Endpoints",
+            subcategory="ANCOVA",
+        ),
         exclusions=report(
             f"{STATS}/exclusions_ancova.tsv",
-            category="Endpoints: exclusions",
+            caption="../report/exclusions.rst",
+            category="Endpoints",
+            subcategory="Exclusions",
+            labels={"analysis": "ancova", "trial": "{trial}"},
         ),
     log:
         f"{LOGS}/ancova/trial-{{trial}}.log",
@@ -93,10 +127,18 @@ rule cox:
         outcomes=bids_table("phenotype/outcomes.tsv"),
     output:
         cox=f"{STATS}/cox.tsv",
-        table4=report(f"{STATS}/table4.tsv", category="Table 4: Cox models"),
+        table4=report(
+            f"{STATS}/table4.tsv",
+            caption="../report/table4.rst",
+            category="Endpoints",
+            subcategory="Table 4: Cox models",
+        ),
         exclusions=report(
             f"{STATS}/exclusions_cox.tsv",
-            category="Endpoints: exclusions",
+            caption="../report/exclusions.rst",
+            category="Endpoints",
+            subcategory="Exclusions",
+            labels={"analysis": "cox", "trial": "{trial}"},
         ),
     log:
         f"{LOGS}/cox/trial-{{trial}}.log",
@@ -125,7 +167,12 @@ rule km:
         participants=bids_table("participants.tsv"),
         outcomes=bids_table("phenotype/outcomes.tsv"),
     output:
-        tests=report(f"{STATS}/km_tests.tsv", category="Fig. 4: Kaplan-Meier"),
+        tests=report(
+            f"{STATS}/km_tests.tsv",
+            caption="../report/km_tests.rst",
+            category="Endpoints",
+            subcategory="Fig. 4: Kaplan-Meier",
+        ),
         curves=f"{STATS}/km_curves.tsv",
         pngs=report(
             expand(
@@ -133,11 +180,16 @@ rule km:
                 endpoint=ST["endpoints"],
                 allow_missing=True,
             ),
-            category="Fig. 4: Kaplan-Meier",
+            caption="../report/fig4_km.rst",
+            category="Endpoints",
+            subcategory="Fig. 4: Kaplan-Meier",
         ),
         exclusions=report(
             f"{STATS}/exclusions_km.tsv",
-            category="Endpoints: exclusions",
+            caption="../report/exclusions.rst",
+            category="Endpoints",
+            subcategory="Exclusions",
+            labels={"analysis": "km", "trial": "{trial}"},
         ),
     log:
         f"{LOGS}/km/trial-{{trial}}.log",

@@ -13,7 +13,9 @@ rule fold_split:
     output:
         report(
             f"{TRAIN}/trial-{{trial}}/folds.tsv",
-            category="U-Net training",
+            caption="../report/folds.rst",
+            category="Training",
+            subcategory="U-Net training",
             labels={"table": "fold split", "trial": "{trial}"},
         ),
     log:
@@ -95,12 +97,16 @@ rule train:
         last=f"{TRAIN}/fold-{{fold}}/last.keras",
         history=report(
             f"{TRAIN}/fold-{{fold}}/history.tsv",
-            category="U-Net training",
+            caption="../report/history.rst",
+            category="Training",
+            subcategory="U-Net training",
             labels={"table": "history", "fold": "{fold}"},
         ),
         curve=report(
             f"{TRAIN}/fold-{{fold}}/training_curve.png",
-            category="U-Net training",
+            caption="../report/training_curve.rst",
+            category="Training",
+            subcategory="U-Net training",
             labels={"figure": "training curve", "fold": "{fold}"},
         ),
     log:
