@@ -84,8 +84,45 @@ def test_report_renders_every_figure(tiny_run):
     res = snakemake(tiny_run, "--report", "results/report/report.html", timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     html = (tiny_run / "results/report/report.html").read_text(errors="replace")
-    for name in ("sub-001_ses-w024_space-MNI1x1x3_qc.png", "fig3_tlv_change.png", "table2.tsv"):
+    for name in ("sub-001_ses-w024_space-MNI1x1x3_qc.png", "fig3_tlv_change.png", "table2.tsv", "table1.tsv",
+                 "fig2_overlays.png", "summary.md"):
         assert name in html, f"{name} missing from the report"
+    for category in ("QC", "Training", "Segmentation", "Endpoints", "Table 1: cohort by arm", "Fig. 2: FLAIR overlays"):
+        assert category in html, f"{category} missing from the report"
+
+
+NUMBER = r"-?\d+(\.\d+)?(e[+-]\d+)?"
+
+
+def _md_rows(text: str, heading: str) -> list[list[str]]:
+    """The body rows of the first Markdown table under ``heading`` in summary.md."""
+    section = text.split(heading, 1)[1].split("\n### ", 1)[0].split("\n## ", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    return [[c.strip() for c in line.strip("|").split(" | ")] for line in lines[2:]]
+
+
+def test_summary_md_shows_the_papers_tables(tiny_run):
+    import re
+
+    r = tiny_run / "results"
+    table1 = pd.read_csv(r / "stats/trial-tiny/table1.tsv", sep="\t", dtype=str, keep_default_na=False)
+    patients = table1[table1["characteristic"] == "Patients"].iloc[0]
+    assert (patients["PLA"], patients["OCR"], patients["all"]) == ("1", "1", "2")
+    assert (r / "metrics/baseline/trial-tiny/fig2_overlays.png").read_bytes()[:4] == b"\x89PNG"
+    text = (r / "report/summary.md").read_text()
+    assert "## trial-tiny" in text
+    rows = _md_rows(text, "### Table 2:")
+    assert {row[1] for row in rows} >= {"DC", "LTPR", "r_vol"}
+    for row in rows:  # every source's cell is a number (mean, or mean ± SD)
+        assert all(re.fullmatch(rf"{NUMBER}( ± ({NUMBER}|n/a))?", cell) for cell in row[2:]), row
+    uni = [row for row in _md_rows(text, "### Table 4:") if row[1] == "univariable"]
+    assert len(uni) == 2 * 4  # log TLV and TLC per endpoint
+    for row in uni:  # numbers, or the reason the model did not run, in words
+        for cell in row[3:]:
+            assert re.match(rf"{NUMBER} \({NUMBER}, {NUMBER}\), p", cell) or re.match(
+                r"(skipped|failed): [a-z]", cell), row
+    assert "[fig2_overlays.png](../metrics/baseline/trial-tiny/fig2_overlays.png)" in text
+    assert "[fig3_tlv_change.png](../stats/trial-tiny/fig3_tlv_change.png)" in text
 
 
 def test_rerun_does_nothing(tiny_run):
