@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -27,6 +28,9 @@ from t2lesion.stats.cohort_table import fmt_num, source_label
 log = logging.getLogger(__name__)
 
 OK_STATUSES = ("ok", "warning")
+#: The term a Cox model's row stands for when the model did not run (its term is empty).
+MODEL_TERMS = {"univariable_log_tlv": "BL T2 TLV (log)", "univariable_tlc": "BL T2 TLC",
+               "multivariable": "(every term)"}
 
 
 def fmt_p(p) -> str:
@@ -77,9 +81,25 @@ def _sources_of(df: pd.DataFrame, suffix: str) -> list[str]:
     return [c[: -len(suffix) - 1] for c in df.columns if c.endswith("." + suffix)]
 
 
+def short_note(note, limit: int = 160) -> str:
+    """A status note for reading: each ``;``-separated part cut at its first sentence or URL,
+    the whole cut at ``limit`` characters (the TSV keeps the full text)."""
+    parts = []
+    for part in str(note or "").split("; "):
+        part = re.split(r"(?<=[a-z0-9)])\. |https?://|Please see", part.strip(), maxsplit=1)[0].strip(" .:")
+        if part and part not in parts:
+            parts.append(part)
+    text = "; ".join(parts)
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
 def _result_or_reason(row, src: str, text: str) -> str:
-    status = row.get(f"{src}.status", "ok") or "ok"
-    note = row.get(f"{src}.note", "")
+    """``text`` for a model that ran, ``status: reason`` for one that did not, "" where the
+    source has no row (a wide table's other sources ran a row this one lacks)."""
+    status = row.get(f"{src}.status", "")
+    note = short_note(row.get(f"{src}.note", ""))
+    if not status:
+        return ""
     if status not in OK_STATUSES:
         return f"{status}: {note}" if note else status
     return f"{text} ({status}: {note})" if status == "warning" and note else text
@@ -119,16 +139,20 @@ def ancova_section(wide: pd.DataFrame) -> pd.DataFrame:
 
 def table4_section(table4: pd.DataFrame) -> pd.DataFrame:
     """Table 4: HR (CI) and p per source and term, or the reason a model was skipped."""
-    rows = []
+    rows: dict[tuple, dict] = {}
     for _, r in table4.iterrows():
         model = "multivariable" if r["model"] == "multivariable" else "univariable"
-        row = {"endpoint": r["endpoint"], "model": model, "term": r["label"] or "(model skipped)"}
+        term = r["label"] or MODEL_TERMS.get(r["model"], r["model"])
+        # a model that ran for one source and not for another has two rows in the wide table
+        # (its skipped row has no term): one row here, each source's cell where it has one
+        row = rows.setdefault((r["endpoint"], model, term), {"endpoint": r["endpoint"], "model": model, "term": term})
         for src in _sources_of(table4, "hr"):
             text = f"{fmt_ci(r[f'{src}.hr'], r[f'{src}.hr_ci_low'], r[f'{src}.hr_ci_high'])}, " \
                    f"{fmt_p(r[f'{src}.p'])} (n = {r[f'{src}.n']}, events {r[f'{src}.events']})"
-            row[source_label(src)] = _result_or_reason(r, src, text)
-        rows.append(row)
-    return pd.DataFrame(rows)
+            cell = _result_or_reason(r, src, text)
+            if cell or source_label(src) not in row:
+                row[source_label(src)] = cell
+    return pd.DataFrame(list(rows.values()))
 
 
 def km_section(tests: pd.DataFrame) -> pd.DataFrame:
@@ -138,7 +162,7 @@ def km_section(tests: pd.DataFrame) -> pd.DataFrame:
         if r["status"] in OK_STATUSES:
             result = f"χ² = {fmt_num(_num(r['chi2']))}, {fmt_p(r['p'])}"
         else:
-            result = f"{r['status']}: {r['note']}"
+            result = f"{r['status']}: {short_note(r['note'])}"
         rows.append({"source": source_label(r["source"]), "endpoint": r["endpoint"], "arm": r["arm"],
                      "n low / high": f"{r['n_low']} / {r['n_high']}",
                      "events low / high": f"{r['events_low']} / {r['events_high']}",
@@ -152,13 +176,13 @@ def rate_ratio_section(nb: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, r in arm.iterrows():
         if r["status"] not in OK_STATUSES:
-            result = f"{r['status']}: {r['note']}"
+            result = f"{r['status']}: {short_note(r['note'])}"
         elif _num(r["rate_ratio"]) == _num(r["rate_ratio"]):  # a model with a rate ratio
             result = f"{fmt_ci(r['rate_ratio'], r['ci_low'], r['ci_high'])}, {fmt_p(r['p'])}"
         else:  # the rank-sum sensitivity row: a p value only
             result = fmt_p(r["p"])
         if r["status"] == "warning" and r["note"]:
-            result += f" ({r['note']})"
+            result += f" ({short_note(r['note'])})"
         rows.append({"source": source_label(r["source"]), "model": r["model"].replace("_", " "),
                      "term": r["label"], "rate ratio (CI), p": result})
     return pd.DataFrame(rows)

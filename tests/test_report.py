@@ -106,8 +106,8 @@ def test_run_table1_reads_the_trial_tables(tmp_path):
 
 
 def test_number_and_p_formats():
-    assert [fmt_num(x) for x in (1234.5, 0.012345, 2.0, 0, float("nan"), -0.5)] == [
-        "1234", "0.0123", "2.00", "0", "n/a", "-0.500"]
+    assert [fmt_num(x) for x in (1234.5, 0.012345, 2.0, 0, float("nan"), -0.5, 0.99996, 2.19e12)] == [
+        "1230", "0.0123", "2.00", "0", "n/a", "-0.500", "1.00", "2.19e+12"]
     assert fmt_p(0.0004) == "p < 0.001" and fmt_p(0.04123) == "p = 0.0412" and fmt_p("") == "n/a"
 
 
@@ -185,7 +185,17 @@ def test_summary_sections_put_sources_side_by_side():
     uni, multi = t4.iloc[0], t4.iloc[1]
     assert uni["GT masks"] == "1.50 (1.10, 2.00), p < 0.001 (n = 8, events 3)"
     assert uni["predicted (unet)"].startswith("1.40 (0.900, 2.20), p = 0.0612")
-    assert multi["GT masks"] == "skipped: too few events: 3 for 7 terms"
+    assert multi["GT masks"] == "skipped: too few events: 3 for 7 terms" and multi["term"] == "(every term)"
+    # a model that ran for one source only: one row, the other source's reason beside the numbers
+    one = _table4().iloc[[0]].copy()
+    skipped = one.assign(term="", label="", **{"gt.hr": np.nan, "gt.status": "failed",
+                                              "gt.note": "fit failed: singular. Please see https://x"})
+    one[[c for c in one.columns if c.startswith("gt.")]] = np.nan
+    skipped[[c for c in skipped.columns if c.startswith("unet.")]] = np.nan
+    merged = table4_section(pd.concat([skipped, one]).astype(str).replace("nan", ""))
+    assert len(merged) == 1 and merged.iloc[0]["term"] == "BL T2 TLV (log)"
+    assert merged.iloc[0]["GT masks"] == "failed: fit failed: singular"
+    assert merged.iloc[0]["predicted (unet)"].startswith("1.40 (0.900, 2.20)")
     assert "|" not in md_table(pd.DataFrame({"a": ["x|y"]})).splitlines()[2].replace("\\|", "").strip("| ")
 
 

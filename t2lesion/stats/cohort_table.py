@@ -34,18 +34,20 @@ TABLE1_COLUMNS = ("characteristic", "statistic")
 
 def fmt_num(x, digits: int = 3) -> str:
     """``x`` with ``digits`` significant digits, without exponent for ordinary magnitudes
-    (1234.5 -> "1235", 0.01234 -> "0.0123"); "n/a" for a missing or non-finite value."""
+    (1234.5 -> "1230", 0.01234 -> "0.0123", 2.2e12 -> "2.20e+12"); "n/a" for a missing or
+    non-finite value."""
     try:
         x = float(x)
     except (TypeError, ValueError):
         return "n/a"
     if not math.isfinite(x):
         return "n/a"
+    x = float(f"{x:.{digits}g}")  # round first: 0.99996 -> 1.00, not 1.000
     if x == 0:
         return "0"
     mag = math.floor(math.log10(abs(x)))
     decimals = max(0, digits - 1 - mag)
-    if decimals > 6:
+    if decimals > 6 or mag >= 6:
         return f"{x:.{digits - 1}e}"
     out = f"{x:.{decimals}f}"
     return "0" if float(out) == 0 else out
