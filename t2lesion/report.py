@@ -128,7 +128,7 @@ def ancova_section(wide: pd.DataFrame) -> pd.DataFrame:
     """ANCOVA arm effect per week: estimate (CI) and p per source, or why it was skipped."""
     rows = []
     for _, r in wide.iterrows():
-        row = {"week": r["week"], "term": r["label"]}
+        row = {"week": r["week"], "term": r["label"] or "arm effect"}
         for src in _sources_of(wide, "estimate"):
             text = f"{fmt_ci(r[f'{src}.estimate'], r[f'{src}.ci_low'], r[f'{src}.ci_high'])}, " \
                    f"{fmt_p(r[f'{src}.p'])}, n = {r[f'{src}.n']}"
