@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 CORES  ?= 2
 
-.PHONY: demo demo-unet test env env-test lint clean
+.PHONY: demo test env env-test lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -34,13 +34,6 @@ demo: env
 	$(BIN)/snakemake --cores $(CORES)
 	mkdir -p results/report
 	$(BIN)/snakemake --cores $(CORES) --report results/report/report.html
-	@echo "Report: results/report/report.html"
-
-# The demo plus the U-Net (training trial, three CPU folds, the unet source): configs/demo-unet.yaml
-demo-unet: env
-	$(BIN)/snakemake --cores $(CORES) --configfile config.yaml configs/demo-unet.yaml
-	mkdir -p results/report
-	$(BIN)/snakemake --cores $(CORES) --configfile config.yaml configs/demo-unet.yaml --report results/report/report.html
 	@echo "Report: results/report/report.html"
 
 test: env-test

@@ -442,3 +442,21 @@ def test_bf16_mixed_precision_training_step_is_finite():
     assert all(np.isfinite(moved)) and max(moved) > 1e-3
     preds = model.predict_on_batch(x)
     assert all(np.asarray(p).dtype == np.float32 and np.all(np.isfinite(p)) for p in preds)
+
+
+def test_output_prior_sets_the_heads_bias_and_an_untrained_model_predicts_background():
+    x, _ = BC.synthetic_batch(M.ModelConfig.from_dict(BC.TRAIN_TINY), batch=2, seed=3)
+    plain = M.build_from_config({**BC.TRAIN_TINY, "seed": 4})
+    prior = M.build_from_config({**BC.TRAIN_TINY, "seed": 4, "output_prior": 0.01})
+    logit = np.log(0.01 / 0.99)
+    for d in range(len(prior.outputs)):
+        bias = np.asarray(prior.get_layer("decoder").get_layer(f"prob_d{d + 1}_conv").bias)
+        np.testing.assert_allclose(bias, [logit], rtol=1e-6)
+        assert np.asarray(plain.get_layer("decoder").get_layer(f"prob_d{d + 1}_conv").bias) == 0
+    p0 = np.asarray(plain.predict_on_batch(x)[0])
+    p1 = np.asarray(prior.predict_on_batch(x)[0])
+    # same weights otherwise: the logits move by exactly the bias
+    np.testing.assert_allclose(np.log(p1 / (1 - p1)) - np.log(p0 / (1 - p0)), logit, atol=2e-3)
+    assert np.median(p1) < 0.1
+    with pytest.raises(ValueError, match="output_prior"):
+        M.ModelConfig.from_dict({"output_prior": 1.0})

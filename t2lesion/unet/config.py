@@ -59,6 +59,7 @@ class ModelConfig:
     supervision_levels: int = 3
     bn_momentum: float = 0.99
     bn_epsilon: float = 1e-3
+    output_prior: float | None = None
     seed: int = 0
 
     # -- derived -----------------------------------------------------------------
@@ -90,6 +91,8 @@ class ModelConfig:
             problems.append(f"arm_fractions must be positive, got {self.arm_fractions}")
         if not 0.0 <= self.bn_momentum < 1.0:
             problems.append(f"bn_momentum must be in [0, 1), got {self.bn_momentum}")
+        if self.output_prior is not None and not 0.0 < self.output_prior < 1.0:
+            problems.append(f"output_prior must be in (0, 1) or null, got {self.output_prior}")
         if not self.bn_epsilon > 0:
             problems.append(f"bn_epsilon must be positive, got {self.bn_epsilon}")
         if not (isinstance(self.seed, int) and 0 <= self.seed < SEED_LIMIT):

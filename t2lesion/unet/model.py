@@ -323,8 +323,12 @@ def _upsample(x, width, src, dst, cfg: ModelConfig, name):
     return LinearUpsample3D(_ratio(tot[src], tot[dst]), name=f"{name}_interp")(h)
 
 
-def _head(x, name):
-    h = layers.Conv3D(1, 1, padding="same", name=f"{name}_conv")(x)
+def _head(x, name, cfg: ModelConfig):
+    """Sigmoid head; with ``cfg.output_prior`` its bias starts at that probability's logit, so an
+    untrained model predicts background (a short training then starts from the right side)."""
+    prior = cfg.output_prior
+    bias = "zeros" if prior is None else keras.initializers.Constant(math.log(prior / (1.0 - prior)))
+    h = layers.Conv3D(1, 1, padding="same", bias_initializer=bias, name=f"{name}_conv")(x)
     return layers.Activation("sigmoid", dtype="float32", name=name)(h)
 
 
@@ -405,7 +409,7 @@ def build_multiarm_decoder(cfg: ModelConfig) -> keras.Model:
         h = layers.Concatenate(name=f"dec_d{d + 1}_concat")([u, ins[d]])
         h = residual_block(h, cfg.widths[d], cfg.block_kernels[d], cfg, f"dec_d{d + 1}_block")
         g[d] = _decoder_dropout(cfg, d)(h)
-    outs = [_head(g[d], f"prob_d{d + 1}") for d in range(cfg.supervision_levels)]
+    outs = [_head(g[d], f"prob_d{d + 1}", cfg) for d in range(cfg.supervision_levels)]
     return keras.Model(ins, outs, name="decoder")
 
 
@@ -464,7 +468,7 @@ def build_plain_decoder(cfg: ModelConfig) -> keras.Model:
         h = _conv_bn_relu(h, cfg.widths[d], (3, 3, 3), cfg, f"dec_d{d + 1}_c1")
         h = _conv_bn_relu(h, cfg.widths[d], (3, 3, 3), cfg, f"dec_d{d + 1}_c2")
         g[d] = _decoder_dropout(cfg, d)(h)
-    outs = [_head(g[d], f"prob_d{d + 1}") for d in range(cfg.supervision_levels)]
+    outs = [_head(g[d], f"prob_d{d + 1}", cfg) for d in range(cfg.supervision_levels)]
     return keras.Model(ins, outs, name="decoder")
 
 
