@@ -36,7 +36,7 @@ from t2lesion.preprocess import METHODS, cpu_seconds, n4_image, preprocess_visit
 from t2lesion.preprocess.n4 import residual_bias_cv
 
 MODS = ("T1w", "T2w", "FLAIR")
-STEPS = ("n4", "coregister", "skull_strip", "register", "resample", "normalise", "qc", "total")
+STEPS = ("n4", "coregister", "skull_strip", "register", "resample", "qc", "total")  # resample normalises too
 
 
 def block_cv(ratio: np.ndarray, wm: np.ndarray) -> float:
@@ -110,9 +110,10 @@ def main(argv=None) -> int:
         import deepbet.bet  # noqa: F401  (torch's import is counted with the rule start-up below)
 
     start = startup_cpu()
-    # rule jobs per visit: n4 x3, coregister x2, skull_strip, register, resample, resample_gt,
-    # normalise x3, qc; the template is loaded by resample and register_mni (baseline).
-    jobs = {"baseline": (13, 2, 1), "follow-up": (13, 1, 1), "follow-up, baseline mask": (12, 1, 0)}
+    # rule jobs per visit: n4 (3 contrasts), coregister (T2w, FLAIR), skull_strip, register,
+    # resample (with the normalisation), resample_gt, qc; the template is loaded by resample
+    # and register_mni (baseline).
+    jobs = {"baseline": (7, 2, 1), "follow-up": (7, 1, 1), "follow-up, baseline mask": (6, 1, 0)}
     n_fu = len(params.weeks) - 1
     summary = {}
     for method in methods:

@@ -1,20 +1,27 @@
 # Preprocessing per visit (SPEC §2), in the paper's order: N4, intra-visit
 # alignment, skull stripping (native T1w), baseline -> MNI and follow-up ->
 # baseline rigid registration (brain to brain), one resampling of every native
-# image into the MNI-aligned 1x1x3 mm grid, then normalisation and QC.
+# image into the MNI-aligned 1x1x3 mm grid with the normalisation in the same job,
+# then QC. One job per visit and step (a step on several contrasts does them all):
+# each job pays its own Python and library start-up. The N4 images are temporary
+# and uncompressed (.nii): gzip cost more CPU than the disk it saves.
 PP = config["preprocess"]
 
 
 rule n4:
     input:
-        image=lambda w: bids_image(w, w.modality),
+        t1w=lambda w: bids_image(w, "T1w"),
+        t2w=lambda w: bids_image(w, "T2w"),
+        flair=lambda w: bids_image(w, "FLAIR"),
         validated=VALIDATION_PASSED,
     output:
-        temp(f"{PRE}_desc-n4_{{modality}}.nii.gz"),
+        t1w=temp(f"{PRE}_desc-n4_T1w.nii"),
+        t2w=temp(f"{PRE}_desc-n4_T2w.nii"),
+        flair=temp(f"{PRE}_desc-n4_FLAIR.nii"),
     log:
-        f"{LOGS}/n4/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}_{{modality}}.log",
+        f"{LOGS}/n4/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.log",
     benchmark:
-        f"{BENCH}/n4/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}_{{modality}}.tsv"
+        f"{BENCH}/n4/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.tsv"
     conda:
         "../envs/imaging.yaml"
     threads: PP["threads"]
@@ -27,16 +34,16 @@ rule n4:
 
 rule coregister:
     input:
-        moving=f"{PRE}_desc-n4_{{modality}}.nii.gz",
-        t1w=f"{PRE}_desc-n4_T1w.nii.gz",
+        t1w=f"{PRE}_desc-n4_T1w.nii",
+        t2w=f"{PRE}_desc-n4_T2w.nii",
+        flair=f"{PRE}_desc-n4_FLAIR.nii",
     output:
-        f"{PRE}_from-{{modality}}_to-T1w_xfm.tfm",
+        t2w=f"{PRE}_from-T2w_to-T1w_xfm.tfm",
+        flair=f"{PRE}_from-FLAIR_to-T1w_xfm.tfm",
     log:
-        f"{LOGS}/coregister/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}_{{modality}}.log",
+        f"{LOGS}/coregister/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.log",
     benchmark:
-        f"{BENCH}/coregister/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}_{{modality}}.tsv"
-    wildcard_constraints:
-        modality="T2w|FLAIR",
+        f"{BENCH}/coregister/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.tsv"
     conda:
         "../envs/imaging.yaml"
     threads: PP["threads"]
@@ -46,7 +53,7 @@ rule coregister:
 
 rule skull_strip:
     input:
-        f"{PRE}_desc-n4_T1w.nii.gz",
+        f"{PRE}_desc-n4_T1w.nii",
     output:
         f"{PRE}_space-T1w_desc-brain_mask.nii.gz",
     log:
@@ -65,7 +72,7 @@ rule skull_strip:
 
 rule register_mni:
     input:
-        t1w=f"{PRE}_desc-n4_T1w.nii.gz",
+        t1w=f"{PRE}_desc-n4_T1w.nii",
         mask=f"{PRE}_space-T1w_desc-brain_mask.nii.gz",
     output:
         f"{PRE}_from-T1w_to-MNI_xfm.tfm",
@@ -85,8 +92,8 @@ rule register_mni:
 rule register_baseline:
     input:
         unpack(followup_mask),
-        t1w=f"{PRE}_desc-n4_T1w.nii.gz",
-        baseline_t1w=f"{PRE_BASELINE}_desc-n4_T1w.nii.gz",
+        t1w=f"{PRE}_desc-n4_T1w.nii",
+        baseline_t1w=f"{PRE_BASELINE}_desc-n4_T1w.nii",
         baseline_mask=f"{PRE_BASELINE}_space-T1w_desc-brain_mask.nii.gz",
     output:
         f"{PRE}_from-T1w_to-baseline_xfm.tfm",
@@ -106,16 +113,16 @@ rule register_baseline:
 rule resample:
     input:
         unpack(to_mni_chain),
-        t1w=f"{PRE}_desc-n4_T1w.nii.gz",
-        t2w=f"{PRE}_desc-n4_T2w.nii.gz",
-        flair=f"{PRE}_desc-n4_FLAIR.nii.gz",
+        t1w=f"{PRE}_desc-n4_T1w.nii",
+        t2w=f"{PRE}_desc-n4_T2w.nii",
+        flair=f"{PRE}_desc-n4_FLAIR.nii",
         t2w_xfm=f"{PRE}_from-T2w_to-T1w_xfm.tfm",
         flair_xfm=f"{PRE}_from-FLAIR_to-T1w_xfm.tfm",
         mask=native_brain_mask,
     output:
-        t1w=temp(f"{PRE}_{MNI}_desc-resampled_T1w.nii.gz"),
-        t2w=temp(f"{PRE}_{MNI}_desc-resampled_T2w.nii.gz"),
-        flair=temp(f"{PRE}_{MNI}_desc-resampled_FLAIR.nii.gz"),
+        t1w=f"{PRE}_{MNI}_desc-preproc_T1w.nii.gz",
+        t2w=f"{PRE}_{MNI}_desc-preproc_T2w.nii.gz",
+        flair=f"{PRE}_{MNI}_desc-preproc_FLAIR.nii.gz",
         mask=f"{PRE}_{MNI}_desc-brain_mask.nii.gz",
         t1w_xfm=f"{PRE}_from-T1w_to-MNI1x1x3_xfm.tfm",
         t2w_xfm=f"{PRE}_from-T2w_to-MNI1x1x3_xfm.tfm",
@@ -129,6 +136,7 @@ rule resample:
     threads: PP["threads"]
     params:
         brain_mask_space=lambda w: "T1w" if own_brain_mask(w) else "baseline",
+        clip_percentiles=PP["clip_percentiles"],
     script:
         "../workflow_scripts/resample.py"
 
@@ -152,25 +160,6 @@ rule resample_gt:
         interpolation=PP["gt_interpolation"],
     script:
         "../workflow_scripts/resample_gt.py"
-
-
-rule normalise:
-    input:
-        image=f"{PRE}_{MNI}_desc-resampled_{{modality}}.nii.gz",
-        mask=f"{PRE}_{MNI}_desc-brain_mask.nii.gz",
-    output:
-        f"{PRE}_{MNI}_desc-preproc_{{modality}}.nii.gz",
-    log:
-        f"{LOGS}/normalise/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}_{{modality}}.log",
-    benchmark:
-        f"{BENCH}/normalise/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}_{{modality}}.tsv"
-    conda:
-        "../envs/imaging.yaml"
-    threads: 1
-    params:
-        clip_percentiles=PP["clip_percentiles"],
-    script:
-        "../workflow_scripts/normalise.py"
 
 
 rule qc:

@@ -17,6 +17,10 @@ def rule_log(path: str | Path | None, threads: int | None = None):
     A user-facing :class:`~t2lesion.errors.InputError` ends the job without a
     traceback: its problems, one line each, go to the log and to the job's stderr
     (which Snakemake shows), followed by a line naming the log, and the job exits 1.
+    A job that succeeds ends its log with its CPU seconds (:data:`CPU_LINE`; user + system
+    of this process since it started, Snakemake's script preamble and imports included, and
+    of its waited-for children): exact where Snakemake's ``benchmark:`` samples a job
+    every 30 s once it has run 15 s.
     """
     from t2lesion.errors import InputError
 
@@ -43,6 +47,7 @@ def rule_log(path: str | Path | None, threads: int | None = None):
         try:
             with limiter:
                 yield
+            logging.getLogger("t2lesion").info(CPU_LINE, job_cpu_seconds())
         except InputError as exc:
             logging.getLogger("t2lesion").error("%s", exc)
             fh.write(f"{len(exc.problems)} problem(s); the full list is above, in {path}\n")
@@ -52,6 +57,19 @@ def rule_log(path: str | Path | None, threads: int | None = None):
         finally:
             sys.stderr = old_err
             root.removeHandler(handler)
+
+
+#: The last line of a successful job's log (benchmarks/rule_cpu.py reads it).
+CPU_LINE = "job CPU seconds: %.2f"
+
+
+def job_cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its waited-for children so far."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _set_thread_env(threads: int) -> None:

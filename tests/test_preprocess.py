@@ -457,7 +457,7 @@ def test_outputs_on_target_grid_and_normalised(processed):
             assert sitk.ReadTransform(str(outs[f"xfm_{m}"])).GetDimension() == 3
         assert outs["qc"].stat().st_size > 10_000
         assert outs["qc"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        assert set(times) >= {"n4", "coregister", "skull_strip", "register", "resample", "normalise", "total"}
+        assert set(times) >= {"n4", "coregister", "skull_strip", "register", "resample", "total"}
 
 
 def test_template_read_directly_equals_nilearn():
@@ -505,6 +505,23 @@ def test_resample_mask_path_level_matches_visit_gt(synth, processed, tmp_path):
     outs, _ = processed[1]
     out = resample_mask(p["gt"], outs["xfm_FLAIR"], outs["mask"], tmp_path / "gt.nii.gz", threads=1)
     np.testing.assert_array_equal(_arr(out), _arr(outs["gt"]))
+
+
+def test_resample_normalises_exactly_as_the_path_level_normalise(processed, tmp_path):
+    """The resample job normalises in memory; the same as resampling, writing, then normalise()."""
+    outs, _ = processed[0]
+    plain = {m: tmp_path / f"resampled_{m}.nii.gz" for m in MODS}
+    resample_visit(
+        images={m: outs[f"n4_{m}"] for m in MODS},
+        to_t1w={m: outs[f"to_t1w_{m}"] for m in ("T2w", "FLAIR")},
+        brain_mask=outs["native_mask"], baseline_to_mni=outs["to_mni"],
+        out_images=plain, out_mask=tmp_path / "mask.nii.gz",
+        out_xfms={m: tmp_path / f"{m}.tfm" for m in MODS}, threads=THREADS, normalise=False,
+    )
+    np.testing.assert_array_equal(_arr(tmp_path / "mask.nii.gz"), _arr(outs["mask"]))
+    for m in MODS:
+        normalise(plain[m], tmp_path / "mask.nii.gz", tmp_path / f"preproc_{m}.nii.gz")
+        np.testing.assert_array_equal(_arr(tmp_path / f"preproc_{m}.nii.gz"), _arr(outs[f"preproc_{m}"]))
 
 
 def test_gt_geometry_mismatch_is_reported(processed, tmp_path):

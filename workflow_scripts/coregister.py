@@ -1,7 +1,8 @@
-"""Rigid T2w/FLAIR -> T1w alignment within a visit (rule coregister)."""
+"""Rigid T2w and FLAIR -> T1w alignment within a visit, one job for both (rule coregister)."""
 
 from t2lesion.logs import rule_log
-from t2lesion.preprocess import coregister_to_t1w
+from t2lesion.preprocess import coregister_visit
 
 with rule_log(snakemake.log[0], snakemake.threads):
-    coregister_to_t1w(snakemake.input.moving, snakemake.input.t1w, snakemake.output[0], threads=snakemake.threads)
+    i, o = snakemake.input, snakemake.output
+    coregister_visit({"T2w": i.t2w, "FLAIR": i.flair}, i.t1w, {"T2w": o.t2w, "FLAIR": o.flair}, threads=snakemake.threads)

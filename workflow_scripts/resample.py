@@ -1,4 +1,5 @@
-"""Compose the transforms and resample each native image once into MNI 1x1x3 mm (rule resample)."""
+"""Compose the transforms, resample each native image once into MNI 1x1x3 mm and normalise it
+(rule resample)."""
 
 from t2lesion.logs import rule_log
 from t2lesion.preprocess import resample_visit
@@ -16,4 +17,5 @@ with rule_log(snakemake.log[0], snakemake.threads):
         out_mask=o.mask,
         out_xfms={"T1w": o.t1w_xfm, "T2w": o.t2w_xfm, "FLAIR": o.flair_xfm},
         threads=snakemake.threads,
+        clip_percentiles=tuple(snakemake.params.clip_percentiles),
     )

@@ -2,20 +2,20 @@
 
 Paper order: N4 bias-field correction -> rigid registration of the baseline to an MNI
 template -> rigid registration of follow-ups to baseline -> skull stripping. Here, one
-Snakemake rule per step calls one path-level function:
+Snakemake rule per step, one job per visit and step, calls one path-level function:
 
 =====================  ================================  =====================================
 rule                   function                          output (per visit)
 =====================  ================================  =====================================
-n4                     :func:`n4`                        ``desc-n4_<mod>`` (native)
-coregister             :func:`coregister_to_t1w`         ``from-<T2w|FLAIR>_to-T1w_xfm.tfm``
+n4                     :func:`n4_visit` (:func:`n4`      ``desc-n4_<mod>.nii`` (native, temp,
+                       per contrast)                     uncompressed)
+coregister             :func:`coregister_visit`          ``from-<T2w|FLAIR>_to-T1w_xfm.tfm``
 skull_strip            :func:`skull_strip`               ``space-T1w_desc-brain_mask`` (native)
 register_mni           :func:`register_to_mni`           ``from-T1w_to-MNI_xfm.tfm`` (baseline)
 register_baseline      :func:`register_to_baseline`      ``from-T1w_to-baseline_xfm.tfm``
-resample               :func:`resample_visit`            ``space-MNI1x1x3_desc-resampled_<mod>``,
-                                                         brain mask, ``from-<mod>_to-MNI1x1x3``
+resample               :func:`resample_visit` (then      ``space-MNI1x1x3_desc-preproc_<mod>``,
+                       :func:`normalise_image`)          brain mask, ``from-<mod>_to-MNI1x1x3``
 resample_gt            :func:`resample_mask`             ``space-MNI1x1x3_desc-lesionGT_mask``
-normalise              :func:`normalise`                 ``space-MNI1x1x3_desc-preproc_<mod>``
 qc                     :func:`t2lesion.plots.qc.qc_png`  ``space-MNI1x1x3_qc.png``
 =====================  ================================  =====================================
 
@@ -35,18 +35,20 @@ from t2lesion.preprocess._common import (
     set_threads,
     target_grid,
 )
-from t2lesion.preprocess.n4 import N4_ITERATIONS, N4_SHRINK, n4, n4_image
+from t2lesion.preprocess.n4 import N4_ITERATIONS, N4_SHRINK, n4, n4_image, n4_visit
 from t2lesion.preprocess.normalise import (
     CLIP_PERCENTILES,
     STATS_PERCENTILES,
     normalise,
     normalise_array,
+    normalise_image,
 )
 from t2lesion.preprocess.pipeline import preprocess_visit, visit_outputs
 from t2lesion.preprocess.register import (
     DEFAULT_RIGID,
     RigidSettings,
     coregister_to_t1w,
+    coregister_visit,
     register_to_baseline,
     register_to_mni,
     rigid_register,
@@ -73,11 +75,14 @@ __all__ = [
     "RigidSettings",
     "compose",
     "coregister_to_t1w",
+    "coregister_visit",
     "cpu_seconds",
     "n4",
     "n4_image",
+    "n4_visit",
     "normalise",
     "normalise_array",
+    "normalise_image",
     "preprocess_visit",
     "register_to_baseline",
     "register_to_mni",

@@ -96,26 +96,42 @@ def mni_brain_mask(resolution: int = 1, threshold: float = 0.2) -> sitk.Image:
     return sitk.Cast(mni_template(resolution) > threshold, sitk.sitkUInt8)
 
 
+@lru_cache(maxsize=4)
+def _template_geometry(resolution: int = 1) -> tuple[tuple, tuple, tuple, tuple]:
+    """(spacing, size, origin, direction) of :func:`mni_template`; at 1 mm from the shipped
+    file's header alone (the resample job needs the grid, not the template's voxels)."""
+    path = _shipped_template_path() if resolution == 1 else None
+    if path is not None:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        # + 0.0: the header gives -0.0 where the image has 0.0; equal, but keep them identical
+        direction = tuple(float(d) + 0.0 for d in reader.GetDirection())
+        return reader.GetSpacing(), reader.GetSize(), reader.GetOrigin(), direction
+    tpl = mni_template(resolution)
+    return tpl.GetSpacing(), tpl.GetSize(), tpl.GetOrigin(), tpl.GetDirection()
+
+
 def target_grid(spacing=TARGET_SPACING, resolution: int = 1) -> sitk.Image:
     """An empty uint8 image defining the target grid.
 
     MNI-aligned (the template's direction cosines), covering the template's field of view,
     with ``spacing`` (x, y, z) mm; the first voxel's outer edge sits at the template's.
     """
-    tpl = mni_template(resolution)
-    t_sp = np.array(tpl.GetSpacing())
-    t_size = np.array(tpl.GetSize())
+    t_spacing, t_size, t_origin, t_direction = _template_geometry(resolution)
+    t_sp = np.array(t_spacing)
+    t_size = np.array(t_size)
     sp = np.asarray(spacing, dtype=float)
     if sp.shape != (3,) or (sp <= 0).any():
         raise InputError(f"target grid spacing must be 3 positive numbers, got {spacing!r}")
-    direction = np.array(tpl.GetDirection()).reshape(3, 3)
-    edge = np.array(tpl.GetOrigin()) - direction @ (0.5 * t_sp)
+    direction = np.array(t_direction).reshape(3, 3)
+    edge = np.array(t_origin) - direction @ (0.5 * t_sp)
     size = np.ceil(t_size * t_sp / sp - 1e-6).astype(int)
     origin = edge + direction @ (0.5 * sp)
     grid = sitk.Image([int(s) for s in size], sitk.sitkUInt8)
     grid.SetSpacing(tuple(float(s) for s in sp))
     grid.SetOrigin(tuple(float(o) for o in origin))
-    grid.SetDirection(tpl.GetDirection())
+    grid.SetDirection(tuple(t_direction))
     return grid
 
 

@@ -81,7 +81,7 @@ def n4(
     iterations=N4_ITERATIONS,
     bias_path: str | Path | None = None,
 ) -> Path:
-    """Path-level N4 (rule ``n4``): read ``in_path``, write the corrected image to ``out_path``.
+    """Path-level N4 of one image (:func:`n4_visit` runs it per contrast): read ``in_path``, write the corrected image to ``out_path``.
 
     ``bias_path`` optionally receives the estimated multiplicative bias field.
     """
@@ -95,6 +95,28 @@ def n4(
     if bias_path is not None:
         write_image(bias, bias_path)
     return Path(out_path)
+
+
+def n4_visit(
+    in_paths: dict[str, str | Path],
+    out_paths: dict[str, str | Path],
+    threads: int = 1,
+    shrink: int = N4_SHRINK,
+    iterations=N4_ITERATIONS,
+) -> dict[str, Path]:
+    """N4 of every contrast of a visit in one call (rule ``n4``: one job per visit).
+
+    ``in_paths`` and ``out_paths`` map each contrast (e.g. T1w, T2w, FLAIR) to its raw image
+    and to its corrected output; each contrast is corrected on its own, as :func:`n4` does.
+    Outputs ending in ``.nii`` are written uncompressed (the workflow's temporary N4 images:
+    gzip cost more CPU than the disk space is worth for files deleted within the visit).
+    """
+    missing = sorted(set(in_paths) ^ set(out_paths))
+    if missing:
+        raise ValueError(f"in_paths and out_paths must name the same contrasts; unmatched: {missing}")
+    return {
+        m: n4(in_paths[m], out_paths[m], threads=threads, shrink=shrink, iterations=iterations) for m in in_paths
+    }
 
 
 def residual_bias_cv(ratio: np.ndarray, wm: np.ndarray, block=(7, 20, 20)) -> tuple[float, int]:

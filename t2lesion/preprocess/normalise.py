@@ -19,7 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from t2lesion.errors import InputError
-from t2lesion.io import read_array
+from t2lesion.io import read_image
 from t2lesion.preprocess._common import read_mask, set_threads, write_image
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,25 @@ def normalise_array(
     return out
 
 
+def normalise_image(
+    img: sitk.Image,
+    mask: np.ndarray,
+    clip_percentiles=CLIP_PERCENTILES,
+    stats_percentiles=STATS_PERCENTILES,
+    source: str | Path = "image",
+    mask_source: str | Path = "brain mask",
+) -> sitk.Image:
+    """:func:`normalise_array` of an image inside ``mask`` (a (z, y, x) array on its grid);
+    float32 with ``img``'s geometry. A failure is an InputError naming ``source``."""
+    try:
+        out = normalise_array(sitk.GetArrayViewFromImage(img), mask, clip_percentiles, stats_percentiles)
+    except ValueError as exc:
+        raise InputError(f"{source}: cannot normalise ({exc}; mask {mask_source})") from None
+    res = sitk.GetImageFromArray(out)
+    res.CopyInformation(img)
+    return res
+
+
 def normalise(
     in_path: str | Path,
     brain_mask_path: str | Path,
@@ -62,15 +81,12 @@ def normalise(
     stats_percentiles=STATS_PERCENTILES,
     threads: int = 1,
 ) -> Path:
-    """Path-level normalisation (rule ``normalise``) of one resampled contrast."""
+    """Path-level normalisation of one resampled contrast (the ``resample`` rule normalises
+    in memory through :func:`normalise_image`, without this file round trip)."""
     set_threads(threads)
-    arr, img = read_array(in_path)
+    img = read_image(in_path)
     mask = read_mask(brain_mask_path, like=img, like_path=in_path)
-    try:
-        out = normalise_array(arr, sitk.GetArrayViewFromImage(mask), clip_percentiles, stats_percentiles)
-    except ValueError as exc:
-        raise InputError(f"{in_path}: cannot normalise ({exc}; mask {brain_mask_path})") from None
-    res = sitk.GetImageFromArray(out)
-    res.CopyInformation(img)
+    res = normalise_image(img, sitk.GetArrayViewFromImage(mask), clip_percentiles, stats_percentiles,
+                          source=in_path, mask_source=brain_mask_path)
     write_image(res, out_path)
     return Path(out_path)

@@ -1,7 +1,7 @@
 """All preprocessing steps of one visit in one call (tests, benchmarks, notebooks).
 
-The Snakemake workflow runs the same path-level functions as separate rules; the file
-names here mirror ``rules/preprocess.smk``.
+The Snakemake workflow runs the same path-level functions as separate rules (one job per
+visit and step); the file names here mirror ``rules/preprocess.smk``.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import logging
 from pathlib import Path
 
 from t2lesion.preprocess._common import SPACE_LABEL, TARGET_SPACING, cpu_seconds
-from t2lesion.preprocess.n4 import N4_ITERATIONS, N4_SHRINK, n4
-from t2lesion.preprocess.normalise import CLIP_PERCENTILES, normalise
+from t2lesion.preprocess.n4 import N4_ITERATIONS, N4_SHRINK, n4_visit
+from t2lesion.preprocess.normalise import CLIP_PERCENTILES
 from t2lesion.preprocess.register import (
-    coregister_to_t1w,
+    coregister_visit,
     register_to_baseline,
     register_to_mni,
 )
@@ -36,8 +36,7 @@ def visit_outputs(out_dir: str | Path, prefix: str) -> dict[str, Path]:
         "qc": d / f"{prefix}_{sp}_qc.png",
     }
     for m in MODS:
-        out[f"n4_{m}"] = d / f"{prefix}_desc-n4_{m}.nii.gz"
-        out[f"resampled_{m}"] = d / f"{prefix}_{sp}_desc-resampled_{m}.nii.gz"
+        out[f"n4_{m}"] = d / f"{prefix}_desc-n4_{m}.nii"  # temporary in the workflow: uncompressed
         out[f"preproc_{m}"] = d / f"{prefix}_{sp}_desc-preproc_{m}.nii.gz"
         out[f"xfm_{m}"] = d / f"{prefix}_from-{m}_to-{SPACE_LABEL}_xfm.tfm"
         if m != "T1w":
@@ -83,10 +82,10 @@ def preprocess_visit(
     out = visit_outputs(out_dir, prefix)
     clock = _Clock()
     raw = {"T1w": t1w, "T2w": t2w, "FLAIR": flair}
-    for m in MODS:
-        clock.run("n4", n4, raw[m], out[f"n4_{m}"], threads=threads, shrink=n4_shrink, iterations=n4_iterations)
-    for m in ("T2w", "FLAIR"):
-        clock.run("coregister", coregister_to_t1w, out[f"n4_{m}"], out["n4_T1w"], out[f"to_t1w_{m}"], threads=threads)
+    clock.run("n4", n4_visit, raw, {m: out[f"n4_{m}"] for m in MODS}, threads=threads, shrink=n4_shrink,
+              iterations=n4_iterations)
+    clock.run("coregister", coregister_visit, {m: out[f"n4_{m}"] for m in ("T2w", "FLAIR")}, out["n4_T1w"],
+              {m: out[f"to_t1w_{m}"] for m in ("T2w", "FLAIR")}, threads=threads)
     own_mask = baseline is None or followup_mask == "own"
     if followup_mask not in ("own", "baseline"):
         raise ValueError(f"followup_mask must be 'own' or 'baseline', got {followup_mask!r}")
@@ -109,17 +108,15 @@ def preprocess_visit(
         brain_mask_space="T1w" if own_mask else "baseline",
         baseline_to_mni=to_mni,
         to_baseline=to_bl,
-        out_images={m: out[f"resampled_{m}"] for m in MODS},
+        out_images={m: out[f"preproc_{m}"] for m in MODS},
         out_mask=out["mask"],
         out_xfms={m: out[f"xfm_{m}"] for m in MODS},
         gt_mask=gt_mask,
         out_gt_mask=out["gt"] if gt_mask is not None else None,
         threads=threads,
         spacing=spacing,
+        clip_percentiles=clip_percentiles,
     )
-    for m in MODS:
-        clock.run("normalise", normalise, out[f"resampled_{m}"], out["mask"], out[f"preproc_{m}"],
-                  clip_percentiles=clip_percentiles)
     if qc:
         from t2lesion.plots.qc import qc_png
 

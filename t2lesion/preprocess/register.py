@@ -216,13 +216,36 @@ def coregister_to_t1w(
     contrasts may have different grids; they share the scanner frame, so the start is the
     identity (a centre-of-mass start would be pulled by different fields of view).
     """
+    return coregister_visit({"moving": moving_path}, t1w_path, {"moving": out_xfm}, threads, settings)["moving"]
+
+
+def coregister_visit(
+    moving: dict[str, str | Path],
+    t1w_path: str | Path,
+    out_xfms: dict[str, str | Path],
+    threads: int = 1,
+    settings: RigidSettings = COREG_RIGID,
+) -> dict[str, Path]:
+    """:func:`coregister_to_t1w` of several contrasts of one visit (rule ``coregister``: one
+    job per visit): the T1w and its dilated head mask are read and computed once.
+
+    ``moving`` maps each contrast (T2w, FLAIR) to its N4-corrected image, ``out_xfms`` to its
+    ``from-<mod>_to-T1w`` transform file.
+    """
+    unmatched = sorted(set(moving) ^ set(out_xfms))
+    if unmatched:
+        raise ValueError(f"moving and out_xfms must name the same contrasts; unmatched: {unmatched}")
     set_threads(threads)
-    moving = read_image(moving_path)
+    images = {m: read_image(p) for m, p in moving.items()}  # every input checked before any work
     fixed = read_image(t1w_path)
     mask = _dilate(head_mask(fixed), 5.0)
-    tx = rigid_register(fixed, moving, fixed_mask=mask, init="identity", settings=settings)
-    write_transform(tx, out_xfm)
-    return Path(out_xfm)
+    written = {}
+    for m, img in images.items():
+        log.info("coregistering %s -> %s", moving[m], t1w_path)
+        tx = rigid_register(fixed, img, fixed_mask=mask, init="identity", settings=settings)
+        write_transform(tx, out_xfms[m])
+        written[m] = Path(out_xfms[m])
+    return written
 
 
 def register_to_mni(

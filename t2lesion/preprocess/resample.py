@@ -21,6 +21,7 @@ import SimpleITK as sitk
 
 from t2lesion.errors import InputError
 from t2lesion.io import read_image
+from t2lesion.preprocess.normalise import CLIP_PERCENTILES, STATS_PERCENTILES, normalise_image
 from t2lesion.preprocess._common import (
     TARGET_SPACING,
     as_float,
@@ -113,8 +114,12 @@ def resample_visit(
     interpolation: str = "linear",
     gt_interpolation: str = GT_INTERPOLATION,
     template_resolution: int = 1,
+    normalise: bool = True,
+    clip_percentiles=CLIP_PERCENTILES,
+    stats_percentiles=STATS_PERCENTILES,
 ) -> dict[str, Path]:
-    """Resample one visit into the MNI-aligned 1 x 1 x 3 mm grid (rule ``resample``).
+    """Resample one visit into the MNI-aligned 1 x 1 x 3 mm grid and normalise its contrasts
+    (rule ``resample``).
 
     ``images``: the visit's N4-corrected native {T1w, T2w, FLAIR}; ``to_t1w``: the
     ``from-{T2w,FLAIR}_to-T1w`` transform files; ``brain_mask``: the native brain mask;
@@ -128,6 +133,11 @@ def resample_visit(
     Writes the contrasts (float32), the brain mask (and GT mask; uint8) and one composed
     transform per contrast to ``out_xfms`` (``from-<mod>_to-MNI1x1x3``: maps target-grid
     points to that contrast's native points). Returns the written paths by name.
+    With ``normalise`` (the default, SPEC §2's last step) each resampled contrast is clipped
+    and z-scored inside the resampled brain mask in memory
+    (:func:`t2lesion.preprocess.normalise.normalise_image`, ``clip_percentiles``,
+    ``stats_percentiles``) before it is written: ``out_images`` are then the ``desc-preproc``
+    images; without it they are the plain resampled ones.
     """
     _need(images, MODS, "images")
     _need(to_t1w, ("T2w", "FLAIR"), "to_t1w")
@@ -155,16 +165,20 @@ def resample_visit(
 
     composed = {m: matrix_to_transform(compose(to_mni, to_bl, to_t1[m])) for m in MODS}
     written: dict[str, Path] = {}
+    brain_out = resample_mask_image(brain, grid, composed["T1w"] if brain_mask_space == "T1w" else to_mni)
+    brain_arr = sitk.GetArrayViewFromImage(brain_out)
+    if not brain_arr.any():
+        raise InputError(f"{brain_mask}: brain mask falls outside the target grid after registration")
     for m in MODS:
-        log.info("resampling %s -> %s", images[m], out_images[m])
-        write_image(resample_image(imgs[m], grid, composed[m], interpolation), out_images[m])
+        log.info("resampling %s -> %s%s", images[m], out_images[m], " (normalised)" if normalise else "")
+        out = resample_image(imgs[m], grid, composed[m], interpolation)
+        if normalise:
+            out = normalise_image(out, brain_arr, clip_percentiles, stats_percentiles,
+                                  source=images[m], mask_source=brain_mask)
+        write_image(out, out_images[m])
         write_transform(composed[m], out_xfms[m])
         written[m] = Path(out_images[m])
         written[f"xfm_{m}"] = Path(out_xfms[m])
-
-    brain_out = resample_mask_image(brain, grid, composed["T1w"] if brain_mask_space == "T1w" else to_mni)
-    if not sitk.GetArrayViewFromImage(brain_out).any():
-        raise InputError(f"{brain_mask}: brain mask falls outside the target grid after registration")
     write_image(brain_out, out_mask)
     written["brain_mask"] = Path(out_mask)
     if gt is not None:
