@@ -1,6 +1,7 @@
 """End to end on a tiny synthetic trial: BIDS generation to endpoint tables, through real
 preprocessing (N4, rigid registrations, deepbet skull stripping), the classical
-segmenter, lesion metrics and the statistics rules."""
+segmenter, a tiny U-Net trained on a second synthetic trial (two folds) and its ensembled
+MC-dropout inference, lesion metrics and the statistics rules, every source side by side."""
 
 from __future__ import annotations
 
@@ -32,8 +33,29 @@ def tiny_run(tmp_path_factory):
                     "fov_mm": [200.0, 230.0, 171.0],
                     "tlv_median_ml": 4.0,
                 },
-            }
+            },
+            # a one-visit-per-subject training trial: two folds of a tiny U-Net, trained for
+            # two steps each (the machinery, not a useful model: the demo measures quality)
+            "tinytrain": {
+                "role": "train",
+                "bids": "results/synth/trial-tinytrain/bids",
+                "control_arm": "PLA",
+                "treatment_arms": ["OCR"],
+                "synthetic": {
+                    "seed": 6,
+                    "subjects_per_arm": 1,
+                    "weeks": [0],
+                    "template_resolution_mm": 2,
+                    "fov_mm": [200.0, 230.0, 171.0],
+                    "tlv_median_ml": 4.0,
+                },
+            },
         },
+        "sources": ["baseline", "unet"],
+        "model": {"patch_size": [8, 32, 32], "widths": [4, 8, 8, 8], "bn_momentum": 0.9, "output_prior": 0.01},
+        "training": {"folds": 2, "epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "workers": 1, "threads": 1,
+                     "mixed_precision": "off"},
+        "inference": {"mc_samples": 2, "threads": 1},
         # No preprocess override: the default extractor (deepbet, ~5 CPU-s per visit) runs
         # end to end; ROBEX (about a minute per visit) is tested in test_preprocess.
     }
@@ -55,6 +77,26 @@ def test_every_stage_wrote_its_outputs(tiny_run):
         assert (r / f"benchmarks/resample/trial-tiny_sub-{sub}_ses-{ses}.tsv").is_file()
     # temp() intermediates are gone once consumed
     assert not list(r.glob("preproc/**/*desc-n4_*.nii*"))
+    # training: the split, one model per fold with its history and curve
+    folds = pd.read_csv(r / "train/trial-tinytrain/folds.tsv", sep="\t")
+    assert sorted(folds["fold"]) == [1, 2]
+    for fold in (1, 2):
+        for name in ("model.keras", "last.keras", "training_curve.png"):
+            assert (r / f"train/fold-{fold}/{name}").is_file(), (fold, name)
+        history = pd.read_csv(r / f"train/fold-{fold}/history.tsv", sep="\t")
+        assert history["iterations"].tolist() == [2] and history["val_dice"].between(0, 1).all()
+    # inference: every map of every test visit, in the preprocessed grid, and the native mask
+    import nibabel as nib
+
+    for sub, ses in visits:
+        pred = r / f"predict/unet/trial-tiny/sub-{sub}/ses-{ses}/sub-{sub}_ses-{ses}"
+        pre = r / f"preproc/trial-tiny/sub-{sub}/ses-{ses}/sub-{sub}_ses-{ses}"
+        ref = nib.load(f"{pre}_space-MNI1x1x3_desc-brain_mask.nii.gz")
+        for suffix in ("desc-lesion_probseg", "desc-lesion_mask", "desc-sd_uncertainty", "desc-entropy_uncertainty",
+                       "desc-mi_uncertainty"):
+            img = nib.load(f"{pred}_space-MNI1x1x3_{suffix}.nii.gz")
+            assert img.shape == ref.shape and (img.affine == ref.affine).all(), suffix
+        assert pred.parent.joinpath(f"{pred.name}_space-FLAIR_desc-lesion_mask.nii.gz").is_file()
 
 
 def test_metrics_and_statistics_tables(tiny_run):
@@ -67,8 +109,16 @@ def test_metrics_and_statistics_tables(tiny_run):
     table2 = pd.read_csv(r / "metrics/baseline/trial-tiny/table2.tsv", sep="\t")
     assert len(table2)
     long = pd.read_csv(r / "stats/trial-tiny/tlv_long.tsv", sep="\t")
-    assert sorted(long["source"].unique()) == ["baseline", "gt"]
-    assert len(long) == 8
+    assert sorted(long["source"].unique()) == ["baseline", "gt", "unet"]
+    assert len(long) == 12
+    # the unet source sits beside baseline in every metric and endpoint table
+    unet = pd.read_csv(r / "metrics/unet/trial-tiny/visits.tsv", sep="\t")
+    assert len(unet) == 4 and unet["dc"].between(0, 1).all()
+    both = pd.read_csv(r / "metrics/trial-tiny/table2.tsv", sep="\t")
+    assert any("unet" in c for c in both.columns) and any("baseline" in c for c in both.columns)
+    for table in ("change_summary.tsv", "ancova.tsv", "table4.tsv", "km_tests.tsv", "nb_rate_ratio.tsv"):
+        text = (r / "stats/trial-tiny" / table).read_text()
+        assert "unet" in text and "baseline" in text, table
     # GT TLV after resampling equals what the metrics saw, visit by visit.
     gt = long[long["source"] == "gt"].sort_values(["participant_id", "week"])["tlv_ml"].to_numpy()
     assert gt == pytest.approx(visits.sort_values(["participant_id", "week"])["gt_tlv_ml"].to_numpy())
@@ -156,6 +206,9 @@ def nogt_run(tiny_run, tmp_path_factory):
         f.rename(f.with_name(f.name.replace("ses-bl_", "ses-bl_run-1_")))
     config = {
         "trials": {"nogt": {"role": "test", "bids": str(bids), "control_arm": "PLA", "treatment_arms": ["OCR"]}},
+        # inference only: the fold models the tiny run trained, as a folder trained elsewhere
+        "sources": ["baseline", "unet"],
+        "inference": {"models": str(tiny_run / "results/train"), "mc_samples": 2, "threads": 1},
     }
     res = snakemake(work, "--cores", "2", config=config, timeout=2400)
     assert res.returncode == 0, res.stdout[-5000:] + res.stderr[-5000:]
@@ -169,14 +222,17 @@ def test_trial_without_gt_gets_masks_volumes_and_every_endpoint(nogt_run):
     assert visits["session"].tolist() == ["ses-w000", "ses-w024"] * 2
     assert visits["source_session"].tolist() == ["ses-bl", "ses-m06"] * 2
     assert not visits["has_gt"].any()
-    for sub in ("001", "002"):
-        for ses in ("w000", "w024"):
-            assert (r / f"predict/baseline/trial-nogt/sub-{sub}/ses-{ses}/"
-                         f"sub-{sub}_ses-{ses}_space-MNI1x1x3_desc-lesion_mask.nii.gz").is_file()
+    for source in ("baseline", "unet"):
+        for sub in ("001", "002"):
+            for ses in ("w000", "w024"):
+                assert (r / f"predict/{source}/trial-nogt/sub-{sub}/ses-{ses}/"
+                             f"sub-{sub}_ses-{ses}_space-MNI1x1x3_desc-lesion_mask.nii.gz").is_file()
+    assert not (r / "train").exists()  # inference only: nothing was trained
     long = pd.read_csv(r / "stats/trial-nogt/tlv_long.tsv", sep="\t")
-    assert long["source"].unique().tolist() == ["baseline"] and len(long) == 4
-    assert (long["tlv_ml"] > 0).all()
+    assert long["source"].unique().tolist() == ["baseline", "unet"] and len(long) == 8
+    assert (long.loc[long["source"] == "baseline", "tlv_ml"] > 0).all()
     for table in ("change_summary.tsv", "ancova.tsv", "cox.tsv", "table4.tsv", "km_tests.tsv"):
         assert (r / "stats/trial-nogt" / table).is_file(), table
     assert not (r / "metrics/baseline/trial-nogt/table2.tsv").exists()
+    assert not (r / "metrics/unet/trial-nogt/table2.tsv").exists()
     assert not list(r.glob("preproc/**/*lesionGT*"))
