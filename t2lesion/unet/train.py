@@ -332,6 +332,11 @@ def train_fold(train_data, val_data, out_dir, model_cfg: dict, loss_cfg: dict, t
         cur = {"settings": settings, "completed": 0, "best_epoch": None, "best_val_dice": None, "history": []}
         start = 0
         log.info("new model: %s, %s parameters, seed %d", kind, f"{M.count_params(model):,}", seed)
+    if not model.optimizer.built:
+        # Built here, not lazily inside the first train step: TensorFlow traces a function that
+        # creates variables twice, so this saves one trace of the whole step (87 -> 52 s for
+        # the demo's first step on one CPU thread, BENCHMARKS.md). Same zeros, same results.
+        model.optimizer.build(model.trainable_variables)
 
     state_layer = L.find_schedule_state(model)
     n_out = len(model.outputs)
