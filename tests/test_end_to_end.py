@@ -115,7 +115,8 @@ def test_metrics_and_statistics_tables(tiny_run):
     unet = pd.read_csv(r / "metrics/unet/trial-tiny/visits.tsv", sep="\t")
     assert len(unet) == 4 and unet["dc"].between(0, 1).all()
     both = pd.read_csv(r / "metrics/trial-tiny/table2.tsv", sep="\t")
-    assert any("unet" in c for c in both.columns) and any("baseline" in c for c in both.columns)
+    assert set(both["source"]) == {"baseline", "unet"}
+    assert both.loc[both["source"] == "unet", "mean"].notna().any()
     for table in ("change_summary.tsv", "ancova.tsv", "table4.tsv", "km_tests.tsv", "nb_rate_ratio.tsv"):
         text = (r / "stats/trial-tiny" / table).read_text()
         assert "unet" in text and "baseline" in text, table
