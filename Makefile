@@ -30,12 +30,8 @@ env: $(VENV)/.installed
 
 env-test: $(VENV)/.installed-torch
 
-# The demo's three folds (and the training trial's preprocessing) first: they then train
-# while the test trial is preprocessed, instead of leaving one core idle behind the last fold.
-DEMO_FIRST := $(foreach k,1 2 3,results/train/fold-$(k)/model.keras)
-
 demo: env
-	$(BIN)/snakemake --cores $(CORES) --prioritize $(DEMO_FIRST)
+	$(BIN)/snakemake --cores $(CORES)
 	mkdir -p results/report
 	$(BIN)/snakemake --cores $(CORES) --report results/report/report.html
 	@echo "Report: results/report/report.html"
