@@ -14,26 +14,29 @@ from tests.test_workflow import snakemake
 
 pytestmark = pytest.mark.slow
 
+# The tiny test trial (2 subjects x 2 visits, small volumes); tests/test_slurm.py runs it too.
+TINY_TRIAL = {
+    "role": "test",
+    "bids": "results/synth/trial-tiny/bids",
+    "control_arm": "PLA",
+    "treatment_arms": ["OCR"],
+    "synthetic": {
+        "seed": 5,
+        "subjects_per_arm": 1,
+        "weeks": [0, 24],
+        "template_resolution_mm": 2,
+        "fov_mm": [200.0, 230.0, 171.0],
+        "tlv_median_ml": 4.0,
+    },
+}
+
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("e2e")
     config = {
         "trials": {
-            "tiny": {
-                "role": "test",
-                "bids": "results/synth/trial-tiny/bids",
-                "control_arm": "PLA",
-                "treatment_arms": ["OCR"],
-                "synthetic": {
-                    "seed": 5,
-                    "subjects_per_arm": 1,
-                    "weeks": [0, 24],
-                    "template_resolution_mm": 2,
-                    "fov_mm": [200.0, 230.0, 171.0],
-                    "tlv_median_ml": 4.0,
-                },
-            },
+            "tiny": TINY_TRIAL,
             # a one-visit-per-subject training trial: two folds of a tiny U-Net, trained for
             # two steps each (the machinery, not a useful model: the demo measures quality)
             "tinytrain": {

@@ -40,6 +40,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from tests.test_end_to_end import TINY_TRIAL  # noqa: E402
 from tests.test_workflow import job_counts  # noqa: E402
 
 ROOT = Path(os.environ.get("T2LESION_SLURM_DIR", "/tmp/t2lesion-slurm"))
@@ -431,18 +432,7 @@ def test_workflow_profile_keeps_the_cluster_profiles_settings():
     plain = {k: v.value for k, v in args.default_resources.items() if not v.is_evaluable()}
     assert plain["runtime"] == 15 and plain["mem_mb"] == 2000, plain
 
-TINY = {
-    "trials": {
-        "tiny": {
-            "role": "test",
-            "bids": "results/synth/trial-tiny/bids",
-            "control_arm": "PLA",
-            "treatment_arms": ["OCR"],
-            "synthetic": {"seed": 5, "subjects_per_arm": 1, "weeks": [0, 24], "template_resolution_mm": 2,
-                          "fov_mm": [200.0, 230.0, 171.0], "tlv_median_ml": 4.0},
-        }
-    },
-}
+TINY = {"trials": {"tiny": TINY_TRIAL}}
 VISITS = [("001", "w000"), ("001", "w024"), ("002", "w000"), ("002", "w024")]
 PREPROCESS_RULES = ("n4", "coregister", "skull_strip", "register_mni", "register_baseline", "resample",
                     "resample_gt", "qc")
