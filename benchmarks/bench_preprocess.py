@@ -110,10 +110,10 @@ def main(argv=None) -> int:
         import deepbet.bet  # noqa: F401  (torch's import is counted with the rule start-up below)
 
     start = startup_cpu()
-    # rule jobs per visit: n4 (3 contrasts), coregister (T2w, FLAIR), skull_strip, register,
-    # resample (with the normalisation), resample_gt, qc; the template is loaded by resample
-    # and register_mni (baseline).
-    jobs = {"baseline": (7, 2, 1), "follow-up": (7, 1, 1), "follow-up, baseline mask": (6, 1, 0)}
+    # rule jobs per visit: n4_coregister (3 contrasts, then T2w and FLAIR -> T1w), skull_strip,
+    # register, resample (with the normalisation, the GT mask and the QC picture); the template
+    # is loaded by resample and register_mni (baseline).
+    jobs = {"baseline": (4, 2, 1), "follow-up": (4, 1, 1), "follow-up, baseline mask": (3, 1, 0)}
     n_fu = len(params.weeks) - 1
     summary = {}
     for method in methods:

@@ -26,8 +26,11 @@ from pathlib import Path
 
 import pandas as pd
 
-STEPS = ("n4", "coregister", "skull_strip", "register_mni", "register_baseline", "resample", "resample_gt",
-         "qc", "normalise")  # normalise: a rule of its own (3 jobs per visit) until it joined resample
+# n4 and coregister (now one job), normalise, resample_gt and qc: rules of their own in older
+# runs, until they joined n4_coregister and resample
+# (resample and resample_with_gt write their benchmarks and logs under resample/)
+STEPS = ("n4_coregister", "n4", "coregister", "skull_strip", "register_mni", "register_baseline", "resample", "resample_gt",
+         "qc", "normalise")
 NAME = re.compile(r"trial-(?P<trial>[^_]+)_sub-(?P<sub>[^_]+)_ses-(?P<ses>[^_.]+)(?:_(?P<mod>T1w|T2w|FLAIR))?\.tsv")
 
 

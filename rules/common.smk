@@ -72,6 +72,15 @@ def bids_image(wildcards, modality):
     return str(trial_of(wildcards).image(visit_of(wildcards), modality))
 
 
+def bids_images(wildcards):
+    """A visit's raw T1w, T2w and FLAIR (one input function: each costs the DAG a call)."""
+    trial, visit = trial_of(wildcards), visit_of(wildcards)
+    return {
+        key: str(trial.image(visit, mod))
+        for key, mod in (("t1w", "T1w"), ("t2w", "T2w"), ("flair", "FLAIR"))
+    }
+
+
 def bids_gt(wildcards):
     return str(trial_of(wildcards).gt_mask(visit_of(wildcards)))
 
@@ -144,11 +153,27 @@ def followup_mask(wildcards):
 
 
 def to_mni_chain(wildcards):
-    """T1w -> MNI: the baseline's own transform, preceded by T1w -> baseline for follow-ups."""
-    chain = {"baseline_to_mni": f"{baseline_prefix(wildcards)}_from-T1w_to-MNI_xfm.tfm"}
+    """T1w -> MNI: the baseline's own transform, preceded by T1w -> baseline for follow-ups;
+    and the native brain mask the visit is resampled with (rule resample's inputs that
+    depend on the visit, in one input function: each costs the DAG a call per job)."""
+    chain = {
+        "baseline_to_mni": f"{baseline_prefix(wildcards)}_from-T1w_to-MNI_xfm.tfm",
+        "mask": native_brain_mask(wildcards),
+    }
     if wildcards.ses != "w000":
         chain["to_baseline"] = f"{PRE.format(**wildcards)}_from-T1w_to-baseline_xfm.tfm"
     return chain
+
+
+def to_mni_chain_and_gt(wildcards):
+    """:func:`to_mni_chain` and the visit's GT mask (rule resample_with_gt); for a visit
+    without one, a path that no file or rule gives, so that Snakemake discards
+    resample_with_gt for it and runs rule resample."""
+    if visit_of(wildcards) in gt_visit_set(wildcards.trial):
+        gt = bids_gt(wildcards)
+    else:
+        gt = f"<no GT lesion mask for trial {wildcards.trial} sub-{wildcards.sub} ses-{wildcards.ses}>"
+    return {**to_mni_chain(wildcards), "gt": gt}
 
 
 @functools.cache
@@ -157,10 +182,15 @@ def gt_visit_set(trial):
     return frozenset(TRIALS[trial].gt_visits)
 
 
-def qc_gt(wildcards):
-    if visit_of(wildcards) in gt_visit_set(wildcards.trial):
-        return {"gt": f"{PRE.format(**wildcards)}_{MNI}_desc-lesionGT_mask.nii.gz"}
-    return {}
+def qc_output():
+    """The visit's QC picture, an item of the report's QC category."""
+    return report(
+        f"{PRE}_{MNI}_qc.png",
+        caption="../report/qc.rst",
+        category="QC",
+        subcategory="trial-{trial}",
+        labels={"visit": "sub-{sub} ses-{ses}"},
+    )
 
 
 def gt_visit_tables(wildcards, kind):
@@ -197,10 +227,6 @@ def mask_path(trial, sub, ses, source):
     if source == "gt":
         return f"{PRE.format(trial=trial, sub=sub, ses=ses)}_{MNI}_desc-lesionGT_mask.nii.gz"
     return f"{PRED.format(trial=trial, sub=sub, ses=ses, source=source)}_{MNI}_desc-lesion_mask.nii.gz"
-
-
-def lesion_mask(wildcards):
-    return mask_path(wildcards.trial, wildcards.sub, wildcards.ses, wildcards.source)
 
 
 def stats_targets(trial):

@@ -1,7 +1,7 @@
 # Ensembled MC-dropout inference of the U-Net (SPEC §7): the `unet` source. Visits are
 # predicted in batches (one rule per trial and batch) so that each job imports Keras and
 # loads the fold models once; every visit gets its probability, mask, uncertainty maps and
-# the mask back in its native FLAIR space. No GT is needed.
+# the mask back in its native FLAIR space, and its lesion load (TLV, TLC). No GT is needed.
 INF = config["inference"]
 UNET_OUT = {
     "prob": f"{MNI}_desc-lesion_probseg.nii.gz",
@@ -56,7 +56,13 @@ if "unet" in config["sources"]:
                     ],
                     native=[d["native_flair"] for d in _visits],
                 output:
-                    [d[f"out_{k}"] for d in _visits for k in UNET_OUT],
+                    masks=[d[f"out_{k}"] for d in _visits for k in UNET_OUT],
+                    volumes=[
+                        VOLUME.format(
+                            source="unet", trial=_trial, sub=v.sub, ses=v.ses
+                        )
+                        for v in _batch
+                    ],
                 log:
                     f"{LOGS}/infer/trial-{_trial}_batch-{_i + 1}.log",
                 benchmark:
@@ -75,6 +81,7 @@ if "unet" in config["sources"]:
                     cfg=INF,
                     seed=config["seed"],
                     channel_order=MODEL_CFG.get("channel_order"),
+                    volume=VOLUME_PARAMS,
                 message:
                     f"U-Net inference, trial {_trial}, batch {_i + 1}: {len(_visits)} visits"
                 script:

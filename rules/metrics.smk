@@ -12,13 +12,25 @@ METRIC_PARAMS = {
 }
 
 
+# Every job that writes a lesion mask also writes its lesion load (TLV, TLC; VOLUME), which
+# the endpoint statistics read: segment_baseline for its own masks, the inference jobs for
+# the U-Net's, metrics_visit for the GT. No job of its own per visit and source: on a
+# 3,000-visit trial each job costs the DAG a few milliseconds.
+VOLUME_PARAMS = {
+    "connectivity": MET["connectivity"],
+    "min_size": MET["min_lesion_voxels"],
+    "clean_voxel_metrics": MET["clean_voxel_metrics"],
+}
+
+
 rule segment_baseline:
     input:
         flair=f"{PRE}_{MNI}_desc-preproc_FLAIR.nii.gz",
         t1w=f"{PRE}_{MNI}_desc-preproc_T1w.nii.gz",
         mask=f"{PRE}_{MNI}_desc-brain_mask.nii.gz",
     output:
-        f"{PRED_BASELINE}_{MNI}_desc-lesion_mask.nii.gz",
+        mask=f"{PRED_BASELINE}_{MNI}_desc-lesion_mask.nii.gz",
+        volume=VOLUME.replace("{source}", "baseline"),
     log:
         f"{LOGS}/segment_baseline/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.log",
     benchmark:
@@ -27,48 +39,40 @@ rule segment_baseline:
         "../envs/imaging.yaml"
     threads: 1
     params:
-        **config["classical"],
+        classical=config["classical"],
         connectivity=MET["connectivity"],
+        volume=VOLUME_PARAMS,
     script:
         "../workflow_scripts/segment_baseline.py"
 
 
-rule lesion_volume:
-    input:
-        lesion_mask,
-    output:
-        VOLUME,
-    log:
-        f"{LOGS}/lesion_volume/{{source}}_trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.log",
-    benchmark:
-        f"{BENCH}/lesion_volume/{{source}}_trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.tsv"
-    conda:
-        "../envs/stats.yaml"
-    threads: 1
-    params:
-        connectivity=MET["connectivity"],
-        min_size=MET["min_lesion_voxels"],
-        clean_voxel_metrics=MET["clean_voxel_metrics"],
-    script:
-        "../workflow_scripts/lesion_volume.py"
-
-
+# One job per GT visit for every source: each source's voxel- and lesion-level metrics
+# against the GT, and the GT's own lesion load.
 rule metrics_visit:
     input:
+        **{
+            f"pred_{source}": mask_path("{trial}", "{sub}", "{ses}", source)
+            for source in config["sources"]
+        },
         gt=f"{PRE}_{MNI}_desc-lesionGT_mask.nii.gz",
-        pred=f"{PRED}_{MNI}_desc-lesion_mask.nii.gz",
     output:
-        visit="results/metrics/{source}/trial-{trial}/visits/sub-{sub}_ses-{ses}_visit.tsv",
-        lesions="results/metrics/{source}/trial-{trial}/visits/sub-{sub}_ses-{ses}_lesions.tsv",
+        **{
+            f"{kind}_{source}": f"results/metrics/{source}/trial-{{trial}}/visits/sub-{{sub}}_ses-{{ses}}_{kind}.tsv"
+            for source in config["sources"]
+            for kind in ("visit", "lesions")
+        },
+        gt_volume=VOLUME.replace("{source}", "gt"),
     log:
-        f"{LOGS}/metrics_visit/{{source}}_trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.log",
+        f"{LOGS}/metrics_visit/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.log",
     benchmark:
-        f"{BENCH}/metrics_visit/{{source}}_trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.tsv"
+        f"{BENCH}/metrics_visit/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.tsv"
     conda:
         "../envs/stats.yaml"
     threads: 1
     params:
+        sources=config["sources"],
         metrics=METRIC_PARAMS,
+        volume=VOLUME_PARAMS,
     script:
         "../workflow_scripts/metrics_visit.py"
 

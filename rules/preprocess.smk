@@ -1,27 +1,28 @@
-# Preprocessing per visit (SPEC §2), in the paper's order: N4, intra-visit
-# alignment, skull stripping (native T1w), baseline -> MNI and follow-up ->
-# baseline rigid registration (brain to brain), one resampling of every native
-# image into the MNI-aligned 1x1x3 mm grid with the normalisation in the same job,
-# then QC. One job per visit and step (a step on several contrasts does them all):
-# each job pays its own Python and library start-up. The N4 images are temporary
-# and uncompressed (.nii): gzip cost more CPU than the disk it saves.
+# Preprocessing per visit (SPEC §2), in the paper's order: N4 and the intra-visit
+# alignment of T2w and FLAIR to T1w (one job), skull stripping (native T1w), baseline ->
+# MNI and follow-up -> baseline rigid registration (brain to brain), one resampling of
+# every native image (and GT mask) into the MNI-aligned 1x1x3 mm grid with the
+# normalisation and the QC picture in the same job. Steps that follow one another within
+# a visit share a job: each job pays its own Python and library start-up, and costs the
+# DAG of a large trial a few milliseconds (BENCHMARKS.md, "DAG building at scale"). The
+# N4 images are temporary and uncompressed (.nii): gzip cost more CPU than the disk it saves.
 PP = config["preprocess"]
 
 
-rule n4:
+rule n4_coregister:
     input:
-        t1w=lambda w: bids_image(w, "T1w"),
-        t2w=lambda w: bids_image(w, "T2w"),
-        flair=lambda w: bids_image(w, "FLAIR"),
+        unpack(bids_images),
         validated=VALIDATION_PASSED,
     output:
         t1w=temp(f"{PRE}_desc-n4_T1w.nii"),
         t2w=temp(f"{PRE}_desc-n4_T2w.nii"),
         flair=temp(f"{PRE}_desc-n4_FLAIR.nii"),
+        t2w_xfm=f"{PRE}_from-T2w_to-T1w_xfm.tfm",
+        flair_xfm=f"{PRE}_from-FLAIR_to-T1w_xfm.tfm",
     log:
-        f"{LOGS}/n4/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.log",
+        f"{LOGS}/n4_coregister/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.log",
     benchmark:
-        f"{BENCH}/n4/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.tsv"
+        f"{BENCH}/n4_coregister/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.tsv"
     conda:
         "../envs/imaging.yaml"
     threads: PP["threads"]
@@ -29,26 +30,7 @@ rule n4:
         shrink=PP["n4_shrink"],
         iterations=PP["n4_iterations"],
     script:
-        "../workflow_scripts/n4.py"
-
-
-rule coregister:
-    input:
-        t1w=f"{PRE}_desc-n4_T1w.nii",
-        t2w=f"{PRE}_desc-n4_T2w.nii",
-        flair=f"{PRE}_desc-n4_FLAIR.nii",
-    output:
-        t2w=f"{PRE}_from-T2w_to-T1w_xfm.tfm",
-        flair=f"{PRE}_from-FLAIR_to-T1w_xfm.tfm",
-    log:
-        f"{LOGS}/coregister/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.log",
-    benchmark:
-        f"{BENCH}/coregister/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.tsv"
-    conda:
-        "../envs/imaging.yaml"
-    threads: PP["threads"]
-    script:
-        "../workflow_scripts/coregister.py"
+        "../workflow_scripts/n4_coregister.py"
 
 
 rule skull_strip:
@@ -110,23 +92,44 @@ rule register_baseline:
         "../workflow_scripts/register_baseline.py"
 
 
+# resample: one job per visit carries the images, the brain mask (and the GT mask where the
+# visit has one) into MNI 1x1x3 mm with one interpolation each, normalises the contrasts and
+# draws the QC picture. Two rules for the two cases, so that a visit's outputs are declared
+# exactly: resample_with_gt where the visit has a GT mask (it is ordered first), resample
+# elsewhere (its GT input does not exist for such a visit, so Snakemake falls back).
+RESAMPLE_INPUT = {
+    "t1w": f"{PRE}_desc-n4_T1w.nii",
+    "t2w": f"{PRE}_desc-n4_T2w.nii",
+    "flair": f"{PRE}_desc-n4_FLAIR.nii",
+    "t2w_xfm": f"{PRE}_from-T2w_to-T1w_xfm.tfm",
+    "flair_xfm": f"{PRE}_from-FLAIR_to-T1w_xfm.tfm",
+}
+RESAMPLE_OUTPUT = {
+    "t1w": f"{PRE}_{MNI}_desc-preproc_T1w.nii.gz",
+    "t2w": f"{PRE}_{MNI}_desc-preproc_T2w.nii.gz",
+    "flair": f"{PRE}_{MNI}_desc-preproc_FLAIR.nii.gz",
+    "mask": f"{PRE}_{MNI}_desc-brain_mask.nii.gz",
+    "t1w_xfm": f"{PRE}_from-T1w_to-MNI1x1x3_xfm.tfm",
+    "t2w_xfm": f"{PRE}_from-T2w_to-MNI1x1x3_xfm.tfm",
+    "flair_xfm": f"{PRE}_from-FLAIR_to-MNI1x1x3_xfm.tfm",
+}
+RESAMPLE_PARAMS = {
+    "brain_mask_space": lambda w: "T1w" if own_brain_mask(w) else "baseline",
+    "clip_percentiles": PP["clip_percentiles"],
+    "gt_interpolation": PP["gt_interpolation"],
+}
+
+
+ruleorder: resample_with_gt > resample
+
+
 rule resample:
     input:
         unpack(to_mni_chain),
-        t1w=f"{PRE}_desc-n4_T1w.nii",
-        t2w=f"{PRE}_desc-n4_T2w.nii",
-        flair=f"{PRE}_desc-n4_FLAIR.nii",
-        t2w_xfm=f"{PRE}_from-T2w_to-T1w_xfm.tfm",
-        flair_xfm=f"{PRE}_from-FLAIR_to-T1w_xfm.tfm",
-        mask=native_brain_mask,
+        **RESAMPLE_INPUT,
     output:
-        t1w=f"{PRE}_{MNI}_desc-preproc_T1w.nii.gz",
-        t2w=f"{PRE}_{MNI}_desc-preproc_T2w.nii.gz",
-        flair=f"{PRE}_{MNI}_desc-preproc_FLAIR.nii.gz",
-        mask=f"{PRE}_{MNI}_desc-brain_mask.nii.gz",
-        t1w_xfm=f"{PRE}_from-T1w_to-MNI1x1x3_xfm.tfm",
-        t2w_xfm=f"{PRE}_from-T2w_to-MNI1x1x3_xfm.tfm",
-        flair_xfm=f"{PRE}_from-FLAIR_to-MNI1x1x3_xfm.tfm",
+        **RESAMPLE_OUTPUT,
+        qc=qc_output(),
     log:
         f"{LOGS}/resample/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.log",
     benchmark:
@@ -135,54 +138,27 @@ rule resample:
         "../envs/imaging.yaml"
     threads: PP["threads"]
     params:
-        brain_mask_space=lambda w: "T1w" if own_brain_mask(w) else "baseline",
-        clip_percentiles=PP["clip_percentiles"],
+        **RESAMPLE_PARAMS,
     script:
         "../workflow_scripts/resample.py"
 
 
-rule resample_gt:
+rule resample_with_gt:
     input:
-        gt=bids_gt,
-        validated=VALIDATION_PASSED,
-        flair_xfm=f"{PRE}_from-FLAIR_to-MNI1x1x3_xfm.tfm",
-        reference=f"{PRE}_{MNI}_desc-brain_mask.nii.gz",
+        unpack(to_mni_chain_and_gt),
+        **RESAMPLE_INPUT,
     output:
-        f"{PRE}_{MNI}_desc-lesionGT_mask.nii.gz",
+        **RESAMPLE_OUTPUT,
+        qc=qc_output(),
+        gt=f"{PRE}_{MNI}_desc-lesionGT_mask.nii.gz",
     log:
-        f"{LOGS}/resample_gt/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.log",
+        f"{LOGS}/resample/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.log",
     benchmark:
-        f"{BENCH}/resample_gt/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.tsv"
+        f"{BENCH}/resample/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.tsv"
     conda:
         "../envs/imaging.yaml"
     threads: PP["threads"]
     params:
-        interpolation=PP["gt_interpolation"],
+        **RESAMPLE_PARAMS,
     script:
-        "../workflow_scripts/resample_gt.py"
-
-
-rule qc:
-    input:
-        unpack(qc_gt),
-        t1w=f"{PRE}_{MNI}_desc-preproc_T1w.nii.gz",
-        t2w=f"{PRE}_{MNI}_desc-preproc_T2w.nii.gz",
-        flair=f"{PRE}_{MNI}_desc-preproc_FLAIR.nii.gz",
-        mask=f"{PRE}_{MNI}_desc-brain_mask.nii.gz",
-    output:
-        report(
-            f"{PRE}_{MNI}_qc.png",
-            caption="../report/qc.rst",
-            category="QC",
-            subcategory="trial-{trial}",
-            labels={"visit": "sub-{sub} ses-{ses}"},
-        ),
-    log:
-        f"{LOGS}/qc/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.log",
-    benchmark:
-        f"{BENCH}/qc/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.tsv"
-    conda:
-        "../envs/imaging.yaml"
-    threads: 1
-    script:
-        "../workflow_scripts/qc.py"
+        "../workflow_scripts/resample.py"

@@ -607,7 +607,8 @@ def run_volume(mask_path, out_tsv, participant_id: str, session: str, *, connect
     """Lesion load (TLV, TLC) of one visit's mask from any source, GT or prediction; one-row TSV.
 
     Needs no ground truth: this is the per-visit volume table that the endpoint
-    statistics read (rule ``lesion_volume``), for every source and every visit.
+    statistics read, for every source and every visit: written by the job that writes the
+    mask (rules ``segment_baseline``, ``infer_*``) or, for the GT, by ``metrics_visit``.
     """
     mask, img = _read_mask(mask_path)
     voxel_ml = io.voxel_volume_ml(img)

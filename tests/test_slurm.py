@@ -427,15 +427,15 @@ def test_workflow_profile_keeps_the_cluster_profiles_settings():
     assert args.group_components == {"preprocess-{ses}": 1, "visit-metrics": 20}
     # every preprocessing rule is in its visit's group (a new one would otherwise be a SLURM job of its own)
     rules = re.findall(r"(?m)^rule (\w+):", (REPO / "rules" / "preprocess.smk").read_text())
-    assert len(rules) >= 8 and {r: args.groups.get(r) for r in rules} == dict.fromkeys(rules, "preprocess-{ses}")
+    assert len(rules) >= 6 and {r: args.groups.get(r) for r in rules} == dict.fromkeys(rules, "preprocess-{ses}")
     assert args.set_resources == alone.set_resources
     plain = {k: v.value for k, v in args.default_resources.items() if not v.is_evaluable()}
     assert plain["runtime"] == 15 and plain["mem_mb"] == 2000, plain
 
 TINY = {"trials": {"tiny": TINY_TRIAL}}
 VISITS = [("001", "w000"), ("001", "w024"), ("002", "w000"), ("002", "w024")]
-PREPROCESS_RULES = ("n4", "coregister", "skull_strip", "register_mni", "register_baseline", "resample",
-                    "resample_gt", "qc")
+PREPROCESS_RULES = ("n4_coregister", "skull_strip", "register_mni", "register_baseline", "resample",
+                    "resample_with_gt")
 TARGETS = ["results/metrics/baseline/trial-tiny/table2.tsv"] + [
     f"results/preproc/trial-tiny/sub-{s}/ses-{v}/sub-{s}_ses-{v}_space-MNI1x1x3_qc.png" for s, v in VISITS
 ]
@@ -444,7 +444,7 @@ TARGETS = ["results/metrics/baseline/trial-tiny/table2.tsv"] + [
 @pytest.mark.slow
 def test_tiny_trial_runs_through_slurm_as_grouped_jobs(cluster, tmp_path):
     """BIDS generation -> validation -> preprocessing -> classical segmentation -> Table 2 on the
-    cluster: one SLURM job per visit's preprocessing (its 6-7 Snakemake jobs), one for all
+    cluster: one SLURM job per visit's preprocessing (its 3-4 Snakemake jobs), one for all
     per-visit metrics, and as many jobs as SLURM recorded as Snakemake planned."""
     import yaml
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -51,8 +52,8 @@ def test_default_config_builds_the_dag(tmp_path):
     res = snakemake(tmp_path, "-n", "--quiet", "rules")
     assert res.returncode == 0, res.stderr
     out = res.stdout + res.stderr
-    for rule in ("synth_synthdemo", "validate_bids", "n4", "skull_strip", "register_mni", "resample", "lesion_volume",
-                 "cox", "km"):
+    for rule in ("synth_synthdemo", "validate_bids", "n4_coregister", "skull_strip", "register_mni", "resample_with_gt",
+                 "segment_baseline", "metrics_visit", "cox", "km"):
         assert rule in out, f"{rule} missing from the demo DAG:\n{out}"
 
 
@@ -62,6 +63,13 @@ def test_a_users_config_runs_only_the_users_trials(tmp_path):
     assert res.returncode == 0, res.stderr
     counts = job_counts(res.stdout)
     assert "synth_synthdemo" not in counts and counts["validate_bids"] == 1, counts
+
+
+def volumes_planned(output: str) -> dict[str, int]:
+    """How many per-visit lesion-volume tables a dry run plans, by source."""
+    paths = set(re.findall(r"results/metrics/\w+/trial-\w+/volumes/sub-\w+_ses-\w+_volume\.tsv", output))
+    sources = [p.split("/")[2] for p in paths]
+    return {s: sources.count(s) for s in set(sources)}
 
 
 def job_counts(output: str) -> dict[str, int]:
@@ -203,10 +211,12 @@ def test_trial_without_gt_still_gets_every_endpoint(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "no GT lesion masks" in res.stderr
     counts = job_counts(res.stdout)
-    assert counts["segment_baseline"] == 4 and counts["lesion_volume"] == 4, counts
+    # the plain resample (no GT output) on every visit; segment_baseline writes the volumes
+    assert counts["resample"] == 4 and counts["segment_baseline"] == 4, counts
+    assert volumes_planned(res.stdout) == {"baseline": 4}
     for rule in ("tlv_long", "change", "ancova", "cox", "km"):
         assert counts[rule] == 1, counts
-    for rule in ("resample_gt", "metrics_visit", "metrics_dataset"):
+    for rule in ("resample_with_gt", "metrics_visit", "metrics_dataset"):
         assert rule not in counts, counts
 
 
@@ -228,8 +238,10 @@ def test_partial_gt_mapped_sessions_and_excluded_visits(tmp_path):
     assert "1 visit(s) excluded by the config: sub-002_ses-w048 (motion)" in res.stderr
     assert "4 of 5 visits have a GT lesion mask" in res.stderr
     counts = job_counts(res.stdout)
-    assert counts["resample"] == 5 and counts["metrics_visit"] == 4, counts
-    assert counts["lesion_volume"] == 5 + 4, counts  # baseline source on every visit, gt where it exists
+    # the GT variant where the visit has a GT mask, the plain one at sub-001's w048
+    assert counts["resample_with_gt"] == 4 and counts["resample"] == 1 and counts["metrics_visit"] == 4, counts
+    assert "sub-001_ses-w048_space-MNI1x1x3_desc-lesionGT_mask" not in res.stdout
+    assert volumes_planned(res.stdout) == {"baseline": 5, "gt": 4}  # baseline on every visit, gt where it exists
     # inside the pipeline a mapped visit is named by its week
     assert "results/preproc/trial-real/sub-001/ses-w024/" in res.stdout
     assert "sub-001/ses-m06/anat/sub-001_ses-m06_FLAIR.nii.gz" in res.stdout  # read from its BIDS name

@@ -1,9 +1,11 @@
-"""Ensembled MC-dropout inference of the U-Net folds over a batch of visits (rules infer_<trial>_<batch>).
+"""Ensembled MC-dropout inference of the U-Net folds over a batch of visits, and each
+predicted mask's lesion load (rules infer_<trial>_<batch>).
 
 ``params.visits``: list of visit dicts (keys: ``t2lesion.unet.infer.VISIT_KEYS``);
 ``input.models``: the fold models (each loaded once for the whole batch); ``params.cfg``: the
 ``inference:`` config section; ``params.seed``: base seed; ``params.channel_order``: the
-model's. The GPU is leased before Keras is imported.
+model's; ``output.volumes``: one lesion-load table per visit, in the visits' order. The GPU
+is leased before Keras is imported.
 """
 
 import logging
@@ -13,14 +15,19 @@ from t2lesion.logs import rule_log
 
 with rule_log(snakemake.log[0], snakemake.threads):
     gpu.lease()
+    from t2lesion.metrics import run_volume
     from t2lesion.unet.infer import predict_visits
 
     p = snakemake.params
+    visits = list(p.visits)
     predict_visits(
-        list(p.visits),
+        visits,
         list(snakemake.input.models),
         dict(p.cfg or {}),
         int(p.seed),
         logging.getLogger("t2lesion.infer"),
         channel_order=getattr(p, "channel_order", None),
     )
+    for visit, volume in zip(visits, snakemake.output.volumes, strict=True):
+        participant_id, session = visit["id"].split("_", 1)
+        run_volume(visit["out_mask"], volume, participant_id=participant_id, session=session, **p.volume)

@@ -1,17 +1,11 @@
-"""Classical FLAIR-hyperintensity lesion segmentation (rule segment_baseline)."""
+"""Classical FLAIR-hyperintensity lesion segmentation and the mask's lesion load (rule
+segment_baseline)."""
 
 from t2lesion.classical import run_segment
 from t2lesion.logs import rule_log
+from t2lesion.metrics import run_volume
 
 with rule_log(snakemake.log[0], snakemake.threads):
-    i, p = snakemake.input, snakemake.params
-    run_segment(
-        i.flair,
-        i.t1w,
-        i.mask,
-        snakemake.output[0],
-        z_threshold=p.z_threshold,
-        t1_max_z=p.t1_max_z,
-        min_size=p.min_size,
-        connectivity=p.connectivity,
-    )
+    w, i, o, p = snakemake.wildcards, snakemake.input, snakemake.output, snakemake.params
+    run_segment(i.flair, i.t1w, i.mask, o.mask, **p.classical, connectivity=p.connectivity)
+    run_volume(o.mask, o.volume, participant_id=f"sub-{w.sub}", session=f"ses-{w.ses}", **p.volume)

@@ -13,10 +13,10 @@ coregister             :func:`coregister_visit`          ``from-<T2w|FLAIR>_to-T
 skull_strip            :func:`skull_strip`               ``space-T1w_desc-brain_mask`` (native)
 register_mni           :func:`register_to_mni`           ``from-T1w_to-MNI_xfm.tfm`` (baseline)
 register_baseline      :func:`register_to_baseline`      ``from-T1w_to-baseline_xfm.tfm``
-resample               :func:`resample_visit` (then      ``space-MNI1x1x3_desc-preproc_<mod>``,
-                       :func:`normalise_image`)          brain mask, ``from-<mod>_to-MNI1x1x3``
-resample_gt            :func:`resample_mask`             ``space-MNI1x1x3_desc-lesionGT_mask``
-qc                     :func:`t2lesion.plots.qc.qc_png`  ``space-MNI1x1x3_qc.png``
+resample,              :func:`resample_visit` (then      ``space-MNI1x1x3_desc-preproc_<mod>``,
+resample_with_gt       :func:`normalise_image`), then    brain mask, ``from-<mod>_to-MNI1x1x3``,
+                       :func:`t2lesion.plots.qc.qc_png`  ``space-MNI1x1x3_qc.png``; the second
+                                                         also ``desc-lesionGT_mask``
 =====================  ================================  =====================================
 
 Skull stripping runs on the N4-corrected native T1w *before* the registrations so that

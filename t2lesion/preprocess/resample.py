@@ -198,7 +198,7 @@ def resample_mask(
     """Carry a native binary mask (e.g. the GT lesion mask, on its FLAIR's grid) into the
     grid of ``reference_path`` through the composed transform ``xfm_path`` (e.g.
     ``from-FLAIR_to-MNI1x1x3``): ``interpolation`` (see :data:`GT_INTERPOLATION`), then
-    >= 0.5 (rule ``resample_gt``).
+    >= 0.5 (what :func:`resample_visit` does to a visit's GT mask, for a mask on its own).
 
     The mask must share the geometry of the image the transform was estimated for; the
     ``validate_bids`` rule checks that a GT mask matches its FLAIR.
