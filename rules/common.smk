@@ -50,6 +50,27 @@ PRE_BASELINE = PRE.replace("{ses}", "w000")
 VALIDATION_PASSED = "results/validated/trial-{trial}_passed"
 LOGS = "results/logs"
 BENCH = "results/benchmarks"
+# The native brain mask a visit is resampled with, and a follow-up registered with: its
+# own (followup_brain_mask: own) or its baseline's (the baseline's own at the baseline).
+NATIVE_MASK = (
+    PRE if config["preprocess"]["followup_brain_mask"] == "own" else PRE_BASELINE
+) + "_space-T1w_desc-brain_mask.nii.gz"
+# register_baseline matches brain to brain only when the follow-up has its own mask.
+FOLLOWUP_MASK = (
+    {"mask": NATIVE_MASK}
+    if config["preprocess"]["followup_brain_mask"] == "own"
+    else {}
+)
+
+
+# Trials with a GT mask at some visit / with a visit without one: rule resample_with_gt
+# applies to the first, rule resample to the second, so that neither is tried (a Job built
+# and discarded, milliseconds per visit) where it cannot apply.
+GT_TRIALS = "|".join(sorted(n for n, t in TRIALS.items() if t.gt_visits)) or "(?!)"
+NO_GT_TRIALS = (
+    "|".join(sorted(n for n, t in TRIALS.items() if len(t.gt_visits) < len(t.visits)))
+    or "(?!)"  # matches nothing
+)
 
 
 wildcard_constraints:
@@ -137,29 +158,11 @@ def own_brain_mask(wildcards):
     )
 
 
-def native_brain_mask(wildcards):
-    """The native brain mask a visit is resampled with: its own, or its baseline's."""
-    prefix = (
-        PRE.format(**wildcards)
-        if own_brain_mask(wildcards)
-        else baseline_prefix(wildcards)
-    )
-    return f"{prefix}_space-T1w_desc-brain_mask.nii.gz"
-
-
-def followup_mask(wildcards):
-    """register_baseline matches brain to brain only when the follow-up has its own mask."""
-    return {"mask": native_brain_mask(wildcards)} if own_brain_mask(wildcards) else {}
-
-
 def to_mni_chain(wildcards):
-    """T1w -> MNI: the baseline's own transform, preceded by T1w -> baseline for follow-ups;
-    and the native brain mask the visit is resampled with (rule resample's inputs that
-    depend on the visit, in one input function: each costs the DAG a call per job)."""
-    chain = {
-        "baseline_to_mni": f"{baseline_prefix(wildcards)}_from-T1w_to-MNI_xfm.tfm",
-        "mask": native_brain_mask(wildcards),
-    }
+    """T1w -> MNI: the baseline's own transform, preceded by T1w -> baseline for follow-ups
+    (the inputs of the resample rules that depend on the visit, in one input function, since
+    each costs the DAG a call per job)."""
+    chain = {"baseline_to_mni": f"{baseline_prefix(wildcards)}_from-T1w_to-MNI_xfm.tfm"}
     if wildcards.ses != "w000":
         chain["to_baseline"] = f"{PRE.format(**wildcards)}_from-T1w_to-baseline_xfm.tfm"
     return chain

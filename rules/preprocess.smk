@@ -73,7 +73,7 @@ rule register_mni:
 
 rule register_baseline:
     input:
-        unpack(followup_mask),
+        **FOLLOWUP_MASK,
         t1w=f"{PRE}_desc-n4_T1w.nii",
         baseline_t1w=f"{PRE_BASELINE}_desc-n4_T1w.nii",
         baseline_mask=f"{PRE_BASELINE}_space-T1w_desc-brain_mask.nii.gz",
@@ -96,7 +96,8 @@ rule register_baseline:
 # visit has one) into MNI 1x1x3 mm with one interpolation each, normalises the contrasts and
 # draws the QC picture. Two rules for the two cases, so that a visit's outputs are declared
 # exactly: resample_with_gt where the visit has a GT mask (it is ordered first), resample
-# elsewhere (its GT input does not exist for such a visit, so Snakemake falls back).
+# elsewhere (its GT input does not exist for such a visit, so Snakemake falls back). Each
+# applies only to trials that can need it (GT_TRIALS, NO_GT_TRIALS).
 RESAMPLE_INPUT = {
     "t1w": f"{PRE}_desc-n4_T1w.nii",
     "t2w": f"{PRE}_desc-n4_T2w.nii",
@@ -127,6 +128,7 @@ rule resample:
     input:
         unpack(to_mni_chain),
         **RESAMPLE_INPUT,
+        mask=NATIVE_MASK,
     output:
         **RESAMPLE_OUTPUT,
         qc=qc_output(),
@@ -134,6 +136,8 @@ rule resample:
         f"{LOGS}/resample/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.log",
     benchmark:
         f"{BENCH}/resample/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.tsv"
+    wildcard_constraints:
+        trial=NO_GT_TRIALS,
     conda:
         "../envs/imaging.yaml"
     threads: PP["threads"]
@@ -147,6 +151,7 @@ rule resample_with_gt:
     input:
         unpack(to_mni_chain_and_gt),
         **RESAMPLE_INPUT,
+        mask=NATIVE_MASK,
     output:
         **RESAMPLE_OUTPUT,
         qc=qc_output(),
@@ -155,6 +160,8 @@ rule resample_with_gt:
         f"{LOGS}/resample/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.log",
     benchmark:
         f"{BENCH}/resample/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.tsv"
+    wildcard_constraints:
+        trial=GT_TRIALS,
     conda:
         "../envs/imaging.yaml"
     threads: PP["threads"]

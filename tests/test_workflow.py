@@ -91,7 +91,10 @@ def test_followup_brain_mask_decides_how_many_visits_are_skull_stripped(tmp_path
     assert res.returncode == 0, res.stderr
     counts = job_counts(res.stdout)
     assert counts["skull_strip"] == skull_strips, counts
-    assert counts["register_baseline"] == 4 and counts["resample"] == 6, counts
+    assert counts["register_baseline"] == 4 and counts["resample_with_gt"] == 6, counts
+    # a follow-up's own native brain mask exists (and is resampled) only with "own"
+    own_mask = "sub-001/ses-w024/sub-001_ses-w024_space-T1w_desc-brain_mask.nii.gz"
+    assert (own_mask in res.stdout) == (followup_brain_mask == "own")
 
 
 def test_misspelt_config_key_fails_with_its_name(tmp_path):
