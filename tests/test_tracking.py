@@ -284,20 +284,24 @@ def test_gt_counts_agree_with_the_synthetic_truth(tracked_trial, reference):
     """New and enlarging counts from the GT masks in MNI against the generator's lesion identities.
 
     The issue's target is >= 90 % of follow-up visits with equal new and enlarging counts.
-    Measured on this trial (8 follow-ups per reference): met for lesions of >= 20 voxels
-    (100 %), not at the endpoint's 3-voxel minimum (0-12 %, masks count more new lesions
-    than the truth): lesions of 3-20 voxels (9-60 uL) appear, vanish or shift by a voxel
-    between visits through the GT's resampling to MNI (B-spline by default, then >= 0.5, rotated
-    1x1x3 mm grid) and the follow-up registration, while the truth counts them by identity
-    in the native grid. The agreement rises with the size floor: 5 voxels 38-50 %,
-    10 voxels 62-75 %, 20 voxels 100 %.
+    Met for lesions of >= 20 voxels (8/8 follow-ups per reference), asserted. Not met at
+    the endpoint's 3-voxel minimum (measured 0/8 previous, 1/8 baseline): reported as an
+    expected failure with the numbers. Lesion by lesion (docs/tracking_truth_agreement.md)
+    every difference is a lesion of <= 17 voxels, nearly all unchanged or shrinking in the
+    generator: its MNI copy lies one 3 mm slice or one in-plane voxel away from its copy at
+    the reference visit (< 10 % overlap: a false "new"), or vanishes there, or changes its
+    voxel count by the two grid samplings (a false "enlarging", in the masks and in the
+    truth table alike). Each visit's native grid has its own head pose, and the GT is then
+    resampled to MNI: a lesion of 3-10 voxels fits in one slice. Registration is not the
+    cause (:func:`test_follow_up_transforms_match_the_true_poses`); no touching lesions
+    merged or split on this trial.
     """
     from t2lesion.tracking import truth_counts
 
     work = tracked_trial
     truth = pd.read_csv(work / "results/synth/trial-tiny3/truth/lesions.tsv", sep="\t")
     sessions = ["ses-w000", "ses-w024", "ses-w048"]
-    share = {}
+    share, report = {}, {}
     for floor in (3, 20):
         frames = []
         for sub in SUBS:
@@ -311,10 +315,45 @@ def test_gt_counts_agree_with_the_synthetic_truth(tracked_trial, reference):
         assert len(m) == 2 * len(SUBS)
         equal = (m["n_new_mask"] == m["n_new_truth"]) & (m["n_enlarging_mask"] == m["n_enlarging_truth"])
         share[floor] = equal.mean()
-        print(f"\n{reference}, lesions >= {floor} voxels: {int(equal.sum())}/{len(m)} visits with equal counts; "
-              f"new {int(m['n_new_mask'].sum())} (masks) vs {int(m['n_new_truth'].sum())} (truth), enlarging "
-              f"{int(m['n_enlarging_mask'].sum())} vs {int(m['n_enlarging_truth'].sum())}")
+        report[floor] = (f"{reference}, lesions >= {floor} voxels: {int(equal.sum())}/{len(m)} visits with equal "
+                         f"counts; new {int(m['n_new_mask'].sum())} (masks) vs {int(m['n_new_truth'].sum())} (truth), "
+                         f"enlarging {int(m['n_enlarging_mask'].sum())} vs {int(m['n_enlarging_truth'].sum())}")
+        print("\n" + report[floor])
         if floor == 3:
-            # the masks never miss a truly new lesion: their excess is the small-lesion flicker
+            # per visit the masks count at least as many new lesions as the truth: slice
+            # shifts of small lesions add more false new lesions than resampling removes
+            # (a truly new lesion of 3-4 native voxels can fall to 2 voxels in MNI)
             assert (m["n_new_mask"] >= m["n_new_truth"]).all()
-    assert share[20] >= 0.9
+    assert share[20] >= 0.9, report[20]
+    if share[3] < 0.9:
+        pytest.xfail("issue 16's >= 90 % target is not met at the 3-voxel minimum (small lesions shift by a slice "
+                     "between visits through the native grids and the resampling; docs/tracking_truth_agreement.md): "
+                     + report[3])
+
+
+def test_follow_up_transforms_match_the_true_poses(tracked_trial):
+    """The GT of every visit reaches MNI through the visit's own estimated registrations; against the
+    generator's true head poses (``truth/visits.tsv``, native -> subject), a follow-up's composed
+    FLAIR -> MNI transform is off by < 0.5 mm at the baseline's lesion voxels (measured <= 0.34 mm):
+    registration is not what makes small lesions shift between visits."""
+    from t2lesion.preprocess._common import transform_to_matrix
+
+    visits = pd.read_csv(tracked_trial / "results/synth/trial-tiny3/truth/visits.tsv", sep="\t")
+
+    def pose(sub, week):
+        row = visits[(visits["participant_id"] == f"sub-{sub}") & (visits["session"] == week)].iloc[0]
+        return np.array(row["native_to_subject"].split(), float).reshape(4, 4)
+
+    for sub in SUBS:
+        pre = tracked_trial / f"results/preproc/trial-tiny3/sub-{sub}"
+        xfm = {w: transform_to_matrix(sitk.ReadTransform(str(
+            pre / f"ses-{w}/sub-{sub}_ses-{w}_from-FLAIR_to-MNI1x1x3_xfm.tfm"))) for w in ("w000", "w024", "w048")}
+        gt = sitk.ReadImage(str(_gt_masks(tracked_trial, sub)[0]))
+        idx = np.argwhere(sitk.GetArrayFromImage(gt) > 0)[:, ::-1]
+        assert len(idx)
+        pts = np.array([gt.TransformIndexToPhysicalPoint([int(i) for i in v]) for v in idx])
+        pts = np.c_[pts, np.ones(len(pts))].T
+        for w in ("w024", "w048"):
+            true = np.linalg.inv(pose(sub, w)) @ pose(sub, "w000") @ xfm["w000"]
+            err = np.linalg.norm((xfm[w] @ pts - true @ pts)[:3], axis=0)
+            assert err.max() < 0.5, (sub, w, err.max())
