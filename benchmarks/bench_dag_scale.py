@@ -9,7 +9,10 @@ ses-w000/w024/w048, a GT mask per visit, valid tables; ``bench_dag.make_tree``) 
 workflow is timed from process start to exit (Python start-up and Snakefile parsing
 included). Prints one line per size: visits, jobs, wall seconds and CPU seconds (user +
 system of the snakemake process; the better figure on a shared machine), each the best of
-``--repeat`` runs, and the load average before the run.
+``--repeat`` runs, the load average before the run, and in the note how many of the wall
+seconds Snakemake spent building the DAG ("Building DAG of jobs...", timed by
+``snakemake_phases.py``); the rest is start-up and the dry run's needrun, scheduling and
+printing of every job.
 
 ``--floor`` also times, after each size, a generated workflow with as many jobs but nothing
 of ours (script rules with a log, a benchmark and string inputs): Snakemake's own cost per
@@ -46,16 +49,30 @@ def env() -> dict:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
 
 
+PHASES = str(HERE / "snakemake_phases.py")
+BUILD = re.compile(r"DAG built in ([0-9.]+) s")
+
+
+def _phased(args: list[str]) -> list[str]:
+    """``-m snakemake ...`` run through snakemake_phases.py, which reports the DAG-building time."""
+    return [PHASES, *args[2:]] if args[:2] == ["-m", "snakemake"] else args
+
+
 def _timed(args: list[str], timeout: float, work: Path) -> tuple[float, float, int | None, str]:
     """Run ``python args`` once: wall and CPU seconds (user + system of the child), job count, a
-    note on failure; ``work`` is removed afterwards."""
+    note on failure (and, for a snakemake command, the seconds it spent building the DAG);
+    ``work`` is removed afterwards."""
     try:
         r0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-        res = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, env=env())
+        res = subprocess.run([sys.executable, *_phased(args)], capture_output=True, text=True, timeout=timeout,
+                             env=env())
         wall, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
         out = res.stdout + res.stderr
         note = "" if res.returncode == 0 else f"rc={res.returncode}: {out.strip().splitlines()[-1][:160]}"
+        build = BUILD.search(out)
+        if build:
+            note = f"DAG built in {float(build.group(1)):.1f} s {note}".strip()
         return wall, cpu, job_total(out), note
     except subprocess.TimeoutExpired:
         return float("nan"), float("nan"), None, f"timeout > {timeout:.0f} s"
