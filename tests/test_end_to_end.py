@@ -76,7 +76,7 @@ def test_every_stage_wrote_its_outputs(tiny_run):
         for suffix in ("space-MNI1x1x3_desc-preproc_FLAIR.nii.gz", "space-MNI1x1x3_desc-lesionGT_mask.nii.gz",
                        "space-MNI1x1x3_qc.png", "from-FLAIR_to-MNI1x1x3_xfm.tfm"):
             assert pre.parent.joinpath(f"{pre.name}_{suffix}").is_file(), suffix
-        assert (r / f"logs/n4/trial-tiny_sub-{sub}_ses-{ses}.log").is_file()
+        assert (r / f"logs/n4_coregister/trial-tiny_sub-{sub}_ses-{ses}.log").is_file()
         assert (r / f"benchmarks/resample/trial-tiny_sub-{sub}_ses-{ses}.tsv").is_file()
     # temp() intermediates are gone once consumed
     assert not list(r.glob("preproc/**/*desc-n4_*.nii*"))
