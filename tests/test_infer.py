@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import SimpleITK as sitk
 
@@ -384,11 +385,20 @@ def test_workflow_script_calls_predict_visits_inside_the_rule_log(tmp_path, monk
     identity_keras_model((8, 32, 32)).save(model_path)
     visit = _write_visit(tmp_path, "sub-03_ses-w024", np.random.default_rng(8), _rigid((0, 0, 5), (2.0, 1.0, 0.0)))
     log_path = tmp_path / "logs" / "infer.log"
+    volume = tmp_path / "volumes" / "sub-03_ses-w024_volume.tsv"
     smk = SimpleNamespace(log=[str(log_path)], threads=1, input=SimpleNamespace(models=[str(model_path)]),
-                          params=SimpleNamespace(visits=[visit], cfg={"mc_samples": 1, "overlap": 0.5}, seed=3))
+                          output=SimpleNamespace(volumes=[str(volume)]),
+                          params=SimpleNamespace(visits=[visit], cfg={"mc_samples": 1, "overlap": 0.5}, seed=3,
+                                                 volume={"connectivity": 18, "min_size": 3}))
     runpy.run_path(str(Path(__file__).resolve().parents[1] / "workflow_scripts" / "infer.py"),
                    init_globals={"snakemake": smk})
     for k in ("out_prob", "out_mask", "out_sd", "out_entropy", "out_mi", "out_native_mask"):
         assert Path(visit[k]).is_file(), k
     text = log_path.read_text()
     assert "visit 1/1 sub-03_ses-w024" in text and "overlap 0.50" in text
+    # the predicted mask's lesion load, for the endpoint statistics: the mask's own voxels
+    row = pd.read_csv(volume, sep="\t").iloc[0]
+    assert (row["participant_id"], row["session"]) == ("sub-03", "ses-w024")
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(visit["out_mask"])) > 0
+    assert row["voxel_ml"] > 0 and 0 <= row["voxels"] <= mask.sum()
+    assert row["tlv_ml"] == pytest.approx(row["voxels"] * row["voxel_ml"])
