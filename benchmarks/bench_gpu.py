@@ -342,29 +342,24 @@ def part_infer(work: Path, tiny: bool, n_visits: int) -> dict:
 
 
 def part_train(work: Path, tiny: bool, steps: int) -> dict:
-    import keras
     import numpy as np
 
     info = backend_info()
-    from t2lesion.unet import losses as L
     from t2lesion.unet import model as M
     from t2lesion.unet.config import LossConfig, fold_seed, split_model_section
     from t2lesion.unet.data import PatchDataset
-    from t2lesion.unet.train import gpu_visible
+    from t2lesion.unet.train import gpu_visible, jit_setting, new_compiled_model
 
     model_sec, loss_sec, training = paper_sections(tiny)
     seed = fold_seed(SEED, 0)
-    # as train_fold builds a new model
+    # the model train_fold starts a fold with
     gpu = gpu_visible()
     policy = M.set_precision(training["mixed_precision"], gpu)
-    jit = False if (keras.backend.backend() == "tensorflow" and not gpu) else "auto"
+    jit = jit_setting(gpu)
     t0 = time.perf_counter()
-    keras.utils.set_random_seed(seed)
     kind, mcfg = split_model_section({**model_sec, "seed": seed})
-    model = M.build_model(mcfg, kind)
-    losses, _ = L.make_loss(LossConfig.from_dict(loss_sec), int(training["epochs"]), len(model.outputs), model=model)
-    model.compile(optimizer=keras.optimizers.Adam(float(training["learning_rate"])), loss=losses, jit_compile=jit)
-    model.optimizer.build(model.trainable_variables)
+    model = new_compiled_model(kind, mcfg, LossConfig.from_dict(loss_sec), int(training["epochs"]),
+                               float(training["learning_rate"]), seed, jit)
     build_s = time.perf_counter() - t0
     bs = int(training["batch_size"])
     ds = PatchDataset(read_windows(work), tuple(model_sec["patch_size"]), batch_size=bs,

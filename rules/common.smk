@@ -50,17 +50,15 @@ PRE_BASELINE = PRE.replace("{ses}", "w000")
 VALIDATION_PASSED = "results/validated/trial-{trial}_passed"
 LOGS = "results/logs"
 BENCH = "results/benchmarks"
+# Follow-ups skull-stripped too (followup_brain_mask: own), or reusing the baseline's mask.
+OWN_FOLLOWUP_MASKS = config["preprocess"]["followup_brain_mask"] == "own"
 # The native brain mask a visit is resampled with, and a follow-up registered with: its
-# own (followup_brain_mask: own) or its baseline's (the baseline's own at the baseline).
+# own or its baseline's (the baseline's own at the baseline).
 NATIVE_MASK = (
-    PRE if config["preprocess"]["followup_brain_mask"] == "own" else PRE_BASELINE
+    PRE if OWN_FOLLOWUP_MASKS else PRE_BASELINE
 ) + "_space-T1w_desc-brain_mask.nii.gz"
 # register_baseline matches brain to brain only when the follow-up has its own mask.
-FOLLOWUP_MASK = (
-    {"mask": NATIVE_MASK}
-    if config["preprocess"]["followup_brain_mask"] == "own"
-    else {}
-)
+FOLLOWUP_MASK = {"mask": NATIVE_MASK} if OWN_FOLLOWUP_MASKS else {}
 
 
 # Trials with a GT mask at some visit / with a visit without one: rule resample_with_gt
@@ -87,10 +85,6 @@ def trial_of(wildcards):
 
 def visit_of(wildcards):
     return Visit(wildcards.sub, wildcards.ses)
-
-
-def bids_image(wildcards, modality):
-    return str(trial_of(wildcards).image(visit_of(wildcards), modality))
 
 
 def bids_images(wildcards):
@@ -153,9 +147,7 @@ def all_targets():
 
 def own_brain_mask(wildcards):
     """Baseline visits are skull-stripped; follow-ups too only with followup_brain_mask: own."""
-    return (
-        wildcards.ses == "w000" or config["preprocess"]["followup_brain_mask"] == "own"
-    )
+    return wildcards.ses == "w000" or OWN_FOLLOWUP_MASKS
 
 
 def to_mni_chain(wildcards):

@@ -263,6 +263,29 @@ def _recover(out: Path, model: keras.Model | None, log: logging.Logger) -> dict 
     return cur
 
 
+def jit_setting(gpu: bool):
+    """``jit_compile`` for a training model: off for TensorFlow on the CPU (XLA is slower
+    there), Keras' own choice otherwise."""
+    return False if (keras.backend.backend() == "tensorflow" and not gpu) else "auto"
+
+
+def new_compiled_model(kind: str, mcfg, lcfg: LossConfig, n_epochs: int, learning_rate: float, seed: int, jit):
+    """A freshly initialised model (seeded), compiled with the paper's loss and Adam, as
+    :func:`train_fold` starts a fold.
+
+    Adam's variables are built here, not lazily inside the first train step: TensorFlow
+    traces a function that creates variables twice, so this saves one trace of the whole
+    step (87 -> 52 s for the demo's first step on one CPU thread, BENCHMARKS.md). Same
+    zeros, same results.
+    """
+    keras.utils.set_random_seed(int(seed))
+    model = M.build_model(mcfg, kind)
+    losses, _ = L.make_loss(lcfg, n_epochs, len(model.outputs), model=model)
+    model.compile(optimizer=keras.optimizers.Adam(float(learning_rate)), loss=losses, jit_compile=jit)
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
 def train_fold(train_data, val_data, out_dir, model_cfg: dict, loss_cfg: dict, training: dict, seed: int,
                log: logging.Logger | None = None) -> dict:
     """Train (or resume, or return at once if complete) one fold's model in ``out_dir``.
@@ -305,7 +328,7 @@ def train_fold(train_data, val_data, out_dir, model_cfg: dict, loss_cfg: dict, t
 
     gpu = gpu_visible()
     policy = M.set_precision(tr["mixed_precision"], gpu)
-    jit = False if (keras.backend.backend() == "tensorflow" and not gpu) else "auto"  # XLA is slower on CPU
+    jit = jit_setting(gpu)
     log.info("backend %s on %s, precision policy %s", keras.backend.backend(), "GPU" if gpu else "CPU (no GPU visible)",
              policy)
 
@@ -325,17 +348,11 @@ def train_fold(train_data, val_data, out_dir, model_cfg: dict, loss_cfg: dict, t
             log.info("all %d epochs were already done (optimizer step %d)", n_epochs, step)
     else:
         _recover(out, None, log)
-        keras.utils.set_random_seed(int(seed))
-        model = M.build_model(mcfg, kind)
-        losses, _ = L.make_loss(lcfg, n_epochs, len(model.outputs), model=model)
-        model.compile(optimizer=keras.optimizers.Adam(float(tr["learning_rate"])), loss=losses, jit_compile=jit)
+        model = new_compiled_model(kind, mcfg, lcfg, n_epochs, float(tr["learning_rate"]), int(seed), jit)
         cur = {"settings": settings, "completed": 0, "best_epoch": None, "best_val_dice": None, "history": []}
         start = 0
         log.info("new model: %s, %s parameters, seed %d", kind, f"{M.count_params(model):,}", seed)
-    if not model.optimizer.built:
-        # Built here, not lazily inside the first train step: TensorFlow traces a function that
-        # creates variables twice, so this saves one trace of the whole step (87 -> 52 s for
-        # the demo's first step on one CPU thread, BENCHMARKS.md). Same zeros, same results.
+    if not model.optimizer.built:  # a loaded checkpoint too: see new_compiled_model
         model.optimizer.build(model.trainable_variables)
 
     state_layer = L.find_schedule_state(model)
