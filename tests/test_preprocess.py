@@ -194,6 +194,30 @@ def test_followup_registration_with_baseline_mask_only(synth, processed, tmp_pat
     assert _dice(_arr(tmp_path / "mask.nii.gz"), _arr(outs0["mask"])) > 0.97
 
 
+def test_coregistration_recovers_a_known_motion(synth, processed, tmp_path):
+    """The synthetic contrasts share the visit's pose: move the FLAIR by a known rigid motion
+    and the T2w by another; coregistration must find them (SPEC §2, intra-visit)."""
+    v0 = synth[0][0]
+    outs0 = processed[0][0]
+    t1w = sitk.ReadImage(str(outs0["n4_T1w"]))
+    centre = t1w.TransformContinuousIndexToPhysicalPoint(tuple((np.array(t1w.GetSize()) - 1) / 2.0))
+    pts = _brain_points(v0)
+    for m, angles_deg, shift_mm in (("FLAIR", (2.0, -1.5, 1.0), (1.5, -2.0, 2.0)),
+                                    ("T2w", (-1.0, 0.5, -2.5), (-2.5, 1.0, -1.0))):
+        motion = sitk.Euler3DTransform()
+        motion.SetCenter(centre)
+        motion.SetRotation(*np.deg2rad(angles_deg))
+        motion.SetTranslation(shift_mm)
+        img = sitk.ReadImage(str(outs0[f"n4_{m}"]), sitk.sitkFloat32)
+        # the moved image shows at p what the original shows at motion(p): a T1w point p
+        # lies at motion^-1(p) in it
+        sitk.WriteImage(sitk.Resample(img, img, motion, sitk.sitkLinear, 0.0), str(tmp_path / f"{m}.nii.gz"))
+        coregister_to_t1w(tmp_path / f"{m}.nii.gz", outs0["n4_T1w"], tmp_path / f"{m}.tfm", threads=THREADS)
+        truth = np.linalg.inv(transform_to_matrix(motion))
+        err = np.linalg.norm((pts @ (_matrix(tmp_path / f"{m}.tfm") - truth).T)[:, :3], axis=1)
+        assert err.mean() < 0.5, f"{m}: coregistration error {err.mean():.2f} mm"
+
+
 def test_failed_registration_is_reported():
     from t2lesion.preprocess.register import _check_overlap, brain_overlap
 

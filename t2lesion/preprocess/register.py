@@ -59,6 +59,12 @@ class RigidSettings:
     #: local optimum. 0 disables it.
     search_deg: float = 30.0
     search_step_deg: float = 15.0
+    #: ITK's default: the metric takes image gradients from a Gaussian-derivative image of the
+    #: whole moving (and fixed) image computed at every pyramid level; off, it differences the
+    #: image at the sampled points only. Off was as accurate on the synthetic trial (all three
+    #: registrations; BENCHMARKS.md, "Rigid registration without gradient images") at a
+    #: fraction of the CPU time: the full-resolution gradient images dominated it.
+    gradient_filter: bool = False
 
 
 DEFAULT_RIGID = RigidSettings()
@@ -170,6 +176,9 @@ def _method(settings: RigidSettings, fixed_mask: sitk.Image | None) -> sitk.Imag
         reg.SetMetricAsCorrelation()
     else:
         raise ValueError(f"unknown registration metric {settings.metric!r}")
+    if not settings.gradient_filter:
+        reg.MetricUseFixedImageGradientFilterOff()
+        reg.MetricUseMovingImageGradientFilterOff()
     reg.SetMetricSamplingStrategy(reg.RANDOM)
     reg.SetMetricSamplingPercentage(float(settings.sampling), int(settings.seed))
     if fixed_mask is not None:
