@@ -51,8 +51,8 @@ def _fresh_cpu(code: str) -> float:
 
 def startup_cpu() -> dict[str, float]:
     """CPU seconds a fresh interpreter pays before its step (every Snakemake ``script:`` job):
-    the stage's imports, plus the template for jobs that need the target grid, plus
-    matplotlib for the QC job."""
+    the stage's imports, plus the template for jobs that need the target grid, plus the QC
+    picture's module (numpy + Pillow; matplotlib until 2026-11-30)."""
     base = _fresh_cpu("import t2lesion.logs, t2lesion.preprocess")
     grid = _fresh_cpu("import t2lesion.logs, t2lesion.preprocess as p; p.target_grid()")
     qc = _fresh_cpu("import t2lesion.logs, t2lesion.plots.qc")
@@ -162,7 +162,7 @@ def main(argv=None) -> int:
         summary[method] = {"rows": rows, "dice": dice, "means": means, "startup": extra}
 
     print(f"\nStart-up per rule job (fresh Python): {start['base']:.2f} CPU-s; + {start['template']:.2f} "
-          f"to load the template (resample, register_mni); + {start['qc']:.2f} for matplotlib (qc); "
+          f"to load the template (resample, register_mni); + {start['qc']:.2f} for the QC picture's module; "
           f"+ {start['deepbet']:.2f} to import torch and deepbet (skull_strip with deepbet).")
     if len(methods) == 2:
         a, b = methods
