@@ -63,17 +63,9 @@ def cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def brain_points(v, step: int = 40) -> np.ndarray:
-    """Every ``step``-th brain voxel of a synthetic visit as native LPS points, homogeneous."""
-    idx = np.argwhere(v.brain_mask > 0)[::step][:, ::-1].astype(float)
-    direction = np.array(v.direction).reshape(3, 3)
-    return np.c_[np.asarray(v.origin) + (idx * np.asarray(v.spacing)) @ direction.T, np.ones(len(idx))]
-
-
-def mean_error(estimate: Path | sitk.Transform, truth: np.ndarray, pts: np.ndarray) -> float:
-    """Mean distance between ``pts`` mapped by the estimated transform and by ``truth``."""
-    tx = sitk.ReadTransform(str(estimate)) if isinstance(estimate, Path) else estimate
-    a = transform_to_matrix(tx)
+def mean_error(estimate: Path, truth: np.ndarray, pts: np.ndarray) -> float:
+    """Mean distance between ``pts`` mapped by the estimated transform file and by ``truth``."""
+    a = transform_to_matrix(sitk.ReadTransform(str(estimate)))
     return float(np.linalg.norm(((a - truth) @ pts.T)[:3], axis=0).mean())
 
 
@@ -121,7 +113,7 @@ def main(argv=None) -> None:
                     corrected, _ = n4_image(sitk.Cast(v.image(m), sitk.sitkFloat32))
                     write_image(corrected, d / f"{name}_{m}.nii")
             skull_strip(d / "bl_T1w.nii", d / "bl_mask.nii.gz", method="deepbet", threads=args.threads)
-            pts = brain_points(bl)
+            pts = bl.brain_points()
             t1w = sitk.ReadImage(str(d / "bl_T1w.nii"))
             centre = t1w.TransformContinuousIndexToPhysicalPoint(tuple((np.array(t1w.GetSize()) - 1) / 2.0))
             truth = {}
@@ -141,10 +133,9 @@ def main(argv=None) -> None:
                     reg.MNI_RIGID,
                     lambda st: reg.register_to_mni(d / "bl_T1w.nii", d / "bl_mask.nii.gz", d / "mni.tfm",
                                                    threads=args.threads, settings=st),
-                    # the estimate maps MNI points to native ones: compare native points with
-                    # the estimate applied to their subject-frame positions
-                    lambda out: float(np.linalg.norm(((transform_to_matrix(sitk.ReadTransform(str(out)))
-                                                        @ to_subject - np.eye(4)) @ pts.T)[:3], axis=0).mean()),
+                    # the estimate maps MNI points to native ones; the truth, subject-frame
+                    # points (MNI up to anatomy) to native ones, compared at the brain's points
+                    lambda out: mean_error(out, np.linalg.inv(to_subject), pts @ to_subject.T),
                 ),
                 "follow-up -> baseline": (
                     reg.DEFAULT_RIGID,

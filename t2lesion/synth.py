@@ -1179,6 +1179,13 @@ class SynthVisit:
     def image(self, modality: str) -> sitk.Image:
         return self.to_image(self.images[modality])
 
+    def brain_points(self, step: int = 40) -> np.ndarray:
+        """Every ``step``-th voxel of the true brain as native LPS points, homogeneous (n, 4):
+        where registration errors are measured."""
+        idx = np.argwhere(self.brain_mask > 0)[::step][:, ::-1].astype(float)  # (x, y, z) indices
+        d = np.array(self.direction).reshape(3, 3)
+        return np.c_[np.asarray(self.origin) + (idx * np.asarray(self.spacing)) @ d.T, np.ones(len(idx))]
+
     def transform_to_subject(self) -> sitk.AffineTransform:
         """``native_to_subject`` as a SimpleITK transform (maps native points to subject
         points, i.e. it resamples subject-space images onto this visit's grid)."""

@@ -100,14 +100,6 @@ def _matrix(path) -> np.ndarray:
     return transform_to_matrix(sitk.ReadTransform(str(path)))
 
 
-def _brain_points(visit, step: int = 40) -> np.ndarray:
-    """Physical (LPS) points of the visit's true brain, homogeneous (n, 4)."""
-    idx = np.argwhere(visit.brain_mask > 0)[::step][:, ::-1].astype(float)  # (x, y, z) indices
-    d = np.array(visit.direction).reshape(3, 3)
-    pts = np.asarray(visit.origin) + (idx * np.asarray(visit.spacing)) @ d.T
-    return np.c_[pts, np.ones(len(pts))]
-
-
 # ----------------------------------------------------------------------------- registration
 def test_followup_alignment_error_below_1mm(synth, processed):
     (v0, _, _), (v1, _, _) = synth
@@ -115,7 +107,7 @@ def test_followup_alignment_error_below_1mm(synth, processed):
     a_fu = _matrix(processed[1][0]["xfm_T1w"])  # MNI -> follow-up native
     estimated = a_fu @ np.linalg.inv(a_bl)  # baseline native -> follow-up native
     truth = np.linalg.inv(v1.native_to_subject) @ v0.native_to_subject
-    pts = _brain_points(v0)
+    pts = v0.brain_points()
     err = np.linalg.norm((pts @ estimated.T - pts @ truth.T)[:, :3], axis=1)
     assert err.mean() < 1.0, f"follow-up alignment error {err.mean():.2f} mm"
 
@@ -138,7 +130,7 @@ def test_baseline_lands_near_mni(synth, processed):
     """Subject space is MNI up to a smooth deformation and head scaling: a few mm at most."""
     v0 = synth[0][0]
     a_bl = _matrix(processed[0][0]["xfm_T1w"])
-    pts = _brain_points(v0)
+    pts = v0.brain_points()
     subject = pts @ v0.native_to_subject.T
     err = np.linalg.norm((subject @ a_bl.T - pts)[:, :3], axis=1)
     assert err.mean() < 5.0, f"baseline -> MNI differs from the subject frame by {err.mean():.1f} mm"
@@ -179,7 +171,7 @@ def test_followup_registration_with_baseline_mask_only(synth, processed, tmp_pat
     register_to_baseline(outs1["n4_T1w"], None, outs0["n4_T1w"], outs0["native_mask"], xfm, threads=THREADS)
     estimated = _matrix(xfm)
     truth = np.linalg.inv(v1.native_to_subject) @ v0.native_to_subject
-    pts = _brain_points(v0)
+    pts = v0.brain_points()
     assert np.linalg.norm((pts @ estimated.T - pts @ truth.T)[:, :3], axis=1).mean() < 1.0
     # and the baseline mask carried through baseline -> MNI matches the follow-up's own
     out = {m: tmp_path / f"{m}.nii.gz" for m in MODS}
@@ -201,7 +193,7 @@ def test_coregistration_recovers_a_known_motion(synth, processed, tmp_path):
     outs0 = processed[0][0]
     t1w = sitk.ReadImage(str(outs0["n4_T1w"]))
     centre = t1w.TransformContinuousIndexToPhysicalPoint(tuple((np.array(t1w.GetSize()) - 1) / 2.0))
-    pts = _brain_points(v0)
+    pts = v0.brain_points()
     for m, angles_deg, shift_mm in (("FLAIR", (2.0, -1.5, 1.0), (1.5, -2.0, 2.0)),
                                     ("T2w", (-1.0, 0.5, -2.5), (-2.5, 1.0, -1.0))):
         motion = sitk.Euler3DTransform()
