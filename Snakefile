@@ -47,4 +47,4 @@ include: "rules/report.smk"
 rule all:
     default_target: True
     input:
-        all_targets(),
+        PLAN.all_targets(),

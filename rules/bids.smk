@@ -7,7 +7,7 @@ rule validate_bids:
         trial_inputs,
     output:
         report(
-            "results/validated/trial-{trial}_visits.tsv",
+            VALIDATED,
             caption="../report/visits.rst",
             category="QC",
             subcategory="Inputs",
@@ -38,7 +38,7 @@ rule validate_bids:
 # run at 3,000 visits. A new validation (an image changed) still reruns what depends on it.
 rule validation_passed:
     input:
-        "results/validated/trial-{trial}_visits.tsv",
+        VALIDATED,
     output:
         VALIDATION_PASSED,
     log:

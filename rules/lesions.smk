@@ -15,7 +15,7 @@ TRACK_PARAMS = {
 
 rule track_lesions:
     input:
-        masks=tracking_masks,
+        masks=lambda w: PLAN.tracking_masks(w.trial, w.source, w.sub),
     output:
         lesions=f"{TRACK}/sub-{{sub}}_lesions.tsv",
         visits=f"{TRACK}/sub-{{sub}}_visits.tsv",
@@ -28,9 +28,7 @@ rule track_lesions:
         "../envs/stats.yaml"
     threads: 1
     params:
-        sessions=lambda w: [
-            f"ses-{v.ses}" for v in tracked_visits(w.trial, w.source, w.sub)
-        ],
+        sessions=lambda w: PLAN.tracked_sessions(w.trial, w.source, w.sub),
         tracking=TRACK_PARAMS,
     script:
         "../workflow_scripts/track_lesions.py"

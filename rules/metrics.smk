@@ -29,7 +29,7 @@ rule segment_baseline:
         t1w=f"{PRE}_{MNI}_desc-preproc_T1w.nii.gz",
         mask=f"{PRE}_{MNI}_desc-brain_mask.nii.gz",
     output:
-        mask=f"{PRED_BASELINE}_{MNI}_desc-lesion_mask.nii.gz",
+        mask=mask_path("{trial}", "{sub}", "{ses}", "baseline"),
         volume=VOLUME.replace("{source}", "baseline"),
     log:
         f"{LOGS}/segment_baseline/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.log",
@@ -50,17 +50,10 @@ rule segment_baseline:
 # against the GT, and the GT's own lesion load.
 rule metrics_visit:
     input:
-        **{
-            f"pred_{source}": mask_path("{trial}", "{sub}", "{ses}", source)
-            for source in config["sources"]
-        },
+        **PLAN.metrics_visit_inputs(),
         gt=f"{PRE}_{MNI}_desc-lesionGT_mask.nii.gz",
     output:
-        **{
-            f"{kind}_{source}": f"results/metrics/{source}/trial-{{trial}}/visits/sub-{{sub}}_ses-{{ses}}_{kind}.tsv"
-            for source in config["sources"]
-            for kind in ("visit", "lesions")
-        },
+        **PLAN.metrics_visit_outputs(),
         gt_volume=VOLUME.replace("{source}", "gt"),
     log:
         f"{LOGS}/metrics_visit/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.log",

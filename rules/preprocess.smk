@@ -73,7 +73,7 @@ rule register_mni:
 
 rule register_baseline:
     input:
-        **FOLLOWUP_MASK,
+        **PLAN.followup_mask,
         t1w=f"{PRE}_desc-n4_T1w.nii",
         baseline_t1w=f"{PRE_BASELINE}_desc-n4_T1w.nii",
         baseline_mask=f"{PRE_BASELINE}_space-T1w_desc-brain_mask.nii.gz",
@@ -97,7 +97,7 @@ rule register_baseline:
 # draws the QC picture. Two rules for the two cases, so that a visit's outputs are declared
 # exactly: resample_with_gt where the visit has a GT mask (it is ordered first), resample
 # elsewhere (its GT input does not exist for such a visit, so Snakemake falls back). Each
-# applies only to trials that can need it (GT_TRIALS, NO_GT_TRIALS).
+# applies only to trials that can need it (PLAN.gt_trials, PLAN.no_gt_trials).
 RESAMPLE_INPUT = {
     "t1w": f"{PRE}_desc-n4_T1w.nii",
     "t2w": f"{PRE}_desc-n4_T2w.nii",
@@ -115,7 +115,7 @@ RESAMPLE_OUTPUT = {
     "flair_xfm": f"{PRE}_from-FLAIR_to-MNI1x1x3_xfm.tfm",
 }
 RESAMPLE_PARAMS = {
-    "brain_mask_space": lambda w: "T1w" if own_brain_mask(w) else "baseline",
+    "brain_mask_space": lambda w: "T1w" if PLAN.own_brain_mask(w.ses) else "baseline",
     "clip_percentiles": PP["clip_percentiles"],
     "gt_interpolation": PP["gt_interpolation"],
 }
@@ -128,7 +128,7 @@ rule resample:
     input:
         unpack(to_mni_chain),
         **RESAMPLE_INPUT,
-        mask=NATIVE_MASK,
+        mask=PLAN.native_mask,
     output:
         **RESAMPLE_OUTPUT,
         qc=qc_output(),
@@ -137,7 +137,7 @@ rule resample:
     benchmark:
         f"{BENCH}/resample/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.tsv"
     wildcard_constraints:
-        trial=NO_GT_TRIALS,
+        trial=PLAN.no_gt_trials,
     conda:
         "../envs/imaging.yaml"
     threads: PP["threads"]
@@ -151,7 +151,7 @@ rule resample_with_gt:
     input:
         unpack(to_mni_chain_and_gt),
         **RESAMPLE_INPUT,
-        mask=NATIVE_MASK,
+        mask=PLAN.native_mask,
     output:
         **RESAMPLE_OUTPUT,
         qc=qc_output(),
@@ -161,7 +161,7 @@ rule resample_with_gt:
     benchmark:
         f"{BENCH}/resample/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.tsv"
     wildcard_constraints:
-        trial=GT_TRIALS,
+        trial=PLAN.gt_trials,
     conda:
         "../envs/imaging.yaml"
     threads: PP["threads"]

@@ -1,7 +1,7 @@
 # The paper's report (issue 15): Table 1 (cohort by arm), Fig. 2 (GT and predicted lesions
 # over FLAIR) and results/report/summary.md, which puts every table of the run in plain
 # Markdown and links every figure, for readers outside Snakemake's HTML report.
-# Input functions in rules/common.smk; logic in t2lesion.stats.cohort_table,
+# Inputs and the figure list from t2lesion.plan; logic in t2lesion.stats.cohort_table,
 # t2lesion.plots.overlays and t2lesion.report.
 # visits shown per source: the most GT lesion volume, one per subject first
 FIG2_VISITS = 3
@@ -12,7 +12,7 @@ rule table1:
         participants=bids_table("participants.tsv"),
         long=f"{STATS}/tlv_long.tsv",
         long_exclusions=f"{STATS}/exclusions_tlv_long.tsv",
-        visits=validated,
+        visits=VALIDATED,
     output:
         report(
             f"{STATS}/table1.tsv",
@@ -36,7 +36,7 @@ rule table1:
 
 rule fig2:
     input:
-        unpack(fig2_inputs),
+        unpack(lambda w: PLAN.fig2_inputs(w.trial, w.source)),
     output:
         report(
             FIG2,
@@ -53,7 +53,7 @@ rule fig2:
         "../envs/imaging.yaml"
     threads: 1
     params:
-        ids=fig2_ids,
+        ids=lambda w: PLAN.fig2_ids(w.trial),
         n_visits=FIG2_VISITS,
     script:
         "../workflow_scripts/fig2.py"
@@ -61,7 +61,7 @@ rule fig2:
 
 rule summary:
     input:
-        summary_inputs,
+        lambda w: PLAN.summary_inputs(),
     output:
         report(
             "results/report/summary.md",
@@ -77,8 +77,8 @@ rule summary:
         "../envs/stats.yaml"
     threads: 1
     params:
-        trials=lambda w: summary_trials(),
-        histories=lambda w: summary_histories(),
-        training_figures=lambda w: summary_training_figures(),
+        trials=lambda w: PLAN.summary_trials(),
+        histories=lambda w: PLAN.summary_histories(),
+        training_figures=lambda w: PLAN.summary_training_figures(),
     script:
         "../workflow_scripts/summary.py"

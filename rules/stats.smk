@@ -6,7 +6,7 @@ ST = config["stats"]
 rule tlv_long:
     input:
         volumes=lambda w: lesion_volumes(w)["files"],
-        visits=validated,
+        visits=VALIDATED,
     output:
         long=f"{STATS}/tlv_long.tsv",
         exclusions=report(

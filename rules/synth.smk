@@ -2,13 +2,13 @@
 # declares exactly the BIDS files its parameters imply.
 
 
-for _trial in SYNTHETIC.values():
+for _trial in PLAN.synthetic.values():
 
     rule:
         name:
             f"synth_{_trial.name}"
         output:
-            synth_outputs(_trial),
+            PLAN.synth_outputs(_trial.name),
         log:
             f"{LOGS}/synth/trial-{_trial.name}.log",
         benchmark:
@@ -18,7 +18,7 @@ for _trial in SYNTHETIC.values():
         threads: 2
         params:
             # the trial folder holds bids/ and truth/: derived from truth/params.json
-            root=lambda w, output: str(Path(output[2]).parent.parent),
+            root=lambda w, output: synthetic_root(output),
             synthetic=_trial.synthetic,
             arms=_trial.arms,
         script:

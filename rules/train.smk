@@ -3,12 +3,11 @@
 # one resumable GPU job per fold. Fold k's model is validated on fold k of every training
 # trial and trained on the others.
 TR = config["training"]
-TRAIN = "results/train"
 
 
 rule fold_split:
     input:
-        validated=validated,
+        validated=VALIDATED,
         participants=bids_table("participants.tsv"),
     output:
         report(
@@ -60,15 +59,11 @@ rule patch_store:
 rule patch_index:
     input:
         folds=f"{TRAIN}/trial-{{trial}}/folds.tsv",
-        store=lambda w: visit_paths(
-            f"{TRAIN}/trial-{{trial}}/store/sub-{{sub}}_ses-{{ses}}.npy",
-            w.trial,
-            trial_of(w).gt_visits,
-        ),
+        store=lambda w: PLAN.patch_store_files(w.trial),
     output:
         expand(
             f"{TRAIN}/trial-{{{{trial}}}}/index_fold-{{fold}}.tsv",
-            fold=FOLDS,
+            fold=PLAN.folds,
         ),
     log:
         f"{LOGS}/patch_index/trial-{{trial}}.log",
@@ -80,18 +75,14 @@ rule patch_index:
     params:
         patch_size=MODEL_CFG["patch_size"],
         overlap=TR["patch_overlap"],
-        folds=FOLDS,
+        folds=PLAN.folds,
     script:
         "../workflow_scripts/patch_index.py"
 
 
 rule train:
     input:
-        index=expand(
-            f"{TRAIN}/trial-{{trial}}/index_fold-{{fold}}.tsv",
-            trial=TRAIN_TRIALS,
-            fold=FOLDS,
-        ),
+        index=PLAN.train_indexes(),
     output:
         model=f"{TRAIN}/fold-{{fold}}/model.keras",
         last=f"{TRAIN}/fold-{{fold}}/last.keras",

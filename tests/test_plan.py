@@ -1,0 +1,157 @@
+"""The workflow's plan (t2lesion.plan): targets, visit and source selection, paths, without Snakemake."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, make_bids
+from t2lesion.bids import Visit
+from t2lesion.config import check_config
+from t2lesion.plan import NOTHING, Plan, mask_path, synthetic_root, wildcard_alternatives
+
+DEMO = yaml.safe_load((REPO / "config.yaml").read_text())
+
+
+def plan_of(config: dict) -> Plan:
+    return Plan.from_config(check_config(copy.deepcopy(config)))[0]
+
+
+def real_trial(bids: Path, **extra) -> dict:
+    return {"trials": {"real": {"role": "test", "bids": str(bids), "control_arm": "PLA", "treatment_arms": ["OCR"]}},
+            **extra}
+
+
+@pytest.fixture(scope="module")
+def demo() -> Plan:
+    return plan_of(DEMO)
+
+
+def test_demo_targets_every_visit_source_and_the_summary(demo):
+    targets = demo.all_targets()
+    visits = demo.trials["synthdemo"].visits
+    assert len(visits) == 16
+    qc = [t for t in targets if t.endswith("_qc.png")]
+    assert len(qc) == len(visits) and all("trial-synthdemo" in t for t in qc)
+    for source in DEMO["sources"]:
+        assert f"results/metrics/{source}/trial-synthdemo/table2.tsv" in targets
+    assert "results/metrics/trial-synthdemo/table2.tsv" in targets  # side by side: two sources
+    assert [f"results/train/fold-{k}/model.keras" in targets for k in (1, 2, 3)] == [True] * 3
+    assert targets[-1] == "results/report/summary.md"
+    assert not any("synthtrain" in t for t in targets if t.startswith("results/stats"))
+
+
+def test_volume_sources_put_gt_first_and_select_its_visits(demo):
+    assert demo.volume_sources("synthdemo") == ["gt", *DEMO["sources"]]
+    volumes = demo.lesion_volumes("synthdemo")
+    assert len(volumes["files"]) == len(volumes["sources"]) == 16 * 3
+    assert volumes["files"][0] == "results/metrics/gt/trial-synthdemo/volumes/sub-001_ses-w000_volume.tsv"
+
+
+def test_mask_paths_of_gt_and_predictions():
+    assert mask_path("t", "001", "w024", "gt") == (
+        "results/preproc/trial-t/sub-001/ses-w024/sub-001_ses-w024_space-MNI1x1x3_desc-lesionGT_mask.nii.gz")
+    assert mask_path("t", "001", "w024", "unet") == (
+        "results/predict/unet/trial-t/sub-001/ses-w024/sub-001_ses-w024_space-MNI1x1x3_desc-lesion_mask.nii.gz")
+
+
+def test_registration_chain_of_baseline_and_follow_up(demo):
+    base = demo.to_mni_chain("synthdemo", "001", "w000")
+    follow = demo.to_mni_chain("synthdemo", "001", "w048")
+    assert list(base) == ["baseline_to_mni"] and base["baseline_to_mni"] == follow["baseline_to_mni"]
+    assert "ses-w000" in base["baseline_to_mni"]
+    assert follow["to_baseline"].endswith("sub-001_ses-w048_from-T1w_to-baseline_xfm.tfm")
+
+
+def test_a_visit_without_gt_gets_a_gt_path_no_rule_gives(tmp_path):
+    bids = make_bids(tmp_path / "bids")
+    gt = bids / "derivatives/lesions/sub-001/ses-w024/anat/sub-001_ses-w024_desc-lesion_mask.nii.gz"
+    gt.unlink()
+    plan = plan_of(real_trial(bids))
+    assert plan.to_mni_chain_and_gt("real", "001", "w000")["gt"].endswith("sub-001_ses-w000_desc-lesion_mask.nii.gz")
+    assert plan.to_mni_chain_and_gt("real", "001", "w024")["gt"].startswith("<no GT lesion mask")
+    # both resampling rules apply to this trial: it has visits with and without GT
+    assert plan.gt_trials == plan.no_gt_trials == "real"
+
+
+def test_trial_without_gt_has_no_table2_fig2_or_gt_source(tmp_path):
+    plan = plan_of(real_trial(make_bids(tmp_path / "bids", gt=False)))
+    assert plan.volume_sources("real") == plan.sources and "gt" not in plan.sources
+    assert plan.table2_of("real") is None and plan.gt_trials == NOTHING
+    targets = plan.all_targets()
+    assert not any("table2" in t or "fig2" in t for t in targets)
+    figures = plan.summary_trials()["real"]["figures"]
+    assert figures["Fig. 2: GT and predicted lesions over FLAIR"] == []
+    assert figures["Fig. 3d-g: TLV change"] == ["results/stats/trial-real/fig3_tlv_change.png"]
+    assert "table2" not in plan.summary_trials()["real"]
+
+
+def test_infer_batches_split_visits_and_only_when_unet_is_a_source(tmp_path, demo):
+    cfg = copy.deepcopy(DEMO)
+    cfg["inference"]["visits_per_job"] = 6
+    batches = plan_of(cfg).infer_batches()
+    assert [b.name for b in batches] == ["infer_synthdemo_1", "infer_synthdemo_2", "infer_synthdemo_3"]
+    assert [len(b.visits) for b in batches] == [6, 6, 4]
+    first = batches[0]
+    assert len(first.images) == 6 * 5 and len(first.masks) == 6 * 6 and len(first.volumes) == 6
+    assert first.visits[0]["out_mask"] == mask_path("synthdemo", "001", "w000", "unet")
+    cfg["sources"] = [s for s in cfg["sources"] if s != "unet"]
+    assert plan_of(cfg).infer_batches() == []
+
+
+def test_tracking_by_subject_in_week_order(tmp_path):
+    bids = make_bids(tmp_path / "bids", weeks=(48, 0, 24))
+    plan = plan_of(real_trial(bids))
+    source = plan.sources[0]
+    assert [v.ses for v in plan.tracked_visits("real", source, "001")] == ["w000", "w024", "w048"]
+    assert plan.tracked_sessions("real", "gt", "002") == ["ses-w000", "ses-w024", "ses-w048"]
+    out = plan.tracking_outputs("real", "visits")
+    assert out["sources"] == ["gt", "gt", source, source]
+    assert out["files"][0] == "results/lesions/gt/trial-real/sub-001/sub-001_visits.tsv"
+    assert plan.lesion_targets("real") == ["results/stats/trial-real/nb_rate_ratio.tsv",
+                                           "results/stats/trial-real/new_lesions_agreement.tsv"]
+
+
+def test_single_visit_trial_has_no_new_lesion_endpoint(tmp_path):
+    plan = plan_of(real_trial(make_bids(tmp_path / "bids", weeks=(0,))))
+    assert not plan.has_new_lesions("real") and plan.lesion_targets("real") == []
+    assert "nb" not in plan.summary_trials()["real"]
+
+
+def test_summary_waits_for_every_file_it_shows(demo):
+    inputs = set(demo.summary_inputs())
+    summary = demo.summary_trials()["synthdemo"]
+    for heading, paths in summary["figures"].items():
+        assert set(paths) <= inputs, heading
+    assert {summary[k] for k in ("table1", "table2", "ancova", "table4", "km", "nb")} <= inputs
+    assert {f"results/train/fold-{k}/history.tsv" for k in (1, 2, 3)} <= inputs
+    # every figure and table the summary names is a target or made on the way to one
+    assert len(summary["figures"]["Preprocessing QC (one per visit)"]) == 16
+
+
+def test_own_follow_up_masks_change_the_native_mask(demo):
+    assert demo.native_mask.startswith("results/preproc/trial-{trial}/sub-{sub}/ses-w000/")
+    assert demo.followup_mask == {} and not demo.own_brain_mask("w024") and demo.own_brain_mask("w000")
+    cfg = copy.deepcopy(DEMO)
+    cfg["preprocess"]["followup_brain_mask"] = "own"
+    own = plan_of(cfg)
+    assert "ses-{ses}" in own.native_mask and own.followup_mask == {"mask": own.native_mask}
+    assert own.own_brain_mask("w024")
+
+
+def test_helpers():
+    assert wildcard_alternatives(["b", "a"]) == "a|b"
+    assert wildcard_alternatives([]) == NOTHING
+    outputs = ["x/bids/participants.tsv", "x/bids/phenotype/outcomes.tsv", "x/truth/params.json"]
+    assert synthetic_root(outputs) == "x"
+
+
+def test_synthetic_trial_outputs_every_image_and_gt(demo):
+    files = demo.synth_outputs("synthdemo")
+    visits = demo.trials["synthdemo"].visits
+    assert len(files) == 6 + 4 * len(visits)
+    assert Visit("001", "w048") in visits
+    assert any(f.endswith("sub-001_ses-w048_FLAIR.nii.gz") for f in files)
