@@ -1,4 +1,4 @@
-"""Benchmark of t2lesion.metrics.evaluate_visit on a trial-sized visit.
+"""Benchmark of t2lesion.evaluation.segmentation.evaluate_visit on a trial-sized visit.
 
 A 64 × 240 × 200 (z, y, x) visit at 1 × 1 × 3 mm with several hundred lesions,
 timed against a naive reference (scipy.ndimage.label, then one full-volume
@@ -26,7 +26,7 @@ from scipy import ndimage as ndi
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from t2lesion.metrics import evaluate_visit, label_lesions  # noqa: E402
+from t2lesion.evaluation.segmentation import evaluate_visit, label_lesions  # noqa: E402
 
 _RANK = {6: 1, 18: 2, 26: 3}
 
@@ -68,7 +68,8 @@ def make_visit(shape=(64, 240, 200), n_lesions=600, seed=0, miss=0.15, extra=0.1
 
 
 def naive_evaluate(gt, pred, connectivity=18, min_size=3, overlap=0.10, fp_overlap=None):
-    """Straightforward per-lesion loop with scipy.ndimage; same definitions as t2lesion.metrics.
+    """Straightforward per-lesion loop with scipy.ndimage; same definitions as
+    t2lesion.evaluation.segmentation.
 
     Returns a dict with the lesion-level counts and rates and the per-lesion arrays
     (``gt_sizes, gt_frac, gt_dc, pred_sizes, pred_frac, pred_dc``), lesions in

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from t2lesion.metrics import _label
+from t2lesion.evaluation.segmentation import _label
 from t2lesion.preprocess._common import transform_to_matrix
 from t2lesion.tracking import classify_pair, track_subject, truth_counts
 

@@ -2,7 +2,7 @@
 
 Re-implements Krishnan et al., Sci. Rep. 2023 (multi-arm 3-D U-Net) as a library
 whose stages mirror the Snakemake rules: ``bids``, ``synth``, ``preprocess``,
-``patches``, ``model``, ``losses``, ``train``, ``infer``, ``metrics``, ``stats``,
+``patches``, ``model``, ``losses``, ``train``, ``infer``, ``evaluation``, ``stats``,
 ``plots``, ``gpu``.
 """
 

@@ -6,8 +6,8 @@ of the same source: the previous visit (``lesions.reference: previous``, default
 or the baseline (``baseline``, the subject's first visit given).
 
 Follow-up lesions are labelled exactly as the lesion metrics label them
-(:func:`t2lesion.metrics._label`: ``connectivity`` 18, components of fewer than
-``min_size`` = 3 voxels dropped, SPEC §8): only they are classified and counted.
+(:func:`t2lesion.evaluation.segmentation._label`: ``connectivity`` 18, components of
+fewer than ``min_size`` = 3 voxels dropped, SPEC §8): only they are classified and counted.
 The reference side is the reference visit's lesion **mask** as it is: its
 components of every size (``reference_min_size`` = 1, interpretation). A lesion
 that shrank below 3 voxels at the reference visit still existed there; with the
@@ -80,8 +80,8 @@ import pandas as pd
 
 from t2lesion import io
 from t2lesion.errors import InputError
-from t2lesion.metrics import (CONNECTIVITY, MIN_SIZE, OVERLAP, _as_mask, _check_params, _label, _matches,
-                              _read_mask, week_from_session)
+from t2lesion.evaluation.files import _read_mask, week_from_session
+from t2lesion.evaluation.segmentation import CONNECTIVITY, MIN_SIZE, OVERLAP, _as_mask, _check_params, _label, _matches
 
 log = logging.getLogger(__name__)
 
@@ -323,7 +323,7 @@ def agreement_table(visits: pd.DataFrame, detections: pd.DataFrame | None = None
     GT and the source are compared: Pearson r with a Fisher-z CI, mean counts, visits
     with equal counts; detection rate = detected GT new lesions / GT new lesions.
     """
-    from t2lesion.metrics import pearson_ci
+    from t2lesion.evaluation.table2 import pearson_ci
 
     fu = visits[visits["reference_session"].fillna("") != ""]
     gt = fu[fu["source"] == "gt"]

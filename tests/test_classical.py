@@ -12,7 +12,7 @@ from scipy import ndimage as ndi
 from tests.conftest import REPO, write_image
 from t2lesion.classical import robust_z, run_segment, segment
 from t2lesion.errors import InputError
-from t2lesion.metrics import evaluate_visit, label_lesions
+from t2lesion.evaluation.segmentation import evaluate_visit, label_lesions
 
 _spec = importlib.util.spec_from_file_location("bench_metrics", REPO / "benchmarks" / "bench_metrics.py")
 BENCH = importlib.util.module_from_spec(_spec)

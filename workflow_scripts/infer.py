@@ -15,7 +15,7 @@ from t2lesion.logs import rule_log
 
 with rule_log(snakemake.log[0], snakemake.threads):
     gpu.lease()
-    from t2lesion.metrics import run_volume
+    from t2lesion.evaluation.files import run_volume
     from t2lesion.unet.infer import predict_visits
 
     p = snakemake.params

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
+from t2lesion.evaluation.files import run_compare
 from t2lesion.logs import rule_log
-from t2lesion.metrics import run_compare
 
 with rule_log(snakemake.log[0], snakemake.threads):
     o = snakemake.output

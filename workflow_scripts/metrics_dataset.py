@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
+from t2lesion.evaluation.files import run_dataset
 from t2lesion.logs import rule_log
-from t2lesion.metrics import run_dataset
 
 with rule_log(snakemake.log[0], snakemake.threads):
     o = snakemake.output

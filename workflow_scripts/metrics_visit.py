@@ -1,8 +1,8 @@
 """One GT visit: every source's voxel- and lesion-level metrics against the GT, and the GT's
 lesion load (rule metrics_visit)."""
 
+from t2lesion.evaluation.files import run_visit, run_volume
 from t2lesion.logs import rule_log
-from t2lesion.metrics import run_visit, run_volume
 
 with rule_log(snakemake.log[0], snakemake.threads):
     w, i, o, p = snakemake.wildcards, snakemake.input, snakemake.output, snakemake.params

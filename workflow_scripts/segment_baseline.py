@@ -2,8 +2,8 @@
 segment_baseline)."""
 
 from t2lesion.classical import run_segment
+from t2lesion.evaluation.files import run_volume
 from t2lesion.logs import rule_log
-from t2lesion.metrics import run_volume
 
 with rule_log(snakemake.log[0], snakemake.threads):
     w, i, o, p = snakemake.wildcards, snakemake.input, snakemake.output, snakemake.params

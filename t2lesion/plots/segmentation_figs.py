@@ -1,4 +1,5 @@
-"""Figures of the metrics stage: TLV agreement (Supplementary Fig. S1) and size-group bars (Fig. 3a–c).
+"""Figures of the evaluation stage (:mod:`t2lesion.evaluation`): TLV agreement (Supplementary
+Fig. S1) and size-group bars (Fig. 3a–c).
 
 Uses matplotlib's object API with the Agg canvas (no pyplot state), PNG output.
 """
@@ -13,8 +14,8 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from t2lesion.evaluation.table2 import bland_altman, pearson_ci
 from t2lesion.io import atomic_output
-from t2lesion.metrics import bland_altman, pearson_ci
 
 _DPI = 150
 
@@ -74,9 +75,9 @@ def plot_size_groups(tables: Mapping[str, pd.DataFrame], out_png: str | Path, *,
                      title: str | None = None) -> None:
     """Fig. 3a–c style bars: mean lesion DC, LTPR and LFPR per size group, one bar series per table.
 
-    ``tables`` maps a legend label (dataset / source) to a :func:`t2lesion.metrics.size_group_table`
-    result; bars are means, whiskers ± SD, and each bar is annotated with its ``n``
-    (lesions for DC, visits for LTPR/LFPR).
+    ``tables`` maps a legend label (dataset / source) to a
+    :func:`t2lesion.evaluation.table2.size_group_table` result; bars are means, whiskers ± SD,
+    and each bar is annotated with its ``n`` (lesions for DC, visits for LTPR/LFPR).
     """
     fig = Figure(figsize=(12, 4), layout="constrained")
     axes = fig.subplots(1, 3)
