@@ -1,4 +1,4 @@
-"""Tests of the tabular synthetic cohort (t2lesion.cohort)."""
+"""Tests of the tabular synthetic cohort (t2lesion.synth.clinical)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from t2lesion.cohort import (
+from t2lesion.synth.clinical import (
     ENDPOINTS,
     CohortParams,
     draw_outcomes,

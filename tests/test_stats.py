@@ -1,6 +1,6 @@
 """Tests of the endpoint statistics (t2lesion.stats, SPEC §9) and their figures.
 
-Known answers come from the tabular synthetic cohort (t2lesion.cohort), whose
+Known answers come from the tabular synthetic cohort (t2lesion.synth.clinical), whose
 true Cox coefficients and ANCOVA treatment effects are known; lifelines and
 statsmodels results are reproduced by independent implementations (statsmodels
 PHReg / survdiff / SurvfuncRight, numpy least squares, scipy t tests).
@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from scipy import stats as sps
 
 from t2lesion import stats
-from t2lesion.cohort import CohortParams, long_table_from_trajectory, simulate_cohort, true_coefficients
 from t2lesion.errors import InputError
+from t2lesion.synth.clinical import CohortParams, long_table_from_trajectory, simulate_cohort, true_coefficients
 
 
 def make_tables(n_per_arm, seed, params=None, pred=True):

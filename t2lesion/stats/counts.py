@@ -502,13 +502,13 @@ def simulate_counts(n_per_arm: int, rate_ratio: float = 0.5, theta: float = 1.5,
                     arms: Sequence[str] = ("PLA", "OCR"), max_scans: int = 3, seed: int = 0) -> pd.DataFrame:
     """A tabular cohort of new/enlarging lesion counts with known rate ratio (NB2, given θ).
 
-    Covariates from :func:`t2lesion.cohort.draw_participants`; baseline lesion count
+    Covariates from :func:`t2lesion.synth.clinical.draw_participants`; baseline lesion count
     negative binomial (mean 15); 1..``max_scans`` follow-up scans (uniform);
     ``log μ = log(n_scans) + log(rate_per_scan) + log(rate_ratio)·treated + coef_log_tlc·
     (log(tlc+1) − log 16) + coef_us·US + coef_age·age>45``. Returns the
     per-subject table of :func:`subject_counts` (``source`` = "sim").
     """
-    from t2lesion.cohort import CohortParams, draw_participants
+    from t2lesion.synth.clinical import CohortParams, draw_participants
 
     rng = np.random.default_rng(seed)
     part = draw_participants(n_per_arm, CohortParams(arms=list(arms)), rng)

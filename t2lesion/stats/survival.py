@@ -12,13 +12,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from t2lesion.cohort import ENDPOINTS, log_tlv
 from t2lesion.errors import InputError
 from t2lesion.stats.common import (
     DEFAULT_COX_FIT_OPTIONS, FAILED, GT_SOURCE, OK, SKIPPED, WARNING, Exclusions, _write_tsv, resolve_arms,
     resolve_sources, side_by_side, write_exclusions,
 )
 from t2lesion.stats.inputs import _load
+from t2lesion.synth.clinical import ENDPOINTS, log_tlv
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def cox_design(
 
     ``d`` holds participants' columns plus log_tlv and tlc_bl (no missing values in
     the columns the model uses). Term names match
-    :func:`t2lesion.cohort.true_coefficients`. In the multivariable model log TLV
+    :func:`t2lesion.synth.clinical.true_coefficients`. In the multivariable model log TLV
     enters as ``log_tlv - log_tlv_centre`` (``stats.center_log_tlv``; see
     :func:`log_tlv_centre`), so the arm HR is the arm HR at that log TLV; the
     univariable models are invariant to centring and stay uncentred.

@@ -2,7 +2,7 @@
 
     python tests/data/stats_ref/make_cohort.py
 
-120 participants (60 per arm) from ``t2lesion.cohort``, sources ``gt`` and a noisy
+120 participants (60 per arm) from ``t2lesion.synth.clinical``, sources ``gt`` and a noisy
 ``baseline``; event times put on a 6-week grid (ties, so Efron matters); some
 deliberate gaps that exercise the exclusion rules: sub-005 region ``n/a``, sub-010
 age ``n/a``, sub-015 sex spelled ``female``, sub-020 without GT (no ``gt`` rows),
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from t2lesion.cohort import CohortParams, long_table_from_trajectory, simulate_cohort
+from t2lesion.synth.clinical import CohortParams, long_table_from_trajectory, simulate_cohort
 
 HERE = Path(__file__).parent
 

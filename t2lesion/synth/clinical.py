@@ -3,9 +3,10 @@
 No images here: this module draws the participants' clinical table, the *target*
 longitudinal total lesion volume (TLV) per visit, and time-to-event outcomes from
 a Cox proportional-hazards model with known coefficients. The image generator
-(`t2lesion.synth`) uses it to decide how much lesion to paint per visit and then
-calls :func:`draw_outcomes` with the log of the TLV actually realised in the
-ground-truth masks, so the outcomes are exactly consistent with the masks.
+(the rest of `t2lesion.synth`) uses it to decide how much lesion to paint per
+visit and then calls :func:`draw_outcomes` with the log of the TLV actually
+realised in the ground-truth masks, so the outcomes are exactly consistent with
+the masks.
 :func:`simulate_cohort` gives the same tables for thousands of subjects quickly
 (known-answer tests of `t2lesion.stats`).
 
