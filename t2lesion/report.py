@@ -23,7 +23,7 @@ from typing import Mapping, Sequence
 import pandas as pd
 
 from t2lesion.io import atomic_output
-from t2lesion.stats.cohort_table import fmt_num, source_label
+from t2lesion.stats.table1 import fmt_num, source_label
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from tests.conftest import write_image
 from t2lesion.plots.overlays import choose_visits, fig2_png, lesion_slice, overlay_rgb
 from t2lesion.report import fmt_p, md_table, summary_markdown, table2_section, table4_section, write_summary
 from t2lesion.stats import validate_participants
-from t2lesion.stats.cohort_table import cohort_table, fmt_num, run_table1
+from t2lesion.stats.table1 import cohort_table, fmt_num, run_table1
 
 
 def _participants(edss=True):

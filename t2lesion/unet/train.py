@@ -46,7 +46,7 @@ from keras import ops
 
 from t2lesion.unet import losses as L
 from t2lesion.unet import model as M
-from t2lesion.unet.config import LossConfig, split_model_section
+from t2lesion.unet.hparams import LossConfig, split_model_section
 
 #: the schema's training defaults (schemas/config.schema.yaml), for callers passing a partial dict
 TRAINING_DEFAULTS = {"epochs": 30, "steps_per_epoch": None, "learning_rate": 1e-4, "mixed_precision": "auto"}
