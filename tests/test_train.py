@@ -14,10 +14,9 @@ from __future__ import annotations
 import json
 import logging
 
+import keras
 import numpy as np
 import pytest
-
-keras = pytest.importorskip("keras")
 
 from t2lesion.unet import losses as L
 from t2lesion.unet import model as M
