@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from tests.conftest import write_image
 from t2lesion.plots.overlays import choose_visits, fig2_png, lesion_slice, overlay_rgb

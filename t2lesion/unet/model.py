@@ -255,17 +255,6 @@ class MCReduce(layers.Layer):
 # --------------------------------------------------------------------------- building blocks
 
 
-class _Namer:
-    def __init__(self):
-        self.used: set[str] = set()
-
-    def __call__(self, name: str) -> str:
-        if name in self.used:
-            raise RuntimeError(f"duplicate layer name {name}")
-        self.used.add(name)
-        return name
-
-
 def _bn(cfg: ModelConfig, name: str):
     return layers.BatchNormalization(momentum=cfg.bn_momentum, epsilon=cfg.bn_epsilon, name=name)
 
