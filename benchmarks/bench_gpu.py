@@ -234,7 +234,7 @@ def save_fold_models(folder: Path, model_sec: dict, loss_sec: dict, training: di
 
     from t2lesion.unet import losses as L
     from t2lesion.unet import model as M
-    from t2lesion.unet.config import LossConfig, fold_seed, split_model_section
+    from t2lesion.unet.hparams import LossConfig, fold_seed, split_model_section
     from t2lesion.unet.train import gpu_visible
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -346,7 +346,7 @@ def part_train(work: Path, tiny: bool, steps: int) -> dict:
 
     info = backend_info()
     from t2lesion.unet import model as M
-    from t2lesion.unet.config import LossConfig, fold_seed, split_model_section
+    from t2lesion.unet.hparams import LossConfig, fold_seed, split_model_section
     from t2lesion.unet.data import PatchDataset
     from t2lesion.unet.train import gpu_visible, jit_setting, new_compiled_model
 
@@ -393,7 +393,7 @@ def part_trainfold(work: Path, tiny: bool, steps: int) -> dict:
     import logging
 
     info = backend_info()
-    from t2lesion.unet.config import fold_seed
+    from t2lesion.unet.hparams import fold_seed
     from t2lesion.unet.data import PatchDataset
     from t2lesion.unet.train import train_fold
 

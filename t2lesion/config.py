@@ -225,7 +225,7 @@ def check_config(config: dict, schema_path: str | Path = SCHEMA) -> dict:
     problems = [_error_line(e) for e in errors]
     if not problems:
         # rules JSON Schema cannot express (list lengths against the model's depth, ...); no Keras import
-        from t2lesion.unet.config import section_problems
+        from t2lesion.unet.hparams import section_problems
 
         problems = section_problems(config)
     if problems:

@@ -11,7 +11,9 @@ Where a scheduler has already chosen (``CUDA_VISIBLE_DEVICES`` set, as SLURM doe
 ``--gpus``), the variable is left as it is. Without a GPU the job runs on the CPU and says so.
 
 Devices come from ``T2LESION_GPUS`` (comma-separated ids; an empty value means none; the
-tests use it to fake devices) or else from ``nvidia-smi -L``. Locks live in
+tests use it to fake devices) or else from ``nvidia-smi -L``. Where there is none the lease
+says why (``nvidia-smi not installed`` or ``nvidia-smi failed: exit status 9: <its message>``),
+in the log and in :attr:`Lease.message`. Locks live in
 ``T2LESION_GPU_LOCKS`` (default: a per-user folder under the system's temp directory), which
 must be shared by every job on the machine.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -32,12 +35,15 @@ log = logging.getLogger(__name__)
 
 #: Held lock files of this process: closing one would release its device.
 _HELD: list = []
+#: Seconds ``nvidia-smi -L`` may take before it counts as failed.
+SMI_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
 class Lease:
     """What :func:`lease` decided: ``device`` is the id now in CUDA_VISIBLE_DEVICES (None: CPU
-    or the scheduler's choice), ``how`` one of "leased", "scheduler", "cpu"."""
+    or the scheduler's choice), ``how`` one of "leased", "scheduler", "cpu"; ``message`` what
+    was logged (for "cpu": why no GPU was found, e.g. nvidia-smi's exit status and message)."""
 
     device: str | None
     how: str
@@ -51,19 +57,55 @@ def lock_dir() -> Path:
     return path
 
 
-def visible_devices() -> list[str]:
-    """The machine's GPU ids: ``T2LESION_GPUS`` if set, else ``nvidia-smi -L``, else none."""
+def _tail(text: str | bytes | None, limit: int = 400) -> str:
+    """A program's output on one line, its last ``limit`` characters."""
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    one = " / ".join(line.strip() for line in (text or "").splitlines() if line.strip())
+    return one if len(one) <= limit else "…" + one[-limit:]
+
+
+def query_devices() -> tuple[list[str], str | None]:
+    """The machine's GPU ids and, where there is none, why (None where there are some).
+
+    ``T2LESION_GPUS`` if set, else ``nvidia-smi -L``. The reason tells "nvidia-smi not
+    installed" (not on PATH) from "nvidia-smi failed: <cause>" (its exit status and message,
+    a timeout, or the error starting it) and from a working nvidia-smi that lists no GPU.
+    """
     fake = os.environ.get("T2LESION_GPUS")
     if fake is not None:
-        return [d.strip() for d in fake.split(",") if d.strip()]
+        devices = [d.strip() for d in fake.split(",") if d.strip()]
+        return devices, None if devices else "T2LESION_GPUS is empty"
     smi = shutil.which("nvidia-smi")
     if smi is None:
-        return []
+        return [], "nvidia-smi not installed (not on PATH)"
     try:
-        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=30, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
+        proc = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=SMI_TIMEOUT_S, check=False)
+    except subprocess.TimeoutExpired as err:
+        said = _tail(err.stderr) or _tail(err.stdout)
+        return [], f"nvidia-smi failed: no answer within {SMI_TIMEOUT_S:g} s ({smi} -L)" + (f": {said}" if said else "")
+    except OSError as err:  # found on PATH but could not be started
+        return [], f"nvidia-smi failed: {type(err).__name__}: {err}"
+    if proc.returncode != 0:
+        # nvidia-smi writes some failures (no driver) to stdout
+        said = _tail(proc.stderr) or _tail(proc.stdout) or "no message"
+        status = f"exit status {proc.returncode}" if proc.returncode > 0 else f"killed by signal {-proc.returncode}"
+        return [], f"nvidia-smi failed: {status}: {said}"
+    # "GPU <index>: <name> (UUID: ...)", MIG devices indented below their GPU
+    devices = [m.group(1) for m in re.finditer(r"^GPU (\d+):", proc.stdout, re.MULTILINE)]
+    if not devices:
+        said = _tail(proc.stdout) or _tail(proc.stderr)
+        return [], "nvidia-smi -L listed no GPU" + (f": {said}" if said else "")
+    return devices, None
+
+
+def visible_devices() -> list[str]:
+    """The machine's GPU ids: ``T2LESION_GPUS`` if set, else ``nvidia-smi -L``, else none (and
+    a warning saying why: :func:`query_devices`)."""
+    devices, why = query_devices()
+    if why:
+        log.warning("no GPU found: %s", why)
+    return devices
 
 
 def _try_lock(path: Path):
@@ -96,9 +138,9 @@ def lease(timeout_s: float = 24 * 3600.0, poll_s: float = 5.0, logger: logging.L
         msg = f"CUDA_VISIBLE_DEVICES={preset} set by the scheduler or the user; left as it is"
         logger.info(msg)
         return Lease(None, "scheduler", msg)
-    devices = visible_devices()
+    devices, why = query_devices()
     if not devices:
-        msg = "no GPU found (nvidia-smi): running on the CPU"
+        msg = f"no GPU found: {why}; running on the CPU"
         logger.warning(msg)
         return Lease(None, "cpu", msg)
     folder = lock_dir()
@@ -132,4 +174,4 @@ def release() -> None:
         fh.close()
 
 
-__all__ = ["Lease", "lease", "lock_dir", "release", "visible_devices"]
+__all__ = ["SMI_TIMEOUT_S", "Lease", "lease", "lock_dir", "query_devices", "release", "visible_devices"]

@@ -6,7 +6,8 @@ on percent TLV change (Fig. 3d–g's test), Table 4 (Cox models; a model that co
 run says why), the Kaplan–Meier log-rank tests (Fig. 4), the new/enlarging lesion rate
 ratio (beyond the paper), then the U-Net training summary (per fold: best epoch and its
 validation Dice) and relative links to every figure. Numbers with 3 significant digits,
-p values as ``p = 0.0123`` or ``p < 0.001``.
+p values as ``p = 0.0123`` or ``p < 0.001`` (:mod:`t2lesion.formatting`, as Table 1 and the
+figures print them).
 
 Everything is read from the tables the other rules wrote; nothing is recomputed here.
 """
@@ -23,7 +24,8 @@ from typing import Mapping, Sequence
 import pandas as pd
 
 from t2lesion.io import atomic_output
-from t2lesion.stats.cohort_table import fmt_num, source_label
+from t2lesion.formatting import fmt_ci, fmt_num, fmt_p
+from t2lesion.stats.table1 import source_label
 
 log = logging.getLogger(__name__)
 
@@ -31,22 +33,6 @@ OK_STATUSES = ("ok", "warning")
 #: The term a Cox model's row stands for when the model did not run (its term is empty).
 MODEL_TERMS = {"univariable_log_tlv": "BL T2 TLV (log)", "univariable_tlc": "BL T2 TLC",
                "multivariable": "(every term)"}
-
-
-def fmt_p(p) -> str:
-    """A p value for reading: ``p < 0.001``, else 3 significant digits (``p = 0.0412``)."""
-    try:
-        p = float(p)
-    except (TypeError, ValueError):
-        return "n/a"
-    if not math.isfinite(p):
-        return "n/a"
-    return "p < 0.001" if p < 0.001 else f"p = {fmt_num(p)}"
-
-
-def fmt_ci(est, low, high) -> str:
-    """``est (low, high)`` with 3 significant digits each."""
-    return f"{fmt_num(est)} ({fmt_num(low)}, {fmt_num(high)})"
 
 
 def _cell(value) -> str:
@@ -275,5 +261,5 @@ def write_summary(trials: Mapping[str, Mapping], histories: Mapping[str, str | P
     return out_md
 
 
-__all__ = ["ancova_section", "fmt_ci", "fmt_p", "km_section", "md_table", "rate_ratio_section", "summary_markdown",
+__all__ = ["ancova_section", "km_section", "md_table", "rate_ratio_section", "summary_markdown",
            "table2_section", "table4_section", "training_section", "write_summary"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -100,3 +101,87 @@ def test_lease_in_process_sets_the_variable_and_release_frees_it(tmp_path, monke
 def test_device_list_from_environment(monkeypatch, value, expected):
     monkeypatch.setenv("T2LESION_GPUS", value)
     assert gpu.visible_devices() == expected
+
+
+# --------------------------------------------------------------------------- why there is no GPU
+
+
+def _fake_smi(folder: Path, script: str) -> Path:
+    """An ``nvidia-smi`` in ``folder`` that runs the shell ``script``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    smi = folder / "nvidia-smi"
+    smi.write_text("#!/bin/sh\n" + script + "\n")
+    smi.chmod(0o755)
+    return folder
+
+
+@pytest.fixture
+def no_fake_devices(monkeypatch):
+    monkeypatch.delenv("T2LESION_GPUS", raising=False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    gpu.release()
+    return monkeypatch
+
+
+DRIVER_FAIL = "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver."
+
+
+def test_failing_nvidia_smi_gives_its_exit_status_and_message(tmp_path, no_fake_devices, caplog):
+    bin_dir = _fake_smi(tmp_path / "bin",
+                        f'echo "{DRIVER_FAIL}" >&2\necho "Make sure the driver is loaded." >&2\nexit 9')
+    no_fake_devices.setenv("PATH", str(bin_dir))
+    devices, why = gpu.query_devices()
+    assert devices == []
+    assert why == f"nvidia-smi failed: exit status 9: {DRIVER_FAIL} / Make sure the driver is loaded."
+    no_fake_devices.setenv("T2LESION_GPU_LOCKS", str(tmp_path / "locks"))
+    with caplog.at_level("WARNING", logger="t2lesion.gpu"):
+        l = gpu.lease(timeout_s=1)
+    assert l.how == "cpu" and l.device is None
+    assert l.message == f"no GPU found: {why}; running on the CPU"
+    assert l.message in caplog.text
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="t2lesion.gpu"):
+        assert gpu.visible_devices() == []
+    assert "exit status 9" in caplog.text and DRIVER_FAIL in caplog.text
+
+
+def test_failure_message_on_stdout_is_kept_too(tmp_path, no_fake_devices):
+    # nvidia-smi prints the "no driver" failure on stdout, nothing on stderr
+    no_fake_devices.setenv("PATH", str(_fake_smi(tmp_path / "bin", f'echo "{DRIVER_FAIL}"\nexit 255')))
+    assert gpu.query_devices() == ([], f"nvidia-smi failed: exit status 255: {DRIVER_FAIL}")
+    no_fake_devices.setenv("PATH", str(_fake_smi(tmp_path / "bin2", "exit 3")))
+    assert gpu.query_devices() == ([], "nvidia-smi failed: exit status 3: no message")
+    no_fake_devices.setenv("PATH", str(_fake_smi(tmp_path / "bin3", "kill -9 $$")))
+    assert gpu.query_devices() == ([], "nvidia-smi failed: killed by signal 9: no message")
+
+
+def test_nvidia_smi_not_installed_is_told_apart_from_a_failure(tmp_path, no_fake_devices):
+    (tmp_path / "empty").mkdir()
+    no_fake_devices.setenv("PATH", str(tmp_path / "empty"))
+    no_fake_devices.setenv("T2LESION_GPU_LOCKS", str(tmp_path / "locks"))
+    assert gpu.query_devices() == ([], "nvidia-smi not installed (not on PATH)")
+    l = gpu.lease(timeout_s=1)
+    assert l.how == "cpu" and l.message == "no GPU found: nvidia-smi not installed (not on PATH); running on the CPU"
+
+
+def test_nvidia_smi_that_hangs_counts_as_failed(tmp_path, no_fake_devices):
+    sleep = shutil.which("sleep")
+    no_fake_devices.setenv("PATH", str(_fake_smi(tmp_path / "bin", f"echo waiting >&2\nexec {sleep} 30")))
+    no_fake_devices.setattr(gpu, "SMI_TIMEOUT_S", 0.5)
+    t0 = time.monotonic()
+    devices, why = gpu.query_devices()
+    assert devices == [] and why.startswith("nvidia-smi failed: no answer within 0.5 s")
+    assert time.monotonic() - t0 < 10
+
+
+def test_nvidia_smi_list_is_parsed_and_an_empty_one_said(tmp_path, no_fake_devices):
+    listing = ('echo "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-aaaa)"\n'
+               'echo "  MIG 1g.10gb Device 0: (UUID: MIG-bbbb)"\n'
+               'echo "GPU 1: NVIDIA H100 80GB HBM3 (UUID: GPU-cccc)"')
+    no_fake_devices.setenv("PATH", str(_fake_smi(tmp_path / "bin", listing)))
+    assert gpu.query_devices() == (["0", "1"], None)
+    no_fake_devices.setenv("PATH", str(_fake_smi(tmp_path / "bin2", 'echo "No devices were found"')))
+    assert gpu.query_devices() == ([], "nvidia-smi -L listed no GPU: No devices were found")
+    no_fake_devices.setenv("T2LESION_GPUS", "")
+    assert gpu.query_devices() == ([], "T2LESION_GPUS is empty")

@@ -7,18 +7,17 @@ import math
 import sys
 from pathlib import Path
 
+import keras
 import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-keras = pytest.importorskip("keras")
-
-from t2lesion.errors import InputError  # noqa: E402
-from t2lesion.io import same_geometry  # noqa: E402
-from t2lesion.preprocess._common import matrix_to_transform, write_transform  # noqa: E402
-from t2lesion.unet import infer as I  # noqa: E402
-from t2lesion.unet import model as M  # noqa: E402
+from t2lesion.errors import InputError
+from t2lesion.io import same_geometry
+from t2lesion.preprocess._common import matrix_to_transform, write_transform
+from t2lesion.unet import infer as I
+from t2lesion.unet import model as M
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _backend_check as BC  # noqa: E402

@@ -10,10 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
-
-keras = pytest.importorskip("keras")
 
 from t2lesion.unet import model as M
 
@@ -149,7 +148,7 @@ def test_no_tensorflow_or_torch_in_graph_code():
     """Model and loss use keras / keras.ops only (numpy/scipy only for data-side helpers)."""
     import ast
 
-    for name in ("model.py", "losses.py", "train.py", "config.py"):
+    for name in ("model.py", "losses.py", "train.py", "hparams.py"):
         tree = ast.parse((REPO / "t2lesion" / "unet" / name).read_text())
         imported = set()
         for node in ast.walk(tree):
@@ -388,7 +387,8 @@ def _assert_backend_report(rep: dict, backend: str):
 
 @pytest.mark.parametrize("backend", ["torch", "jax"])
 def test_other_backend_same_run_and_loads_tensorflow_model(backend, tmp_path):
-    pytest.importorskip(backend)
+    if backend == "jax":  # optional, not in requirements.lock; torch is locked (deepbet): never skipped
+        pytest.importorskip("jax")
     # a fresh (untrained, non-saturated) TF model: the torch run must load it and predict the same
     cfg = BC.tiny_config()
     m = M.build_multiarm_unet(cfg)

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from tests.conftest import write_image
 from t2lesion.plots.overlays import choose_visits, fig2_png, lesion_slice, overlay_rgb
-from t2lesion.report import fmt_p, md_table, summary_markdown, table2_section, table4_section, write_summary
+from t2lesion.report import md_table, summary_markdown, table2_section, table4_section, write_summary
 from t2lesion.stats import validate_participants
-from t2lesion.stats.cohort_table import cohort_table, fmt_num, run_table1
+from t2lesion.stats.table1 import cohort_table, run_table1
 
 
 def _participants(edss=True):
@@ -103,12 +102,6 @@ def test_run_table1_reads_the_trial_tables(tmp_path):
     t = pd.read_csv(out, sep="\t", dtype=str, keep_default_na=False)
     assert _row(t, "Patients", "n")[["PLA", "OCR", "all"]].tolist() == ["2", "2", "4"]
     assert _row(t, "Age (years)", "mean ± SD")["all"] == "45.0 ± 12.9"
-
-
-def test_number_and_p_formats():
-    assert [fmt_num(x) for x in (1234.5, 0.012345, 2.0, 0, float("nan"), -0.5, 0.99996, 2.19e12)] == [
-        "1230", "0.0123", "2.00", "0", "n/a", "-0.500", "1.00", "2.19e+12"]
-    assert fmt_p(0.0004) == "p < 0.001" and fmt_p(0.04123) == "p = 0.0412" and fmt_p("") == "n/a"
 
 
 # ------------------------------------------------------------------------------ Fig. 2

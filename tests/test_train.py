@@ -14,10 +14,9 @@ from __future__ import annotations
 import json
 import logging
 
+import keras
 import numpy as np
 import pytest
-
-keras = pytest.importorskip("keras")
 
 from t2lesion.unet import losses as L
 from t2lesion.unet import model as M
@@ -213,3 +212,32 @@ def test_other_settings_in_the_same_folder_are_refused(reference):
         _train(out, training={"learning_rate": 1e-3})
     with pytest.raises(ValueError, match="model.seed"):
         T.train_fold(None, None, out, {**MODEL, "seed": 5}, {}, TRAINING, SEED)
+
+
+# --------------------------------------------------------------------------- device query
+
+
+def test_backend_without_a_device_query_trains_on_the_cpu_and_says_why(monkeypatch, caplog):
+    import keras.src.distribution.distribution_lib as kdl
+
+    # as Keras leaves it for the numpy and openvino backends: no distribution_lib
+    monkeypatch.setattr(keras.backend, "backend", lambda: "numpy")
+    monkeypatch.setattr(kdl, "distribution_lib", None)
+    with caplog.at_level(logging.WARNING, logger="test_train"):
+        assert T.gpu_visible(logging.getLogger("test_train")) is False
+    assert "numpy backend has no device query (AttributeError: 'NoneType' object has no attribute" in caplog.text
+
+
+def test_device_query_errors_are_not_taken_for_a_cpu(monkeypatch):
+    monkeypatch.setattr(keras.backend, "backend", lambda: "tensorflow")
+
+    def broken(device_type=None):
+        raise RuntimeError("CUDA driver version is insufficient for CUDA runtime version")
+
+    monkeypatch.setattr(keras.distribution, "list_devices", broken)
+    with pytest.raises(RuntimeError, match="CUDA driver version is insufficient"):
+        T.gpu_visible()
+    monkeypatch.setattr(keras.distribution, "list_devices", lambda device_type=None: ["gpu:0", "gpu:1"])
+    assert T.gpu_visible() is True
+    monkeypatch.setattr(keras.distribution, "list_devices", lambda device_type=None: ["cpu:0"])
+    assert T.gpu_visible() is False

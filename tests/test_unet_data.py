@@ -13,13 +13,11 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-keras = pytest.importorskip("keras")
-
-from t2lesion.errors import InputError  # noqa: E402
-from t2lesion.unet.data import PatchDataset, augment, warp  # noqa: E402
-from t2lesion.unet.folds import read_folds, split_folds, write_folds  # noqa: E402
-from t2lesion.unet.losses import LossConfig, alpha_map  # noqa: E402
-from t2lesion.unet.patches import (  # noqa: E402
+from t2lesion.errors import InputError
+from t2lesion.unet.data import PatchDataset, augment, warp
+from t2lesion.unet.folds import read_folds, split_folds, write_folds
+from t2lesion.unet.losses import LossConfig, alpha_map
+from t2lesion.unet.patches import (
     INDEX_COLUMNS,
     build_index,
     index_windows,
@@ -27,7 +25,7 @@ from t2lesion.unet.patches import (  # noqa: E402
     store_visit,
     write_fold_indices,
 )
-from t2lesion.unet.windows import window_corners  # noqa: E402
+from t2lesion.unet.windows import window_corners
 
 SHAPE = (24, 48, 48)
 PATCH = (8, 16, 16)

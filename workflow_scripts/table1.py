@@ -1,7 +1,7 @@
 """Table 1: the cohort by arm, clinical and baseline lesion characteristics (rule table1)."""
 
 from t2lesion.logs import rule_log
-from t2lesion.stats.cohort_table import run_table1
+from t2lesion.stats.table1 import run_table1
 
 with rule_log(snakemake.log[0], snakemake.threads):
     i = snakemake.input

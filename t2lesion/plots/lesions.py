@@ -19,7 +19,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from t2lesion.plots.stats import ARM_COLORS, _empty, _fmt_p, _save, source_title  # noqa: E402
+from t2lesion.formatting import fmt_ci, fmt_p  # noqa: E402
+from t2lesion.plots.stats import ARM_COLORS, _empty, _save, source_title  # noqa: E402
+
+
+def rate_ratio_text(row) -> str:
+    """A forest-plot row's label: ``0.412 (0.250, 0.680), p < 0.001`` (3 significant digits and
+    p as :mod:`t2lesion.formatting` prints them, as the summary's rate-ratio table)."""
+    return f"{fmt_ci(row['rate_ratio'], row['ci_low'], row['ci_high'])}, {fmt_p(row['p'])}"
 
 
 def plot_rates_by_visit(by_arm: pd.DataFrame, out_png: str | Path, arms: Sequence[str],
@@ -82,7 +89,7 @@ def plot_rate_ratios(results: pd.DataFrame, out_png: str | Path, control_arm: st
         color = "black" if nb else "grey"
         ax.errorbar(r["rate_ratio"], y, xerr=[[r["rate_ratio"] - r["ci_low"]], [r["ci_high"] - r["rate_ratio"]]],
                     fmt="s" if nb else "o", color=color, capsize=3, ms=6 if nb else 4)
-        ax.text(1.02, y, f"{r['rate_ratio']:.2f} ({r['ci_low']:.2f}, {r['ci_high']:.2f}), p {_fmt_p(r['p'])}",
+        ax.text(1.02, y, rate_ratio_text(r),
                 transform=ax.get_yaxis_transform(), va="center", fontsize=8, color=color)
         arm = term[4:]
         labels.append(f"{source_title(src)}\n{arm} vs {control_arm}, {'NB' if nb else 'Poisson'}")

@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from t2lesion.formatting import fmt_num, fmt_p  # noqa: E402
 from t2lesion.io import atomic_output  # noqa: E402
 
 ARM_COLORS = ["#1f4e9c", "#d1495b", "#2e933c", "#edae49", "#6a4c93", "#00798c"]
@@ -31,12 +32,6 @@ def source_title(src: str) -> str:
     return "GT masks" if src == "gt" else f"Predicted masks ({src})"
 
 
-def _fmt_p(p: float) -> str:
-    if p is None or not np.isfinite(p):
-        return "n/a"
-    return "< 0.001" if p < 0.001 else f"= {p:.3f}"
-
-
 def _short_reason(note: str) -> str:
     """A few words for a skipped log-rank test (the full reason is in the TSV)."""
     for key, short in (("no subjects", "no subjects"), ("no events", "no events"), ("median", "one TLV group"),
@@ -44,6 +39,12 @@ def _short_reason(note: str) -> str:
         if key in str(note):
             return short
     return "skipped"
+
+
+def logrank_text(arm: str, status: str, p, note) -> str:
+    """One arm's log-rank result in a Kaplan–Meier panel title: ``OCR p = 0.0412`` (p as
+    :func:`t2lesion.formatting.fmt_p` prints it) or a few words on why it was skipped."""
+    return f"{arm} {fmt_p(p)}" if status == "ok" else f"{arm}: {_short_reason(note)}"
 
 
 def _save(fig, out_png: str | Path) -> None:
@@ -114,7 +115,7 @@ def plot_change(
         for j, arm in enumerate(others):
             sep = s[(s["arm"] == arm) & s["separation_pct"].notna()]
             for r in sep.itertuples():
-                ax.annotate(f"Δ {r.separation_pct:.1f}%", xy=(r.week, 1.0), xycoords=("data", "axes fraction"),
+                ax.annotate(f"Δ {fmt_num(r.separation_pct)}%", xy=(r.week, 1.0), xycoords=("data", "axes fraction"),
                             xytext=(0, 3 + 11 * j), textcoords="offset points", ha="center", va="bottom",
                             fontsize=8, color=colors[arm])
         bl0 = int(s.loc[s["week"] == s["week"].min(), "n_excluded_bl0"].sum())
@@ -177,12 +178,10 @@ def plot_km(
             sign = "≤" if grp == "low" else ">"
             (h,) = ax.step(t, y, where="post", color=colors[arm], ls=styles[grp], lw=1.8)
             handles.setdefault(f"{arm}, BL TLV {sign} median", h)
-        ptxt = []
-        for r in ts.itertuples():
-            ptxt.append(f"{r.arm} p {_fmt_p(r.p)}" if r.status == "ok" else f"{r.arm}: {_short_reason(r.note)}")
+        ptxt = [logrank_text(r.arm, r.status, r.p, r.note) for r in ts.itertuples()]
         ax.set_ylim(-0.02, 1.02)
         ax.set_ylabel(f"Free of {endpoint} (KM)" if k == 0 else "")
-        ax.set_title(f"{source_title(src)} — median BL TLV {median:.3g} mL\nlog-rank: " + "; ".join(ptxt),
+        ax.set_title(f"{source_title(src)} — median BL TLV {fmt_num(median)} mL\nlog-rank: " + "; ".join(ptxt),
                      fontsize=10.5)
         ax.grid(color="0.92")
         plt.setp(ax.get_xticklabels(), visible=False)

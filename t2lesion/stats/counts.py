@@ -48,7 +48,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -58,6 +57,7 @@ from scipy import stats as sps
 
 from t2lesion.bids import is_missing
 from t2lesion.errors import InputError
+from t2lesion.formatting import fmt_num
 from t2lesion.io import write_tsv
 from t2lesion.stats.common import EXCLUSION_COLUMNS, write_exclusions
 from t2lesion.stats.inputs import read_participants
@@ -383,7 +383,7 @@ def count_endpoint(subjects: pd.DataFrame, control_arm: str, arms: Sequence[str]
                 status, mnote = WARNING, "; ".join(filter(None, [note, "IRLS did not converge"]))
             if model == "negative_binomial" and fit["theta_at_bound"]:
                 status = WARNING
-                mnote = "; ".join(filter(None, [mnote, f"theta {fit['theta']:.3g} (> {THETA_LARGE:g}): no "
+                mnote = "; ".join(filter(None, [mnote, f"theta {fmt_num(fit['theta'])} (> {THETA_LARGE:g}): no "
                                                        f"overdispersion, the NB fit is the Poisson fit"]))
             for k, name in enumerate(X.columns):
                 b, se = float(fit["beta"][k]), float(fit["se"][k])

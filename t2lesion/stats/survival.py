@@ -13,6 +13,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from t2lesion.errors import InputError
+from t2lesion.formatting import fmt_num
 from t2lesion.stats.common import (
     DEFAULT_COX_FIT_OPTIONS, FAILED, GT_SOURCE, OK, SKIPPED, WARNING, Exclusions, _write_tsv, resolve_arms,
     resolve_sources, side_by_side, write_exclusions,
@@ -521,7 +522,7 @@ def km_analysis(
                     reason = f"arm {arm} has no subjects with {ep} outcomes and {src} lesion data"
                 elif len(lo) == 0 or len(hi) == 0:
                     which = "above" if len(lo) == 0 else "at or below"
-                    reason = f"all {len(da)} subjects of arm {arm} are {which} the median ({median:.3g} mL)"
+                    reason = f"all {len(da)} subjects of arm {arm} are {which} the median ({fmt_num(median)} mL)"
                 elif row["events_low"] + row["events_high"] == 0:
                     reason = f"no events for {ep} in arm {arm} (all censored)"
                 else:

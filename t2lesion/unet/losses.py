@@ -41,7 +41,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from t2lesion.unet.config import LossConfig
+from t2lesion.unet.hparams import LossConfig
 
 PKG = "t2lesion"
 

@@ -36,7 +36,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from t2lesion.unet.config import ModelConfig, Triple, split_model_section
+from t2lesion.unet.hparams import ModelConfig, Triple, split_model_section
 from t2lesion.unet.losses import LossScheduleState, bind_losses
 
 PKG = "t2lesion"
@@ -255,17 +255,6 @@ class MCReduce(layers.Layer):
 # --------------------------------------------------------------------------- building blocks
 
 
-class _Namer:
-    def __init__(self):
-        self.used: set[str] = set()
-
-    def __call__(self, name: str) -> str:
-        if name in self.used:
-            raise RuntimeError(f"duplicate layer name {name}")
-        self.used.add(name)
-        return name
-
-
 def _bn(cfg: ModelConfig, name: str):
     return layers.BatchNormalization(momentum=cfg.bn_momentum, epsilon=cfg.bn_epsilon, name=name)
 
@@ -481,7 +470,7 @@ def build_plain_unet(cfg: ModelConfig | None = None) -> keras.Model:
 
 def build_from_config(model_section: dict | None, seed: int | None = None) -> keras.Model:
     """Build from the ``model:`` mapping of config.yaml (``kind`` + ``ModelConfig`` fields).
-    ``seed`` replaces a null ``model.seed`` (a fold's seed: ``t2lesion.unet.config.fold_seed``)."""
+    ``seed`` replaces a null ``model.seed`` (a fold's seed: ``t2lesion.unet.hparams.fold_seed``)."""
     kind, cfg = split_model_section(model_section, seed)
     return build_model(cfg, kind)
 

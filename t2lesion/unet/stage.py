@@ -97,7 +97,7 @@ def run_train(index: Sequence[str | Path], fold: int, resume_dir, outputs: dict,
     :func:`t2lesion.unet.train.train_fold` keeps its per-epoch checkpoints.
     """
     from t2lesion.unet.data import PatchDataset
-    from t2lesion.unet.config import fold_seed
+    from t2lesion.unet.hparams import fold_seed
     from t2lesion.unet.train import train_fold
 
     frames = [pd.read_csv(p, sep="\t", dtype={"participant_id": str}) for p in index]

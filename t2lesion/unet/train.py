@@ -46,7 +46,7 @@ from keras import ops
 
 from t2lesion.unet import losses as L
 from t2lesion.unet import model as M
-from t2lesion.unet.config import LossConfig, split_model_section
+from t2lesion.unet.hparams import LossConfig, split_model_section
 
 #: the schema's training defaults (schemas/config.schema.yaml), for callers passing a partial dict
 TRAINING_DEFAULTS = {"epochs": 30, "steps_per_epoch": None, "learning_rate": 1e-4, "mixed_precision": "auto"}
@@ -76,8 +76,15 @@ class TrainingSettingsChanged(RuntimeError):
     """``out_dir`` holds a run made with other settings."""
 
 
-def gpu_visible() -> bool:
-    """Whether the Keras backend sees a GPU."""
+def gpu_visible(log: logging.Logger | None = None) -> bool:
+    """Whether the Keras backend sees a GPU.
+
+    torch is asked directly (Keras has no device query for it); tensorflow and jax through
+    ``keras.distribution.list_devices``. A backend without a device query (numpy, openvino:
+    Keras' ``distribution_lib`` is None there, so the call raises AttributeError, or
+    NotImplementedError) runs on the CPU, and ``log`` says why; any other error propagates.
+    """
+    log = log or logging.getLogger("t2lesion.train")
     backend = keras.backend.backend()
     if backend == "torch":
         import importlib
@@ -85,7 +92,9 @@ def gpu_visible() -> bool:
         return bool(importlib.import_module("torch").cuda.is_available())
     try:
         devices = keras.distribution.list_devices()
-    except Exception:  # noqa: BLE001 - a backend without a device query: CPU
+    except (AttributeError, NotImplementedError) as err:
+        log.warning("the %s backend has no device query (%s: %s): taken as CPU-only", backend,
+                    type(err).__name__, err)
         return False
     return any(d.split(":")[0].lower() in ("gpu", "cuda", "tpu") for d in devices)
 
@@ -326,7 +335,7 @@ def train_fold(train_data, val_data, out_dir, model_cfg: dict, loss_cfg: dict, t
             plot_history(out, cur["history"])
         return _summary(out, cur, cur["completed"], {"resumed": False, "already_complete": True})
 
-    gpu = gpu_visible()
+    gpu = gpu_visible(log)
     policy = M.set_precision(tr["mixed_precision"], gpu)
     jit = jit_setting(gpu)
     log.info("backend %s on %s, precision policy %s", keras.backend.backend(), "GPU" if gpu else "CPU (no GPU visible)",

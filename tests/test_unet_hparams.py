@@ -10,7 +10,7 @@ import pytest
 
 from t2lesion.config import check_config
 from t2lesion.errors import InputError
-from t2lesion.unet.config import (SEED_LIMIT, LossConfig, ModelConfig, fold_seed, section_problems,
+from t2lesion.unet.hparams import (SEED_LIMIT, LossConfig, ModelConfig, fold_seed, section_problems,
                                   split_model_section)
 
 TRIAL = {"role": "test", "bids": "x", "control_arm": "PLA", "treatment_arms": ["OCR"]}

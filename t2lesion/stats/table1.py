@@ -7,7 +7,8 @@ age (mean ± SD, range), region, baseline EDSS (mean ± SD, range) and, per lesi
 baseline T2 TLC (mean ± SD). A characteristic the data lack (every age, EDSS or region
 cell ``n/a``; no GT) is left out rather than shown empty. Counts of missing values are
 written beside the others (``n/a: k``); a source without a baseline value for every
-participant says on how many its numbers rest (``n = k``).
+participant says on how many its numbers rest (``n = k``). Numbers as
+:mod:`t2lesion.formatting` prints them (3 significant digits).
 
 Inputs are read as the statistics read them (:func:`t2lesion.stats.inputs._load`,
 :func:`read_visits`): the participants, the long TLV table with the long-table stage's
@@ -17,12 +18,12 @@ exclusions, and the validated visit list (visits the user excluded are not count
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
 
+from t2lesion.formatting import MISSING, fmt_num
 from t2lesion.stats.common import GT_SOURCE, _write_tsv, resolve_arms
 from t2lesion.stats.inputs import _load, read_visits
 
@@ -32,38 +33,17 @@ ALL = "all"
 TABLE1_COLUMNS = ("characteristic", "statistic")
 
 
-def fmt_num(x, digits: int = 3) -> str:
-    """``x`` with ``digits`` significant digits, without exponent for ordinary magnitudes
-    (1234.5 -> "1230", 0.01234 -> "0.0123", 2.2e12 -> "2.20e+12"); "n/a" for a missing or
-    non-finite value."""
-    try:
-        x = float(x)
-    except (TypeError, ValueError):
-        return "n/a"
-    if not math.isfinite(x):
-        return "n/a"
-    x = float(f"{x:.{digits}g}")  # round first: 0.99996 -> 1.00, not 1.000
-    if x == 0:
-        return "0"
-    mag = math.floor(math.log10(abs(x)))
-    decimals = max(0, digits - 1 - mag)
-    if decimals > 6 or mag >= 6:
-        return f"{x:.{digits - 1}e}"
-    out = f"{x:.{decimals}f}"
-    return "0" if float(out) == 0 else out
-
-
 def _mean_sd(values: pd.Series) -> str:
     v = values.dropna().astype(float)
     if v.empty:
-        return "n/a"
+        return MISSING
     sd = v.std(ddof=1) if len(v) > 1 else float("nan")
     return f"{fmt_num(v.mean())} ± {fmt_num(sd)}"
 
 
 def _range(values: pd.Series) -> str:
     v = values.dropna().astype(float)
-    return "n/a" if v.empty else f"{fmt_num(v.min())}–{fmt_num(v.max())}"
+    return MISSING if v.empty else f"{fmt_num(v.min())}–{fmt_num(v.max())}"
 
 
 def _counts(values: pd.Series, levels: Sequence[str]) -> str:
@@ -166,4 +146,4 @@ def run_table1(
     return table
 
 
-__all__ = ["ALL", "TABLE1_COLUMNS", "cohort_table", "fmt_num", "run_table1", "source_label"]
+__all__ = ["ALL", "TABLE1_COLUMNS", "cohort_table", "run_table1", "source_label"]
