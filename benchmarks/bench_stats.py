@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_stats.py [--n-per-arm 4 150 1500] [--seed 0]
 
-For each size, the tabular synthetic cohort (``t2lesion.cohort.simulate_cohort``: two arms,
+For each size, the tabular synthetic cohort (``t2lesion.synth.clinical.simulate_cohort``: two arms,
 weeks 0/24/48/96, the four endpoints) gives a long table with two sources (``gt`` and a
 noisy prediction), participants and outcomes, written as the TSVs the rules read. Then the
 path-level entry points the stats rules call run one after the other in this process, each
@@ -35,7 +35,7 @@ def timed(fn, *args, **kwargs) -> tuple[float, float]:
 
 
 def write_inputs(folder: Path, n_per_arm: int, seed: int) -> dict[str, Path]:
-    from t2lesion.cohort import long_table_from_trajectory, simulate_cohort
+    from t2lesion.synth.clinical import long_table_from_trajectory, simulate_cohort
 
     participants, tlv_long, outcomes = simulate_cohort(n_per_arm, seed)
     rng = np.random.default_rng(seed + 1000)

@@ -1,7 +1,7 @@
 # The paper's report (issue 15): Table 1 (cohort by arm), Fig. 2 (GT and predicted lesions
 # over FLAIR) and results/report/summary.md, which puts every table of the run in plain
 # Markdown and links every figure, for readers outside Snakemake's HTML report.
-# Inputs and the figure list from t2lesion.plan; logic in t2lesion.stats.cohort_table,
+# Inputs and the figure list from t2lesion.plan; logic in t2lesion.stats.table1,
 # t2lesion.plots.overlays and t2lesion.report.
 # visits shown per source: the most GT lesion volume, one per subject first
 FIG2_VISITS = 3

@@ -207,8 +207,8 @@ def test_evaluation_imports_go_forward_only():
     graph = import_graph(REPO / "t2lesion", "t2lesion")
     ev = "t2lesion.evaluation"
     assert graph[f"{ev}.segmentation"] == {"t2lesion.errors"}
-    assert graph[f"{ev}.table2"] == {f"{ev}.segmentation"}
-    assert graph["t2lesion.plots.segmentation_figs"] == {ev, f"{ev}.table2", "t2lesion.io"}
+    assert graph[f"{ev}.table2"] == {f"{ev}.segmentation", "t2lesion.formatting"}
+    assert graph["t2lesion.plots.segmentation_figs"] == {ev, f"{ev}.table2", "t2lesion.io", "t2lesion.formatting"}
     assert graph[f"{ev}.files"] == {"t2lesion.io", "t2lesion.errors", f"{ev}.segmentation", f"{ev}.table2",
                                     "t2lesion.plots", "t2lesion.plots.segmentation_figs"}
     assert graph[ev] == set()

@@ -16,6 +16,7 @@ import pandas as pd
 
 from t2lesion.evaluation.segmentation import (DEFAULT_SIZE_GROUPS, _ratio, assign_size_groups,
                                               normalise_size_groups, size_group_labels)
+from t2lesion.formatting import fmt_num
 
 # Table 2 layout: (block, display name, visit column).
 TABLE2_ROWS = (
@@ -107,22 +108,23 @@ def table2(visits: pd.DataFrame, isbi_score: bool = False, confidence: float = 0
     """Table 2 layout: mean ± SD over visits of each metric (NaN excluded, counted), r_vol and r_count.
 
     Columns: ``block, metric, column, mean, sd, n, n_nan, summary`` where summary is
-    ``"0.720 ± 0.120"`` (or ``"0.969"`` for a correlation row).
+    ``"0.720 ± 0.120"`` (or ``"0.969"`` for a correlation row), in 3 significant digits
+    (t2lesion.formatting).
     """
     rows = []
     for block, name, col in TABLE2_ROWS:
         ms = mean_sd(visits[col])
         rows.append({"block": block, "metric": name, "column": col, **ms,
-                     "summary": f"{ms['mean']:.3f} ± {ms['sd']:.3f}"})
+                     "summary": f"{fmt_num(ms['mean'])} ± {fmt_num(ms['sd'])}"})
     if isbi_score:
         ms = mean_sd(isbi2015_scores(visits))
         rows.append({"block": "isbi2015", "metric": "ISBI-2015 score", "column": "isbi_score", **ms,
-                     "summary": f"{ms['mean']:.2f} ± {ms['sd']:.2f}"})
+                     "summary": f"{fmt_num(ms['mean'])} ± {fmt_num(ms['sd'])}"})
     for block, name, g, p in (("segmentation", "r_vol", "gt_tlv_ml", "pred_tlv_ml"),
                               ("detection", "r_count", "gt_tlc", "pred_tlc")):
         pc = pearson_ci(visits[g], visits[p], confidence)
         rows.append({"block": block, "metric": name, "column": f"{g}~{p}", "mean": pc["r"], "sd": math.nan,
-                     "n": pc["n"], "n_nan": pc["n_nan"], "summary": f"{pc['r']:.3f}"})
+                     "n": pc["n"], "n_nan": pc["n_nan"], "summary": fmt_num(pc["r"])})
     order = {"segmentation": 0, "detection": 1, "volume": 2, "isbi2015": 3}
     out = pd.DataFrame(rows)
     return out.sort_values("block", key=lambda s: s.map(order), kind="stable").reset_index(drop=True)

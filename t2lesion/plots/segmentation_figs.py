@@ -15,6 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from t2lesion.evaluation.table2 import bland_altman, pearson_ci
+from t2lesion.formatting import fmt_ci, fmt_num
 from t2lesion.io import atomic_output
 
 _DPI = 150
@@ -44,7 +45,7 @@ def plot_agreement(gt, pred, out_png: str | Path, *, quantity: str = "TLV", unit
     ax1.set_ylim(0, hi)
     ax1.set_aspect("equal")
     pc = pearson_ci(gt, pred)
-    ax1.set_title(f"r = {pc['r']:.3f} [{pc['ci_low']:.3f}, {pc['ci_high']:.3f}], n = {pc['n']}")
+    ax1.set_title(f"r = {fmt_ci(pc['r'], pc['ci_low'], pc['ci_high'])}, n = {pc['n']}")
     ax1.set_xlabel(f"GT {lab}")
     ax1.set_ylabel(f"predicted {lab}")
     ax1.legend(loc="upper left", frameon=False)
@@ -56,7 +57,7 @@ def plot_agreement(gt, pred, out_png: str | Path, *, quantity: str = "TLV", unit
                         (ba["loa_high"], "--", "+1.96 SD")):
         if np.isfinite(y):
             ax2.axhline(y, color="C3", lw=1, ls=ls)
-            ax2.annotate(f"{text} {y:.2f}", (1.0, y), xycoords=("axes fraction", "data"), ha="right",
+            ax2.annotate(f"{text} {fmt_num(y)}", (1.0, y), xycoords=("axes fraction", "data"), ha="right",
                          va="bottom", fontsize=8, color="C3")
     ax2.axhline(0, color="0.6", lw=0.8)
     ax2.set_xlabel(f"mean of GT and predicted {lab}")
@@ -124,10 +125,10 @@ def plot_agreement_sources(visits: Mapping[str, pd.DataFrame], out_png: str | Pa
         hi = max(hi, float(gt.max(initial=0)), float(pred.max(initial=0)))
         pc = pearson_ci(gt, pred)
         ax1.scatter(gt, pred, s=14, alpha=0.7, edgecolors="none", color=f"C{i}",
-                    label=f"{source}: r = {pc['r']:.3f}, n = {pc['n']}")
+                    label=f"{source}: r = {fmt_num(pc['r'])}, n = {pc['n']}")
         ba = bland_altman(gt, pred)
         ax2.scatter((gt + pred) / 2, pred - gt, s=14, alpha=0.7, edgecolors="none", color=f"C{i}",
-                    label=f"{source}: bias {ba['bias']:.2f}")
+                    label=f"{source}: bias {fmt_num(ba['bias'])}")
         if np.isfinite(ba["bias"]):
             ax2.axhline(ba["bias"], color=f"C{i}", lw=1)
     hi = hi * 1.05 or 1.0
