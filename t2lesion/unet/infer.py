@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 
 Triple = tuple[int, int, int]
 
-#: Probability clip of the binary entropy, the same as ``model.MCReduce``'s.
+#: Probability clip of the binary entropy, the same as ``layers.MCReduce``'s.
 ENTROPY_EPS = 1e-7
 #: Dropout seeds lie in [0, MAX_SEED): ``set_mc_seed`` stores ``seed * 1009 + k`` in a uint32.
 MAX_SEED = 2**21
@@ -168,7 +168,7 @@ def _full_model_mc(encoder, decoder, n: int, level: int):
     """
     import keras
 
-    from t2lesion.unet.model import MCReduce, RepeatBatch
+    from t2lesion.unet.layers import MCReduce, RepeatBatch
 
     x = keras.Input(shape=tuple(encoder.input.shape[1:]), name="image")
     probs = decoder(encoder(RepeatBatch(n, name="naive_repeat")(x)))
