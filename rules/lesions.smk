@@ -38,6 +38,7 @@ rule new_lesions:
     input:
         visits=lambda w: tracking_outputs(w, "visits")["files"],
         participants=bids_table("participants.tsv"),
+        validated=VALIDATED,
     output:
         subjects=report(
             f"{STATS}/new_lesions.tsv",

@@ -23,6 +23,11 @@ Validation runs in two depths through one function, :func:`validate`:
   non-empty volume, and each GT mask a binary mask on its FLAIR's grid.
 
 Every problem found is reported at once, one line each, naming the file or row.
+A participant of ``participants.tsv`` without any MRI (no ``sub-<id>/`` folder, or one
+with no image file under it) is not a problem: a warning names the participant and
+``participants.tsv``, and the participant is a counted exclusion with reason
+:data:`NO_MRI` (a row of the validated visit list, see :func:`write_summary`, which the
+statistics turn into a row of every analysis's exclusions table).
 Files under ``derivatives/lesions`` that match no visit are warnings (a GT that is
 present but misnamed must not silently vanish). IDs must match ``[A-Za-z0-9]+`` so
 that nothing from a table can become a path outside the output folder.
@@ -64,6 +69,12 @@ GT_RE = re.compile(rf"^sub-(?P<sub>[A-Za-z0-9]+)_ses-(?P<ses>[A-Za-z0-9]+){ENTIT
 GT_FOLDER = Path("derivatives") / "lesions"
 BASELINE_SESSION = "w000"
 MAX_WEEK = 999
+#: Exclusion reason of a participant of participants.tsv without any MRI.
+NO_MRI = "no MRI"
+#: What the validated visit list writes in session, week and source_session of such a
+#: participant's row (BIDS's missing value): the row stands for the participant, not a visit.
+NO_VISIT = "n/a"
+SUMMARY_COLUMNS = ("participant_id", "session", "week", "source_session", "has_gt", "excluded")
 
 #: BIDS's spelling of a missing value in a table cell (an empty cell means the same).
 MISSING_VALUES = frozenset({"n/a", ""})
@@ -110,7 +121,8 @@ class TrialLayout:
     ``visits`` are the visits the pipeline processes (sorted, excluded ones left
     out); ``excluded`` maps each excluded visit to its reason; ``images`` and ``gt``
     hold the files found for every visit; ``session_labels`` the original BIDS
-    session label of each visit.
+    session label of each visit; ``no_mri`` the participants of participants.tsv
+    without any MRI (``sub-<id>``, sorted), excluded with reason :data:`NO_MRI`.
     """
 
     bids: Path
@@ -122,6 +134,7 @@ class TrialLayout:
     session_labels: dict[Visit, str] = field(default_factory=dict)
     excluded: dict[Visit, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    no_mri: list[str] = field(default_factory=list)
 
     @property
     def has_gt(self) -> dict[Visit, bool]:
@@ -350,6 +363,12 @@ def _find_gt(bids: Path, warnings: list[str], problems: list[str]) -> dict[tuple
     return out
 
 
+def _has_image_file(sub_dir: Path) -> bool:
+    """Whether any NIfTI file lies anywhere under a subject's folder (a misplaced or
+    misnamed image still counts: it is reported as such, never read as "no MRI")."""
+    return any(f.is_file() and f.name.endswith((".nii", ".nii.gz")) for f in sub_dir.rglob("*.nii*"))
+
+
 def _check_image(path: Path, problems: list[str], *, mask: bool = False):
     """Open one image; append a problem and return None when it is unusable."""
     import SimpleITK as sitk
@@ -474,9 +493,11 @@ def validate(
             problems.append(f"{sub_dir}: folder name is not 'sub-<letters and digits>'")
             continue
         sub = m.group(1)
-        on_disk.add(sub_dir.name)
         if listed is not None and sub_dir.name not in listed:
             problems.append(f"{sub_dir}: participant {sub_dir.name!r} is not listed in {part_path}")
+        elif sub_dir.name in known and not _has_image_file(sub_dir):
+            continue  # no MRI: a warning below, not a problem
+        on_disk.add(sub_dir.name)
         labels = []
         for ses_dir in sorted(p for p in sub_dir.iterdir() if p.is_dir()):
             ms = SES_DIR_RE.match(ses_dir.name)
@@ -520,7 +541,15 @@ def validate(
                 subject_visits = []
         layout.visits += subject_visits
     for pid in sorted(known - on_disk):
-        problems.append(f"{part_path}: participant {pid!r} has no imaging folder {bids / pid}")
+        folder = bids / pid
+        what = f"no image under {folder}" if folder.is_dir() else f"no imaging folder {folder}"
+        warnings.append(f"{part_path}: participant {pid!r} has no MRI ({what}); excluded from every analysis "
+                        f"with reason '{NO_MRI}'")
+        layout.no_mri.append(pid)
+        # an exclusion the config gives for a session of such a participant changes nothing
+        used_exclusions |= {key for key in excluded_keys if key[0] == pid[4:]}
+    if layout.no_mri and not layout.visits and not layout.excluded:
+        problems.append(f"{bids}: no participant of {part_path} has MRI")
     for sub, lab in sorted(set(gt_files) - used_gt):
         warnings.append(f"{gt_files[(sub, lab)]}: GT lesion mask for a visit with no images (sub-{sub} ses-{lab})")
     for sub, lab in sorted(set(excluded_keys) - used_exclusions):
@@ -532,7 +561,10 @@ def validate(
 
 
 def write_summary(layout: TrialLayout, path: str | Path) -> None:
-    """Write the validated visit list (one row per visit, excluded ones with their reason)."""
+    """Write the validated visit list: one row per visit (excluded ones with their reason)
+    and one row per participant without any MRI (``session``, ``week`` and
+    ``source_session`` :data:`NO_VISIT`, ``has_gt`` False, ``excluded`` :data:`NO_MRI`),
+    rows in participant order."""
     rows = [
         {
             "participant_id": v.participant_id,
@@ -544,6 +576,11 @@ def write_summary(layout: TrialLayout, path: str | Path) -> None:
         }
         for v in layout.all_visits()
     ]
+    rows += [
+        {"participant_id": pid, "session": NO_VISIT, "week": NO_VISIT, "source_session": NO_VISIT, "has_gt": False,
+         "excluded": NO_MRI}
+        for pid in layout.no_mri
+    ]
+    rows.sort(key=lambda r: r["participant_id"])  # stable: each participant's visits stay in week order
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    columns = ["participant_id", "session", "week", "source_session", "has_gt", "excluded"]
-    pd.DataFrame(rows, columns=columns).to_csv(path, sep="\t", index=False)
+    pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS)).to_csv(path, sep="\t", index=False)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import write_image
+from tests.conftest import make_bids, write_image
 from t2lesion.bids import Visit, gt_mask_path, image_path, validate, write_summary
+from t2lesion.config import trials_from_config
 from t2lesion.errors import InputError
 
 ARMS = ["PLA", "OCR"]
@@ -108,3 +111,59 @@ def test_missing_tables_and_columns(bids_tree):
     msg = str(err.value)
     assert "outcomes.tsv: file not found" in msg
     assert "participants.tsv: missing column(s) arm" in msg
+
+
+def test_participant_without_mri_is_a_warning_and_a_no_mri_row(tmp_path):
+    """A participant of participants.tsv with no MRI (no folder, or a folder without images)
+    is a one-line warning and an exclusion "no MRI"; its outcome rows are no error."""
+
+    bids = make_bids(tmp_path / "bids", subjects=("001", "002", "003", "004"))
+    shutil.rmtree(bids / "sub-003")  # no folder at all
+    for f in (bids / "sub-004").rglob("*.nii.gz"):  # session folders left, no image in them
+        f.unlink()
+    assert set(pd.read_csv(bids / "phenotype" / "outcomes.tsv", sep="\t").participant_id) >= {"sub-003", "sub-004"}
+    layout = validate(bids, ARMS)
+    assert [v.prefix for v in layout.visits] == ["sub-001_ses-w000", "sub-001_ses-w024", "sub-002_ses-w000",
+                                                 "sub-002_ses-w024"]
+    assert layout.no_mri == ["sub-003", "sub-004"] and layout.excluded == {}
+    # a config exclusion of a session folder without images (the old workaround) is no problem
+    moot = [{"participant_id": "sub-004", "session": "ses-w000", "reason": "no scan"}]
+    assert validate(bids, ARMS, check_images=False, exclude=moot).no_mri == ["sub-003", "sub-004"]
+    for pid, what in (("sub-003", "no imaging folder"), ("sub-004", "no image under")):
+        lines = [w for w in layout.warnings if f"participant {pid!r} has no MRI" in w]
+        assert len(lines) == 1 and "\n" not in lines[0], layout.warnings
+        assert lines[0].startswith(f"{bids / 'participants.tsv'}: ") and what in lines[0] and "'no MRI'" in lines[0]
+    write_summary(layout, tmp_path / "visits.tsv")
+    table = pd.read_csv(tmp_path / "visits.tsv", sep="\t", dtype=str, keep_default_na=False)
+    assert table.participant_id.tolist() == ["sub-001"] * 2 + ["sub-002"] * 2 + ["sub-003", "sub-004"]
+    rows = table[table.excluded != ""]
+    assert rows[["participant_id", "session", "week", "source_session", "has_gt", "excluded"]].values.tolist() == [
+        ["sub-003", "n/a", "n/a", "n/a", "False", "no MRI"], ["sub-004", "n/a", "n/a", "n/a", "False", "no MRI"]]
+
+    # while the DAG is built: the trial runs with its imaged participants, the warning shown
+    cfg = {"trials": {"t": {"role": "test", "bids": str(bids), "control_arm": "PLA", "treatment_arms": ["OCR"]}}}
+    trials, warnings = trials_from_config(cfg)
+    assert trials["t"].problems == () and len(trials["t"].visits) == 4 and trials["t"].subjects() == ["001", "002"]
+    assert sum("'sub-003' has no MRI" in w for w in warnings) == 1
+
+
+def test_what_still_stops_a_trial_beside_a_participant_without_mri(tmp_path):
+    bids = make_bids(tmp_path / "bids", subjects=("001", "002", "003"))
+    shutil.rmtree(bids / "sub-003")
+    # an image in the wrong place is an image (reported as misplaced), not "no MRI"
+    flair = image_path(bids, "002", "w024", "FLAIR")
+    flair.rename(flair.parent.parent / flair.name)
+    # a folder that participants.tsv does not list stays an error even without images
+    (bids / "sub-009" / "ses-w000" / "anat").mkdir(parents=True)
+    with pytest.raises(InputError) as err:
+        validate(bids, ARMS, check_images=False)
+    problems = err.value.problems
+    assert not any("sub-003" in p for p in problems), problems  # the one without MRI is no problem
+    assert any("sub-002_ses-w024_FLAIR.nii.gz: missing FLAIR" in p for p in problems)
+    assert any("sub-009: participant 'sub-009' is not listed in" in p for p in problems)
+    # nobody with MRI: nothing to run
+    shutil.rmtree(bids / "sub-009")
+    for sub in ("001", "002"):
+        shutil.rmtree(bids / f"sub-{sub}")
+    with pytest.raises(InputError, match="no participant of .*participants.tsv has MRI"):
+        validate(bids, ARMS, check_images=False)

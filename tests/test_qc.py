@@ -16,7 +16,7 @@ from PIL import Image
 from t2lesion.errors import InputError
 from t2lesion.plots import qc
 from t2lesion.plots.qc import (
-    COL_LABEL, GAP, LEFT, PAD, TITLE_LINE, choose_slices, outline, qc_image, qc_png, to_grey, window,
+    COL_LABEL, GAP, LEFT, PAD, TITLE_LINE, choose_slices, lesion_window, outline, qc_image, qc_png, to_grey, window,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -143,6 +143,60 @@ def test_window_maps_the_995th_percentile_to_white():
     assert panel[0, 0] == 255  # above the window: clipped to white
     v = t1[1, 3, 3]
     assert panel[3, 3] == int(np.clip((v - lo) / (hi - lo) * 255, 0, 255) + 0.5)
+
+
+def _flair_phantom(seed=4):
+    """A FLAIR-like volume (z, y, x) = (5, 60, 60): a disc of brain (CSF rim 70, grey matter
+    470, white matter core 420, noise SD 15) with one bright lesion (800) of 32 voxels,
+    0.3 % of the brain: a load at which the brain's 99.5th percentile lies in normal tissue."""
+    rng = np.random.default_rng(seed)
+    shape = (5, 60, 60)
+    yy, xx = np.mgrid[:60, :60]
+    r = np.hypot(yy - 29.5, xx - 29.5)
+    brain = np.broadcast_to(r < 25, shape).copy()
+    wm = np.broadcast_to(r < 17, shape).copy()
+    arr = np.where(r < 17, 420.0, np.where(r < 22, 470.0, 70.0))[None].repeat(5, axis=0)
+    lesion = np.zeros(shape, bool)
+    lesion[2:4, 26:30, 31:35] = True
+    wm &= ~lesion
+    arr[lesion] = 800.0
+    arr = np.where(brain, arr + rng.normal(0, 15, shape), 0.0).astype(np.float32)
+    return arr, brain, wm, lesion
+
+
+def test_flair_window_shows_lesions_brighter_than_white_matter_not_clipped_with_it():
+    arr, brain, wm, lesion = _flair_phantom()
+    assert 0.002 < lesion.sum() / brain.sum() < 0.005
+    arrs = {"T1w": arr, "T2w": arr.copy(), "FLAIR": arr.copy()}
+    img = qc_image(arrs, brain, None, title="t", slices=[2], upscale=1)
+    pix = np.asarray(img)[..., 0].astype(float)
+    top = PAD + TITLE_LINE + COL_LABEL
+    flair = pix[top + 2 * (60 + GAP):top + 2 * (60 + GAP) + 60, LEFT:LEFT + 60]  # third row, the one slice
+    les, white = flair[lesion[2]], flair[wm[2]]
+    assert les.mean() - white.mean() > 80, (les.mean(), white.mean())
+    assert 80 < white.mean() < 170 and white.max() < 200  # normal white matter mid-grey, nowhere near white
+    assert les.min() > white.max()  # every lesion pixel brighter than every white-matter pixel
+    assert les.mean() > 190
+    # the same known answer from the window itself: mean - 3 SD .. mean + 4 SD of the brain's core voxels
+    vals = arr[brain]
+    core = vals[(vals >= np.percentile(vals, 1)) & (vals <= np.percentile(vals, 99))]
+    assert lesion_window(arr, brain) == pytest.approx((core.mean() - 3 * core.std(), core.mean() + 4 * core.std()))
+    # the T1w row keeps the percentile window, under which this FLAIR's white matter is almost white
+    # and the lesions clipped with the brightest tissue: what the FLAIR window is for
+    t1w = pix[top:top + 60, LEFT:LEFT + 60]
+    old = to_grey(arr[2], *window(arr, brain)).astype(float)
+    inside = brain[2] & ~outline(brain[2])  # the mask outline is drawn yellow over the picture
+    assert np.array_equal(t1w[inside], old[inside])
+    assert old[wm[2]].mean() > 190 and old[lesion[2]].mean() - old[wm[2]].mean() < 60
+
+
+def test_flair_window_of_a_z_scored_image_is_minus_3_to_4():
+    from t2lesion.preprocess.normalise import normalise_array
+
+    arr, brain, _, _ = _flair_phantom(seed=5)
+    lo, hi = lesion_window(normalise_array(arr, brain), brain)
+    assert lo == pytest.approx(-3.0, abs=1e-4) and hi == pytest.approx(4.0, abs=1e-4)
+    assert lesion_window(np.zeros((2, 3, 3), np.float32), np.zeros((2, 3, 3), bool)) == (0.0, 0.0)
 
 
 def _write(path: Path, arr: np.ndarray, direction=None, spacing=(1.0, 1.0, 3.0)) -> Path:

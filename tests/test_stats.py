@@ -9,6 +9,7 @@ PHReg / survdiff / SurvfuncRight, numpy least squares, scipy t tests).
 from __future__ import annotations
 
 import math
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -731,6 +732,97 @@ def test_participant_missing_from_long_table_or_outcomes(tmp_path, small):
     with pytest.raises(InputError, match="km_conf_type"):
         stats.km_estimate(np.array([1.0]), np.array([1]), conf_type="arcsine")
 
+
+def test_participant_without_mri_through_every_reader_of_the_visit_list(tmp_path):
+    """A participant of participants.tsv without MRI: its "no MRI" row of the validated visit
+    list becomes the long table's exclusion (every source), a row of Table 1, the new-lesion
+    analysis's reason, and is no training visit."""
+    from tests.conftest import make_bids
+    from t2lesion.bids import validate, write_summary
+    from t2lesion.stats.cohort_table import run_table1
+    from t2lesion.stats.counts import VISIT_REQUIRED, run_new_lesions
+    from t2lesion.unet.stage import training_participants
+
+    bids = make_bids(tmp_path / "bids", subjects=("001", "002", "003"))  # arms PLA, OCR, PLA
+    shutil.rmtree(bids / "sub-003")
+    visits_tsv, part = tmp_path / "visits.tsv", bids / "participants.tsv"
+    write_summary(validate(bids, ["PLA", "OCR"], check_images=False), visits_tsv)
+    visits, no_mri = stats.read_visit_list(visits_tsv)
+    assert no_mri == {"sub-003": "no MRI"} and len(visits) == 4 and visits.week.dtype.kind == "i"
+    assert stats.read_visits(visits_tsv).equals(visits)
+    rows = [(f"sub-{s}", f"ses-w{w:03d}", w, 1.0 + w / 24, 3) for s in ("001", "002") for w in (0, 24)]
+    vols = {src: _volumes(tmp_path, rows, src) for src in ("gt", "baseline")}
+    out = stats.run_long_table(vols, tmp_path / "long.tsv", visits_tsv=visits_tsv, exclusions_tsv=tmp_path / "ex.tsv")
+    assert set(out.participant_id) == {"sub-001", "sub-002"}
+    ex = pd.read_csv(tmp_path / "ex.tsv", sep="\t", keep_default_na=False)
+    assert set(zip(ex.participant_id, ex.source, ex.analysis, ex.scope, ex.reason)) == {
+        ("sub-003", "gt", "tlv_long", "", "no MRI"), ("sub-003", "baseline", "tlv_long", "", "no MRI")}
+    # a volume of a participant the list names as without MRI is an error naming it
+    odd = _volumes(tmp_path, [("sub-003", "ses-w000", 0, 1.0, 1)], "odd")
+    with pytest.raises(InputError, match="volume of sub-003, whom the visit list names as without MRI"):
+        stats.run_long_table({"baseline": vols["baseline"] + odd}, tmp_path / "l2.tsv", visits_tsv=visits_tsv)
+
+    # Table 1: every patient of participants.tsv, those without MRI also on a row of their own
+    t = run_table1(part, tmp_path / "long.tsv", visits_tsv, tmp_path / "t1.tsv", control_arm="PLA",
+                   arms=["PLA", "OCR"], long_exclusions_tsv=tmp_path / "ex.tsv").set_index("characteristic")
+    assert t.loc["Patients", ["PLA", "OCR", "all"]].tolist() == ["2", "1", "3"]
+    assert t.loc["Patients without MRI", ["PLA", "OCR", "all"]].tolist() == ["1", "0", "1"]
+    assert t.loc["Visits", ["PLA", "OCR", "all"]].tolist() == ["2", "2", "4"]
+    assert [c for c in t.index if c.startswith("Visits at")] == ["Visits at week 0", "Visits at week 24"]
+
+    # new and enlarging lesions: the reason comes from the visit list when the rule gives it
+    tracking = []
+    for sub in ("001", "002"):
+        path = tmp_path / f"track-{sub}.tsv"
+        pd.DataFrame([[f"sub-{sub}", "ses-w000", 0, "", 3, 0, 0, 0, 0.0], [f"sub-{sub}", "ses-w024", 24, "ses-w000", 4,
+                       1, 0, 1, 0.1]], columns=VISIT_REQUIRED).to_csv(path, sep="\t", index=False)
+        tracking.append(path)
+    outputs = {k: str(tmp_path / f"nl_{k}.{'png' if k.startswith('fig') else 'tsv'}")
+               for k in ("subjects", "visits", "by_arm", "nb", "exclusions", "fig_rates", "fig_forest")}
+    for validated, reason in ((visits_tsv, "no MRI"), (None, "no lesion mask of source baseline")):
+        run_new_lesions({"baseline": tracking}, part, outputs, "PLA", ["PLA", "OCR"], validated_visits_tsv=validated)
+        x = pd.read_csv(outputs["exclusions"], sep="\t", keep_default_na=False)
+        assert x.loc[x.participant_id == "sub-003", "reason"].tolist() == [reason]
+
+    # the U-Net's fold split reads the list too: the row is no visit with a GT mask
+    assert training_participants(visits_tsv, part, ["PLA", "OCR"]).participant_id.tolist() == ["sub-001", "sub-002"]
+
+
+def test_participant_without_mri_is_listed_by_every_analysis_and_its_outcomes_are_no_error(tmp_path, small):
+    from t2lesion.bids import TrialLayout, Visit, write_summary
+
+    participants, long, outcomes = small
+    pid = "sub-007"
+    assert pid in set(outcomes.participant_id)  # its outcome rows stay in outcomes.tsv
+    imaged = long[long.participant_id != pid]
+    layout = TrialLayout(bids=tmp_path, participants=participants, outcomes=None, no_mri=[pid],
+                         visits=[Visit(p[4:], f"w{w:03d}") for p, w in sorted(set(zip(imaged.participant_id,
+                                                                                      imaged.week)))])
+    layout.gt = dict.fromkeys(layout.visits, tmp_path)
+    write_summary(layout, tmp_path / "visits.tsv")
+    visits, no_mri = stats.read_visit_list(tmp_path / "visits.tsv")
+    lt, lex = stats.long_table_from_volumes(imaged.assign(file="-"), ["gt", "baseline"], visits, 0, no_mri)
+    paths = write_inputs(tmp_path, participants, lt, outcomes)
+    stats.write_exclusions(lex, tmp_path / "lex.tsv")
+    kw = dict(control_arm="PLA", long_exclusions_tsv=tmp_path / "lex.tsv")
+    cox = stats.run_cox(paths["long"], paths["participants"], paths["outcomes"], tmp_path / "c.tsv", tmp_path / "t.tsv",
+                        endpoints=["CDP24"], out_exclusions_tsv=tmp_path / "x_cox.tsv", **kw)
+    assert (cox.n == 119).all()  # 120 participants, one without MRI
+    km = stats.run_km(paths["long"], paths["participants"], paths["outcomes"], tmp_path / "k.tsv", tmp_path / "kc.tsv",
+                      str(tmp_path / "k_{endpoint}.png"), endpoints=["CDP24"], out_exclusions_tsv=tmp_path / "x_km.tsv",
+                      **kw)
+    assert (km.groupby("source")[["n_low", "n_high"]].sum().sum(axis=1) == 119).all()
+    stats.run_change(paths["long"], paths["participants"], tmp_path / "ch.tsv", tmp_path / "s.tsv", tmp_path / "c.png",
+                     out_exclusions_tsv=tmp_path / "x_change.tsv", **kw)
+    coef, _ = stats.run_ancova(paths["long"], paths["participants"], tmp_path / "a.tsv", tmp_path / "b.tsv", weeks=[96],
+                               out_exclusions_tsv=tmp_path / "x_ancova.tsv", **kw)
+    assert (coef[coef.term == "arm_OCR"].n == 119).all()
+    for analysis in ("cox", "km", "change", "ancova"):
+        x = pd.read_csv(tmp_path / f"x_{analysis}.tsv", sep="\t", keep_default_na=False)
+        mine = x[x.participant_id == pid]
+        assert set(zip(mine.source, mine.analysis, mine.scope, mine.reason)) == {
+            ("gt", analysis, "", "no MRI"), ("baseline", analysis, "", "no MRI")}, (analysis, mine)
+        assert len(mine) == 2  # listed once per source, under no other reason
 
 def test_cox_separation_is_a_warning_not_a_crash():
     """Events only (and earliest) in the highest-TLV subjects: monotone likelihood."""

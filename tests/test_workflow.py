@@ -155,6 +155,30 @@ def test_broken_tree_lists_table_and_image_problems_together(tmp_path):
     assert made == [], made
 
 
+def test_participant_without_mri_is_a_warning_and_the_others_run(tmp_path):
+    """A participant of participants.tsv without any MRI: the DAG is built for the others with
+    a one-line warning; validation passes and lists the participant as "no MRI"."""
+    import shutil
+
+    import pandas as pd
+
+    bids = make_bids(tmp_path / "bids", subjects=("001", "002", "003"))
+    shutil.rmtree(bids / "sub-003")
+    res = snakemake(tmp_path, "-n", config=real_trial_config(bids))
+    assert res.returncode == 0, res.stderr
+    warning = [line for line in res.stderr.splitlines() if "has no MRI" in line]
+    assert len(warning) == 1 and "participants.tsv: participant 'sub-003'" in warning[0], res.stderr
+    assert "only its validation runs" not in res.stderr
+    counts = job_counts(res.stdout)
+    assert counts["n4_coregister"] == 4 and counts["tlv_long"] == 1 and counts["cox"] == 1, counts
+    assert "sub-003" not in res.stdout
+    res = snakemake(tmp_path, "--cores", "1", "results/validated/trial-real_visits.tsv")
+    assert res.returncode == 0, res.stderr
+    table = pd.read_csv(tmp_path / "results/validated/trial-real_visits.tsv", sep="\t", dtype=str,
+                        keep_default_na=False)
+    assert table[table.participant_id == "sub-003"][["session", "excluded"]].values.tolist() == [["n/a", "no MRI"]]
+    assert "participant 'sub-003' has no MRI" in (tmp_path / "results/logs/validate_bids/trial-real.log").read_text()
+
 def test_config_problems_are_one_line_each(tmp_path):
     bids = make_bids(tmp_path / "bids")
     cfg = real_trial_config(bids) | {"sorces": ["baseline"]}

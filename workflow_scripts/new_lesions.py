@@ -17,4 +17,6 @@ with rule_log(snakemake.log[0], snakemake.threads):
         us_label=p.us_label,
         conf_level=p.conf_level,
         min_n_per_arm=p.min_n_per_arm,
+        # the validated visit list names the participants without MRI (when the rule gives it)
+        validated_visits_tsv=i.get("validated"),
     )

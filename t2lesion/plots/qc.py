@@ -1,6 +1,15 @@
 """Preprocessing QC figure (SPEC §2): the three contrasts at a few axial slices, with the
 brain-mask outline (yellow) and the GT lesions (red), in radiological convention.
 
+Display windows: T1w and T2w from the 1st to the 99.5th percentile of the brain's voxels
+(:func:`window`); FLAIR, where lesions are hyperintense, from 3 SD below to 4 SD above
+the mean of the brain's voxels between their 1st and 99th percentiles
+(:func:`lesion_window`; for the z-scored preprocessed images that is z -3 to 4): normal
+white and grey matter sit mid-grey, CSF black, and only hyperintensities reach white,
+whatever the lesion load. A percentile window cannot do that: with a lesion load below
+~0.5 % of the brain its 99.5th percentile lies in normal tissue, which then shows almost
+white with the lesions clipped to the same white.
+
 Drawn with numpy + Pillow only (no matplotlib: importing it and drawing cost about two
 thirds of the CPU time of each per-visit preprocessing job). :func:`qc_image` builds the
 picture from arrays, :func:`qc_png` reads the images, checks them and writes the PNG.
@@ -34,6 +43,10 @@ TITLE_LINE = 30
 COL_LABEL = 26
 TITLE_SIZE = 20
 LABEL_SIZE = 18
+#: FLAIR's window (:func:`lesion_window`) in SDs around the mean of the brain's core voxels.
+LESION_WINDOW_SD = (-3.0, 4.0)
+#: The contrasts :func:`qc_image` windows with :func:`lesion_window` (lesions hyperintense).
+LESION_CONTRASTS = ("FLAIR",)
 #: Colours (RGB).
 BACKGROUND = 24  # dark grey (one value for R, G and B)
 TEXT = (235, 235, 235)
@@ -82,6 +95,21 @@ def window(arr: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+def lesion_window(arr: np.ndarray, mask: np.ndarray, sd: Sequence[float] = LESION_WINDOW_SD) -> tuple[float, float]:
+    """Display window of a contrast with hyperintense lesions (FLAIR): ``mean + sd[0] * SD`` to
+    ``mean + sd[1] * SD`` of the brain's voxels between their 1st and 99th percentiles (the
+    statistics the preprocessing z-scores with, so lesions filling up to ~1 % of the brain
+    do not move it; the whole volume when the mask is empty)."""
+    vals = arr[mask] if mask.any() else arr.ravel()
+    vals = vals[np.isfinite(vals)]
+    if not vals.size:
+        return 0.0, 1.0
+    lo, hi = np.percentile(vals, [1, 99])
+    core = vals[(vals >= lo) & (vals <= hi)].astype(np.float64)
+    mean, sdev = float(core.mean()), float(core.std())
+    return mean + float(sd[0]) * sdev, mean + float(sd[1]) * sdev
+
+
 def to_grey(sl: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
     """A slice as uint8 grey: ``vmin`` (and below) black, ``vmax`` (and above) white."""
     if not vmax > vmin:  # constant window: above it white, the rest black
@@ -124,11 +152,13 @@ def qc_image(
     n_slices: int = 5,
     upscale: int = 2,
     slices: Sequence[int] | None = None,
+    lesion_contrasts: Sequence[str] = LESION_CONTRASTS,
 ) -> Image.Image:
     """The QC picture (RGB) of volumes in LPS array order (z, y, x), as :func:`_lps` returns:
     one row per entry of ``arrays`` (label: its key), one column per axial slice
     (:func:`choose_slices` of ``mask`` unless ``slices`` is given), each contrast windowed by
-    :func:`window`, the brain-mask outline yellow and the ``gt`` outline red over it."""
+    :func:`window`, those named in ``lesion_contrasts`` by :func:`lesion_window`, the
+    brain-mask outline yellow and the ``gt`` outline red over it."""
     names = list(arrays)
     mask = np.asarray(mask, bool)
     gt = None if gt is None else np.asarray(gt, bool)
@@ -153,7 +183,7 @@ def qc_image(
     height = top + len(names) * ph + (len(names) - 1) * GAP + PAD
 
     canvas = np.full((height, width, 3), BACKGROUND, np.uint8)
-    wins = {k: window(a, mask) for k, a in arrays.items()}
+    wins = {k: lesion_window(a, mask) if k in lesion_contrasts else window(a, mask) for k, a in arrays.items()}
     for c, z in enumerate(zs):
         m_up = mask[z][np.ix_(rows, cols)]
         edge_mask = outline(m_up)

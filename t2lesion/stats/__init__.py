@@ -29,7 +29,9 @@ logs every exclusion, and its counts (n, n_missing, …) add up with it. Decisio
 
 * participant of participants.tsv with no rows at all in the long table: an
   **error** naming it, unless the long-table stage excluded it with a reason (the
-  user excluded its baseline visit): then a counted exclusion in every analysis;
+  user excluded its baseline visit, or the participant has no MRI at all: reason
+  "no MRI", from the validated visit list): then a counted exclusion in every analysis
+  (outcome rows of such a participant are valid and simply not used);
 * participant missing from a *prediction* source: an **error** naming it (a
   segmentation is missing); missing from ``gt`` (no GT at baseline): counted
   exclusion for source ``gt`` ("no GT at baseline"); follow-up visit without GT or
@@ -114,7 +116,8 @@ from t2lesion.stats.common import (  # noqa: F401
 )
 from t2lesion.stats.inputs import (  # noqa: F401
     VOLUME_COLUMNS, coverage_exclusions, long_table_from_volumes, read_exclusions, read_long, read_outcomes,
-    read_participants, read_visits, run_long_table, validate_long, validate_outcomes, validate_participants,
+    read_participants, read_visit_list, read_visits, run_long_table, validate_long, validate_outcomes,
+    validate_participants,
 )
 from t2lesion.stats.survival import (  # noqa: F401
     COX_COVARIATES, COX_MODELS, KM_CONF_TYPES, PH_TEST_NOTE, baseline_lesions, concordance_harrell, cox_design,

@@ -35,7 +35,8 @@ treated arm against the control arm (R ``wilcox.test`` defaults: exact below 50
 per group without ties, else the normal approximation with continuity correction).
 
 Exclusions, never silent (``exclusions_new_lesions.tsv``, the columns of every
-``exclusions_<analysis>.tsv``: participant_id, source, analysis, scope, reason): no mask of the source at all, no baseline (week 0) mask, no follow-up
+``exclusions_<analysis>.tsv``: participant_id, source, analysis, scope, reason): no MRI at all
+(from the validated visit list, when given), no mask of the source at all, no baseline (week 0) mask, no follow-up
 scan, an arm outside the analysed arms, a missing (``n/a``) covariate the model uses
 (age, region; arm). A covariate with one level among the analysed subjects is
 dropped from that source's model, and the note says so; an arm with fewer than
@@ -60,7 +61,7 @@ from t2lesion.errors import InputError
 from t2lesion.formatting import fmt_num
 from t2lesion.io import write_tsv
 from t2lesion.stats.common import EXCLUSION_COLUMNS, write_exclusions
-from t2lesion.stats.inputs import read_participants
+from t2lesion.stats.inputs import read_participants, read_visit_list
 
 log = logging.getLogger(__name__)
 
@@ -241,14 +242,18 @@ def read_visit_tables(paths_by_source: Mapping[str, Sequence]) -> pd.DataFrame:
 
 
 def subject_counts(visits: pd.DataFrame, participants: pd.DataFrame, arms: Sequence[str],
-                   baseline_week: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+                   baseline_week: int = 0, no_mri: Mapping[str, str] | None = None
+                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per source × subject totals, and the exclusions (module docstring).
 
     Returns ``(subjects, exclusions)``; ``subjects`` has :data:`SUBJECT_COLUMNS`
     with age as a number (NaN when missing) and region as written, for every subject
     that has a baseline and at least one follow-up of the source. The model's own
-    covariate exclusions happen in :func:`count_endpoint`.
+    covariate exclusions happen in :func:`count_endpoint`. ``no_mri``: participant ->
+    reason for those without any MRI (:func:`t2lesion.stats.inputs.read_visit_list`),
+    listed with that reason instead of "no lesion mask".
     """
+    no_mri = dict(no_mri or {})
     known = set(participants["participant_id"])
     unknown = sorted(set(visits["participant_id"]) - known)
     if unknown:
@@ -267,7 +272,7 @@ def subject_counts(visits: pd.DataFrame, participants: pd.DataFrame, arms: Seque
             v = vs[vs["participant_id"] == pid].sort_values("week")
             if v.empty:
                 excl.append({"source": src, "participant_id": pid, "analysis": ANALYSIS, "scope": "",
-                             "reason": f"no lesion mask of source {src}"})
+                             "reason": no_mri.get(pid, f"no lesion mask of source {src}")})
                 continue
             first = v.iloc[0]
             if int(first["week"]) != baseline_week or first["reference_session"] != "":
@@ -453,13 +458,17 @@ def rates_by_arm(subjects: pd.DataFrame, visits: pd.DataFrame, arms: Sequence[st
 
 def run_new_lesions(visit_tsvs_by_source: Mapping[str, Sequence], participants_tsv, outputs: Mapping[str, str],
                     control_arm: str, arms: Sequence[str] | None = None, age_cutoff_years: float = 45.0,
-                    us_label: str = "US", conf_level: float = 0.95, min_n_per_arm: int = 2) -> pd.DataFrame:
+                    us_label: str = "US", conf_level: float = 0.95, min_n_per_arm: int = 2,
+                    validated_visits_tsv: str | Path | None = None) -> pd.DataFrame:
     """Path-level entry point (rule ``new_lesions``): tables and figures of one trial, every source.
 
     ``outputs`` keys: ``subjects`` (per source × subject counts), ``visits`` (every
     tracking visit row), ``by_arm`` (:func:`rates_by_arm`), ``nb`` (:func:`count_endpoint`),
     ``exclusions``, ``fig_rates`` and ``fig_forest``. Returns the results table.
+    ``validated_visits_tsv``: the trial's validated visit list, whose participants without
+    MRI are then excluded with reason "no MRI" (without it: "no lesion mask of source").
     """
+
     from t2lesion.plots.lesions import plot_rate_ratios, plot_rates_by_visit
 
     participants = read_participants(participants_tsv)
@@ -467,7 +476,8 @@ def run_new_lesions(visit_tsvs_by_source: Mapping[str, Sequence], participants_t
     visits = read_visit_tables(visit_tsvs_by_source)
     sources = ([GT_SOURCE] if GT_SOURCE in visit_tsvs_by_source else []) + [
         s for s in visit_tsvs_by_source if s != GT_SOURCE]
-    subjects, excl = subject_counts(visits, participants, arms)
+    no_mri = read_visit_list(validated_visits_tsv)[1] if validated_visits_tsv is not None else None
+    subjects, excl = subject_counts(visits, participants, arms, no_mri=no_mri)
     results, excl2 = count_endpoint(subjects, control_arm, arms, age_cutoff_years, us_label, conf_level,
                                     min_n_per_arm, [s for s in sources if s in set(subjects["source"])])
     missing_src = [s for s in sources if s not in set(subjects["source"])]

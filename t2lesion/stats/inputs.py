@@ -307,30 +307,51 @@ def _read_volume(path: Path, src: str, problems: list[str]) -> dict | None:
             "week": r["week"], "source": src, "tlv_ml": r["tlv_ml"], "tlc": r["tlc"], "file": str(path)}
 
 
-def read_visits(path: str | Path) -> pd.DataFrame:
-    """The validated visit list (participant_id, session, week, has_gt, excluded[, source_session])."""
+def read_visit_list(path: str | Path) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The validated visit list (:func:`t2lesion.bids.write_summary`) as ``(visits, no_mri)``.
+
+    ``visits``: one row per visit (participant_id, session, week, has_gt, excluded,
+    source_session). ``no_mri``: participant_id -> reason (``no MRI``) of the rows that
+    stand for a participant without any MRI rather than a visit: session ``n/a`` (or
+    empty), week ``n/a``, the reason in ``excluded``.
+    """
     df = _read_tsv(path, VISITS_COLUMNS)
     problems: list[str] = []
+    no_visit = df["session"].map(is_missing).to_numpy()
+    reason = df["excluded"].map(lambda v: "" if is_missing(v) or str(v).strip() in ("False", "false")
+                                else str(v).strip())
+    _collect(problems, no_visit & (reason == "").to_numpy(),
+             lambda i: f"{_where(str(path), i)}: a row without a session stands for a participant without MRI "
+                       f"and needs its reason in 'excluded'")
     weeks = pd.to_numeric(df["week"], errors="coerce")
-    _collect(problems, ~np.isfinite(weeks.to_numpy(float)),
+    _collect(problems, ~no_visit & ~np.isfinite(weeks.to_numpy(float)),
              lambda i: f"{_where(str(path), i)}: week {df['week'][i]!r} is not a number")
     gt = _strip(df["has_gt"]).str.lower()
     _collect(problems, ~gt.isin(["true", "false", "1", "0"]),
              lambda i: f"{_where(str(path), i)}: has_gt {df['has_gt'][i]!r} must be True or False")
     _raise(problems, str(path))
-    out = df.copy()
-    out["participant_id"], out["session"] = _strip(df["participant_id"]), _strip(df["session"])
-    out["week"] = weeks.astype(int)
-    out["has_gt"] = gt.isin(["true", "1"])
-    out["excluded"] = df["excluded"].map(lambda v: "" if is_missing(v) or str(v).strip() in ("False", "false")
-                                         else str(v).strip())
+    no_mri = dict(zip(_strip(df["participant_id"])[no_visit], reason[no_visit]))
+    keep = ~no_visit
+    out = df[keep].copy()
+    out["participant_id"], out["session"] = _strip(out["participant_id"]), _strip(out["session"])
+    out["week"] = weeks[keep].astype(int)
+    out["has_gt"] = gt[keep].isin(["true", "1"])
+    out["excluded"] = reason[keep]
     if "source_session" not in out.columns:
         out["source_session"] = out["session"]
-    return out
+    return out.reset_index(drop=True), no_mri
+
+
+def read_visits(path: str | Path) -> pd.DataFrame:
+    """The visits of the validated visit list (participant_id, session, week, has_gt,
+    excluded[, source_session]); the rows of participants without MRI are left out
+    (:func:`read_visit_list` returns them)."""
+    return read_visit_list(path)[0]
 
 
 def long_table_from_volumes(
     rows: pd.DataFrame, sources: Sequence[str], visits: pd.DataFrame | None = None, baseline_week: int = 0,
+    no_mri: Mapping[str, str] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Long table and its exclusions from per-visit volume rows of every source.
 
@@ -348,6 +369,9 @@ def long_table_from_volumes(
       without a row for a non-excluded visit, a ``gt`` source without a row for a
       visit that has GT, and a row for a visit not in the list are errors naming
       the participant and visit.
+    * ``no_mri`` (participant -> reason, from :func:`read_visit_list`): participants of
+      participants.tsv without any MRI, excluded from every source with that reason
+      (whole participant, so every analysis lists them); a volume of theirs is an error.
     * without ``visits``: a prediction source must cover every participant that
       any source covers and each participant × source needs its baseline row; a
       participant without a ``gt`` baseline row loses its ``gt`` rows (counted).
@@ -384,7 +408,7 @@ def long_table_from_volumes(
     if visits is not None:
         vkey = {(r.participant_id, r.week): r for r in visits.itertuples()}
         for r in d.itertuples():
-            if (r.participant_id, r.week) not in vkey:
+            if (r.participant_id, r.week) not in vkey and r.participant_id not in (no_mri or {}):
                 problems.append(f"{r.file}: {r.participant_id} week {r.week} is not a visit of the validated "
                                 f"visit list")
         no_gt_at_bl = {v.participant_id for v in visits.itertuples() if v.week == baseline_week and not v.has_gt}
@@ -423,10 +447,20 @@ def long_table_from_volumes(
         if GT_SOURCE in sources and no_gt_bl:
             drop |= (d["participant_id"].isin(no_gt_bl) & d["source"].eq(GT_SOURCE)).to_numpy()
             excl.add(no_gt_bl, GT_SOURCE, "no GT at baseline")
+        for pid in sorted(set(no_mri or ()) & set(visits["participant_id"])):
+            problems.append(f"visit list: {pid} has visits and a row saying it has no MRI ({no_mri[pid]})")
         missing_bl = sorted(set(visits["participant_id"]) - set(
             visits.loc[visits["week"] == baseline_week, "participant_id"]))
         for pid in missing_bl:
             problems.append(f"visit list: {pid} has no baseline visit (week {baseline_week})")
+    by_reason: dict[str, list[str]] = {}
+    for pid, reason in sorted((no_mri or {}).items()):
+        for r in d[d["participant_id"] == pid].itertuples():
+            problems.append(f"{r.file}: volume of {pid}, whom the visit list names as without MRI ({reason})")
+        by_reason.setdefault(reason, []).append(pid)
+    for reason, pids in by_reason.items():
+        for src in sources:
+            excl.add(pids, src, reason)
     d = d[~drop]
     present = set(d["participant_id"])
     for src in preds:
@@ -484,8 +518,8 @@ def run_long_table(
     rows = pd.DataFrame(recs, columns=["participant_id", "session", "week", "source", "tlv_ml", "tlc", "file"])
     srcs = list(volumes)
     srcs = ([GT_SOURCE] if GT_SOURCE in srcs else []) + [s for s in srcs if s != GT_SOURCE]
-    visits = read_visits(visits_tsv) if visits_tsv is not None else None
-    out, excl = long_table_from_volumes(rows, srcs, visits, baseline_week)
+    visits, no_mri = read_visit_list(visits_tsv) if visits_tsv is not None else (None, None)
+    out, excl = long_table_from_volumes(rows, srcs, visits, baseline_week, no_mri)
     _write_tsv(out, out_tsv)
     if exclusions_tsv is not None:
         write_exclusions(excl, exclusions_tsv)

@@ -7,7 +7,9 @@ age (mean ± SD, range), region, baseline EDSS (mean ± SD, range) and, per lesi
 baseline T2 TLC (mean ± SD). A characteristic the data lack (every age, EDSS or region
 cell ``n/a``; no GT) is left out rather than shown empty. Counts of missing values are
 written beside the others (``n/a: k``); a source without a baseline value for every
-participant says on how many its numbers rest (``n = k``). Numbers as
+participant says on how many its numbers rest (``n = k``). Patients are those of
+participants.tsv; those without any MRI (the validated visit list's "no MRI" rows) are
+counted among them and, when there are any, on a row of their own ("Patients without MRI"). Numbers as
 :mod:`t2lesion.formatting` prints them (3 significant digits).
 
 Inputs are read as the statistics read them (:func:`t2lesion.stats.inputs._load`,
@@ -25,7 +27,7 @@ import pandas as pd
 
 from t2lesion.formatting import MISSING, fmt_num
 from t2lesion.stats.common import GT_SOURCE, _write_tsv, resolve_arms
-from t2lesion.stats.inputs import _load, read_visits
+from t2lesion.stats.inputs import _load, read_visit_list
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +72,15 @@ def cohort_table(
     arms: Sequence[str] | None = None,
     baseline_week: int = 0,
     sources: Sequence[str] | None = None,
+    no_mri: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Table 1 as strings: characteristic, statistic, one column per arm, ``all``.
 
     ``participants`` typed as :func:`read_participants` gives it; ``long`` the long TLV
     table (participant_id, week, source, tlv_ml, tlc); ``visits`` the validated visit list
     (participant_id, week, excluded). Arms in analysis order (:func:`resolve_arms`; the
-    participants' first arm is the control when ``control_arm`` is not given).
+    participants' first arm is the control when ``control_arm`` is not given). ``no_mri``:
+    the participants without any MRI (:func:`read_visit_list`), counted on their own row.
     """
     p = participants
     control = control_arm if control_arm is not None else str(p["arm"].iloc[0])
@@ -89,6 +93,8 @@ def cohort_table(
                      **{name: cell(g) for name, g in groups}})
 
     add("Patients", "n", lambda g: str(len(g)))
+    if no_mri:
+        add("Patients without MRI", "n", lambda g: str(int(g["participant_id"].isin(list(no_mri)).sum())))
     if visits is not None:
         v = visits[visits["excluded"].astype(str) == ""].merge(p[["participant_id", "arm"]], on="participant_id")
         add("Visits", "n", lambda g: str(int(v["participant_id"].isin(g["participant_id"]).sum())))
@@ -139,8 +145,8 @@ def run_table1(
 ) -> pd.DataFrame:
     """Read a trial's participants, long TLV table and validated visits; write Table 1."""
     participants, long, _, _ = _load(long_tsv, participants_tsv, None, arms, baseline_week, long_exclusions_tsv)
-    visits = read_visits(visits_tsv)
-    table = cohort_table(participants, long, visits, control_arm, arms, baseline_week)
+    visits, no_mri = read_visit_list(visits_tsv)
+    table = cohort_table(participants, long, visits, control_arm, arms, baseline_week, no_mri=list(no_mri))
     _write_tsv(table, out_tsv)
     log.info("Table 1: %s", ", ".join(f"{c} n={table.loc[0, c]}" for c in table.columns[2:]))
     return table
