@@ -739,7 +739,7 @@ def test_participant_without_mri_through_every_reader_of_the_visit_list(tmp_path
     analysis's reason, and is no training visit."""
     from tests.conftest import make_bids
     from t2lesion.bids import validate, write_summary
-    from t2lesion.stats.cohort_table import run_table1
+    from t2lesion.stats.table1 import run_table1
     from t2lesion.stats.counts import VISIT_REQUIRED, run_new_lesions
     from t2lesion.unet.stage import training_participants
 
