@@ -1,5 +1,5 @@
 # Segmentation sources and lesion metrics (SPEC §8; Table 2, Fig. 3a-c).
-# Source `baseline`: the classical FLAIR-hyperintensity segmenter, a comparison
+# Source `classical`: the classical FLAIR-hyperintensity segmenter, a comparison
 # row for the U-Net and what carries the endpoint statistics until it exists.
 MET = config["metrics"]
 METRIC_PARAMS = {
@@ -13,7 +13,7 @@ METRIC_PARAMS = {
 
 
 # Every job that writes a lesion mask also writes its lesion load (TLV, TLC; VOLUME), which
-# the endpoint statistics read: segment_baseline for its own masks, the inference jobs for
+# the endpoint statistics read: segment_classical for its own masks, the inference jobs for
 # the U-Net's, metrics_visit for the GT. No job of its own per visit and source: on a
 # 3,000-visit trial each job costs the DAG a few milliseconds.
 VOLUME_PARAMS = {
@@ -23,18 +23,18 @@ VOLUME_PARAMS = {
 }
 
 
-rule segment_baseline:
+rule segment_classical:
     input:
         flair=f"{PRE}_{MNI}_desc-preproc_FLAIR.nii.gz",
         t1w=f"{PRE}_{MNI}_desc-preproc_T1w.nii.gz",
         mask=f"{PRE}_{MNI}_desc-brain_mask.nii.gz",
     output:
-        mask=mask_path("{trial}", "{sub}", "{ses}", "baseline"),
-        volume=VOLUME.replace("{source}", "baseline"),
+        mask=mask_path("{trial}", "{sub}", "{ses}", "classical"),
+        volume=VOLUME.replace("{source}", "classical"),
     log:
-        f"{LOGS}/segment_baseline/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.log",
+        f"{LOGS}/segment_classical/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.log",
     benchmark:
-        f"{BENCH}/segment_baseline/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.tsv"
+        f"{BENCH}/segment_classical/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.tsv"
     conda:
         "../envs/imaging.yaml"
     threads: 1
@@ -43,7 +43,7 @@ rule segment_baseline:
         connectivity=MET["connectivity"],
         volume=VOLUME_PARAMS,
     script:
-        "../workflow_scripts/segment_baseline.py"
+        "../workflow_scripts/segment_classical.py"
 
 
 # One job per GT visit for every source: each source's voxel- and lesion-level metrics

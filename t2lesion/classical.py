@@ -1,4 +1,4 @@
-"""Classical baseline T2-lesion segmenter (mask source ``baseline``).
+"""Classical T2-lesion segmenter (mask source ``classical``): FLAIR hyperintensity, a comparison row.
 
 Not from the paper: a transparent comparison row for Table 2 that lets the
 metrics and endpoint stages run end to end before U-Net predictions exist.

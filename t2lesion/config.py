@@ -213,12 +213,29 @@ def _error_line(error) -> str:
     return f"config: {path}: {error.message}"
 
 
+#: config values that were renamed: (key, old value) -> new value
+RENAMED_VALUES = {("sources", "baseline"): "classical"}
+
+
+def renamed_values(config: dict) -> list[str]:
+    """One line per value the config still spells by its old name (the classical segmenter's
+    source was called ``baseline``, the word a trial uses for week 0)."""
+    sources = config.get("sources")
+    if not isinstance(sources, list):
+        return []
+    return [f"config: sources: {old!r} is now called {new!r} (the classical segmenter); write {new!r}"
+            for (key, old), new in RENAMED_VALUES.items() if key == "sources" and old in sources]
+
+
 def check_config(config: dict, schema_path: str | Path = SCHEMA) -> dict:
     """Validate ``config`` in place against the schema, filling its defaults.
 
     Raises :class:`InputError` with one line per problem: the key path, what is
     wrong and, for an unknown key, the allowed keys (never the schema itself).
     """
+    renamed = renamed_values(config)
+    if renamed:
+        raise InputError(renamed, header="config: the configuration is not valid")
     schema = read_yaml(schema_path)
     validator = _validator_with_defaults()(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path])

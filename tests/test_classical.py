@@ -1,4 +1,4 @@
-"""Classical baseline segmenter: a synthetic visit with known lesions and distractors."""
+"""Classical segmenter (source ``classical``): a synthetic visit with known lesions and distractors."""
 
 from __future__ import annotations
 

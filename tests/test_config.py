@@ -37,7 +37,7 @@ def test_every_schema_node_uses_json_schema_keywords_only():
 
 def test_defaults_are_filled_in_nested_sections():
     config = check_config({"trials": {"t": dict(TRIAL)}})
-    assert config["metrics"]["connectivity"] == 18 and config["sources"] == ["baseline"]
+    assert config["metrics"]["connectivity"] == 18 and config["sources"] == ["classical"]
     assert config["preprocess"]["followup_brain_mask"] == "baseline"
 
 

@@ -146,23 +146,23 @@ def test_exclusions_are_rows_never_silent(tmp_path):
     _visits([r for r in rows if r[0] != "sub-07"]).to_csv(base, sep="\t", index=False, na_rep="n/a")
     outs = {k: tmp_path / f"{k}.out" for k in ("subjects", "visits", "by_arm", "nb", "exclusions")}
     outs.update(fig_rates=tmp_path / "rates.png", fig_forest=tmp_path / "forest.png")
-    res = run_new_lesions({"gt": [gt], "baseline": [base]}, ptsv, outs, "PLA", ["PLA", "OCR"])
+    res = run_new_lesions({"gt": [gt], "classical": [base]}, ptsv, outs, "PLA", ["PLA", "OCR"])
     excl = pd.read_csv(outs["exclusions"], sep="\t")
     reasons = {(r.source, r.participant_id): r.reason for r in excl.itertuples()}
     assert reasons[("gt", "sub-03")] == "no follow-up scan"
     assert "missing age" in reasons[("gt", "sub-02")]
     assert "missing region" in reasons[("gt", "sub-04")]
-    assert reasons[("baseline", "sub-07")] == "no lesion mask of source baseline"
+    assert reasons[("classical", "sub-07")] == "no lesion mask of source classical"
     subjects = pd.read_csv(outs["subjects"], sep="\t")
     s1 = subjects[(subjects["source"] == "gt") & (subjects["participant_id"] == "sub-01")].iloc[0]
     assert (s1["count"], s1["n_scans"], s1["tlc_bl"]) == (2, 2, 5)
     # every participant is analysed or excluded, per source
-    for src in ("gt", "baseline"):
+    for src in ("gt", "classical"):
         nb = res[(res["source"] == src) & (res["model"] == "negative_binomial")]
         n_excl = (excl["source"] == src).sum()
         assert nb["n"].iloc[0] + n_excl == len(part)
     assert outs["fig_rates"].stat().st_size > 0 and outs["fig_forest"].stat().st_size > 0
-    assert list(dict.fromkeys(res["source"])) == ["gt", "baseline"]
+    assert list(dict.fromkeys(res["source"])) == ["gt", "classical"]
 
 
 def test_degenerate_cohorts_are_skipped_with_a_reason():

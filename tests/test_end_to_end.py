@@ -54,7 +54,7 @@ def tiny_run(tmp_path_factory):
                 },
             },
         },
-        "sources": ["baseline", "unet"],
+        "sources": ["classical", "unet"],
         "model": {"patch_size": [8, 32, 32], "widths": [4, 8, 8, 8], "bn_momentum": 0.9, "output_prior": 0.01},
         "training": {"folds": 2, "epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "workers": 1, "threads": 1,
                      "mixed_precision": "off"},
@@ -104,25 +104,25 @@ def test_every_stage_wrote_its_outputs(tiny_run):
 
 def test_metrics_and_statistics_tables(tiny_run):
     r = tiny_run / "results"
-    visits = pd.read_csv(r / "metrics/baseline/trial-tiny/visits.tsv", sep="\t")
+    visits = pd.read_csv(r / "metrics/classical/trial-tiny/visits.tsv", sep="\t")
     assert len(visits) == 4
     assert (visits["gt_tlv_ml"] > 0).all()
     # The classical segmenter finds lesions on this trial (real signal, not noise).
     assert visits["dc"].mean() > 0.2, visits[["dc", "ltpr", "lfpr"]]
-    table2 = pd.read_csv(r / "metrics/baseline/trial-tiny/table2.tsv", sep="\t")
+    table2 = pd.read_csv(r / "metrics/classical/trial-tiny/table2.tsv", sep="\t")
     assert len(table2)
     long = pd.read_csv(r / "stats/trial-tiny/tlv_long.tsv", sep="\t")
-    assert sorted(long["source"].unique()) == ["baseline", "gt", "unet"]
+    assert sorted(long["source"].unique()) == ["classical", "gt", "unet"]
     assert len(long) == 12
-    # the unet source sits beside baseline in every metric and endpoint table
+    # the unet source sits beside classical in every metric and endpoint table
     unet = pd.read_csv(r / "metrics/unet/trial-tiny/visits.tsv", sep="\t")
     assert len(unet) == 4 and unet["dc"].between(0, 1).all()
     both = pd.read_csv(r / "metrics/trial-tiny/table2.tsv", sep="\t")
-    assert set(both["source"]) == {"baseline", "unet"}
+    assert set(both["source"]) == {"classical", "unet"}
     assert both.loc[both["source"] == "unet", "mean"].notna().any()
     for table in ("change_summary.tsv", "ancova.tsv", "table4.tsv", "km_tests.tsv", "nb_rate_ratio.tsv"):
         text = (r / "stats/trial-tiny" / table).read_text()
-        assert "unet" in text and "baseline" in text, table
+        assert "unet" in text and "classical" in text, table
     # GT TLV after resampling equals what the metrics saw, visit by visit.
     gt = long[long["source"] == "gt"].sort_values(["participant_id", "week"])["tlv_ml"].to_numpy()
     assert gt == pytest.approx(visits.sort_values(["participant_id", "week"])["gt_tlv_ml"].to_numpy())
@@ -162,7 +162,7 @@ def test_summary_md_shows_the_papers_tables(tiny_run):
     table1 = pd.read_csv(r / "stats/trial-tiny/table1.tsv", sep="\t", dtype=str, keep_default_na=False)
     patients = table1[table1["characteristic"] == "Patients"].iloc[0]
     assert (patients["PLA"], patients["OCR"], patients["all"]) == ("1", "1", "2")
-    assert (r / "metrics/baseline/trial-tiny/fig2_overlays.png").read_bytes()[:4] == b"\x89PNG"
+    assert (r / "metrics/classical/trial-tiny/fig2_overlays.png").read_bytes()[:4] == b"\x89PNG"
     text = (r / "report/summary.md").read_text()
     assert "## trial-tiny" in text
     rows = _md_rows(text, "### Table 2:")
@@ -174,7 +174,7 @@ def test_summary_md_shows_the_papers_tables(tiny_run):
     for row in uni:  # a hazard ratio, or the reason the model did not run, in words (one subject per arm
         for cell in row[3:]:  # makes most of these degenerate: separation, singular fits)
             assert re.match(rf"{NUMBER} \(", cell) or re.match(r"(skipped|failed): [A-Za-z]", cell), row
-    assert "[fig2_overlays.png](../metrics/baseline/trial-tiny/fig2_overlays.png)" in text
+    assert "[fig2_overlays.png](../metrics/classical/trial-tiny/fig2_overlays.png)" in text
     assert "[fig3_tlv_change.png](../stats/trial-tiny/fig3_tlv_change.png)" in text
 
 
@@ -211,7 +211,7 @@ def nogt_run(tiny_run, tmp_path_factory):
     config = {
         "trials": {"nogt": {"role": "test", "bids": str(bids), "control_arm": "PLA", "treatment_arms": ["OCR"]}},
         # inference only: the fold models the tiny run trained, as a folder trained elsewhere
-        "sources": ["baseline", "unet"],
+        "sources": ["classical", "unet"],
         "inference": {"models": str(tiny_run / "results/train"), "mc_samples": 2, "threads": 1},
     }
     res = snakemake(work, "--cores", "2", config=config, timeout=2400)
@@ -226,17 +226,17 @@ def test_trial_without_gt_gets_masks_volumes_and_every_endpoint(nogt_run):
     assert visits["session"].tolist() == ["ses-w000", "ses-w024"] * 2
     assert visits["source_session"].tolist() == ["ses-bl", "ses-m06"] * 2
     assert not visits["has_gt"].any()
-    for source in ("baseline", "unet"):
+    for source in ("classical", "unet"):
         for sub in ("001", "002"):
             for ses in ("w000", "w024"):
                 assert (r / f"predict/{source}/trial-nogt/sub-{sub}/ses-{ses}/"
                              f"sub-{sub}_ses-{ses}_space-MNI1x1x3_desc-lesion_mask.nii.gz").is_file()
     assert not (r / "train").exists()  # inference only: nothing was trained
     long = pd.read_csv(r / "stats/trial-nogt/tlv_long.tsv", sep="\t")
-    assert long["source"].unique().tolist() == ["baseline", "unet"] and len(long) == 8
-    assert (long.loc[long["source"] == "baseline", "tlv_ml"] > 0).all()
+    assert long["source"].unique().tolist() == ["classical", "unet"] and len(long) == 8
+    assert (long.loc[long["source"] == "classical", "tlv_ml"] > 0).all()
     for table in ("change_summary.tsv", "ancova.tsv", "cox.tsv", "table4.tsv", "km_tests.tsv"):
         assert (r / "stats/trial-nogt" / table).is_file(), table
-    assert not (r / "metrics/baseline/trial-nogt/table2.tsv").exists()
+    assert not (r / "metrics/classical/trial-nogt/table2.tsv").exists()
     assert not (r / "metrics/unet/trial-nogt/table2.tsv").exists()
     assert not list(r.glob("preproc/**/*lesionGT*"))

@@ -469,10 +469,10 @@ def test_run_dataset_writes_every_table_and_figure(tmp_path):
     assert len(pd.read_csv(lt[-1], sep="\t")) == 0
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        out = F.run_dataset(vt, lt, tmp_path / "out", source="baseline", trial="A", isbi_score=True)
+        out = F.run_dataset(vt, lt, tmp_path / "out", source="classical", trial="A", isbi_score=True)
     assert set(out) == set(F.DATASET_OUTPUTS) and all(p.is_file() for p in out.values())
     visits = pd.read_csv(out["visits"], sep="\t")
-    assert len(visits) == 8 and (visits["source"] == "baseline").all() and (visits["trial"] == "A").all()
+    assert len(visits) == 8 and (visits["source"] == "classical").all() and (visits["trial"] == "A").all()
     assert visits["week"].tolist() == [0, 24, 0, 24, 0, 24, 0, 0]
     t2 = pd.read_csv(out["table2"], sep="\t").set_index("metric")
     assert t2.loc["DC", "mean"] == pytest.approx(visits["dc"].mean())
@@ -492,13 +492,13 @@ def test_run_dataset_refuses_mixed_parameters_and_duplicates(tmp_path):
     vt, lt = _dataset(tmp_path / "a", n_visits=2)
     vt2, lt2 = _dataset(tmp_path / "b", n_visits=2, connectivity=6)
     with pytest.raises(InputError, match="connectivity"):
-        F.run_dataset(vt[:1] + vt2[1:], lt[:1] + lt2[1:], tmp_path / "out", source="baseline", trial="A")
+        F.run_dataset(vt[:1] + vt2[1:], lt[:1] + lt2[1:], tmp_path / "out", source="classical", trial="A")
     with pytest.raises(InputError, match="sub-001 ses-w000: visit given more than once"):
-        F.run_dataset(vt + vt[:1], lt + lt[:1], tmp_path / "out", source="baseline", trial="A")
+        F.run_dataset(vt + vt[:1], lt + lt[:1], tmp_path / "out", source="classical", trial="A")
     bad = tmp_path / "bad.tsv"
     pd.read_csv(vt[0], sep="\t").drop(columns=["dc", "overlap"]).to_csv(bad, sep="\t", index=False)
     with pytest.raises(InputError, match=r"bad.tsv: missing columns \['dc', 'overlap'\]"):
-        F.run_dataset([bad], lt[:1], tmp_path / "out", source="baseline", trial="A")
+        F.run_dataset([bad], lt[:1], tmp_path / "out", source="classical", trial="A")
     assert not (tmp_path / "out").exists()
 
 
@@ -510,7 +510,7 @@ def test_metrics_stage_never_imports_a_deep_learning_framework():
 
 
 def test_per_visit_jobs_load_neither_scipy_stats_nor_matplotlib():
-    """What rules metrics_visit and segment_baseline import: scipy.stats comes with the first
+    """What rules metrics_visit and segment_classical import: scipy.stats comes with the first
     pearson_ci call (1.3 CPU-s of each job's start-up otherwise), matplotlib with the figures."""
     code = ("import sys, t2lesion.logs, t2lesion.classical, t2lesion.evaluation.files, t2lesion.tracking; "
             "print([m for m in ('scipy.stats', 'matplotlib') if m in sys.modules])")
@@ -553,14 +553,14 @@ def test_lesion_load_needs_no_gt_and_equals_the_gt_comparison(clean, tmp_path):
 def test_run_compare_puts_every_source_side_by_side(tmp_path):
     vt, lt = _dataset(tmp_path / "a", n_visits=4)
     dirs = {}
-    for source in ("baseline", "unet"):
+    for source in ("classical", "unet"):
         F.run_dataset(vt, lt, tmp_path / source, source=source, trial="A")
         dirs[source] = tmp_path / source
     out = tmp_path / "cmp"
     t2 = F.run_compare(dirs, out / "table2.tsv", out / "size_groups.png", out / "tlv.png", trial="A")
     back = pd.read_csv(out / "table2.tsv", sep="\t")
     assert back["source"].tolist() == t2["source"].tolist()
-    assert list(dict.fromkeys(back["source"])) == ["baseline", "unet"]
+    assert list(dict.fromkeys(back["source"])) == ["classical", "unet"]
     per_source = [pd.read_csv(dirs[s] / "table2.tsv", sep="\t") for s in dirs]
     pd.testing.assert_frame_equal(back, pd.concat(per_source, ignore_index=True))
     assert (out / "size_groups.png").stat().st_size > 1000 and (out / "tlv.png").stat().st_size > 1000

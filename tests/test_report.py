@@ -30,7 +30,7 @@ def _long():
     tlv = {"sub-1": 1.0, "sub-2": 2.0, "sub-3": 3.0, "sub-4": 4.0, "sub-5": 5.0, "sub-6": 6.0, "sub-7": 7.0}
     for pid, v in tlv.items():
         for week, scale in ((0, 1.0), (24, 1.5)):
-            rows.append({"participant_id": pid, "session": f"ses-w{week:03d}", "week": week, "source": "baseline",
+            rows.append({"participant_id": pid, "session": f"ses-w{week:03d}", "week": week, "source": "classical",
                          "tlv_ml": v * scale, "tlc": int(10 * v)})
             if pid != "sub-7":  # no GT for sub-7
                 rows.append({"participant_id": pid, "session": f"ses-w{week:03d}", "week": week, "source": "gt",
@@ -70,12 +70,12 @@ def test_table1_counts_and_means_by_arm():
     gt = _row(t, "Baseline T2 TLV (mL), GT masks", "mean ± SD")
     assert gt["PLA"] == "4.00 ± 2.00"  # 2, 4, 6
     assert gt["OCR"] == "5.00 ± 2.00 (n = 3)"  # 3, 5, 7; sub-7 has no GT
-    pred = _row(t, "Baseline T2 TLV (mL), predicted (baseline)", "mean ± SD")
+    pred = _row(t, "Baseline T2 TLV (mL), predicted (classical)", "mean ± SD")
     assert pred["all"] == "4.00 ± 2.16"
-    assert _row(t, "Baseline T2 TLC, predicted (baseline)", "mean ± SD")["PLA"] == "30.0 ± 20.0"
+    assert _row(t, "Baseline T2 TLC, predicted (classical)", "mean ± SD")["PLA"] == "30.0 ± 20.0"
     # GT rows come before the prediction's
     chars = list(dict.fromkeys(t["characteristic"]))
-    assert chars.index("Baseline T2 TLV (mL), GT masks") < chars.index("Baseline T2 TLV (mL), predicted (baseline)")
+    assert chars.index("Baseline T2 TLV (mL), GT masks") < chars.index("Baseline T2 TLV (mL), predicted (classical)")
 
 
 def test_table1_leaves_out_what_the_data_lack():
@@ -170,8 +170,8 @@ def _table4():
 
 
 def test_summary_sections_put_sources_side_by_side():
-    t2 = table2_section(pd.concat([_table2("baseline", 0.71234), _table2("unet", 0.8)], ignore_index=True))
-    assert list(t2.columns) == ["block", "metric", "baseline (n = 10 visits)", "unet (n = 10 visits)"]
+    t2 = table2_section(pd.concat([_table2("classical", 0.71234), _table2("unet", 0.8)], ignore_index=True))
+    assert list(t2.columns) == ["block", "metric", "classical (n = 10 visits)", "unet (n = 10 visits)"]
     assert t2.iloc[0, 2] == "0.712 ± 0.0432" and t2.iloc[0, 3] == "0.800 ± 0.0432"
     assert t2.iloc[1, 2] == "0.988"
     t4 = table4_section(_table4().astype(str).replace("nan", ""))
@@ -195,7 +195,7 @@ def test_summary_sections_put_sources_side_by_side():
 def test_write_summary_links_figures_relatively(tmp_path):
     stats = tmp_path / "results/stats/trial-t"
     stats.mkdir(parents=True)
-    pd.concat([_table2("baseline", 0.7), _table2("unet", 0.8)]).to_csv(stats / "table2.tsv", sep="\t", index=False)
+    pd.concat([_table2("classical", 0.7), _table2("unet", 0.8)]).to_csv(stats / "table2.tsv", sep="\t", index=False)
     _table4().to_csv(stats / "table4.tsv", sep="\t", index=False)
     pd.DataFrame({"characteristic": ["Patients"], "statistic": ["n"], "PLA": [4], "OCR": [4], "all": [8]}).to_csv(
         stats / "table1.tsv", sep="\t", index=False)

@@ -4,7 +4,7 @@ the new-lesion endpoint and results/report/summary.md, with numbers in the cells
 
 Preprocessing is far too slow for ten subjects in the test suite (about 25 CPU-s per visit), so
 the test writes what it would have written, small images already "in MNI space", and runs
-Snakemake with --allowed-rules limited to the rules from validation and segment_baseline
+Snakemake with --allowed-rules limited to the rules from validation and segment_classical
 onwards: the files stand in for preprocessing, which a dry run shows is never scheduled.
 
 The images are drawn so that the answers are known: box-shaped lesions of known size (GT masks
@@ -65,15 +65,15 @@ EVENTS = {
     "CCDP24": {"001": 25, "004": 50, "002": 85, "008": 65, "007": 100},
 }
 # the rules from validation and segmentation onwards: nothing of preprocessing, training or inference
-ALLOWED = ["validate_bids", "segment_baseline", "metrics_visit", "metrics_dataset", "tlv_long", "change", "ancova",
+ALLOWED = ["validate_bids", "segment_classical", "metrics_visit", "metrics_dataset", "tlv_long", "change", "ancova",
            "cox", "km", "track_lesions", "new_lesions", "new_lesion_agreement", "table1", "fig2", "summary"]
 PREPROCESSING = ["n4_coregister", "skull_strip", "register_mni", "register_baseline", "resample", "resample_with_gt",
                  "validation_passed"]
 STATS = f"results/stats/trial-{TRIAL}"
 TARGETS = [
     f"{STATS}/table1.tsv",
-    f"results/metrics/baseline/trial-{TRIAL}/table2.tsv",
-    f"results/metrics/baseline/trial-{TRIAL}/fig2_overlays.png",
+    f"results/metrics/classical/trial-{TRIAL}/table2.tsv",
+    f"results/metrics/classical/trial-{TRIAL}/fig2_overlays.png",
     f"{STATS}/ancova_arm_effect.tsv",
     f"{STATS}/change_summary.tsv",
     f"{STATS}/table4.tsv",
@@ -179,7 +179,7 @@ def report_run(tmp_path_factory):
     bids = write_trial(work)
     config = {
         "trials": {TRIAL: {"role": "test", "bids": str(bids), "control_arm": "PLA", "treatment_arms": ["OCR"]}},
-        "sources": ["baseline"],
+        "sources": ["classical"],
     }
     res = snakemake(work, "--cores", "2", "--allowed-rules", *ALLOWED, "--", *TARGETS, config=config, timeout=900)
     assert res.returncode == 0, res.stdout[-5000:] + res.stderr[-5000:]
@@ -210,7 +210,7 @@ def test_preprocessing_is_never_scheduled(report_run):
     assert not set(counts) & set(PREPROCESSING), counts
     assert set(counts) - {"total"} <= set(ALLOWED), counts
     n_visits = len(SUBJECTS) * len(WEEKS)
-    assert counts["segment_baseline"] == counts["metrics_visit"] == n_visits, counts
+    assert counts["segment_classical"] == counts["metrics_visit"] == n_visits, counts
     assert counts["track_lesions"] == 2 * len(SUBJECTS), counts  # gt and baseline, per subject
     for rule in ("validate_bids", "tlv_long", "change", "ancova", "cox", "km", "new_lesions", "table1", "fig2",
                  "summary"):
@@ -223,16 +223,16 @@ def test_preprocessing_is_never_scheduled(report_run):
 def test_volumes_and_visit_metrics_have_the_drawn_answers(report_run):
     work, _ = report_run
     long = _tsv(work / f"{STATS}/tlv_long.tsv")
-    assert sorted(long["source"].unique()) == ["baseline", "gt"]
+    assert sorted(long["source"].unique()) == ["classical", "gt"]
     assert len(long) == 2 * len(SUBJECTS) * len(WEEKS)
-    visits = _tsv(work / f"results/metrics/baseline/trial-{TRIAL}/visits.tsv")
+    visits = _tsv(work / f"results/metrics/classical/trial-{TRIAL}/visits.tsv")
     assert len(visits) == len(SUBJECTS) * len(WEEKS)
     for sub in SUBJECTS:
         for week in WEEKS:
             exp = expected(sub, f"w{week:03d}")
             at = (long["participant_id"] == f"sub-{sub}") & (long["week"] == week)
             gt = long[at & (long["source"] == "gt")].iloc[0]
-            pred = long[at & (long["source"] == "baseline")].iloc[0]
+            pred = long[at & (long["source"] == "classical")].iloc[0]
             assert gt["tlv_ml"] == pytest.approx(exp["gt_voxels"] * VOXEL_ML), (sub, week)
             assert gt["tlc"] == exp["gt_tlc"], (sub, week)
             assert pred["tlv_ml"] == pytest.approx(exp["pred_voxels"] * VOXEL_ML), (sub, week)
@@ -255,8 +255,8 @@ def test_table1_counts_the_arms(report_run):
 
 def test_table2_has_numbers(report_run):
     work, _ = report_run
-    table2 = _tsv(work / f"results/metrics/baseline/trial-{TRIAL}/table2.tsv")
-    assert set(table2["source"]) == {"baseline"} and (table2["n"] == len(SUBJECTS) * len(WEEKS)).all()
+    table2 = _tsv(work / f"results/metrics/classical/trial-{TRIAL}/table2.tsv")
+    assert set(table2["source"]) == {"classical"} and (table2["n"] == len(SUBJECTS) * len(WEEKS)).all()
     assert {"DC", "LTPR", "r_vol"} <= set(table2["metric"])
     assert table2["mean"].map(np.isfinite).all(), table2
     dc = table2.loc[table2["metric"] == "DC", "mean"].iloc[0]
@@ -275,7 +275,7 @@ def test_table4_univariable_rows_have_numbers(report_run):
     table4 = _tsv(work / f"{STATS}/table4.tsv")
     uni = table4[table4["model"].str.startswith("univariable")]
     assert len(uni) == 2 * len(EVENTS)  # log TLV and TLC per endpoint
-    for src in ("gt", "baseline"):
+    for src in ("gt", "classical"):
         assert (uni[f"{src}.status"] == "ok").all(), uni[[f"{src}.status", f"{src}.note"]]
         for col in ("hr", "hr_ci_low", "hr_ci_high", "p"):
             assert uni[f"{src}.{col}"].map(np.isfinite).all(), (src, col, uni[f"{src}.{col}"])
@@ -288,7 +288,7 @@ def test_table4_univariable_rows_have_numbers(report_run):
     rows = [row for row in _md_rows(text, "### Table 4:") if row[1] == "univariable"]
     assert len(rows) == 2 * len(EVENTS)
     hr_cell = rf"{NUMBER} \({NUMBER}, {NUMBER}\), p (=|<) {NUMBER} \(n = {len(SUBJECTS)}, events \d\)"
-    for row in rows:  # HR (low, high), p = x (n = 8, events k), for GT and the baseline segmenter
+    for row in rows:  # HR (low, high), p = x (n = 8, events k), for GT and the classical segmenter
         assert len(row) == 5, row
         for cell in row[3:]:
             assert re.fullmatch(hr_cell, cell), row
@@ -314,12 +314,12 @@ def test_ancova_and_rate_ratio_have_numbers(report_run):
     text = (work / "results/report/summary.md").read_text()
     rows = _md_rows(text, "### ANCOVA:")
     assert rows and all(len(row) == 4 for row in rows), rows
-    for row in rows:  # week 48, arm effect, for GT and the baseline segmenter
+    for row in rows:  # week 48, arm effect, for GT and the classical segmenter
         for cell in row[2:]:
             assert re.fullmatch(rf"{NUMBER} \({NUMBER}, {NUMBER}\), p (=|<) {NUMBER}, n = {len(SUBJECTS)}", cell), row
     rows = _md_rows(text, "### New and enlarging T2 lesions:")
     cells = {(row[0], row[1]): row[-1] for row in rows}
-    for source in ("GT masks", "predicted (baseline)"):  # the arm's rate ratio (CI), p; the rank-sum p
+    for source in ("GT masks", "predicted (classical)"):  # the arm's rate ratio (CI), p; the rank-sum p
         for model in ("negative binomial", "poisson"):
             assert re.match(rf"{NUMBER} \({NUMBER}, {NUMBER}\), p (=|<) {NUMBER}", cells[source, model]), rows
         assert re.fullmatch(rf"p (=|<) {NUMBER}", cells[source, "wilcoxon"]), rows

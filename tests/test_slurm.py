@@ -436,7 +436,7 @@ TINY = {"trials": {"tiny": TINY_TRIAL}}
 VISITS = [("001", "w000"), ("001", "w024"), ("002", "w000"), ("002", "w024")]
 PREPROCESS_RULES = ("n4_coregister", "skull_strip", "register_mni", "register_baseline", "resample",
                     "resample_with_gt")
-TARGETS = ["results/metrics/baseline/trial-tiny/table2.tsv"] + [
+TARGETS = ["results/metrics/classical/trial-tiny/table2.tsv"] + [
     f"results/preproc/trial-tiny/sub-{s}/ses-{v}/sub-{s}_ses-{v}_space-MNI1x1x3_qc.png" for s, v in VISITS
 ]
 

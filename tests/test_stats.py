@@ -24,7 +24,7 @@ from t2lesion.synth.clinical import CohortParams, long_table_from_trajectory, si
 
 
 def make_tables(n_per_arm, seed, params=None, pred=True):
-    """participants (typed), long table with gt (+ a noisy 'baseline' source), outcomes."""
+    """participants (typed), long table with gt (+ a noisy 'classical' source), outcomes."""
     params = params or CohortParams()
     p, tl, o = simulate_cohort(n_per_arm, seed, params)
     rng = np.random.default_rng(seed + 1000)
@@ -32,7 +32,7 @@ def make_tables(n_per_arm, seed, params=None, pred=True):
     parts = [gt]
     if pred:
         pr = gt.copy()
-        pr["source"] = "baseline"
+        pr["source"] = "classical"
         pr["tlv_ml"] = pr["tlv_ml"] * np.exp(rng.normal(0.05, 0.05, len(pr)))
         parts.append(pr)
     long = pd.concat(parts, ignore_index=True)
@@ -213,7 +213,7 @@ def test_logrank_and_km_match_statsmodels(small):
     bl = stats.baseline_lesions(long)
     tests, curves, at_risk = stats.km_analysis(bl, participants, outcomes, "PLA")
     assert len(tests) == 2 * 4 * 2  # sources x endpoints x arms
-    for src in ("gt", "baseline"):
+    for src in ("gt", "classical"):
         b = bl[bl.source == src]
         median = np.median(b["tlv_bl_ml"])
         for ep in ("CDP24", "9HPT24"):
@@ -246,7 +246,7 @@ def test_ancova_matches_numpy_least_squares_and_nested_f(small):
     participants, long, _ = small
     change = stats.compute_change(long)
     coef, anova_t = stats.ancova(change, participants, "PLA", weeks=[48])
-    d = change[(change.week == 48) & (change.source == "baseline")].merge(participants)
+    d = change[(change.week == 48) & (change.source == "classical")].merge(participants)
     y = d["pct_change"].to_numpy()
     cols = {
         "Intercept": np.ones(len(d)),
@@ -260,14 +260,14 @@ def test_ancova_matches_numpy_least_squares_and_nested_f(small):
     n, k = X.shape
     sigma2 = rss[0] / (n - k)
     se = np.sqrt(np.diag(sigma2 * np.linalg.inv(X.T @ X)))
-    got = coef[coef.source == "baseline"].set_index("term").loc[list(cols)]
+    got = coef[coef.source == "classical"].set_index("term").loc[list(cols)]
     _sig_equal(got["estimate"], beta, digits=8)
     _sig_equal(got["se"], se, digits=8)
     tcrit = sps.t.ppf(0.975, n - k)
     _sig_equal(got["ci_low"], beta - tcrit * se, digits=8)
     _sig_equal(got["p"], 2 * sps.t.sf(np.abs(beta / se), n - k), digits=7)
     # Type II F for each single-column term = nested-model F
-    av = anova_t[anova_t.source == "baseline"].set_index("term")
+    av = anova_t[anova_t.source == "classical"].set_index("term")
     for j, term in enumerate(cols):
         if term == "Intercept":
             continue
@@ -313,7 +313,7 @@ def test_change_summary_matches_scipy(small):
     change = stats.compute_change(long)
     s = stats.summarize_change(change, participants, "PLA", conf_level=0.9)
     d = change.merge(participants[["participant_id", "arm"]])
-    for src in ("gt", "baseline"):
+    for src in ("gt", "classical"):
         a = d[(d.source == src) & (d.week == 96) & (d.arm == "OCR")]["pct_change"].to_numpy()
         c = d[(d.source == src) & (d.week == 96) & (d.arm == "PLA")]["pct_change"].to_numpy()
         r = s[(s.source == src) & (s.week == 96) & (s.arm == "OCR")].iloc[0]
@@ -356,7 +356,7 @@ def test_baseline_zero_excluded_and_counted(small):
         r = s[(s.source == "gt") & (s.arm == arm) & (s.week == 96)].iloc[0]
         assert r.n_excluded_bl0 == k and r.n_pct == r.n - k
         assert "baseline TLV 0" in r.note
-    assert (s[s.source == "baseline"]["n_excluded_bl0"] == 0).all()
+    assert (s[s.source == "classical"]["n_excluded_bl0"] == 0).all()
     coef, _ = stats.ancova(change, participants, "PLA", weeks=[96])
     g = coef[(coef.source == "gt") & (coef.term == "arm_OCR")].iloc[0]
     assert g.n == 120 - 3 and g.n_excluded_bl0 == 3
@@ -496,14 +496,14 @@ def test_entry_points_write_side_by_side_outputs(tmp_path, small):
     paths = write_inputs(tmp_path, participants, long, outcomes)
     summ = stats.run_change(paths["long"], paths["participants"], tmp_path / "change.tsv", tmp_path / "summ.tsv",
                             tmp_path / "change.png", "PLA")
-    assert list(dict.fromkeys(summ.source)) == ["gt", "baseline"]
+    assert list(dict.fromkeys(summ.source)) == ["gt", "classical"]
     assert (tmp_path / "change.png").stat().st_size > 10_000
     ch = pd.read_csv(tmp_path / "change.tsv", sep="\t")
     assert len(ch) == len(long)
     coef, _ = stats.run_ancova(paths["long"], paths["participants"], tmp_path / "anc.tsv", tmp_path / "anova.tsv",
                                "PLA", out_wide_tsv=tmp_path / "anc_wide.tsv")
     wide = pd.read_csv(tmp_path / "anc_wide.tsv", sep="\t")
-    assert {"gt.estimate", "baseline.estimate", "gt.p", "baseline.p"} <= set(wide.columns)
+    assert {"gt.estimate", "classical.estimate", "gt.p", "classical.p"} <= set(wide.columns)
     assert list(wide.week) == [24, 48, 96]
     written = pd.read_csv(tmp_path / "anc.tsv", sep="\t")
     assert written.coding.str.contains("reference ROW").any()
@@ -512,12 +512,12 @@ def test_entry_points_write_side_by_side_outputs(tmp_path, small):
                         tmp_path / "t4.tsv", "PLA", endpoints=["CDP24", "9HPT24"])
     t4 = pd.read_csv(tmp_path / "t4.tsv", sep="\t", keep_default_na=False)
     assert len(t4) == 2 * (1 + 1 + 7)
-    for src in ("gt", "baseline"):
+    for src in ("gt", "classical"):
         for col in ("hr_ci", "hr", "p", "n", "events", "concordance", "ph_p", "log_tlv_centre"):
             assert f"{src}.{col}" in t4.columns
     r = t4[(t4.endpoint == "CDP24") & (t4.term == "log_tlv") & (t4.model == "multivariable")].iloc[0]
     tidy = cox[(cox.endpoint == "CDP24") & (cox.term == "log_tlv") & (cox.model == "multivariable")]
-    assert float(r["baseline.hr"]) == pytest.approx(tidy[tidy.source == "baseline"].hr.iloc[0], rel=1e-9)
+    assert float(r["classical.hr"]) == pytest.approx(tidy[tidy.source == "classical"].hr.iloc[0], rel=1e-9)
     assert r["gt.hr_ci"].count("(") == 1
     tests = stats.run_km(paths["long"], paths["participants"], paths["outcomes"], tmp_path / "km.tsv",
                          tmp_path / "kmc.tsv", str(tmp_path / "km_{endpoint}.png"), "PLA", endpoints=["CDP24"])
@@ -584,7 +584,7 @@ PRED = [("sub-001", "ses-w000", 0, 1.2, 3), ("sub-001", "ses-w024", 24, 1.3, 5),
 def test_long_table_from_per_visit_volumes(tmp_path):
     """New contract (issue 10): per-source per-visit volume rows, gt a source like any other."""
     gt = [("sub-001", "ses-w000", 0, 1.0, 3), ("sub-001", "ses-w024", 24, 1.1, 4), ("sub-003", "ses-w000", 0, 1.9, 4)]
-    vols = {"baseline": _volumes(tmp_path, PRED, "baseline"),
+    vols = {"classical": _volumes(tmp_path, PRED, "classical"),
             "unet": _volumes(tmp_path, [(a, b, c, 2 * d, e) for a, b, c, d, e in PRED], "unet"),
             "gt": _volumes(tmp_path, gt, "gt")}
     visits = _visits(tmp_path, [
@@ -594,7 +594,7 @@ def test_long_table_from_per_visit_volumes(tmp_path):
         ("sub-004", "ses-w000", 0, True, "motion artefacts", "ses-01")])
     out = stats.run_long_table(vols, tmp_path / "long.tsv", visits_tsv=visits, exclusions_tsv=tmp_path / "ex.tsv")
     assert list(out.columns) == list(stats.LONG_COLUMNS)
-    assert list(dict.fromkeys(out.source)) == ["gt", "baseline", "unet"]
+    assert list(dict.fromkeys(out.source)) == ["gt", "classical", "unet"]
     assert len(out) == 3 + 6 + 6
     back = pd.read_csv(tmp_path / "long.tsv", sep="\t")
     u = back[back.source == "unet"].set_index(["participant_id", "session"])
@@ -604,7 +604,7 @@ def test_long_table_from_per_visit_volumes(tmp_path):
     rows = set(zip(ex.participant_id, ex.source, ex.scope, ex.reason))
     assert ("sub-002", "gt", "", "no GT at baseline") in rows
     assert ("sub-003", "gt", "week 24", "no GT mask for visit ses-w024") in rows
-    for src in ("gt", "baseline", "unet"):
+    for src in ("gt", "classical", "unet"):
         assert ("sub-004", src, "", "baseline visit ses-01 excluded by the user: motion artefacts") in rows
     # the result is a valid stats input; sub-004 (excluded by the user) is carried, not an error
     parts = pd.DataFrame({"participant_id": ["sub-001", "sub-002", "sub-003", "sub-004"], "arm": ["PLA", "OCR"] * 2,
@@ -614,42 +614,42 @@ def test_long_table_from_per_visit_volumes(tmp_path):
     with pytest.raises(InputError, match="participant sub-004 of participants.tsv has no rows"):
         stats.validate_long(back, vp)
     stats.validate_long(back, vp, excluded_participants={"sub-004": "excluded by the user"})
-    cov = stats.coverage_exclusions(back, vp, ["gt", "baseline"], ex)
+    cov = stats.coverage_exclusions(back, vp, ["gt", "classical"], ex)
     assert set(zip(cov.participant_id, cov.source)) == {("sub-002", "gt"), ("sub-004", "gt"),
-                                                        ("sub-004", "baseline")}
-    assert cov.set_index(["participant_id", "source"]).loc[("sub-004", "baseline"), "reason"].startswith(
+                                                        ("sub-004", "classical")}
+    assert cov.set_index(["participant_id", "source"]).loc[("sub-004", "classical"), "reason"].startswith(
         "baseline visit ses-01 excluded")
 
 
 def test_long_table_without_gt_and_its_errors(tmp_path):
-    vols = {"baseline": _volumes(tmp_path, PRED, "baseline")}
+    vols = {"classical": _volumes(tmp_path, PRED, "classical")}
     out = stats.run_long_table(vols, tmp_path / "long.tsv", exclusions_tsv=tmp_path / "ex.tsv")
-    assert set(out.source) == {"baseline"} and len(out) == 6
-    assert stats.resolve_sources(out) == ["baseline"]
+    assert set(out.source) == {"classical"} and len(out) == 6
+    assert stats.resolve_sources(out) == ["classical"]
     assert len(pd.read_csv(tmp_path / "ex.tsv", sep="\t")) == 0
     # a prediction source missing a participant (or a visit of the visit list) is an error naming it
     short = _volumes(tmp_path, PRED[:4], "unet")
     with pytest.raises(InputError, match="prediction source 'unet' has no volumes for sub-003"):
-        stats.run_long_table({"baseline": vols["baseline"], "unet": short}, tmp_path / "l2.tsv")
+        stats.run_long_table({"classical": vols["classical"], "unet": short}, tmp_path / "l2.tsv")
     visits = _visits(tmp_path, [(p, s, w, False, "", s) for p, s, w, _, _ in PRED]
                      + [("sub-005", "ses-w000", 0, False, "", "ses-w000")])
-    with pytest.raises(InputError, match="no 'baseline' volume for sub-005 ses-w000"):
+    with pytest.raises(InputError, match="no 'classical' volume for sub-005 ses-w000"):
         stats.run_long_table(vols, tmp_path / "l3.tsv", visits_tsv=visits)
     # one row per file, named columns, duplicates named with both files
     bad = tmp_path / "bad.tsv"
     pd.DataFrame({"participant_id": ["sub-001"] * 2, "session": "ses-w000", "week": 0, "tlv_ml": 1.0,
                   "tlc": 1}).to_csv(bad, sep="\t", index=False)
     with pytest.raises(InputError, match=r"bad\.tsv: 2 rows"):
-        stats.run_long_table({"baseline": [bad]}, tmp_path / "l4.tsv")
+        stats.run_long_table({"classical": [bad]}, tmp_path / "l4.tsv")
     pd.DataFrame({"participant_id": ["sub-001"], "session": "ses-w000", "week": 0}).to_csv(bad, sep="\t",
                                                                                           index=False)
     with pytest.raises(InputError, match=r"bad\.tsv: missing column\(s\) tlv_ml, tlc"):
-        stats.run_long_table({"baseline": [bad]}, tmp_path / "l5.tsv")
+        stats.run_long_table({"classical": [bad]}, tmp_path / "l5.tsv")
     with pytest.raises(InputError, match="duplicate volume for sub-001 week 0"):
-        stats.run_long_table({"baseline": vols["baseline"] + vols["baseline"][:1]}, tmp_path / "l6.tsv")
+        stats.run_long_table({"classical": vols["classical"] + vols["classical"][:1]}, tmp_path / "l6.tsv")
     # a prediction source without the baseline volume
     with pytest.raises(InputError, match="sub-001 has no baseline"):
-        stats.run_long_table({"baseline": vols["baseline"][1:]}, tmp_path / "l7.tsv")
+        stats.run_long_table({"classical": vols["classical"][1:]}, tmp_path / "l7.tsv")
     assert not any((tmp_path / f"l{i}.tsv").exists() for i in range(2, 8))
 
 
@@ -682,7 +682,7 @@ def test_missing_covariate_is_excluded_not_coded_rest_of_world(small):
     assert n["multivariable"] == 119 and n["univariable_log_tlv"] == 120
     f = ex.frame()
     assert set(f.scope) == {"CDP24 multivariable"} and set(f.participant_id) == {"sub-001"}
-    assert set(f.source) == {"gt", "baseline"} and f.reason.str.contains("missing covariate region").all()
+    assert set(f.source) == {"gt", "classical"} and f.reason.str.contains("missing covariate region").all()
     coef, _, lsm, exa = stats.ancova_full(stats.compute_change(long), p, "PLA", weeks=[96])
     assert (coef.n == 119).all() and lsm.n_missing_covariate.sum() == 2  # one per source
     assert set(exa.participant_id) == {"sub-001"}
@@ -701,13 +701,13 @@ def test_participant_missing_from_long_table_or_outcomes(tmp_path, small):
     lex = tmp_path / "lex.tsv"
     pd.DataFrame([{"participant_id": "sub-007", "source": s, "analysis": "tlv_long", "scope": "",
                    "reason": "baseline visit ses-w000 excluded by the user: consent withdrawn"}
-                  for s in ("gt", "baseline")]).to_csv(lex, sep="\t", index=False)
+                  for s in ("gt", "classical")]).to_csv(lex, sep="\t", index=False)
     cox = stats.run_cox(paths["long"], paths["participants"], paths["outcomes"], tmp_path / "c.tsv",
                         tmp_path / "t.tsv", "PLA", endpoints=["CDP24"], long_exclusions_tsv=lex,
                         out_exclusions_tsv=tmp_path / "xc.tsv")
     assert (cox.n == 119).all()
     xc = pd.read_csv(tmp_path / "xc.tsv", sep="\t", keep_default_na=False)
-    assert set(zip(xc.participant_id, xc.source)) == {("sub-007", "gt"), ("sub-007", "baseline")}
+    assert set(zip(xc.participant_id, xc.source)) == {("sub-007", "gt"), ("sub-007", "classical")}
     assert xc.reason.str.contains("consent withdrawn").all()
     for run, kw in ((stats.run_change, dict(out_change_tsv=tmp_path / "ch.tsv", out_summary_tsv=tmp_path / "s.tsv",
                                             out_png=tmp_path / "c.png")),
@@ -716,7 +716,7 @@ def test_participant_missing_from_long_table_or_outcomes(tmp_path, small):
         run(paths["long"], paths["participants"], control_arm="PLA", long_exclusions_tsv=lex,
             out_exclusions_tsv=tmp_path / "x.tsv", **kw)
         x = pd.read_csv(tmp_path / "x.tsv", sep="\t", keep_default_na=False)
-        assert ("sub-007", "baseline", "") in set(zip(x.participant_id, x.source, x.scope))
+        assert ("sub-007", "classical", "") in set(zip(x.participant_id, x.source, x.scope))
     # without an outcome row: counted per endpoint in Cox and KM, n lower by exactly that
     o = outcomes[~((outcomes.participant_id == "sub-009") & (outcomes.endpoint == "CDP24"))]
     paths = write_inputs(tmp_path, participants, long, o)
@@ -751,16 +751,16 @@ def test_participant_without_mri_through_every_reader_of_the_visit_list(tmp_path
     assert no_mri == {"sub-003": "no MRI"} and len(visits) == 4 and visits.week.dtype.kind == "i"
     assert stats.read_visits(visits_tsv).equals(visits)
     rows = [(f"sub-{s}", f"ses-w{w:03d}", w, 1.0 + w / 24, 3) for s in ("001", "002") for w in (0, 24)]
-    vols = {src: _volumes(tmp_path, rows, src) for src in ("gt", "baseline")}
+    vols = {src: _volumes(tmp_path, rows, src) for src in ("gt", "classical")}
     out = stats.run_long_table(vols, tmp_path / "long.tsv", visits_tsv=visits_tsv, exclusions_tsv=tmp_path / "ex.tsv")
     assert set(out.participant_id) == {"sub-001", "sub-002"}
     ex = pd.read_csv(tmp_path / "ex.tsv", sep="\t", keep_default_na=False)
     assert set(zip(ex.participant_id, ex.source, ex.analysis, ex.scope, ex.reason)) == {
-        ("sub-003", "gt", "tlv_long", "", "no MRI"), ("sub-003", "baseline", "tlv_long", "", "no MRI")}
+        ("sub-003", "gt", "tlv_long", "", "no MRI"), ("sub-003", "classical", "tlv_long", "", "no MRI")}
     # a volume of a participant the list names as without MRI is an error naming it
     odd = _volumes(tmp_path, [("sub-003", "ses-w000", 0, 1.0, 1)], "odd")
     with pytest.raises(InputError, match="volume of sub-003, whom the visit list names as without MRI"):
-        stats.run_long_table({"baseline": vols["baseline"] + odd}, tmp_path / "l2.tsv", visits_tsv=visits_tsv)
+        stats.run_long_table({"classical": vols["classical"] + odd}, tmp_path / "l2.tsv", visits_tsv=visits_tsv)
 
     # Table 1: every patient of participants.tsv, those without MRI also on a row of their own
     t = run_table1(part, tmp_path / "long.tsv", visits_tsv, tmp_path / "t1.tsv", control_arm="PLA",
@@ -779,8 +779,8 @@ def test_participant_without_mri_through_every_reader_of_the_visit_list(tmp_path
         tracking.append(path)
     outputs = {k: str(tmp_path / f"nl_{k}.{'png' if k.startswith('fig') else 'tsv'}")
                for k in ("subjects", "visits", "by_arm", "nb", "exclusions", "fig_rates", "fig_forest")}
-    for validated, reason in ((visits_tsv, "no MRI"), (None, "no lesion mask of source baseline")):
-        run_new_lesions({"baseline": tracking}, part, outputs, "PLA", ["PLA", "OCR"], validated_visits_tsv=validated)
+    for validated, reason in ((visits_tsv, "no MRI"), (None, "no lesion mask of source classical")):
+        run_new_lesions({"classical": tracking}, part, outputs, "PLA", ["PLA", "OCR"], validated_visits_tsv=validated)
         x = pd.read_csv(outputs["exclusions"], sep="\t", keep_default_na=False)
         assert x.loc[x.participant_id == "sub-003", "reason"].tolist() == [reason]
 
@@ -801,7 +801,7 @@ def test_participant_without_mri_is_listed_by_every_analysis_and_its_outcomes_ar
     layout.gt = dict.fromkeys(layout.visits, tmp_path)
     write_summary(layout, tmp_path / "visits.tsv")
     visits, no_mri = stats.read_visit_list(tmp_path / "visits.tsv")
-    lt, lex = stats.long_table_from_volumes(imaged.assign(file="-"), ["gt", "baseline"], visits, 0, no_mri)
+    lt, lex = stats.long_table_from_volumes(imaged.assign(file="-"), ["gt", "classical"], visits, 0, no_mri)
     paths = write_inputs(tmp_path, participants, lt, outcomes)
     stats.write_exclusions(lex, tmp_path / "lex.tsv")
     kw = dict(control_arm="PLA", long_exclusions_tsv=tmp_path / "lex.tsv")
@@ -821,7 +821,7 @@ def test_participant_without_mri_is_listed_by_every_analysis_and_its_outcomes_ar
         x = pd.read_csv(tmp_path / f"x_{analysis}.tsv", sep="\t", keep_default_na=False)
         mine = x[x.participant_id == pid]
         assert set(zip(mine.source, mine.analysis, mine.scope, mine.reason)) == {
-            ("gt", analysis, "", "no MRI"), ("baseline", analysis, "", "no MRI")}, (analysis, mine)
+            ("gt", analysis, "", "no MRI"), ("classical", analysis, "", "no MRI")}, (analysis, mine)
         assert len(mine) == 2  # listed once per source, under no other reason
 
 def test_cox_separation_is_a_warning_not_a_crash():

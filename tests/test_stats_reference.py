@@ -202,12 +202,12 @@ def test_trial_without_gt_runs_every_analysis(tmp_path):
     long = tmp_path / "long.tsv"
     cox = stats.run_cox(long, parts, outc, tmp_path / "c.tsv", tmp_path / "t4.tsv", "PLA", endpoints=["CDP24"])
     assert set(cox.source) == {"baseline"} and (cox.status == "ok").all()
-    bl = stats.baseline_lesions(lg[lg.source == "baseline"])
+    bl = stats.baseline_lesions(lg[lg.source == "classical"])
     assert cox.log_tlv_centre.dropna().unique() == pytest.approx([bl.log_tlv.mean()], rel=1e-15)
-    assert {"baseline.hr_ci", "baseline.concordance"} <= set(read(tmp_path / "t4.tsv").columns)
+    assert {"classical.hr_ci", "classical.concordance"} <= set(read(tmp_path / "t4.tsv").columns)
     stats.run_km(long, parts, outc, tmp_path / "k.tsv", tmp_path / "kc.tsv", str(tmp_path / "k_{endpoint}.png"),
                  "PLA", endpoints=["CDP24"])
     stats.run_ancova(long, parts, tmp_path / "a.tsv", tmp_path / "b.tsv", "PLA", out_wide_tsv=tmp_path / "w.tsv")
-    assert "baseline.estimate" in read(tmp_path / "w.tsv").columns
+    assert "classical.estimate" in read(tmp_path / "w.tsv").columns
     summ = stats.run_change(long, parts, tmp_path / "ch.tsv", tmp_path / "s.tsv", tmp_path / "c.png", "PLA")
-    assert set(summ.source) == {"baseline"}
+    assert set(summ.source) == {"classical"}

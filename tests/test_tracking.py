@@ -187,11 +187,11 @@ def test_agreement_counts_and_detection_of_gt_new_lesions(tmp_path):
     _, _, (pq,) = track_subject([pr0, pr1], ["ses-w000", "ses-w024"])
     assert detect_new_lesions(gq, pq) == (2, 1, 1)
     rows = []
-    for src, counts in (("gt", [2, 0, 1, 3]), ("baseline", [1, 0, 1, 2])):
+    for src, counts in (("gt", [2, 0, 1, 3]), ("classical", [1, 0, 1, 2])):
         for i, c in enumerate(counts):
             rows.append({"source": src, "participant_id": f"sub-{i}", "session": "ses-w024",
                          "reference_session": "ses-w000", "n_new": c, "n_new_or_enlarging": c + 1})
-    det = pd.DataFrame([{"source": "baseline", "n_gt_new": 6, "n_detected": 4, "n_detected_as_new": 3}])
+    det = pd.DataFrame([{"source": "classical", "n_gt_new": 6, "n_detected": 4, "n_detected_as_new": 3}])
     tab = agreement_table(pd.DataFrame(rows), det)
     row = tab[tab["quantity"] == "n_new"].iloc[0]
     assert (row["n_visits"], row["n_visits_equal"], row["detection_rate"]) == (4, 2, 4 / 6)
@@ -268,7 +268,7 @@ def test_gt_tracking_outputs_of_the_workflow(tracked_trial):
         assert names == [qc_name(f"sub-{sub}", s) for s in ("ses-w024", "ses-w048")]
         assert (r / f"logs/track_lesions/gt_trial-tiny3_sub-{sub}.log").is_file()
     nb = pd.read_csv(r / "stats/trial-tiny3/nb_rate_ratio.tsv", sep="\t")
-    assert list(dict.fromkeys(nb["source"])) == ["gt", "baseline"]
+    assert list(dict.fromkeys(nb["source"])) == ["gt", "classical"]
     assert nb["note"].notna().all() or (nb["status"] == "ok").any()
     subjects = pd.read_csv(r / "stats/trial-tiny3/new_lesions.tsv", sep="\t")
     assert len(subjects) == 2 * len(SUBS) and (subjects["n_scans"] == 2).all()
@@ -276,7 +276,7 @@ def test_gt_tracking_outputs_of_the_workflow(tracked_trial):
                  "exclusions_new_lesions.tsv", "new_lesions_by_arm.tsv"):
         assert (r / "stats/trial-tiny3" / name).is_file(), name
     agree = pd.read_csv(r / "stats/trial-tiny3/new_lesions_agreement.tsv", sep="\t")
-    assert agree["source"].unique().tolist() == ["baseline"] and (agree["n_visits"] == 2 * len(SUBS)).all()
+    assert agree["source"].unique().tolist() == ["classical"] and (agree["n_visits"] == 2 * len(SUBS)).all()
 
 
 @pytest.mark.parametrize("reference", ["previous", "baseline"])

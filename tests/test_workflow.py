@@ -53,7 +53,7 @@ def test_default_config_builds_the_dag(tmp_path):
     assert res.returncode == 0, res.stderr
     out = res.stdout + res.stderr
     for rule in ("synth_synthdemo", "validate_bids", "n4_coregister", "skull_strip", "register_mni", "resample_with_gt",
-                 "segment_baseline", "metrics_visit", "cox", "km"):
+                 "segment_classical", "metrics_visit", "cox", "km"):
         assert rule in out, f"{rule} missing from the demo DAG:\n{out}"
 
 
@@ -181,12 +181,22 @@ def test_participant_without_mri_is_a_warning_and_the_others_run(tmp_path):
 
 def test_config_problems_are_one_line_each(tmp_path):
     bids = make_bids(tmp_path / "bids")
-    cfg = real_trial_config(bids) | {"sorces": ["baseline"]}
+    cfg = real_trial_config(bids) | {"sorces": ["classical"]}
     res = snakemake(tmp_path, "-n", config=cfg)
     assert res.returncode != 0
     assert "unknown key(s) 'sorces'; allowed: seed, trials, sources" in (res.stdout + res.stderr)
     assert "$schema" not in (res.stdout + res.stderr) and "additionalProperties" not in (res.stdout + res.stderr)
     assert len((res.stdout + res.stderr).splitlines()) < 12, res.stdout + res.stderr
+
+
+def test_the_old_name_of_the_classical_source_stops_at_start_with_one_line(tmp_path):
+    bids = make_bids(tmp_path / "bids")
+    res = snakemake(tmp_path, "-n", config=real_trial_config(bids) | {"sources": ["baseline", "unet"]})
+    assert res.returncode != 0
+    out = res.stdout + res.stderr
+    line = "config: sources: 'baseline' is now called 'classical' (the classical segmenter); write 'classical'"
+    assert line in out and "Traceback" not in out
+    assert "is not one of" not in out  # the schema's enum error is not printed beside it
 
 
 def test_unet_source_fails_at_start_with_one_line(tmp_path):
@@ -205,7 +215,7 @@ def test_inference_only_from_a_folder_of_fold_models(tmp_path):
     for k in (1, 2):
         (models / f"fold-{k}").mkdir(parents=True)
         (models / f"fold-{k}" / "model.keras").write_bytes(b"")
-    cfg = real_trial_config(bids) | {"sources": ["baseline", "unet"], "inference": {"models": str(models)}}
+    cfg = real_trial_config(bids) | {"sources": ["classical", "unet"], "inference": {"models": str(models)}}
     res = snakemake(tmp_path, "-n", "--quiet", "rules", config=cfg)
     out = res.stdout + res.stderr
     assert res.returncode == 0, out
@@ -238,9 +248,9 @@ def test_trial_without_gt_still_gets_every_endpoint(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "no GT lesion masks" in res.stderr
     counts = job_counts(res.stdout)
-    # the plain resample (no GT output) on every visit; segment_baseline writes the volumes
-    assert counts["resample"] == 4 and counts["segment_baseline"] == 4, counts
-    assert volumes_planned(res.stdout) == {"baseline": 4}
+    # the plain resample (no GT output) on every visit; segment_classical writes the volumes
+    assert counts["resample"] == 4 and counts["segment_classical"] == 4, counts
+    assert volumes_planned(res.stdout) == {"classical": 4}
     for rule in ("tlv_long", "change", "ancova", "cox", "km"):
         assert counts[rule] == 1, counts
     for rule in ("resample_with_gt", "metrics_visit", "metrics_dataset"):
@@ -268,7 +278,7 @@ def test_partial_gt_mapped_sessions_and_excluded_visits(tmp_path):
     # the GT variant where the visit has a GT mask, the plain one at sub-001's w048
     assert counts["resample_with_gt"] == 4 and counts["resample"] == 1 and counts["metrics_visit"] == 4, counts
     assert "sub-001_ses-w048_space-MNI1x1x3_desc-lesionGT_mask" not in res.stdout
-    assert volumes_planned(res.stdout) == {"baseline": 5, "gt": 4}  # baseline on every visit, gt where it exists
+    assert volumes_planned(res.stdout) == {"classical": 5, "gt": 4}  # classical on every visit, gt where it exists
     # inside the pipeline a mapped visit is named by its week
     assert "results/preproc/trial-real/sub-001/ses-w024/" in res.stdout
     assert "sub-001/ses-m06/anat/sub-001_ses-m06_FLAIR.nii.gz" in res.stdout  # read from its BIDS name

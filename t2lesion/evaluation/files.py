@@ -103,7 +103,7 @@ def run_volume(mask_path, out_tsv, participant_id: str, session: str, *, connect
 
     Needs no ground truth: this is the per-visit volume table that the endpoint
     statistics read, for every source and every visit: written by the job that writes the
-    mask (rules ``segment_baseline``, ``infer_*``) or, for the GT, by ``metrics_visit``.
+    mask (rules ``segment_classical``, ``infer_*``) or, for the GT, by ``metrics_visit``.
     """
     mask, img = _read_mask(mask_path)
     voxel_ml = io.voxel_volume_ml(img)

@@ -3,7 +3,7 @@
 Implements the evaluation of Krishnan et al. 2023, Methods "Evaluation metrics",
 Table 2 (voxel and lesion metrics, r_vol, r_count), Table 3 (ISBI-2015 score, as
 an option) and Fig. 3a–c (lesion DC, LTPR, LFPR by lesion size group). Every
-table is computed per *mask source* (``baseline``, ``unet``) against the GT mask.
+table is computed per *mask source* (``classical``, ``unet``) against the GT mask.
 This module holds the definitions and the per-visit maths; the aggregation over
 visits is :mod:`t2lesion.evaluation.table2`, the file-level entry points
 :mod:`t2lesion.evaluation.files`.

@@ -1,7 +1,7 @@
 """Endpoint statistics on lesion volumes (SPEC §9; paper Fig. 3d–g, Fig. 4, Table 4).
 
 Every analysis runs once per lesion *source*: ``gt`` (volumes from the ground-truth
-masks, where GT exists) and each prediction source (``baseline`` classical
+masks, where GT exists) and each prediction source (``classical``, the classical
 segmenter, ``unet``, …), and the outputs put the sources side by side (a ``source``
 column in the tidy tables; one column block per source in the wide "Table 4"
 layout). A trial without GT simply has no ``gt`` source.

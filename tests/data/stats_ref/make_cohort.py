@@ -3,7 +3,7 @@
     python tests/data/stats_ref/make_cohort.py
 
 120 participants (60 per arm) from ``t2lesion.synth.clinical``, sources ``gt`` and a noisy
-``baseline``; event times put on a 6-week grid (ties, so Efron matters); some
+``classical``; event times put on a 6-week grid (ties, so Efron matters); some
 deliberate gaps that exercise the exclusion rules: sub-005 region ``n/a``, sub-010
 age ``n/a``, sub-015 sex spelled ``female``, sub-020 without GT (no ``gt`` rows),
 sub-025 without a CDP24 outcome row.
@@ -21,7 +21,7 @@ HERE = Path(__file__).parent
 p, tl, o = simulate_cohort(60, 11, CohortParams(weeks=[0, 48, 96]))
 rng = np.random.default_rng(11)
 gt = long_table_from_trajectory(tl, "gt", rng)
-pr = gt.assign(source="baseline", tlv_ml=gt["tlv_ml"] * np.exp(rng.normal(0.05, 0.1, len(gt))),
+pr = gt.assign(source="classical", tlv_ml=gt["tlv_ml"] * np.exp(rng.normal(0.05, 0.1, len(gt))),
                tlc=gt["tlc"] + rng.integers(-2, 3, len(gt)).clip(-gt["tlc"]))
 long = pd.concat([gt, pr], ignore_index=True)
 long["tlv_ml"] = long["tlv_ml"].round(6)

@@ -30,7 +30,7 @@ names(bl)[3:4] <- c("tlv_bl", "tlc_bl")
 bl$log_tlv <- log(bl$tlv_bl + 0.01)
 centre <- mean(bl$log_tlv[bl$source == "gt"])
 bl$log_tlv_c <- bl$log_tlv - centre
-sources <- c("gt", "baseline")
+sources <- c("gt", "classical")
 levels_ <- c(0.95, 0.9)
 
 # ---------------------------------------------------------------- ANCOVA

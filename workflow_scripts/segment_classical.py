@@ -1,5 +1,5 @@
 """Classical FLAIR-hyperintensity lesion segmentation and the mask's lesion load (rule
-segment_baseline)."""
+segment_classical)."""
 
 from t2lesion.classical import run_segment
 from t2lesion.evaluation.files import run_volume
