@@ -1,4 +1,4 @@
-# Input validation (SPEC §1): every image is opened once before any heavy step;
+# Input validation (docs/DESIGN.md §1): every image is opened once before any heavy step;
 # all problems are reported together, and nothing downstream runs on failure.
 
 

@@ -1,4 +1,4 @@
-# Ensembled MC-dropout inference of the U-Net (SPEC §7): the `unet` source. Visits are
+# Ensembled MC-dropout inference of the U-Net (docs/DESIGN.md §7): the `unet` source. Visits are
 # predicted in batches (one rule per trial and batch, as t2lesion.plan.Plan.infer_batches
 # lists them) so that each job imports Keras and loads the fold models once; every visit
 # gets its probability, mask, uncertainty maps and the mask back in its native FLAIR space,

@@ -1,4 +1,4 @@
-# New and enlarging T2 lesions (SPEC §9b; beyond the paper, OPERA's MRI endpoint).
+# New and enlarging T2 lesions (docs/DESIGN.md §9b; beyond the paper, OPERA's MRI endpoint).
 # Per subject and source, every follow-up's lesions against a reference visit of the
 # same source in the common grid; then, per trial, the count endpoint (negative
 # binomial) with every source side by side, and the per-visit agreement with GT.

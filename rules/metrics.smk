@@ -1,4 +1,4 @@
-# Segmentation sources and lesion metrics (SPEC §8; Table 2, Fig. 3a-c).
+# Segmentation sources and lesion metrics (docs/DESIGN.md §8; Table 2, Fig. 3a-c).
 # Source `classical`: the classical FLAIR-hyperintensity segmenter, a comparison
 # row for the U-Net and what carries the endpoint statistics until it exists.
 MET = config["metrics"]

@@ -1,4 +1,4 @@
-# Preprocessing per visit (SPEC §2), in the paper's order: N4 and the intra-visit
+# Preprocessing per visit (docs/DESIGN.md §2), in the paper's order: N4 and the intra-visit
 # alignment of T2w and FLAIR to T1w (one job), skull stripping (native T1w), baseline ->
 # MNI and follow-up -> baseline rigid registration (brain to brain), one resampling of
 # every native image (and GT mask) into the MNI-aligned 1x1x3 mm grid with the

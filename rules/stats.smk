@@ -1,4 +1,4 @@
-# Endpoint statistics (SPEC §9; Fig. 3d-g, Fig. 4, Table 4). Every analysis runs
+# Endpoint statistics (docs/DESIGN.md §9; Fig. 3d-g, Fig. 4, Table 4). Every analysis runs
 # on GT lesion volumes and on each prediction source, side by side.
 ST = config["stats"]
 

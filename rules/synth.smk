@@ -1,4 +1,4 @@
-# Synthetic trials (SPEC §10): one rule per synthetic trial, because each
+# Synthetic trials (docs/DESIGN.md §10): one rule per synthetic trial, because each
 # declares exactly the BIDS files its parameters imply.
 
 

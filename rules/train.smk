@@ -1,4 +1,4 @@
-# U-Net training (SPEC §3, §6): a patient-level fold split per training trial, every GT
+# U-Net training (docs/DESIGN.md §3, §6): a patient-level fold split per training trial, every GT
 # visit stored once as a memory-mappable array, an index of lesion windows per fold, and
 # one resumable GPU job per fold. Fold k's model is validated on fold k of every training
 # trial and trained on the others.

@@ -1,4 +1,4 @@
-"""BIDS input discovery and validation (SPEC §1).
+"""BIDS input discovery and validation (docs/DESIGN.md §1).
 
 A trial is a BIDS folder with, per participant and visit, a pre-contrast T1w, a T2w
 and a FLAIR image, an optional ground-truth (GT) lesion mask under

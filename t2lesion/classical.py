@@ -11,8 +11,8 @@ A voxel is lesion when, inside the brain mask,
   that are bright on FLAIR are also bright on T1w);
 
 then connected components (``connectivity``, default 18) of fewer than
-``min_size`` voxels (default 3) are removed, as in the lesion metrics (SPEC §8).
-Inputs are the normalised contrasts of SPEC §2 in MNI 1 × 1 × 3 mm space.
+``min_size`` voxels (default 3) are removed, as in the lesion metrics (docs/DESIGN.md §8).
+Inputs are the normalised contrasts of docs/DESIGN.md §2 in MNI 1 × 1 × 3 mm space.
 Config: ``classical.z_threshold``, ``classical.t1_max_z``, ``classical.min_size``.
 """
 

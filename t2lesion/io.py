@@ -1,7 +1,7 @@
 """Image I/O with checks that turn library tracebacks into clear messages.
 
 All arrays follow SimpleITK's order, (slices, rows, cols) = (z, y, x), which is
-also the model's axis order (SPEC §2).
+also the model's axis order (docs/DESIGN.md §2).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Longitudinal lesion tracking: new and enlarging T2 lesions (SPEC §9b, issue 16).
+"""Longitudinal lesion tracking: new and enlarging T2 lesions (docs/DESIGN.md §9b, issue 16).
 
 Every visit of a subject lies in one grid (follow-ups registered to baseline, then
 MNI), so a follow-up mask is compared voxel by voxel with a *reference* visit's mask
@@ -7,7 +7,7 @@ or the baseline (``baseline``, the subject's first visit given).
 
 Follow-up lesions are labelled exactly as the lesion metrics label them
 (:func:`t2lesion.evaluation.segmentation._label`: ``connectivity`` 18, components of
-fewer than ``min_size`` = 3 voxels dropped, SPEC §8): only they are classified and counted.
+fewer than ``min_size`` = 3 voxels dropped, docs/DESIGN.md §8): only they are classified and counted.
 The reference side is the reference visit's lesion **mask** as it is: its
 components of every size (``reference_min_size`` = 1, interpretation). A lesion
 that shrank below 3 voxels at the reference visit still existed there; with the

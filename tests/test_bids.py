@@ -1,4 +1,4 @@
-"""BIDS discovery and validation (SPEC §1): every problem reported at once, by file/row."""
+"""BIDS discovery and validation (docs/DESIGN.md §1): every problem reported at once, by file/row."""
 
 from __future__ import annotations
 

@@ -58,7 +58,7 @@ def synthetic_visit(seed=0, shape=(40, 112, 96), n_lesions=30):
     flair[speck[0], speck[1], speck[2]:speck[2] + 2] += 200
     t1w[speck[0], speck[1], speck[2]:speck[2] + 2] -= 40
     gt[speck[0], speck[1], speck[2]:speck[2] + 2] = False
-    for a in (flair, t1w):  # z-score in the brain, as the preprocessing does (SPEC §2)
+    for a in (flair, t1w):  # z-score in the brain, as the preprocessing does (docs/DESIGN.md §2)
         v = a[brain]
         a -= v.mean()
         a /= v.std()

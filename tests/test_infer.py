@@ -1,4 +1,4 @@
-"""Ensembled MC-dropout inference (SPEC §7): sliding window, blending, moments, ensemble,
+"""Ensembled MC-dropout inference (docs/DESIGN.md §7): sliding window, blending, moments, ensemble,
 cached encoder, outputs on the MNI and native grids."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Loss of Eq. 1–2 (SPEC §5): smooth truncated CE, soft Dice, α map, schedules, callback."""
+"""Loss of Eq. 1–2 (docs/DESIGN.md §5): smooth truncated CE, soft Dice, α map, schedules, callback."""
 
 from __future__ import annotations
 

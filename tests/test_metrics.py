@@ -1,4 +1,4 @@
-"""Lesion metrics (SPEC §8): hand-built masks with known answers, properties, an independent reference."""
+"""Lesion metrics (docs/DESIGN.md §8): hand-built masks with known answers, properties, an independent reference."""
 
 from __future__ import annotations
 

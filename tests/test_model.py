@@ -1,4 +1,4 @@
-"""Multi-arm 3-D U-Net (SPEC §4): shapes, parameter counts, receptive field, MC dropout,
+"""Multi-arm 3-D U-Net (docs/DESIGN.md §4): shapes, parameter counts, receptive field, MC dropout,
 save/load, and the same training run on the TensorFlow and PyTorch backends."""
 
 from __future__ import annotations

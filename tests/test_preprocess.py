@@ -1,4 +1,4 @@
-"""Preprocessing (SPEC §2, issue 3) checked against the synthetic trial's known truth.
+"""Preprocessing (docs/DESIGN.md §2, issue 3) checked against the synthetic trial's known truth.
 
 One tiny synthetic subject (2 visits, 1 x 1 x 3 mm native, random pose, bias, noise) is
 preprocessed once per module with the ``template`` skull stripper; every extractor's brain
@@ -188,7 +188,7 @@ def test_followup_registration_with_baseline_mask_only(synth, processed, tmp_pat
 
 def test_coregistration_recovers_a_known_motion(synth, processed, tmp_path):
     """The synthetic contrasts share the visit's pose: move the FLAIR by a known rigid motion
-    and the T2w by another; coregistration must find them (SPEC §2, intra-visit)."""
+    and the T2w by another; coregistration must find them (docs/DESIGN.md §2, intra-visit)."""
     v0 = synth[0][0]
     outs0 = processed[0][0]
     t1w = sitk.ReadImage(str(outs0["n4_T1w"]))

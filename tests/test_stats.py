@@ -1,4 +1,4 @@
-"""Tests of the endpoint statistics (t2lesion.stats, SPEC §9) and their figures.
+"""Tests of the endpoint statistics (t2lesion.stats, docs/DESIGN.md §9) and their figures.
 
 Known answers come from the tabular synthetic cohort (t2lesion.synth.clinical), whose
 true Cox coefficients and ANCOVA treatment effects are known; lifelines and

@@ -1,4 +1,4 @@
-"""Synthetic trial generator (t2lesion.synth): its output against its own truth (SPEC §10).
+"""Synthetic trial generator (t2lesion.synth): its output against its own truth (docs/DESIGN.md §10).
 
 One tiny trial (2 mm template, 2 participants x 2 visits, 1x1x3 mm native) is written
 once per module; the other checks use single in-memory visits or tabular draws.

@@ -127,7 +127,7 @@ def test_outputs_are_written(reference):
     rows = _rows(out)
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert [r["iterations"] for r in rows] == [12, 24, 36]  # one pass of 12 batches per epoch
-    assert [r["gamma"] for r in rows] == pytest.approx([0.02, 0.085, 0.15])  # the schedules of SPEC §5
+    assert [r["gamma"] for r in rows] == pytest.approx([0.02, 0.085, 0.15])  # the schedules of docs/DESIGN.md §5
     assert [r["beta"] for r in rows] == pytest.approx([L.beta_schedule(e, 3) for e in range(3)])
     assert all(r["lr"] == pytest.approx(1e-2) for r in rows)
     assert tr.epochs_seen == [0, 0, 1, 2]  # set_epoch before every epoch (0 also at construction)

@@ -1,4 +1,4 @@
-"""Data half of U-Net training (SPEC §3, §6): fold split, visit store, window index, loader
+"""Data half of U-Net training (docs/DESIGN.md §3, §6): fold split, visit store, window index, loader
 and augmentation, on tiny synthetic visits (24 × 48 × 48 at 3 × 1 × 1 mm)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The evaluation stage: segmentation and lesion-detection metrics against the GT masks (SPEC §8).
+"""The evaluation stage: segmentation and lesion-detection metrics against the GT masks (docs/DESIGN.md §8).
 
 Layered like nnU-Net v2's ``evaluation`` package; each module imports only those above it:
 

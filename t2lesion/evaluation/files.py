@@ -1,5 +1,5 @@
 """File-level entry points of the evaluation stage, called by ``workflow_scripts/metrics_*.py``
-(and, for the lesion load, by the segmentation and inference scripts) (SPEC §8).
+(and, for the lesion load, by the segmentation and inference scripts) (docs/DESIGN.md §8).
 
 Read masks (NIfTI, :mod:`t2lesion.io`) and per-visit tables (TSV), compute with
 :mod:`t2lesion.evaluation.segmentation` and :mod:`t2lesion.evaluation.table2`, and write

@@ -1,4 +1,4 @@
-"""Segmentation and lesion-detection metrics of one visit's masks, on arrays (SPEC §8).
+"""Segmentation and lesion-detection metrics of one visit's masks, on arrays (docs/DESIGN.md §8).
 
 Implements the evaluation of Krishnan et al. 2023, Methods "Evaluation metrics",
 Table 2 (voxel and lesion metrics, r_vol, r_count), Table 3 (ISBI-2015 score, as

@@ -1,4 +1,4 @@
-"""Table 2 aggregation: the per-visit metrics of one dataset summarised over its visits (SPEC §8).
+"""Table 2 aggregation: the per-visit metrics of one dataset summarised over its visits (docs/DESIGN.md §8).
 
 Mean ± SD of every metric (NaN excluded and counted), r_vol and r_count (Pearson r
 with a Fisher-z CI), Bland–Altman agreement, the ISBI-2015 score (Table 3, as an

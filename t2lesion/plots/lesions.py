@@ -1,4 +1,4 @@
-"""Figures of the new/enlarging T2 lesion endpoint (SPEC §9b; next to Fig. 3 in the report).
+"""Figures of the new/enlarging T2 lesion endpoint (docs/DESIGN.md §9b; next to Fig. 3 in the report).
 
 * :func:`plot_rates_by_visit` — mean new or enlarging lesions per scan by arm and
   follow-up visit (bars with confidence intervals), plus the pooled rate per arm, one

@@ -1,4 +1,4 @@
-"""Preprocessing QC figure (SPEC §2): the three contrasts at a few axial slices, with the
+"""Preprocessing QC figure (docs/DESIGN.md §2): the three contrasts at a few axial slices, with the
 brain-mask outline (yellow) and the GT lesions (red), in radiological convention.
 
 Display windows: T1w and T2w from the 1st to the 99.5th percentile of the brain's voxels

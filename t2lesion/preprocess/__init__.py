@@ -1,4 +1,4 @@
-"""Preprocessing per visit (SPEC §2; paper, Methods "Datasets": refs. 16-18).
+"""Preprocessing per visit (docs/DESIGN.md §2; paper, Methods "Datasets": refs. 16-18).
 
 Paper order: N4 bias-field correction -> rigid registration of the baseline to an MNI
 template -> rigid registration of follow-ups to baseline -> skull stripping. Here, one
@@ -20,7 +20,7 @@ resample_with_gt       :func:`normalise_image`), then    brain mask, ``from-<mod
 =====================  ================================  =====================================
 
 Skull stripping runs on the N4-corrected native T1w *before* the registrations so that
-they can be brain to brain (the shipped MNI template is skull-stripped; SPEC §2). Every
+they can be brain to brain (the shipped MNI template is skull-stripped; docs/DESIGN.md §2). Every
 native image is interpolated once, through the composed rigid transforms, into the
 MNI-aligned 1 x 1 x 3 mm axial grid. Every function takes ``threads`` and passes it to ITK
 (to torch for deepbet, and to the ROBEX subprocess), so Snakemake's ``threads:`` is what the

@@ -17,7 +17,7 @@ from t2lesion.io import atomic_output, read_image, read_with_itk
 log = logging.getLogger(__name__)
 
 #: Target grid: MNI-aligned, axial, 1 x 1 x 3 mm (x, y, z) -- the trials' native resolution
-#: on which the paper trains (SPEC §2). Arrays are (z, y, x).
+#: on which the paper trains (docs/DESIGN.md §2). Arrays are (z, y, x).
 TARGET_SPACING = (1.0, 1.0, 3.0)
 SPACE_LABEL = "MNI1x1x3"
 

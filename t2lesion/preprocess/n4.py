@@ -1,7 +1,7 @@
-"""N4 bias-field correction of one contrast in its native space (paper: ref. 16; SPEC §2).
+"""N4 bias-field correction of one contrast in its native space (paper: ref. 16; docs/DESIGN.md §2).
 
 SimpleITK's N4 is fitted on a shrunken copy of the image inside an Otsu head mask and the
-fitted log-bias field is evaluated on the full-resolution grid. SPEC §2 measured shrink 4
+fitted log-bias field is evaluated on the full-resolution grid. The measurements of docs/DESIGN.md §2 found shrink 4
 with 4 x 50 iterations to correct as well as antspyx's default at a fraction of the cost.
 """
 
@@ -33,7 +33,7 @@ def head_mask(img: sitk.Image) -> sitk.Image:
 
 
 def shrink_factors(shrink, size) -> list[int]:
-    """Per-axis shrink factors: an int applies to every axis (SPEC §2's measured setting),
+    """Per-axis shrink factors: an int applies to every axis (docs/DESIGN.md §2's measured setting),
     a 3-tuple (x, y, z) gives them per axis; never below 1 or beyond the image size.
 
     Measured on a 1 x 1 x 3 mm head: (4, 4, 4) corrects as well as (4, 4, 1) (block CV of the

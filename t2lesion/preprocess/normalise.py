@@ -1,4 +1,4 @@
-"""Intensity normalisation within the brain mask (paper, Methods "Model training"; SPEC §2).
+"""Intensity normalisation within the brain mask (paper, Methods "Model training"; docs/DESIGN.md §2).
 
 The paper: "rescaled to the same intensity range, clipped to remove intensity outliers, and
 normalized by z-scoring using the mean and standard deviation of intensities within the 1st

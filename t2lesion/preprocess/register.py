@@ -1,8 +1,8 @@
-"""Rigid registrations of the preprocessing stage (paper: refs. 16-17; SPEC §2).
+"""Rigid registrations of the preprocessing stage (paper: refs. 16-17; docs/DESIGN.md §2).
 
 * intra-visit: T2w and FLAIR -> the visit's T1w (Mattes mutual information, head masks);
 * baseline T1w -> MNI152 2009 template, rigid 6 dof, *brain to brain* (the shipped template
-  is skull-stripped; SPEC §2: affine/SyN of a whole head to it collapsed the brain);
+  is skull-stripped; docs/DESIGN.md §2: affine/SyN of a whole head to it collapsed the brain);
 * follow-up T1w -> baseline T1w, rigid, brain to brain.
 
 Transform convention (ITK/ANTs, as fMRIPrep's ``from-A_to-B`` files): every transform file
@@ -273,7 +273,7 @@ def register_to_mni(
     template_resolution: int = 1,
     settings: RigidSettings = MNI_RIGID,
 ) -> Path:
-    """Baseline T1w -> MNI152 2009 template, rigid, brain to brain (SPEC §2).
+    """Baseline T1w -> MNI152 2009 template, rigid, brain to brain (docs/DESIGN.md §2).
 
     Writes ``out_xfm`` (``from-T1w_to-MNI``: maps MNI points to native T1w points).
     """
@@ -297,7 +297,7 @@ def register_to_baseline(
     threads: int = 1,
     settings: RigidSettings = DEFAULT_RIGID,
 ) -> Path:
-    """Follow-up T1w -> baseline T1w, rigid, brain to brain (SPEC §2).
+    """Follow-up T1w -> baseline T1w, rigid, brain to brain (docs/DESIGN.md §2).
 
     Writes ``out_xfm`` (``from-T1w_to-baseline``: maps baseline-native points to this
     visit's native T1w points). With ``brain_mask_path=None`` (follow-ups reuse the

@@ -1,4 +1,4 @@
-"""Compose the visit's transforms and resample every native image once (SPEC §2).
+"""Compose the visit's transforms and resample every native image once (docs/DESIGN.md §2).
 
 For contrast ``m`` of a visit, the composed transform maps a target-grid (MNI) point to the
 native point of ``m``:
@@ -65,7 +65,7 @@ def resample_image(
 
 
 #: Interpolation of the GT lesion mask before the 0.5 threshold (proposed config key
-#: ``preprocess.gt_interpolation``). Interpretation: SPEC §2 says linear, but linear + 0.5
+#: ``preprocess.gt_interpolation``). Interpretation: the first design (docs/DESIGN.md §2) was linear, but linear + 0.5
 #: cuts the edges and corners of small lesions: on the synthetic trial it lost 7-14 % of
 #: the total lesion volume (1 x 1 x 3 mm -> rotated 1 x 1 x 3 mm), cubic B-spline + 0.5
 #: lost 0-2 % and nearest neighbour +-0.3 % (but jagged). The brain mask stays linear
@@ -133,7 +133,7 @@ def resample_visit(
     Writes the contrasts (float32), the brain mask (and GT mask; uint8) and one composed
     transform per contrast to ``out_xfms`` (``from-<mod>_to-MNI1x1x3``: maps target-grid
     points to that contrast's native points). Returns the written paths by name.
-    With ``normalise`` (the default, SPEC §2's last step) each resampled contrast is clipped
+    With ``normalise`` (the default, docs/DESIGN.md §2's last step) each resampled contrast is clipped
     and z-scored inside the resampled brain mask in memory
     (:func:`t2lesion.preprocess.normalise.normalise_image`, ``clip_percentiles``,
     ``stats_percentiles``) before it is written: ``out_images`` are then the ``desc-preproc``

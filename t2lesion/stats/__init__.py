@@ -1,4 +1,4 @@
-"""Endpoint statistics on lesion volumes (SPEC §9; paper Fig. 3d–g, Fig. 4, Table 4).
+"""Endpoint statistics on lesion volumes (docs/DESIGN.md §9; paper Fig. 3d–g, Fig. 4, Table 4).
 
 Every analysis runs once per lesion *source*: ``gt`` (volumes from the ground-truth
 masks, where GT exists) and each prediction source (``classical``, the classical
@@ -9,7 +9,7 @@ layout). A trial without GT simply has no ``gt`` source.
 Modules: :mod:`~t2lesion.stats.inputs` (reading, validation, the long table),
 :mod:`~t2lesion.stats.change`, :mod:`~t2lesion.stats.ancova`,
 :mod:`~t2lesion.stats.survival` (Cox, Kaplan–Meier), :mod:`~t2lesion.stats.common`
-(exclusions, TSV writing); count models (SPEC §9b) get their own module. The
+(exclusions, TSV writing); count models (docs/DESIGN.md §9b) get their own module. The
 path-level ``run_*`` entry points the rules call are re-exported here.
 
 Inputs (CONTRACT.md)
@@ -21,7 +21,7 @@ Inputs (CONTRACT.md)
                  covariates may be ``n/a``/empty (missing), arm may not
     outcomes     participant_id, endpoint, time_weeks (>= 0), event (0/1/0.0/1.0)
 
-Nobody is dropped silently (SPEC §9). Each analysis writes
+Nobody is dropped silently (docs/DESIGN.md §9). Each analysis writes
 ``exclusions_<analysis>.tsv`` (analysis = tlv_long, change, ancova, cox, km;
 columns participant_id, source, analysis, scope, reason; scope "" = the whole
 analysis of that source, else the week / endpoint / endpoint + model concerned),
@@ -44,8 +44,8 @@ logs every exclusion, and its counts (n, n_missing, …) add up with it. Decisio
   Unrecognised values (sex ``X``, age ``-3``) are errors naming the row;
 * baseline TLV 0: no percent change: counted exclusion from change % and ANCOVA.
 
-Analyses, with the interpretations this package makes (SPEC: "defaults, keep them
-configurable"); the config key that controls each is given as ``stats.<key>``:
+Analyses, with the interpretations this package makes (docs/DESIGN.md §0: interpretations are
+defaults, kept configurable); the config key that controls each is given as ``stats.<key>``:
 
 * Change from baseline (paper "Longitudinal changes", Fig. 3d–g): absolute change
   ``tlv_w - tlv_bl`` (mL) and percent change ``100 (tlv_w - tlv_bl) / tlv_bl``.

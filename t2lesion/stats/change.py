@@ -182,7 +182,7 @@ def run_change(
     out_exclusions_tsv: str | Path | None = None,
     long_exclusions_tsv: str | Path | None = None,
 ) -> pd.DataFrame:
-    """Change from baseline (SPEC §9 bullets 1–2; paper Fig. 3d–g).
+    """Change from baseline (docs/DESIGN.md §9 bullets 1–2; paper Fig. 3d–g).
 
     Writes the per-row change table (:func:`compute_change`), the per source × arm
     × week summary with separations (:func:`summarize_change`), the longitudinal

@@ -101,7 +101,7 @@ def _write_tsv(df: pd.DataFrame, path: str | Path) -> None:
 
 
 class Exclusions:
-    """Collects the participants an analysis leaves out, one row per reason (SPEC §9).
+    """Collects the participants an analysis leaves out, one row per reason (docs/DESIGN.md §9).
 
     ``scope`` says where the subject is left out (e.g. ``week 48``, ``CDP24
     multivariable``; empty = the whole analysis of that source). Every exclusion is

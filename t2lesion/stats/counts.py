@@ -1,4 +1,4 @@
-"""Count endpoint: new and enlarging T2 lesions (SPEC §9b; issue 16; OPERA's MRI endpoint).
+"""Count endpoint: new and enlarging T2 lesions (docs/DESIGN.md §9b; issue 16; OPERA's MRI endpoint).
 
 Inputs are the per-visit tables of :mod:`t2lesion.tracking` (one per subject and
 source) and participants.tsv. Per source and subject:

@@ -131,7 +131,7 @@ def validate_long(
     baseline week (``stats.baseline_week``); no source is required (``gt`` neither).
     ``session`` is carried along unchecked.
 
-    Participants of participants.tsv (decided per case, SPEC §1/§9):
+    Participants of participants.tsv (decided per case, docs/DESIGN.md §1/§9):
 
     * absent from the whole table: an error naming them ("no baseline visit"),
       unless ``excluded_participants`` (participant → reason, the whole-participant

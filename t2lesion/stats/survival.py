@@ -251,7 +251,7 @@ def cox_models(
     exclusions: Exclusions | None = None,
     ph_test: bool = True,
 ) -> pd.DataFrame:
-    """Cox PH models per source × endpoint (paper Table 4; SPEC §9).
+    """Cox PH models per source × endpoint (paper Table 4; docs/DESIGN.md §9).
 
     ``baseline`` from :func:`baseline_lesions`. Models: univariable log TLV,
     univariable TLC, and multivariable (arm, sex, region, EDSS < 4, age, log TLV

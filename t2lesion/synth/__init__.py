@@ -1,4 +1,4 @@
-"""Synthetic MS trial with known truth (SPEC §10): the pipeline's embedded default data.
+"""Synthetic MS trial with known truth (docs/DESIGN.md §10): the pipeline's embedded default data.
 
 No real trial data can ship, so the default run generates a BIDS trial whose every
 hidden quantity is written next to it under ``truth/`` (layout in docs/CONTRACT.md).

@@ -1,4 +1,4 @@
-"""Tabular synthetic trial cohort with known truth (SPEC §10, clinical part).
+"""Tabular synthetic trial cohort with known truth (docs/DESIGN.md §10, clinical part).
 
 No images here: this module draws the participants' clinical table, the *target*
 longitudinal total lesion volume (TLV) per visit, and time-to-event outcomes from
@@ -59,7 +59,7 @@ from t2lesion.errors import InputError
 
 log = logging.getLogger(__name__)
 
-#: Outcome endpoints (SPEC §1); CCDP24 is the composite of the other three.
+#: Outcome endpoints (docs/DESIGN.md §1); CCDP24 is the composite of the other three.
 ENDPOINTS: tuple[str, ...] = ("CDP24", "T25FW24", "9HPT24", "CCDP24")
 COMPONENT_ENDPOINTS: tuple[str, ...] = ("CDP24", "T25FW24", "9HPT24")
 

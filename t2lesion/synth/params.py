@@ -21,7 +21,7 @@ TISSUES = ("wm", "gm", "csf", "lesion", "bone", "marrow", "muscle", "fat", "skin
 
 
 def _default_contrast() -> dict[str, dict[str, float]]:
-    # Scanner-like magnitudes (a 0-1000 range, never [0, 1]: ROBEX misbehaves there, SPEC §2).
+    # Scanner-like magnitudes (a 0-1000 range, never [0, 1]: ROBEX misbehaves there, docs/DESIGN.md §2).
     return {
         "T1w": {
             "wm": 800.0,

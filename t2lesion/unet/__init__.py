@@ -1,4 +1,4 @@
-"""The deep-learning stage (SPEC §3–7): model, loss, folds, patches, data loader, training
+"""The deep-learning stage (docs/DESIGN.md §3–7): model, loss, folds, patches, data loader, training
 and inference of the multi-arm 3-D U-Net. Everything an ML engineer needs is in here; the
 GPU lease shared by every GPU rule is :mod:`t2lesion.gpu`.
 

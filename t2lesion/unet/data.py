@@ -1,4 +1,4 @@
-"""Training data loader (SPEC §6): batches of windows read from the memory-mapped visit arrays
+"""Training data loader (docs/DESIGN.md §6): batches of windows read from the memory-mapped visit arrays
 of :mod:`t2lesion.unet.patches`, a share of them augmented on the fly.
 
 Determinism

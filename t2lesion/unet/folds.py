@@ -1,4 +1,4 @@
-"""Patient-level cross-validation split (SPEC §3): every visit of a patient in one fold, arms
+"""Patient-level cross-validation split (docs/DESIGN.md §3): every visit of a patient in one fold, arms
 balanced across folds, seeded. Pure numpy/pandas, no Keras import.
 
 Folds are numbered 1 … k (the paths say fold-<k>). Within each arm the participants are shuffled

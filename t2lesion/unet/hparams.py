@@ -165,7 +165,7 @@ def _to_plain(v):
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Loss hyper-parameters (SPEC §5). Midpoints/slopes are interpretations (docs/model.md)."""
+    """Loss hyper-parameters (docs/DESIGN.md §5). Midpoints/slopes are interpretations (docs/model.md)."""
 
     gamma_start: float = 0.02
     gamma_end: float = 0.15

@@ -1,4 +1,4 @@
-"""Ensembled MC-dropout inference of the multi-arm U-Net over whole visits (SPEC §7).
+"""Ensembled MC-dropout inference of the multi-arm U-Net over whole visits (docs/DESIGN.md §7).
 
 Per visit, on the preprocessed MNI 1 × 1 × 3 mm grid (arrays (z, y, x), channels
 ``ModelConfig.channel_order`` = T2w, FLAIR, T1w):

@@ -173,7 +173,7 @@ class MCReduce(layers.Layer):
     mode "samples": (B, n, z, y, x, 1).
     mode "moments": (B, z, y, x, 3) = [mean p, mean p², mean binary entropy H(p) (nats)] —
     the sufficient statistics to pool folds and derive mean, SD, predictive entropy and
-    mutual information (SPEC §7) without shipping every sample to the host.
+    mutual information (docs/DESIGN.md §7) without shipping every sample to the host.
     """
 
     def __init__(self, n: int, mode: str = "moments", **kwargs):

@@ -1,4 +1,4 @@
-"""Loss of Krishnan et al. 2023 (Eq. 1–2, SPEC §5) and its schedules.
+"""Loss of Krishnan et al. 2023 (Eq. 1–2, docs/DESIGN.md §5) and its schedules.
 
     L = α·L_FG-ST + β·L_BG-ST + L_dice        per supervision level; levels summed (Keras sums
                                               the per-output losses with weight 1).

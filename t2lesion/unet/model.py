@@ -1,6 +1,6 @@
 """Multi-arm 3-D U-Net with dense input and skip connectivity (Krishnan et al. 2023, Fig. 1).
 
-SPEC §4. Everything in the graph is ``keras.layers`` / ``keras.ops``, so the same code
+docs/DESIGN.md §4. Everything in the graph is ``keras.layers`` / ``keras.ops``, so the same code
 builds and trains on the TensorFlow, PyTorch and JAX backends. No ``tf.*`` here.
 
 Layout

@@ -1,4 +1,4 @@
-"""Training patches without patch files (SPEC §3): one memory-mappable array per visit and a
+"""Training patches without patch files (docs/DESIGN.md §3): one memory-mappable array per visit and a
 window index per fold.
 
 Store
@@ -15,7 +15,7 @@ Index
 -----
 ``index_windows`` slides windows of ``patch_size`` at ``overlap`` over a stored visit
 (``windows.window_corners``) and keeps those with at least one lesion voxel: the paper found
-that negative patches hurt (SPEC §3). ``build_index`` does this for a table of visits and
+that negative patches hurt (docs/DESIGN.md §3). ``build_index`` does this for a table of visits and
 ``write_fold_indices`` writes one TSV per fold.
 """
 

@@ -1,4 +1,4 @@
-"""Training of one fold (SPEC §6): Adam, deep supervision, the α/β/γ schedules, validation in
+"""Training of one fold (docs/DESIGN.md §6): Adam, deep supervision, the α/β/γ schedules, validation in
 inference mode, per-epoch checkpoints, resume.
 
 ``train_fold`` is backend-agnostic (``keras`` / ``keras.ops``; the only backend-specific line

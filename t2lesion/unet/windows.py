@@ -1,6 +1,6 @@
 """Sliding windows over a visit's brain box: one corner generator for training and inference.
 
-Arrays are (z, y, x) = (slices, rows, cols), the model's axis order (SPEC §2). Pure numpy,
+Arrays are (z, y, x) = (slices, rows, cols), the model's axis order (docs/DESIGN.md §2). Pure numpy,
 no Keras import.
 """
 
