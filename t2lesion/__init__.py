@@ -1,10 +1,22 @@
 """t2lesion: regenerate the T2-lesion endpoint analyses of MS trials from raw MRI.
 
-Re-implements Krishnan et al., Sci. Rep. 2023 (multi-arm 3-D U-Net) as a library
-whose stages mirror the Snakemake rules: ``bids``, ``synth``, ``preprocess``,
-``patches``, ``model``, ``losses``, ``train``, ``infer``, ``evaluation``, ``stats``,
-``plots``, ``gpu``.
-"""
+Re-implements Krishnan et al., Sci. Rep. 2023 (multi-arm 3-D U-Net) as a library whose
+modules mirror the Snakemake rules (docs/DESIGN.md says what each stage does and why):
+
+``config``      the config, checked against schemas/config.schema.yaml; the trials it names
+``plan``        the workflow's plan: visits, sources and every path the rules use
+``bids``        BIDS input: file names, tables, validation
+``synth/``      the synthetic trial with known truth (anatomy, lesions, acquisition, clinical)
+``preprocess/`` N4, registration, skull stripping, resampling, normalisation
+``classical``   the classical FLAIR segmenter (source ``classical``)
+``unet/``       the multi-arm U-Net: hyper-parameters, layers, model, losses, patches, data,
+                training, ensembled MC-dropout inference
+``gpu``         the GPU lease every GPU job shares
+``evaluation/`` lesion metrics (Table 2, Fig. 3a-c)
+``tracking``    new and enlarging T2 lesions between visits
+``stats/``      endpoint statistics: long table, change, ANCOVA, Cox, Kaplan-Meier, counts, Table 1
+``plots/``      figures; ``report``: summary.md; ``formatting``: numbers for reading
+``io``, ``logs``, ``errors``: atomic outputs, job logs, input errors"""
 
 import os as _os
 

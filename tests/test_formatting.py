@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from t2lesion.formatting import MISSING, fmt_ci, fmt_num, fmt_p
-from t2lesion.plots.lesions import rate_ratio_text
+from t2lesion.plots.new_lesions import rate_ratio_text
 from t2lesion.plots.stats import logrank_text
 from t2lesion.report import km_section, rate_ratio_section
 

@@ -201,7 +201,7 @@ def test_trial_without_gt_runs_every_analysis(tmp_path):
     lg[lg.source != "gt"].to_csv(tmp_path / "long.tsv", sep="\t", index=False)
     long = tmp_path / "long.tsv"
     cox = stats.run_cox(long, parts, outc, tmp_path / "c.tsv", tmp_path / "t4.tsv", "PLA", endpoints=["CDP24"])
-    assert set(cox.source) == {"baseline"} and (cox.status == "ok").all()
+    assert set(cox.source) == {"classical"} and (cox.status == "ok").all()
     bl = stats.baseline_lesions(lg[lg.source == "classical"])
     assert cox.log_tlv_centre.dropna().unique() == pytest.approx([bl.log_tlv.mean()], rel=1e-15)
     assert {"classical.hr_ci", "classical.concordance"} <= set(read(tmp_path / "t4.tsv").columns)

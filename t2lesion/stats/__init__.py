@@ -8,7 +8,7 @@ layout). A trial without GT simply has no ``gt`` source.
 
 Modules: :mod:`~t2lesion.stats.inputs` (reading, validation, the long table),
 :mod:`~t2lesion.stats.change`, :mod:`~t2lesion.stats.ancova`,
-:mod:`~t2lesion.stats.survival` (Cox, Kaplan–Meier), :mod:`~t2lesion.stats.common`
+:mod:`~t2lesion.stats.survival` (Cox), :mod:`~t2lesion.stats.km` (Kaplan–Meier), :mod:`~t2lesion.stats.common`
 (exclusions, TSV writing); count models (docs/DESIGN.md §9b) get their own module. The
 path-level ``run_*`` entry points the rules call are re-exported here.
 
@@ -119,7 +119,8 @@ from t2lesion.stats.inputs import (  # noqa: F401
     read_participants, read_visit_list, read_visits, run_long_table, validate_long, validate_outcomes,
     validate_participants,
 )
+from t2lesion.stats.km import KM_CONF_TYPES, km_analysis, km_estimate, run_km  # noqa: F401
 from t2lesion.stats.survival import (  # noqa: F401
-    COX_COVARIATES, COX_MODELS, KM_CONF_TYPES, PH_TEST_NOTE, baseline_lesions, concordance_harrell, cox_design,
-    cox_models, cox_zph_km, fit_cox, km_analysis, km_estimate, log_tlv_centre, run_cox, run_km, table4,
+    COX_COVARIATES, COX_MODELS, PH_TEST_NOTE, baseline_lesions, concordance_harrell, cox_design, cox_models,
+    cox_zph_km, fit_cox, log_tlv_centre, run_cox, table4,
 )

@@ -469,7 +469,7 @@ def run_new_lesions(visit_tsvs_by_source: Mapping[str, Sequence], participants_t
     MRI are then excluded with reason "no MRI" (without it: "no lesion mask of source").
     """
 
-    from t2lesion.plots.lesions import plot_rate_ratios, plot_rates_by_visit
+    from t2lesion.plots.new_lesions import plot_rate_ratios, plot_rates_by_visit
 
     participants = read_participants(participants_tsv)
     arms = [control_arm] + [a for a in (arms or sorted(set(participants["arm"]))) if a != control_arm]
