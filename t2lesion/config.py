@@ -236,6 +236,7 @@ def check_config(config: dict, schema_path: str | Path = SCHEMA) -> dict:
     renamed = renamed_values(config)
     if renamed:
         raise InputError(renamed, header="config: the configuration is not valid")
+    sources_given = "sources" in config
     schema = read_yaml(schema_path)
     validator = _validator_with_defaults()(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path])
@@ -247,7 +248,27 @@ def check_config(config: dict, schema_path: str | Path = SCHEMA) -> dict:
         problems = section_problems(config)
     if problems:
         raise InputError(problems, header="config: the configuration is not valid")
+    if not sources_given:
+        config["sources"] = default_sources(config)
     return config
+
+
+def default_sources(config: dict) -> list[str]:
+    """The sources a config that lists none gets: the U-Net's beside the classical segmenter's
+    when there are fold models to predict with (a ``role: train`` trial or ``inference.models``),
+    the classical segmenter's alone otherwise (an explicit ``sources`` list always wins)."""
+    trains = any((t or {}).get("role") == "train" for t in (config.get("trials") or {}).values())
+    models = (config.get("inference") or {}).get("models")
+    return ["classical", "unet"] if trains or models else ["classical"]
+
+
+def source_warnings(config: dict) -> list[str]:
+    """One line when the config trains the U-Net but leaves it out of ``sources``."""
+    trains = sorted(n for n, t in (config.get("trials") or {}).items() if (t or {}).get("role") == "train")
+    if trains and "unet" not in config.get("sources", []):
+        return [f"sources: {config.get('sources')} leaves out 'unet': the folds trained on "
+                f"{', '.join(trains)} predict no visit; add 'unet' to sources for U-Net endpoints"]
+    return []
 
 
 def read_yaml(path: str | Path) -> dict:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from t2lesion.bids import MODALITIES, Visit
-from t2lesion.config import Trial, fold_models, trials_from_config, visit_inputs
+from t2lesion.config import Trial, fold_models, source_warnings, trials_from_config, visit_inputs
 
 # Every file name carries its entities; these prefixes keep rules short.
 PRE = "results/preproc/trial-{trial}/sub-{sub}/ses-{ses}/sub-{sub}_ses-{ses}"
@@ -137,7 +137,7 @@ class Plan:
     def from_config(cls, config: dict) -> tuple[Plan, list[str]]:
         """The plan and the warnings found while reading the trials (an InputError on problems)."""
         trials, warnings = trials_from_config(config)
-        return cls(config, trials), warnings
+        return cls(config, trials), source_warnings(config) + warnings
 
     # ------------------------------------------------------------------ preprocessing
 

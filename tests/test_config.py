@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from t2lesion.config import SCHEMA, check_config, main, read_yaml
+from t2lesion.config import SCHEMA, check_config, main, read_yaml, source_warnings
 from t2lesion.errors import InputError
 
 TRIAL = {"role": "test", "bids": "x", "control_arm": "PLA", "treatment_arms": ["OCR"]}
@@ -37,8 +37,29 @@ def test_every_schema_node_uses_json_schema_keywords_only():
 
 def test_defaults_are_filled_in_nested_sections():
     config = check_config({"trials": {"t": dict(TRIAL)}})
-    assert config["metrics"]["connectivity"] == 18 and config["sources"] == ["classical"]
+    assert config["metrics"]["connectivity"] == 18 and config["sources"] == ["classical"]  # no fold models
     assert config["preprocess"]["followup_brain_mask"] == "baseline"
+
+
+@pytest.mark.parametrize("extra, sources", [
+    ({}, ["classical"]),
+    ({"trials": {"t": dict(TRIAL), "tr": dict(TRIAL, role="train")}}, ["classical", "unet"]),
+    ({"inference": {"models": "elsewhere"}}, ["classical", "unet"]),
+    ({"sources": ["unet"], "inference": {"models": "elsewhere"}}, ["unet"]),  # an explicit list wins
+    ({"sources": ["classical"], "trials": {"t": dict(TRIAL), "tr": dict(TRIAL, role="train")}}, ["classical"]),
+])
+def test_default_sources_follow_the_fold_models(extra, sources):
+    config = check_config({"trials": {"t": dict(TRIAL)}, **extra})
+    assert config["sources"] == sources
+    warned = source_warnings(config)
+    assert len(warned) == ("tr" in config["trials"] and "unet" not in sources)
+
+
+def test_the_old_source_name_is_one_line_naming_the_new_one():
+    with pytest.raises(InputError) as err:
+        check_config({"trials": {"t": dict(TRIAL)}, "sources": ["baseline", "unet"]})
+    assert str(err.value).splitlines()[1:] == [
+        "  - config: sources: 'baseline' is now called 'classical' (the classical segmenter); write 'classical'"]
 
 
 def test_each_problem_is_one_line_with_its_key_path():

@@ -208,6 +208,38 @@ def test_unet_source_fails_at_start_with_one_line(tmp_path):
     assert "MissingInputException" not in out and "Traceback" not in out
 
 
+def _sources_case(tmp_path, case: str) -> dict:
+    """A config for each default-sources case: a test trial alone, with a train trial, or with
+    a folder of fold models (tests/test_config.py checks the same cases without Snakemake)."""
+    cfg = real_trial_config(make_bids(tmp_path / "bids"))
+    if case in ("train", "train, classical only"):
+        cfg["trials"]["tr"] = {"role": "train", "bids": str(make_bids(tmp_path / "train_bids")), "control_arm": "PLA",
+                               "treatment_arms": ["OCR"]}
+    if case == "train, classical only":
+        cfg["sources"] = ["classical"]
+    if case == "models":
+        for k in (1, 2, 3):
+            (tmp_path / "models" / f"fold-{k}").mkdir(parents=True)
+            (tmp_path / "models" / f"fold-{k}" / "model.keras").write_bytes(b"")
+        cfg["inference"] = {"models": str(tmp_path / "models")}
+    return cfg
+
+
+@pytest.mark.parametrize("case, unet, trains", [("test only", False, False), ("train", True, True),
+                                                ("models", True, False), ("train, classical only", False, True)])
+def test_default_sources_use_the_unet_when_there_are_fold_models(tmp_path, case, unet, trains):
+    res = snakemake(tmp_path, "-n", config=_sources_case(tmp_path, case))
+    assert res.returncode == 0, res.stderr
+    counts = job_counts(res.stdout)
+    assert ("infer_real_1" in counts) == unet and ("train" in counts) == trains, counts
+    assert counts["segment_classical"] == 4, counts
+    assert volumes_planned(res.stdout) == ({"classical": 4, "gt": 4, "unet": 4} if unet else {"classical": 4, "gt": 4})
+    warning = "leaves out 'unet': the folds trained on tr predict no visit"
+    assert (warning in res.stderr) == (case == "train, classical only"), res.stderr
+    if case == "train, classical only":
+        assert len([line for line in res.stderr.splitlines() if warning in line]) == 1
+
+
 def test_inference_only_from_a_folder_of_fold_models(tmp_path):
     """inference.models: predictions from models trained elsewhere, with no training job."""
     bids = make_bids(tmp_path / "bids")
