@@ -32,13 +32,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
 
 import keras
 import numpy as np
 from keras import layers, ops
 
-from t2lesion.unet.hparams import ModelConfig, Triple, split_model_section
+from t2lesion.unet.hparams import ModelConfig, split_model_section
 from t2lesion.unet.layers import ChannelSelect, LinearUpsample3D, MCDropout, MCReduce, RepeatBatch
 from t2lesion.unet.losses import LossScheduleState, bind_losses
 from t2lesion.unet.receptive_field import _down_kernel, _ratio, output_shapes, receptive_field
