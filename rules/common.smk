@@ -14,6 +14,8 @@ from t2lesion.plan import (
     PRE,
     PRE_BASELINE,
     PRED,
+    REVIEW,
+    REVIEW_VISIT,
     STATS,
     TRACK,
     TRAIN,

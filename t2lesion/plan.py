@@ -42,6 +42,9 @@ VALIDATION_PASSED = "results/validated/trial-{trial}_passed"
 LOGS = "results/logs"
 BENCH = "results/benchmarks"
 QC_PNG = f"{PRE}_{MNI}_qc.png"
+# The reader's review queue (docs/DESIGN.md §14).
+REVIEW = "results/review/trial-{trial}"
+REVIEW_VISIT = f"{REVIEW}/visits/sub-{{sub}}_ses-{{ses}}_review.tsv"
 #: a regex that matches no wildcard value: a rule limited to it never applies
 NOTHING = "(?!)"
 
@@ -298,6 +301,84 @@ class Plan:
                 )
         return batches
 
+    # ------------------------------------------------------------------ review queue
+
+    @property
+    def review_sources(self) -> tuple[str | None, str | None]:
+        """The source the review queue ranks and the one it is compared with
+        (t2lesion.review.queue_sources: ``unet`` beside ``classical``, else ``classical`` alone)."""
+        from t2lesion.review import queue_sources
+
+        return queue_sources(self.sources)
+
+    def review_trials(self) -> list[str]:
+        """Valid test trials, when a prediction source gives masks to review."""
+        if self.review_sources[0] is None:
+            return []
+        return [n for n in self.test_trials if not self.trials[n].problems]
+
+    def review_visit_inputs(self, trial: str, sub: str, ses: str) -> dict[str, str]:
+        """Rule review_visit's inputs: the queue source's mask, the MNI brain mask, the MI map
+        (``unet``), the other source's mask, the subject's previous and next masks where they
+        exist, and the visit's own native skull-strip mask where it has one."""
+        primary, other = self.review_sources
+        pre = PRE.format(trial=trial, sub=sub, ses=ses)
+        out = {"mask": mask_path(trial, sub, ses, primary), "brain": f"{pre}_{MNI}_desc-brain_mask.nii.gz"}
+        if primary == "unet":
+            out["mi"] = f"{PRED.format(source='unet', trial=trial, sub=sub, ses=ses)}_{UNET_OUTPUTS['mi']}"
+        if other:
+            out["other"] = mask_path(trial, sub, ses, other)
+        visits = self.tracked_visits(trial, primary, sub)
+        k = visits.index(Visit(sub, ses))
+        if 0 < k < len(visits) - 1:
+            out["prev"] = mask_path(trial, sub, visits[k - 1].ses, primary)
+            out["next"] = mask_path(trial, sub, visits[k + 1].ses, primary)
+        if self.own_brain_mask(ses):
+            out["native_brain"] = f"{pre}_space-T1w_desc-brain_mask.nii.gz"
+        return out
+
+    def review_visit_params(self, trial: str, sub: str, ses: str) -> dict:
+        """Rule review_visit's identifiers and the log of the visit's rigid registration (to MNI
+        at the baseline, to the baseline at a follow-up), read for its final cost if present."""
+        primary, other = self.review_sources
+        step = "register_mni" if ses == "w000" else "register_baseline"
+        return {
+            "participant_id": f"sub-{sub}",
+            "session": f"ses-{ses}",
+            "week": Visit(sub, ses).week,
+            "source": primary,
+            "other_source": other,
+            "reg_kind": "mni" if ses == "w000" else "baseline",
+            "reg_log": f"{LOGS}/{step}/trial-{trial}_sub-{sub}_ses-{ses}.log",
+        }
+
+    def review_visit_tables(self, trial: str) -> list[str]:
+        """Every visit's review row (rule review_queue's inputs)."""
+        return visit_paths(REVIEW_VISIT, trial, self.trials[trial].visits)
+
+    def review_ids(self, trial: str) -> list[str]:
+        return [v.prefix for v in self.trials[trial].visits]
+
+    def review_figure_inputs(self, trial: str) -> dict:
+        """The queue, and per visit (aligned with :meth:`review_ids`) the FLAIR and the two
+        masks the review page draws: the other source's (red) and the queue source's (blue);
+        the queue source's on both sides when it is alone."""
+        primary, other = self.review_sources
+        visits = self.trials[trial].visits
+        return {
+            "queue": f"{REVIEW.format(trial=trial)}/queue.tsv",
+            "flair": visit_paths(f"{PRE}_{MNI}_desc-preproc_FLAIR.nii.gz", trial, visits),
+            "first": [mask_path(trial, v.sub, v.ses, other or primary) for v in visits],
+            "second": [mask_path(trial, v.sub, v.ses, primary) for v in visits],
+        }
+
+    def review_targets(self, trial: str) -> list[str]:
+        """The queue and its report page."""
+        if trial not in self.review_trials():
+            return []
+        review = REVIEW.format(trial=trial)
+        return [f"{review}/queue.tsv", f"{review}/review_overlays.png"]
+
     # ------------------------------------------------------------------ training
 
     def train_indexes(self) -> list[str]:
@@ -479,6 +560,7 @@ class Plan:
             targets += self.stats_targets(name)
             targets += self.lesion_targets(name)
             targets += self.report_targets(name)
+            targets += self.review_targets(name)
         if self.summary_trials() or self.train_trials:
             targets.append("results/report/summary.md")
         return targets

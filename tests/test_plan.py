@@ -155,3 +155,59 @@ def test_synthetic_trial_outputs_every_image_and_gt(demo):
     assert len(files) == 6 + 4 * len(visits)
     assert Visit("001", "w048") in visits
     assert any(f.endswith("sub-001_ses-w048_FLAIR.nii.gz") for f in files)
+
+
+# ------------------------------------------------------------------ review queue (docs/DESIGN.md §14)
+
+
+def unet_trial(tmp_path, weeks=(0, 24, 48)) -> dict:
+    models = tmp_path / "models"
+    for k in (1, 2):
+        (models / f"fold-{k}").mkdir(parents=True)
+        (models / f"fold-{k}" / "model.keras").write_bytes(b"")
+    return real_trial(make_bids(tmp_path / "bids", weeks=weeks), sources=["classical", "unet"],
+                      inference={"models": str(models)})
+
+
+def test_review_queue_of_the_demo(demo):
+    assert demo.review_sources == ("unet", "classical")
+    targets = demo.all_targets()
+    review = "results/review/trial-synthdemo"
+    for t in (f"{review}/queue.tsv", f"{review}/review_overlays.png"):
+        assert t in targets
+    assert not any("trial-synthtrain" in t for t in targets if t.startswith("results/review"))
+    assert len(demo.review_visit_tables("synthdemo")) == len(demo.trials["synthdemo"].visits) == 16
+
+
+def test_review_queue_of_unet_beside_classical(tmp_path):
+    """The U-Net's masks ranked against the classical ones; middle visits get their neighbours
+    for the flicker, baselines their own skull-strip mask and the MNI registration log."""
+    plan = plan_of(unet_trial(tmp_path))
+    assert plan.review_sources == ("unet", "classical")
+    first, middle, last = (plan.review_visit_inputs("real", "001", w) for w in ("w000", "w024", "w048"))
+    assert first["mask"] == mask_path("real", "001", "w000", "unet")
+    assert first["other"] == mask_path("real", "001", "w000", "classical")
+    assert first["mi"].endswith("sub-001_ses-w000_space-MNI1x1x3_desc-mi_uncertainty.nii.gz")
+    assert "prev" not in first and "next" not in last and "native_brain" not in middle
+    assert first["native_brain"].endswith("sub-001_ses-w000_space-T1w_desc-brain_mask.nii.gz")
+    assert middle["prev"] == mask_path("real", "001", "w000", "unet")
+    assert middle["next"] == mask_path("real", "001", "w048", "unet")
+    p0, p1 = (plan.review_visit_params("real", "001", w) for w in ("w000", "w024"))
+    assert p0["reg_log"] == "results/logs/register_mni/trial-real_sub-001_ses-w000.log" and p0["reg_kind"] == "mni"
+    assert p1["reg_log"].startswith("results/logs/register_baseline/") and p1["reg_kind"] == "baseline"
+    assert (p1["participant_id"], p1["session"], p1["week"]) == ("sub-001", "ses-w024", 24)
+    fig = plan.review_figure_inputs("real")
+    assert len(fig["flair"]) == len(fig["first"]) == len(fig["second"]) == len(plan.review_ids("real")) == 6
+    assert "classical" in fig["first"][0] and "unet" in fig["second"][0]
+
+
+def test_review_queue_without_the_unet_ranks_the_classical_masks(tmp_path):
+    cfg = real_trial(make_bids(tmp_path / "bids", weeks=(0, 24, 48)), sources=["classical"])
+    plan = plan_of(cfg)
+    assert plan.review_sources == ("classical", None)
+    targets = plan.review_targets("real")
+    assert targets == ["results/review/trial-real/queue.tsv", "results/review/trial-real/review_overlays.png"]
+    inputs = plan.review_visit_inputs("real", "001", "w024")
+    assert set(inputs) == {"mask", "brain", "prev", "next"} and "classical" in inputs["mask"]
+    fig = plan.review_figure_inputs("real")
+    assert fig["first"] == fig["second"]

@@ -314,3 +314,18 @@ def test_partial_gt_mapped_sessions_and_excluded_visits(tmp_path):
     # inside the pipeline a mapped visit is named by its week
     assert "results/preproc/trial-real/sub-001/ses-w024/" in res.stdout
     assert "sub-001/ses-m06/anat/sub-001_ses-m06_FLAIR.nii.gz" in res.stdout  # read from its BIDS name
+
+
+def test_review_queue_is_planned_per_visit_and_per_trial(tmp_path):
+    """docs/DESIGN.md §14: one review row per visit, one queue and one review page per trial."""
+    bids = make_bids(tmp_path / "bids", weeks=(0, 24, 48))  # 2 subjects x 3 visits
+    models = tmp_path / "models"
+    for k in (1, 2):
+        (models / f"fold-{k}").mkdir(parents=True)
+        (models / f"fold-{k}" / "model.keras").write_bytes(b"")
+    cfg = real_trial_config(bids) | {"sources": ["classical", "unet"], "inference": {"models": str(models)}}
+    res = snakemake(tmp_path, "-n", config=cfg)
+    assert res.returncode == 0, res.stdout + res.stderr
+    counts = job_counts(res.stdout)
+    assert counts["review_visit"] == 6 and counts["review_queue"] == 1 and counts["review_figure"] == 1, counts
+    assert "results/review/trial-real/queue.tsv" in res.stdout

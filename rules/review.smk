@@ -1,0 +1,78 @@
+# The reader's review queue (docs/DESIGN.md §14, issue 26): per visit the doubt components
+# (ensemble uncertainty, disagreement between sources, lesions that vanish and come back, QC),
+# then per trial the ranked queue and its report page. Inputs from t2lesion.plan (Plan.review_*),
+# logic in t2lesion.review. Made for valid test trials when a prediction source exists; without
+# `unet` the queue ranks the classical masks on the components that need no ensemble.
+REV = config["review"]
+REVIEW_PARAMS = {
+    "mi_threshold": REV["mi_threshold"],
+    "connectivity": config["metrics"]["connectivity"],
+    "min_size": config["metrics"]["min_lesion_voxels"],
+}
+
+
+rule review_visit:
+    input:
+        unpack(lambda w: PLAN.review_visit_inputs(w.trial, w.sub, w.ses)),
+    output:
+        REVIEW_VISIT,
+    log:
+        f"{LOGS}/review_visit/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.log",
+    benchmark:
+        f"{BENCH}/review_visit/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.tsv"
+    conda:
+        "../envs/imaging.yaml"
+    threads: 1
+    params:
+        ids=lambda w: PLAN.review_visit_params(w.trial, w.sub, w.ses),
+        review=REVIEW_PARAMS,
+    script:
+        "../workflow_scripts/review_visit.py"
+
+
+rule review_queue:
+    input:
+        lambda w: PLAN.review_visit_tables(w.trial),
+    output:
+        report(
+            f"{REVIEW}/queue.tsv",
+            caption="../report/review_queue.rst",
+            category="Review",
+            subcategory="Review queue",
+            labels={"trial": "{trial}"},
+        ),
+    log:
+        f"{LOGS}/review_queue/trial-{{trial}}.log",
+    benchmark:
+        f"{BENCH}/review_queue/trial-{{trial}}.tsv"
+    conda:
+        "../envs/stats.yaml"
+    threads: 1
+    script:
+        "../workflow_scripts/review_queue.py"
+
+
+rule review_figure:
+    input:
+        unpack(lambda w: PLAN.review_figure_inputs(w.trial)),
+    output:
+        report(
+            f"{REVIEW}/review_overlays.png",
+            caption="../report/review_overlays.rst",
+            category="Review",
+            subcategory="Review queue",
+            labels={"trial": "{trial}"},
+        ),
+    log:
+        f"{LOGS}/review_figure/trial-{{trial}}.log",
+    benchmark:
+        f"{BENCH}/review_figure/trial-{{trial}}.tsv"
+    conda:
+        "../envs/imaging.yaml"
+    threads: 1
+    params:
+        ids=lambda w: PLAN.review_ids(w.trial),
+        n_visits=REV["figure_visits"],
+        sources=PLAN.review_sources,
+    script:
+        "../workflow_scripts/review_figure.py"
