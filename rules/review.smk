@@ -76,3 +76,24 @@ rule review_figure:
         sources=PLAN.review_sources,
     script:
         "../workflow_scripts/review_figure.py"
+
+
+# One job per trial writes the bundles of the queue's first review.top_k visits (each copies
+# the visit's raw images, so not every visit by default); rerun when the queue changes.
+rule review_bundles:
+    input:
+        unpack(lambda w: PLAN.review_bundle_inputs(w.trial)),
+    output:
+        directory(f"{REVIEW}/bundles"),
+    log:
+        f"{LOGS}/review_bundles/trial-{{trial}}.log",
+    benchmark:
+        f"{BENCH}/review_bundles/trial-{{trial}}.tsv"
+    conda:
+        "../envs/imaging.yaml"
+    threads: 1
+    params:
+        ids=lambda w: PLAN.review_ids(w.trial),
+        top_k=REV["top_k"],
+    script:
+        "../workflow_scripts/review_bundles.py"

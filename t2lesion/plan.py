@@ -372,12 +372,32 @@ class Plan:
             "second": [mask_path(trial, v.sub, v.ses, primary) for v in visits],
         }
 
+    def review_bundle_inputs(self, trial: str) -> dict:
+        """Per visit (aligned with :meth:`review_ids`): the raw FLAIR, T1w and T2w, the U-Net's
+        native mask, probability and MI maps and the composed FLAIR -> MNI transform (rule
+        review_bundles; only with ``unet`` among the sources)."""
+        t, visits = self.trials[trial], self.trials[trial].visits
+        d = [self.infer_visit(trial, v) for v in visits]
+        return {
+            "queue": f"{REVIEW.format(trial=trial)}/queue.tsv",
+            "flair": [str(t.image(v, "FLAIR")) for v in visits],
+            "t1w": [str(t.image(v, "T1w")) for v in visits],
+            "t2w": [str(t.image(v, "T2w")) for v in visits],
+            "mask": [x["out_native_mask"] for x in d],
+            "prob": [x["out_prob"] for x in d],
+            "mi": [x["out_mi"] for x in d],
+            "xfm": [x["flair_xfm"] for x in d],
+        }
+
     def review_targets(self, trial: str) -> list[str]:
-        """The queue and its report page."""
+        """The queue and its report page; the bundles too when the U-Net gives the maps."""
         if trial not in self.review_trials():
             return []
         review = REVIEW.format(trial=trial)
-        return [f"{review}/queue.tsv", f"{review}/review_overlays.png"]
+        out = [f"{review}/queue.tsv", f"{review}/review_overlays.png"]
+        if "unet" in self.sources:
+            out.append(f"{review}/bundles")
+        return out
 
     # ------------------------------------------------------------------ training
 

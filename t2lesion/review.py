@@ -39,7 +39,8 @@ that need no ensemble (MI columns n/a, no disagreement); see :func:`queue_source
 
 Public API: :func:`visit_features`, :func:`run_visit_features`, :func:`registration_cost`,
 :func:`robust_z`, :func:`build_queue`, :func:`run_queue`, :func:`queue_sources`,
-:func:`run_review_figure`, :func:`top_ids`, :data:`COMPONENTS`.
+:func:`run_review_figure`, :func:`top_ids`, :data:`COMPONENTS`, and the review bundle
+(:func:`write_bundle`, :func:`itksnap_workspace`, :func:`run_bundles`).
 """
 
 from __future__ import annotations
@@ -298,3 +299,114 @@ def run_review_figure(queue_tsv: str | Path, ids: Sequence[str], flairs: Sequenc
     fig2_png(cases, out_png, title=title, names=names, empty="Review queue: no visit")
     return [c["id"] for c in cases]
 
+
+# --------------------------------------------------------------------------- review bundles
+
+#: A bundle's files: key -> file name after ``sub-<s>_ses-<w>_`` (native FLAIR space except
+#: the T1w and T2w, which stay on their own native grids; viewers place them by their headers).
+BUNDLE_FILES = {
+    "flair": "FLAIR.nii.gz",
+    "t1w": "T1w.nii.gz",
+    "t2w": "T2w.nii.gz",
+    "prob": "space-FLAIR_desc-lesion_probseg.nii.gz",
+    "mi": "space-FLAIR_desc-mi_uncertainty.nii.gz",
+    "mask": "space-FLAIR_desc-lesion_mask.nii.gz",
+}
+#: ITK-SNAP layers, in order: (bundle key, role, nickname). The FLAIR is the main image, the
+#: U-Net mask the segmentation a reader edits.
+ITKSNAP_LAYERS = (
+    ("flair", "MainRole", "FLAIR"),
+    ("t1w", "OverlayRole", "T1w"),
+    ("t2w", "OverlayRole", "T2w"),
+    ("prob", "OverlayRole", "U-Net probability"),
+    ("mi", "OverlayRole", "U-Net mutual information"),
+    ("mask", "SegmentationRole", "U-Net lesion mask"),
+)
+_ITKSNAP_HEAD = """<?xml version="1.0" encoding="UTF-8" ?>
+<!--ITK-SNAP (itksnap.org) Project File, written by t2lesion.review.
+Paths are relative to this file; keep the images beside it.-->
+<!DOCTYPE registry [
+<!ELEMENT registry (entry*,folder*)>
+<!ELEMENT folder (entry*,folder*)>
+<!ELEMENT entry EMPTY>
+<!ATTLIST folder key CDATA #REQUIRED>
+<!ATTLIST entry key CDATA #REQUIRED>
+<!ATTLIST entry value CDATA #REQUIRED>
+]>
+"""
+
+
+def itksnap_workspace(layers: Sequence[tuple[str, str, str]]) -> str:
+    """An ITK-SNAP workspace (``.itksnap``, XML) of ``layers`` ``(path, role, nickname)``:
+    one ``MainRole`` first, then overlays and the ``SegmentationRole``.
+
+    The paths are written as given (relative to the workspace file) and ``SaveLocation`` is
+    empty: ITK-SNAP treats a workspace whose folder differs from its save location as moved
+    and resolves each layer path against the workspace's own folder
+    (``WorkspaceAPI::GetLayerActualPath``), so the bundle opens wherever it is copied.
+    """
+    from xml.sax.saxutils import quoteattr
+
+    def entry(key, value, indent):
+        return f"{' ' * indent}<entry key={quoteattr(key)} value={quoteattr(str(value))} />"
+
+    lines = [_ITKSNAP_HEAD.rstrip("\n"), "<registry>", entry("SaveLocation", "", 2), entry("Version", "20190612", 2),
+             '  <folder key="Layers" >']
+    for i, (path, role, nick) in enumerate(layers):
+        lines += [f'    <folder key="Layer[{i:03d}]" >', entry("AbsolutePath", path, 6), entry("Role", role, 6),
+                  entry("Tags", "", 6), '      <folder key="LayerMetaData" >', entry("CustomNickName", nick, 8),
+                  "      </folder>", "    </folder>"]
+    lines += ["  </folder>", "</registry>", ""]
+    return "\n".join(lines)
+
+
+def write_bundle(visit_id: str, paths: Mapping[str, str | Path], out_dir: str | Path) -> Path:
+    """One visit's review bundle in ``out_dir``: the raw FLAIR, T1w and T2w copied, the U-Net's
+    native mask copied, its probability and MI maps carried to the native FLAIR grid with the
+    visit's transform (:func:`t2lesion.unet.infer.map_to_native`, the function family that made
+    the native mask), and ``<visit_id>.itksnap``. ``paths``: flair, t1w, t2w, mask (native),
+    prob, mi (MNI), xfm (``from-FLAIR_to-MNI1x1x3``). Returns the workspace's path."""
+    import shutil
+
+    from t2lesion.unet.infer import map_to_native
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = {k: f"{visit_id}_{suffix}" for k, suffix in BUNDLE_FILES.items()}
+    flair = io.read_image(paths["flair"])
+    mask = io.read_image(paths["mask"])
+    if not io.same_geometry(mask, flair):
+        raise InputError(f"{paths['mask']}: not on the grid of the native FLAIR {paths['flair']}")
+    for key in ("flair", "t1w", "t2w", "mask"):
+        shutil.copyfile(paths[key], out / names[key])
+    for key in ("prob", "mi"):
+        io.write_image(map_to_native(io.read_image(paths[key]), flair, str(paths["xfm"])), out / names[key])
+    ws = out / f"{visit_id}.itksnap"
+    ws.write_text(itksnap_workspace([(names[k], role, nick) for k, role, nick in ITKSNAP_LAYERS]))
+    return ws
+
+
+def run_bundles(queue_tsv: str | Path, ids: Sequence[str], inputs: Mapping[str, Sequence], out_dir: str | Path, *,
+                top_k: int | None) -> pd.DataFrame:
+    """Path-level entry point (rule ``review_bundles``): a bundle per visit of the queue's first
+    ``top_k`` (every visit for None) under ``out_dir/<visit>/``, and ``out_dir/bundles.tsv``
+    (rank, visit, workspace relative to ``out_dir``). ``inputs``: per key of :func:`write_bundle`,
+    one path per visit, aligned with ``ids``."""
+    index = {vid: i for i, vid in enumerate(ids)}
+    q = pd.read_csv(queue_tsv, sep="\t", dtype={"participant_id": str, "session": str})
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for r in q.itertuples():
+        if top_k is not None and len(rows) >= int(top_k):
+            break
+        vid = f"{r.participant_id}_{r.session}"
+        if vid not in index:
+            raise InputError(f"{queue_tsv}: visit {vid} is not among the bundle inputs")
+        paths = {k: v[index[vid]] for k, v in inputs.items()}
+        ws = write_bundle(vid, paths, out / vid)
+        rows.append({"rank": r.rank, "visit": vid, "score": r.score, "workspace": str(ws.relative_to(out))})
+        log.info("bundle %d: %s (score %.2f)", r.rank, vid, r.score)
+    table = pd.DataFrame(rows, columns=["rank", "visit", "score", "workspace"])
+    io.write_tsv(table, out / "bundles.tsv")
+    return table

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -195,3 +196,52 @@ def test_review_figure_draws_the_top_visits(tmp_path):
     with pytest.raises(InputError, match="sub-001_ses-w000 is not a visit of trial t"):
         review.run_review_figure(tmp_path / "queue.tsv", ids[1:], [flair], [a], [b], tmp_path / "f.png", trial="t")
 
+
+def test_review_bundle_opens_in_itksnap_with_relative_paths(tmp_path):
+    """A bundle per visit of the queue's top k: the workspace is valid XML, names files that exist
+    beside it by relative paths, with the FLAIR as main image and the mask as segmentation; the
+    maps come back on the native FLAIR grid."""
+    import xml.etree.ElementTree as ET
+
+    rng = np.random.default_rng(3)
+    native = tmp_path / "native"
+    native.mkdir()
+    les = blobs(rng)
+    flair = _write(rng.random(SHAPE) + les, native / "flair.nii.gz", spacing=(0.9, 0.9, 3.0))
+    inputs = {"flair": [], "t1w": [], "t2w": [], "mask": [], "prob": [], "mi": [], "xfm": []}
+    ids = []
+    for s in (1, 2):
+        ids.append(f"sub-00{s}_ses-w000")
+        inputs["flair"].append(flair)
+        inputs["t1w"].append(_write(rng.random((16, 16, 16)), native / f"t1w{s}.nii.gz"))
+        inputs["t2w"].append(_write(rng.random(SHAPE), native / f"t2w{s}.nii.gz"))
+        inputs["mask"].append(_write(les, native / f"mask{s}.nii.gz", spacing=(0.9, 0.9, 3.0)))
+        inputs["prob"].append(_write(les * 0.8, native / f"prob{s}.nii.gz", spacing=(0.9, 0.9, 3.0)))
+        inputs["mi"].append(_write(les * 0.3, native / f"mi{s}.nii.gz", spacing=(0.9, 0.9, 3.0)))
+        xfm = native / f"xfm{s}.tfm"
+        sitk.WriteTransform(sitk.AffineTransform(3), str(xfm))  # the MNI grid is the native one here
+        inputs["xfm"].append(str(xfm))
+    q = pd.DataFrame({"rank": [1, 2], "participant_id": ["sub-002", "sub-001"], "session": ["ses-w000"] * 2,
+                      "score": [3.0, 1.0]})
+    q.to_csv(tmp_path / "queue.tsv", sep="\t", index=False)
+    out = tmp_path / "bundles"
+    table = review.run_bundles(tmp_path / "queue.tsv", ids, inputs, out, top_k=1)
+    assert list(table["visit"]) == ["sub-002_ses-w000"] and not (out / "sub-001_ses-w000").exists()
+    ws = out / table.loc[0, "workspace"]
+    root = ET.parse(ws).getroot()  # valid XML
+    layers = root.find("folder[@key='Layers']").findall("folder")
+    found = {}
+    for layer in layers:
+        path = layer.find("entry[@key='AbsolutePath']").get("value")
+        role = layer.find("entry[@key='Role']").get("value")
+        assert not Path(path).is_absolute() and (ws.parent / path).is_file(), path
+        found[role] = found.get(role, []) + [path]
+    assert len(layers) == 6 and found["MainRole"] == ["sub-002_ses-w000_FLAIR.nii.gz"]
+    assert found["SegmentationRole"] == ["sub-002_ses-w000_space-FLAIR_desc-lesion_mask.nii.gz"]
+    prob = sitk.ReadImage(str(ws.parent / "sub-002_ses-w000_space-FLAIR_desc-lesion_probseg.nii.gz"))
+    assert prob.GetSpacing() == pytest.approx((0.9, 0.9, 3.0))
+    assert np.allclose(sitk.GetArrayFromImage(prob), les * 0.8, atol=1e-5)
+    # a native mask off the FLAIR's grid is one error naming it
+    inputs["mask"][1] = _write(les, native / "bad.nii.gz")
+    with pytest.raises(InputError, match="bad.nii.gz: not on the grid of the native FLAIR"):
+        review.run_bundles(tmp_path / "queue.tsv", ids, inputs, tmp_path / "b2", top_k=None)

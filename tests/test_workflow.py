@@ -328,4 +328,5 @@ def test_review_queue_is_planned_per_visit_and_per_trial(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     counts = job_counts(res.stdout)
     assert counts["review_visit"] == 6 and counts["review_queue"] == 1 and counts["review_figure"] == 1, counts
+    assert counts["review_bundles"] == 1, counts
     assert "results/review/trial-real/queue.tsv" in res.stdout
