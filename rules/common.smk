@@ -8,6 +8,7 @@ from snakemake.exceptions import WorkflowError
 from t2lesion.errors import InputError
 from t2lesion.plan import (
     BENCH,
+    CORRECTION_STATUS,
     FIG2,
     LOGS,
     MNI,

@@ -97,3 +97,53 @@ rule review_bundles:
         top_k=REV["top_k"],
     script:
         "../workflow_scripts/review_bundles.py"
+
+
+# The `reviewed` source (sources: [..., unet, reviewed]): per visit the U-Net mask with the
+# reader's correction from derivatives/lesions-reviewed/ applied (the U-Net mask where there is
+# none, or where it is rejected: one line naming the file), with its lesion load; then per
+# trial how each endpoint moved between `unet` and `reviewed`.
+rule apply_review:
+    input:
+        unpack(lambda w: PLAN.apply_review_inputs(w.trial, w.sub, w.ses)),
+    output:
+        mask=mask_path("{trial}", "{sub}", "{ses}", "reviewed"),
+        volume=VOLUME.replace("{source}", "reviewed"),
+        status=CORRECTION_STATUS,
+    log:
+        f"{LOGS}/apply_review/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.log",
+    benchmark:
+        f"{BENCH}/apply_review/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.tsv"
+    conda:
+        "../envs/imaging.yaml"
+    threads: 1
+    params:
+        interpolation=config["preprocess"]["gt_interpolation"],
+        volume=VOLUME_PARAMS,
+    script:
+        "../workflow_scripts/apply_review.py"
+
+
+rule review_changes:
+    input:
+        unpack(lambda w: PLAN.review_changes_inputs(w.trial)),
+    output:
+        changes=report(
+            f"{REVIEW}/endpoint_changes.tsv",
+            caption="../report/endpoint_changes.rst",
+            category="Review",
+            subcategory="Endpoints: unet vs reviewed",
+            labels={"trial": "{trial}"},
+        ),
+        corrections=f"{REVIEW}/corrections.tsv",
+    log:
+        f"{LOGS}/review_changes/trial-{{trial}}.log",
+    benchmark:
+        f"{BENCH}/review_changes/trial-{{trial}}.tsv"
+    conda:
+        "../envs/stats.yaml"
+    threads: 1
+    params:
+        tables=lambda w: PLAN.review_changes_tables(w.trial),
+    script:
+        "../workflow_scripts/review_changes.py"

@@ -45,6 +45,7 @@ QC_PNG = f"{PRE}_{MNI}_qc.png"
 # The reader's review queue (docs/DESIGN.md §14).
 REVIEW = "results/review/trial-{trial}"
 REVIEW_VISIT = f"{REVIEW}/visits/sub-{{sub}}_ses-{{ses}}_review.tsv"
+CORRECTION_STATUS = f"{REVIEW}/corrections/sub-{{sub}}_ses-{{ses}}_correction.tsv"
 #: a regex that matches no wildcard value: a rule limited to it never applies
 NOTHING = "(?!)"
 
@@ -140,7 +141,8 @@ class Plan:
     def from_config(cls, config: dict) -> tuple[Plan, list[str]]:
         """The plan and the warnings found while reading the trials (an InputError on problems)."""
         trials, warnings = trials_from_config(config)
-        return cls(config, trials), source_warnings(config) + warnings
+        plan = cls(config, trials)
+        return plan, source_warnings(config) + warnings + plan.correction_warnings()
 
     # ------------------------------------------------------------------ preprocessing
 
@@ -389,6 +391,76 @@ class Plan:
             "xfm": [x["flair_xfm"] for x in d],
         }
 
+    # ------------------------------------------------------------------ readers' corrections
+
+    @functools.cache
+    def correction_paths(self, trial: str) -> dict[Visit, str]:
+        """Where each visit's correction would lie (t2lesion.corrections.correction_path)."""
+        from t2lesion.corrections import correction_path
+
+        t = self.trials[trial]
+        return {v: str(correction_path(t.bids, t.image(v, "FLAIR"))) for v in t.visits}
+
+    @functools.cache
+    def corrections(self, trial: str) -> dict[Visit, str]:
+        """The visits of a trial a reader corrected: those whose correction file exists (looked
+        up once per trial while the DAG is built)."""
+        return {v: p for v, p in self.correction_paths(trial).items() if Path(p).is_file()}
+
+    def reviewed_trials(self) -> list[str]:
+        """Trials with a ``reviewed`` source: the valid test trials, with ``reviewed`` a source."""
+        if "reviewed" not in self.sources:
+            return []
+        return [n for n in self.test_trials if not self.trials[n].problems]
+
+    def correction_warnings(self) -> list[str]:
+        """One line per mask under a trial's derivatives/lesions-reviewed/ that names no visit."""
+        from t2lesion.corrections import unmatched_corrections
+
+        out = []
+        for trial in self.reviewed_trials():
+            out += unmatched_corrections(self.trials[trial].bids, self.correction_paths(trial).values(), trial)
+        return out
+
+    def apply_review_inputs(self, trial: str, sub: str, ses: str) -> dict[str, str]:
+        """Rule apply_review's inputs: the U-Net's MNI and native masks, the raw FLAIR, the
+        composed FLAIR -> MNI transform and, where a reader corrected the visit, the correction
+        (and its JSON sidecar where it exists). A correction added or changed is a new or newer
+        input of this visit's job alone, so only it reruns, then the trial-level tables."""
+        v = Visit(sub, ses)
+        d = self.infer_visit(trial, v)
+        out = {"unet_mni": d["out_mask"], "unet_native": d["out_native_mask"], "flair": d["native_flair"],
+               "xfm": d["flair_xfm"]}
+        corr = self.corrections(trial).get(v)
+        if corr:
+            out["correction"] = corr
+            sidecar = corr.replace(".nii.gz", ".json")
+            if Path(sidecar).is_file():
+                out["sidecar"] = sidecar
+        return out
+
+    def review_changes_inputs(self, trial: str) -> dict:
+        """Rule review_changes: the endpoint tables with a source column, and every visit's
+        correction status."""
+        stats = STATS.format(trial=trial)
+        tables = {
+            "tlv_long": f"{stats}/tlv_long.tsv",
+            "change_summary": f"{stats}/change_summary.tsv",
+            "ancova_arm_effect": f"{stats}/ancova_arm_effect.tsv",
+            "table4": f"{stats}/table4.tsv",
+            "km_tests": f"{stats}/km_tests.tsv",
+        }
+        if self.has_new_lesions(trial):
+            tables["nb_rate_ratio"] = f"{stats}/nb_rate_ratio.tsv"
+        if self.trials[trial].gt_visits and len(self.sources) > 1:
+            tables["table2"] = f"results/metrics/trial-{trial}/table2.tsv"
+        status = visit_paths(CORRECTION_STATUS, trial, self.trials[trial].visits)
+        return {**tables, "status": status}
+
+    def review_changes_tables(self, trial: str) -> list[str]:
+        """The names of rule review_changes' endpoint tables (its inputs but the statuses)."""
+        return [k for k in self.review_changes_inputs(trial) if k != "status"]
+
     def review_targets(self, trial: str) -> list[str]:
         """The queue and its report page; the bundles too when the U-Net gives the maps."""
         if trial not in self.review_trials():
@@ -397,6 +469,8 @@ class Plan:
         out = [f"{review}/queue.tsv", f"{review}/review_overlays.png"]
         if "unet" in self.sources:
             out.append(f"{review}/bundles")
+        if trial in self.reviewed_trials():
+            out += [f"{review}/endpoint_changes.tsv", f"{review}/corrections.tsv"]
         return out
 
     # ------------------------------------------------------------------ training

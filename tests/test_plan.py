@@ -217,3 +217,40 @@ def test_review_queue_without_the_unet_ranks_the_classical_masks(tmp_path):
     assert set(inputs) == {"mask", "brain", "prev", "next"} and "classical" in inputs["mask"]
     fig = plan.review_figure_inputs("real")
     assert fig["first"] == fig["second"]
+
+
+def test_reviewed_source_takes_the_corrections_that_exist(tmp_path):
+    """sources [..., unet, reviewed]: a visit's apply_review job reads its correction (and sidecar)
+    only where a reader saved one; a mask that names no visit is one warning at start."""
+    cfg = unet_trial(tmp_path)
+    cfg["sources"] = ["classical", "unet", "reviewed"]
+    bids = Path(cfg["trials"]["real"]["bids"])
+    reviewed = bids / "derivatives" / "lesions-reviewed"
+    corr = reviewed / "sub-001/ses-w024/anat/sub-001_ses-w024_space-FLAIR_desc-lesion_mask.nii.gz"
+    stray = reviewed / "sub-007/ses-w024/anat/sub-007_ses-w024_space-FLAIR_desc-lesion_mask.nii.gz"
+    for p in (corr, stray, corr.with_name(corr.name.replace(".nii.gz", ".json"))):
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"")
+    plan, warnings = Plan.from_config(check_config(copy.deepcopy(cfg)))
+    assert [w for w in warnings if "lesions-reviewed" in w] == [
+        w for w in warnings if w.startswith(f"{stray}: a reviewed mask that names no visit of trial real")]
+    assert len([w for w in warnings if "lesions-reviewed" in w]) == 1
+    with_corr = plan.apply_review_inputs("real", "001", "w024")
+    assert with_corr["correction"] == str(corr) and with_corr["sidecar"].endswith(".json")
+    without = plan.apply_review_inputs("real", "001", "w000")
+    assert set(without) == {"unet_mni", "unet_native", "flair", "xfm"}
+    assert without["unet_mni"] == mask_path("real", "001", "w000", "unet")
+    assert "results/review/trial-real/endpoint_changes.tsv" in plan.all_targets()
+    volumes = plan.lesion_volumes("real")
+    assert volumes["sources"].count("reviewed") == 6
+    changes = plan.review_changes_inputs("real")
+    assert len(changes["status"]) == 6 and changes["ancova_arm_effect"].endswith("ancova_arm_effect.tsv")
+    assert "status" not in plan.review_changes_tables("real") and "tlv_long" in plan.review_changes_tables("real")
+
+
+def test_reviewed_needs_the_unet(tmp_path):
+    from t2lesion.errors import InputError
+
+    cfg = real_trial(make_bids(tmp_path / "bids"), sources=["classical", "reviewed"])
+    with pytest.raises(InputError, match="sources: 'reviewed' .* needs 'unet' in sources too"):
+        check_config(cfg)
