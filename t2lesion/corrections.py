@@ -162,7 +162,8 @@ NOTE_COLUMNS = {"note", "status", "p_text", "reason"}
 def endpoint_changes(tables: Mapping[str, pd.DataFrame], a: str = "unet", b: str = "reviewed") -> pd.DataFrame:
     """How each endpoint moved between sources ``a`` and ``b``: for every table with a
     ``source`` column, its rows of ``a`` and ``b`` matched on their keys (:data:`KEY_COLUMNS`
-    and the other text columns: week, arm, term, …) and, per other numeric column, both values and ``b − a``. Long format:
+    and the other text columns: week, arm, term, …) and, per other numeric column, both values
+    and ``b − a``. Long format:
     ``table, key, quantity, <a>, <b>, difference``. Trial-level rows whose values are equal are
     kept (a reader sees what did not move too); per-visit rows (keyed by participant) only
     where they differ."""

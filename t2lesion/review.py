@@ -261,8 +261,8 @@ def run_queue(feature_tsvs: Sequence[str | Path], out_tsv) -> pd.DataFrame:
     queue = build_queue(pd.concat(frames, ignore_index=True))
     io.write_tsv(queue, out_tsv, na_rep="n/a", float_format="%.6g")
     head = queue.head(3)
-    log.info("review queue: %d visits; first %s", len(queue),
-             ", ".join(f"{r.participant_id} {r.session} ({r.score:.2f}, {r.top_reason or '-'})" for r in head.itertuples()))
+    first = [f"{r.participant_id} {r.session} ({r.score:.2f}, {r.top_reason or '-'})" for r in head.itertuples()]
+    log.info("review queue: %d visits; first %s", len(queue), ", ".join(first))
     return queue
 
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 import SimpleITK as sitk
 
 from t2lesion import corrections as C
