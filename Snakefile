@@ -42,6 +42,7 @@ include: "rules/lesions.smk"
 include: "rules/train.smk"
 include: "rules/infer.smk"
 include: "rules/report.smk"
+include: "rules/review.smk"
 
 
 rule all:

@@ -8,12 +8,15 @@ from snakemake.exceptions import WorkflowError
 from t2lesion.errors import InputError
 from t2lesion.plan import (
     BENCH,
+    CORRECTION_STATUS,
     FIG2,
     LOGS,
     MNI,
     PRE,
     PRE_BASELINE,
     PRED,
+    REVIEW,
+    REVIEW_VISIT,
     STATS,
     TRACK,
     TRAIN,

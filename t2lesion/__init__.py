@@ -14,6 +14,8 @@ modules mirror the Snakemake rules (docs/DESIGN.md says what each stage does and
 ``gpu``         the GPU lease every GPU job shares
 ``evaluation/`` lesion metrics (Table 2, Fig. 3a-c)
 ``tracking``    new and enlarging T2 lesions between visits
+``review``      the reader's review queue: visits ranked by doubt, review bundles
+``corrections`` readers' corrections back in: the ``reviewed`` source
 ``stats/``      endpoint statistics: long table, change, ANCOVA, Cox, Kaplan-Meier, counts, Table 1
 ``plots/``      figures; ``report``: summary.md; ``formatting``: numbers for reading
 ``io``, ``logs``, ``errors``: atomic outputs, job logs, input errors"""

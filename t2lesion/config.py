@@ -250,6 +250,9 @@ def check_config(config: dict, schema_path: str | Path = SCHEMA) -> dict:
         raise InputError(problems, header="config: the configuration is not valid")
     if not sources_given:
         config["sources"] = default_sources(config)
+    if "reviewed" in config["sources"] and "unet" not in config["sources"]:
+        raise InputError("config: sources: 'reviewed' (the U-Net masks with the readers' corrections, "
+                         "docs/DESIGN.md §14) needs 'unet' in sources too")
     return config
 
 

@@ -155,3 +155,102 @@ def test_synthetic_trial_outputs_every_image_and_gt(demo):
     assert len(files) == 6 + 4 * len(visits)
     assert Visit("001", "w048") in visits
     assert any(f.endswith("sub-001_ses-w048_FLAIR.nii.gz") for f in files)
+
+
+# ------------------------------------------------------------------ review queue (docs/DESIGN.md §14)
+
+
+def unet_trial(tmp_path, weeks=(0, 24, 48)) -> dict:
+    models = tmp_path / "models"
+    for k in (1, 2):
+        (models / f"fold-{k}").mkdir(parents=True)
+        (models / f"fold-{k}" / "model.keras").write_bytes(b"")
+    return real_trial(make_bids(tmp_path / "bids", weeks=weeks), sources=["classical", "unet"],
+                      inference={"models": str(models)})
+
+
+def test_review_queue_of_the_demo(demo):
+    assert demo.review_sources == ("unet", "classical")
+    targets = demo.all_targets()
+    review = "results/review/trial-synthdemo"
+    for t in (f"{review}/queue.tsv", f"{review}/review_overlays.png"):
+        assert t in targets
+    assert not any("trial-synthtrain" in t for t in targets if t.startswith("results/review"))
+    assert len(demo.review_visit_tables("synthdemo")) == len(demo.trials["synthdemo"].visits) == 16
+
+
+def test_review_queue_of_unet_beside_classical(tmp_path):
+    """The U-Net's masks ranked against the classical ones; middle visits get their neighbours
+    for the flicker, baselines their own skull-strip mask and the MNI registration log."""
+    plan = plan_of(unet_trial(tmp_path))
+    assert plan.review_sources == ("unet", "classical")
+    first, middle, last = (plan.review_visit_inputs("real", "001", w) for w in ("w000", "w024", "w048"))
+    assert first["mask"] == mask_path("real", "001", "w000", "unet")
+    assert first["other"] == mask_path("real", "001", "w000", "classical")
+    assert first["mi"].endswith("sub-001_ses-w000_space-MNI1x1x3_desc-mi_uncertainty.nii.gz")
+    assert "prev" not in first and "next" not in last and "native_brain" not in middle
+    assert first["native_brain"].endswith("sub-001_ses-w000_space-T1w_desc-brain_mask.nii.gz")
+    assert middle["prev"] == mask_path("real", "001", "w000", "unet")
+    assert middle["next"] == mask_path("real", "001", "w048", "unet")
+    p0, p1 = (plan.review_visit_params("real", "001", w) for w in ("w000", "w024"))
+    assert p0["reg_log"] == "results/logs/register_mni/trial-real_sub-001_ses-w000.log" and p0["reg_kind"] == "mni"
+    assert p1["reg_log"].startswith("results/logs/register_baseline/") and p1["reg_kind"] == "baseline"
+    assert (p1["participant_id"], p1["session"], p1["week"]) == ("sub-001", "ses-w024", 24)
+    fig = plan.review_figure_inputs("real")
+    assert len(fig["flair"]) == len(fig["first"]) == len(fig["second"]) == len(plan.review_ids("real")) == 6
+    assert "classical" in fig["first"][0] and "unet" in fig["second"][0]
+    assert "results/review/trial-real/bundles" in plan.review_targets("real")
+    bundle = plan.review_bundle_inputs("real")
+    assert all(len(bundle[k]) == 6 for k in ("flair", "t1w", "t2w", "mask", "prob", "mi", "xfm"))
+    assert bundle["flair"][0].endswith("sub-001_ses-w000_FLAIR.nii.gz") and "/bids/" in bundle["flair"][0]
+    assert bundle["mask"][0].endswith("sub-001_ses-w000_space-FLAIR_desc-lesion_mask.nii.gz")
+    assert bundle["xfm"][0].endswith("sub-001_ses-w000_from-FLAIR_to-MNI1x1x3_xfm.tfm")
+
+
+def test_review_queue_without_the_unet_ranks_the_classical_masks(tmp_path):
+    cfg = real_trial(make_bids(tmp_path / "bids", weeks=(0, 24, 48)), sources=["classical"])
+    plan = plan_of(cfg)
+    assert plan.review_sources == ("classical", None)
+    targets = plan.review_targets("real")
+    assert targets == ["results/review/trial-real/queue.tsv", "results/review/trial-real/review_overlays.png"]
+    inputs = plan.review_visit_inputs("real", "001", "w024")
+    assert set(inputs) == {"mask", "brain", "prev", "next"} and "classical" in inputs["mask"]
+    fig = plan.review_figure_inputs("real")
+    assert fig["first"] == fig["second"]
+
+
+def test_reviewed_source_takes_the_corrections_that_exist(tmp_path):
+    """sources [..., unet, reviewed]: a visit's apply_review job reads its correction (and sidecar)
+    only where a reader saved one; a mask that names no visit is one warning at start."""
+    cfg = unet_trial(tmp_path)
+    cfg["sources"] = ["classical", "unet", "reviewed"]
+    bids = Path(cfg["trials"]["real"]["bids"])
+    reviewed = bids / "derivatives" / "lesions-reviewed"
+    corr = reviewed / "sub-001/ses-w024/anat/sub-001_ses-w024_space-FLAIR_desc-lesion_mask.nii.gz"
+    stray = reviewed / "sub-007/ses-w024/anat/sub-007_ses-w024_space-FLAIR_desc-lesion_mask.nii.gz"
+    for p in (corr, stray, corr.with_name(corr.name.replace(".nii.gz", ".json"))):
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"")
+    plan, warnings = Plan.from_config(check_config(copy.deepcopy(cfg)))
+    assert [w for w in warnings if "lesions-reviewed" in w] == [
+        w for w in warnings if w.startswith(f"{stray}: a reviewed mask that names no visit of trial real")]
+    assert len([w for w in warnings if "lesions-reviewed" in w]) == 1
+    with_corr = plan.apply_review_inputs("real", "001", "w024")
+    assert with_corr["correction"] == str(corr) and with_corr["sidecar"].endswith(".json")
+    without = plan.apply_review_inputs("real", "001", "w000")
+    assert set(without) == {"unet_mni", "unet_native", "flair", "xfm"}
+    assert without["unet_mni"] == mask_path("real", "001", "w000", "unet")
+    assert "results/review/trial-real/endpoint_changes.tsv" in plan.all_targets()
+    volumes = plan.lesion_volumes("real")
+    assert volumes["sources"].count("reviewed") == 6
+    changes = plan.review_changes_inputs("real")
+    assert len(changes["status"]) == 6 and changes["ancova_arm_effect"].endswith("ancova_arm_effect.tsv")
+    assert "status" not in plan.review_changes_tables("real") and "tlv_long" in plan.review_changes_tables("real")
+
+
+def test_reviewed_needs_the_unet(tmp_path):
+    from t2lesion.errors import InputError
+
+    cfg = real_trial(make_bids(tmp_path / "bids"), sources=["classical", "reviewed"])
+    with pytest.raises(InputError, match="sources: 'reviewed' .* needs 'unet' in sources too"):
+        check_config(cfg)

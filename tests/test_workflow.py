@@ -314,3 +314,55 @@ def test_partial_gt_mapped_sessions_and_excluded_visits(tmp_path):
     # inside the pipeline a mapped visit is named by its week
     assert "results/preproc/trial-real/sub-001/ses-w024/" in res.stdout
     assert "sub-001/ses-m06/anat/sub-001_ses-m06_FLAIR.nii.gz" in res.stdout  # read from its BIDS name
+
+
+def test_review_queue_is_planned_per_visit_and_per_trial(tmp_path):
+    """docs/DESIGN.md §14: one review row per visit, one queue and one review page per trial."""
+    bids = make_bids(tmp_path / "bids", weeks=(0, 24, 48))  # 2 subjects x 3 visits
+    models = tmp_path / "models"
+    for k in (1, 2):
+        (models / f"fold-{k}").mkdir(parents=True)
+        (models / f"fold-{k}" / "model.keras").write_bytes(b"")
+    cfg = real_trial_config(bids) | {"sources": ["classical", "unet"], "inference": {"models": str(models)}}
+    res = snakemake(tmp_path, "-n", config=cfg)
+    assert res.returncode == 0, res.stdout + res.stderr
+    counts = job_counts(res.stdout)
+    assert counts["review_visit"] == 6 and counts["review_queue"] == 1 and counts["review_figure"] == 1, counts
+    assert counts["review_bundles"] == 1, counts
+    assert "results/review/trial-real/queue.tsv" in res.stdout
+
+
+def test_a_correction_reruns_only_its_visit_and_the_trial_tables(tmp_path):
+    """docs/DESIGN.md §14: with every output in place (made empty and touched in order), a reader's
+    correction of one visit schedules that visit's jobs and the trial-level ones, nothing else."""
+    bids = make_bids(tmp_path / "bids", weeks=(0, 24, 48))  # 2 subjects x 3 visits
+    models = tmp_path / "models"
+    for k in (1, 2):
+        (models / f"fold-{k}").mkdir(parents=True)
+        (models / f"fold-{k}" / "model.keras").write_bytes(b"")
+    cfg = real_trial_config(bids) | {"sources": ["classical", "unet", "reviewed"], "inference": {"models": str(models)}}
+    res = snakemake(tmp_path, "--summary", config=cfg)
+    assert res.returncode == 0, res.stderr
+    for line in res.stdout.splitlines():
+        name = line.split("\t")[0]
+        if name.startswith("results/"):
+            path = tmp_path / name
+            if path.name in ("qc", "bundles"):  # directory() outputs
+                path.mkdir(parents=True, exist_ok=True)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(b"")
+    assert snakemake(tmp_path, "--touch").returncode == 0
+    assert "Nothing to be done" in snakemake(tmp_path, "-n").stdout
+    corr = bids / "derivatives/lesions-reviewed/sub-001/ses-w024/anat/sub-001_ses-w024_space-FLAIR_desc-lesion_mask.nii.gz"
+    corr.parent.mkdir(parents=True)
+    corr.write_bytes((bids / "sub-001/ses-w024/anat/sub-001_ses-w024_FLAIR.nii.gz").read_bytes())
+    res = snakemake(tmp_path, "-n")
+    assert res.returncode == 0, res.stderr
+    counts = job_counts(res.stdout)
+    assert counts["apply_review"] == 1 and counts["metrics_visit"] == 1 and counts["track_lesions"] == 1, counts
+    assert counts["review_changes"] == 1 and counts["tlv_long"] == 1, counts
+    for rule in ("infer_real_1", "segment_classical", "review_visit", "resample_with_gt", "review_queue"):
+        assert rule not in counts, counts
+    visits = set(re.findall(r"wildcards: trial=real, sub=(\w+), ses=(\w+)", res.stdout))
+    assert visits == {("001", "w024")}, visits

@@ -75,10 +75,14 @@ def _crop(mask2d: np.ndarray, shape: tuple[int, int], frac: float = 0.4) -> tupl
     return slice(y0, y0 + ch), slice(x0, x0 + cw)
 
 
-def fig2_png(cases: Sequence[Mapping], out_png: str | Path, title: str = "") -> Path:
-    """Write the figure: one row per case (keys id, flair, gt, pred: image paths on one grid)."""
+def fig2_png(cases: Sequence[Mapping], out_png: str | Path, title: str = "",
+             names: tuple[str, str] = ("GT", "prediction"), empty: str = "Fig. 2: no visit with GT to show") -> Path:
+    """Write the figure: one row per case (keys id, flair, gt, pred: image paths on one grid).
+
+    ``names``: what the ``gt`` (red) and ``pred`` (blue) masks are, for the titles and legend
+    (the review page shows two sources, t2lesion.review)."""
     if not cases:
-        _empty(out_png, "Fig. 2: no visit with GT to show")
+        _empty(out_png, empty)
         return Path(out_png)
     fig, axes = plt.subplots(len(cases), 3, figsize=(9.6, 3.4 * len(cases)), squeeze=False)
     for r, case in enumerate(cases):
@@ -96,7 +100,7 @@ def fig2_png(cases: Sequence[Mapping], out_png: str | Path, title: str = "") -> 
         over = overlay_rgb(flair[z], gt[z], pred[z], vmin=vmin, vmax=vmax)
         win = _crop(gt[z] | pred[z], flair[z].shape)
         panels = [(np.clip((flair[z] - vmin) / max(vmax - vmin, 1e-6), 0, 1), "FLAIR"),
-                  (over, "GT and prediction"), (over[win], "inset")]
+                  (over, f"{names[0]} and {names[1]}"), (over[win], "inset")]
         for c, (img, name) in enumerate(panels):
             ax = axes[r, c]
             ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1, aspect=sy / sx,
@@ -107,10 +111,12 @@ def fig2_png(cases: Sequence[Mapping], out_png: str | Path, title: str = "") -> 
                 ax.set_title(name, fontsize=9)
         n_gt, n_pred, n_both = int(gt[z].sum()), int(pred[z].sum()), int((gt[z] & pred[z]).sum())
         axes[r, 0].set_ylabel(f"{case['id']}\nslice {z}", fontsize=8)
-        axes[r, 2].set_xlabel(f"voxels: GT {n_gt}, pred {n_pred}, both {n_both}", fontsize=7)
-    handles = [Patch(color=GT_COLOR, label="GT only (false negative)"),
-               Patch(color=PRED_COLOR, label="prediction only (false positive)"),
-               Patch(color=BOTH_COLOR, label="GT and prediction")]
+        second = "pred" if names[1] == "prediction" else names[1]
+        axes[r, 2].set_xlabel(f"voxels: {names[0]} {n_gt}, {second} {n_pred}, both {n_both}", fontsize=7)
+    gt_only, pred_only = (" (false negative)", " (false positive)") if names == ("GT", "prediction") else ("", "")
+    handles = [Patch(color=GT_COLOR, label=f"{names[0]} only{gt_only}"),
+               Patch(color=PRED_COLOR, label=f"{names[1]} only{pred_only}"),
+               Patch(color=BOTH_COLOR, label=f"{names[0]} and {names[1]}")]
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
     fig.suptitle((title + "  " if title else "") + "(radiological: patient left on image right)", fontsize=9)
     fig.tight_layout(rect=(0, 0.04, 1, 0.97))

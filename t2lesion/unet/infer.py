@@ -35,7 +35,7 @@ Seeds: every (visit, fold, window batch) gets its own dropout seed derived from 
 Public API: :func:`predict_visit` (arrays in, maps out), :func:`predict_visits` (files in,
 files out; loads each fold model once), :class:`FoldPredictor`, :func:`prepare_models`,
 :func:`blend_weights`, :func:`sliding_window_moments`, :func:`derive_maps`,
-:func:`mask_to_native`, :data:`VISIT_KEYS`. See docs/inference.md.
+:func:`mask_to_native`, :func:`map_to_native`, :data:`VISIT_KEYS`. See docs/inference.md.
 """
 
 from __future__ import annotations
@@ -405,14 +405,33 @@ def mask_to_native(mask, native_ref, xfm):
     """
     import SimpleITK as sitk
 
+    out = sitk.Resample(sitk.Cast(mask, sitk.sitkUInt8), native_ref, _native_transform(xfm),
+                        sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    out.CopyInformation(native_ref)
+    return out
+
+
+def map_to_native(image, native_ref, xfm):
+    """Carry a map on the MNI grid (``sitk.Image``: the probability or an uncertainty map) to
+    the grid of ``native_ref`` through the inverse of ``xfm``, as :func:`mask_to_native` carries
+    the mask, but by linear interpolation (a continuous map; 0 outside the MNI field of view).
+    Returns a float32 image with ``native_ref``'s geometry (the reader's review bundle,
+    t2lesion.review)."""
+    import SimpleITK as sitk
+
+    out = sitk.Resample(sitk.Cast(image, sitk.sitkFloat32), native_ref, _native_transform(xfm), sitk.sitkLinear,
+                        0.0, sitk.sitkFloat32)
+    out.CopyInformation(native_ref)
+    return out
+
+
+def _native_transform(xfm):
+    """The MNI -> native FLAIR direction of the resampling: the inverse of the composed
+    ``from-FLAIR_to-MNI1x1x3`` transform (which maps MNI points to native points)."""
     from t2lesion.preprocess._common import matrix_to_transform, read_transform, transform_to_matrix
 
     tx = read_transform(xfm) if isinstance(xfm, (str, Path)) else xfm
-    inverse = matrix_to_transform(np.linalg.inv(transform_to_matrix(tx)))
-    out = sitk.Resample(sitk.Cast(mask, sitk.sitkUInt8), native_ref, inverse, sitk.sitkNearestNeighbor, 0,
-                        sitk.sitkUInt8)
-    out.CopyInformation(native_ref)
-    return out
+    return matrix_to_transform(np.linalg.inv(transform_to_matrix(tx)))
 
 
 # --------------------------------------------------------------------------- files
@@ -580,6 +599,7 @@ __all__ = [
     "derive_seed",
     "inference_settings",
     "load_fold_models",
+    "map_to_native",
     "mask_to_native",
     "moments_of",
     "predict_visit",
