@@ -1,8 +1,9 @@
 # Ensembled MC-dropout inference of the U-Net (docs/DESIGN.md §7): the `unet` source. Visits are
 # predicted in batches (one rule per trial and batch, as t2lesion.plan.Plan.infer_batches
 # lists them) so that each job imports Keras and loads the fold models once; every visit
-# gets its probability, mask, uncertainty maps and the mask back in its native FLAIR space,
-# and its lesion load (TLV, TLC). No GT is needed.
+# gets its probability, mask (at the threshold t2lesion.unet.threshold.resolve_threshold
+# gives), uncertainty maps and the mask back in its native FLAIR space, and its lesion load
+# (TLV, TLC, and the threshold). No GT is needed.
 INF = config["inference"]
 
 
@@ -13,6 +14,8 @@ for _batch in PLAN.infer_batches():
             _batch.name
         input:
             models=PLAN.unet_models,
+            # the fold thresholds (inference.threshold: auto; none for a fixed threshold)
+            thresholds=PLAN.unet_thresholds,
             images=_batch.images,
             native=_batch.native,
         output:

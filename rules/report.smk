@@ -80,5 +80,7 @@ rule summary:
         trials=lambda w: PLAN.summary_trials(),
         histories=lambda w: PLAN.summary_histories(),
         training_figures=lambda w: PLAN.summary_training_figures(),
+        thresholds=lambda w: PLAN.summary_thresholds(),
+        unet_threshold=lambda w: PLAN.unet_threshold(),
     script:
         "../workflow_scripts/summary.py"

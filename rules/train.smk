@@ -119,3 +119,48 @@ rule train:
         seed=config["seed"],
     script:
         "../workflow_scripts/train.py"
+
+
+# Each fold's probability threshold, chosen on its held-out visits (the GT visits of its
+# validation fold) predicted whole as inference predicts them (docs/DESIGN.md §6, §7). Apart
+# from train, so that a finished fold's training outputs stay as they are.
+rule calibrate:
+    input:
+        model=f"{TRAIN}/fold-{{fold}}/model.keras",
+        folds=PLAN.fold_split_tables(),
+        images=PLAN.calibration_inputs(),
+    output:
+        threshold=f"{TRAIN}/fold-{{fold}}/threshold.json",
+        curve=report(
+            f"{TRAIN}/fold-{{fold}}/threshold_curve.tsv",
+            caption="../report/threshold_curve.rst",
+            category="Training",
+            subcategory="U-Net training",
+            labels={"table": "threshold curve", "fold": "{fold}"},
+        ),
+        plot=report(
+            f"{TRAIN}/fold-{{fold}}/threshold_curve.png",
+            caption="../report/threshold_curve.rst",
+            category="Training",
+            subcategory="U-Net training",
+            labels={"figure": "threshold curve", "fold": "{fold}"},
+        ),
+    log:
+        f"{LOGS}/calibrate/fold-{{fold}}.log",
+    benchmark:
+        f"{BENCH}/calibrate/fold-{{fold}}.tsv"
+    conda:
+        "../envs/dl.yaml"
+    threads: config["inference"]["threads"]
+    resources:
+        gpu=1,
+        mem_mb=32000,
+        runtime=240,
+    params:
+        trials=PLAN.train_trials,
+        visits=PLAN.calibration_visits(),
+        cfg=config["inference"],
+        seed=config["seed"],
+        channel_order=MODEL_CFG.get("channel_order"),
+    script:
+        "../workflow_scripts/calibrate.py"

@@ -171,6 +171,22 @@ def fold_models(config: dict, train_trials: list[str], folds: list[int]) -> list
     return []
 
 
+def fold_thresholds(config: dict, models: list[str]) -> list[str]:
+    """The fold thresholds inference reads with ``inference.threshold: auto`` (docs/DESIGN.md §7),
+    ``threshold.json`` beside each of the fold ``models`` (:func:`fold_models`): all of them
+    for folds trained here (rule calibrate writes them), those that exist for an
+    ``inference.models`` folder (none there: inference falls back to 0.5 and says so).
+    [] for a fixed threshold: inference then waits for no calibration.
+    """
+    inference = config.get("inference") or {}
+    if inference.get("threshold", "auto") != "auto":
+        return []
+    beside = [Path(p).parent / "threshold.json" for p in models]
+    if inference.get("models"):
+        beside = [p for p in beside if p.is_file()]
+    return [str(p) for p in beside]
+
+
 def visit_inputs(trial: Trial) -> list[str]:
     """Files the validation job reads: the tables and every image and GT mask of its visits."""
     files = [str(trial.bids / "participants.tsv"), str(trial.bids / "phenotype" / "outcomes.tsv")]
@@ -200,6 +216,16 @@ def _validator_with_defaults():
     return jsonschema.validators.extend(base, {"properties": fill_defaults})
 
 
+def _first_sentences(text: str, limit: int = 200) -> str:
+    """``text`` cut at ``limit`` characters, back to the end of its last whole sentence if any."""
+    text = " ".join(str(text).split())
+    if len(text) <= limit:
+        return text
+    cut = text[:limit]
+    end = cut.rfind(". ")
+    return cut[: end + 1] if end > 0 else cut
+
+
 def _error_line(error) -> str:
     path = ".".join(str(p) for p in error.absolute_path) or "(top level)"
     schema, instance = error.schema, error.instance
@@ -209,7 +235,7 @@ def _error_line(error) -> str:
         where = f"{path}: " if error.absolute_path else ""
         return f"config: {where}unknown key(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(allowed)}"
     if error.validator == "oneOf":
-        return f"config: {path}: {instance!r} is not valid here ({schema.get('description', '').strip()[:200]})"
+        return f"config: {path}: {instance!r} is not valid here ({_first_sentences(schema.get('description', ''))})"
     return f"config: {path}: {error.message}"
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from t2lesion.bids import MODALITIES, Visit
-from t2lesion.config import Trial, fold_models, source_warnings, trials_from_config, visit_inputs
+from t2lesion.config import Trial, fold_models, fold_thresholds, source_warnings, trials_from_config, visit_inputs
 
 # Every file name carries its entities; these prefixes keep rules short.
 PRE = "results/preproc/trial-{trial}/sub-{sub}/ses-{ses}/sub-{sub}_ses-{ses}"
@@ -127,6 +127,8 @@ class Plan:
         self.folds = list(range(1, config["training"]["folds"] + 1))
         # the U-Net's fold models: trained here (one job per fold) or a folder trained elsewhere
         self.unet_models = fold_models(config, self.train_trials, self.folds)
+        # their thresholds (inference.threshold: auto): chosen here per fold, or beside a folder's models
+        self.unet_thresholds = fold_thresholds(config, self.unet_models)
         # follow-ups skull-stripped too (followup_brain_mask: own), or reusing the baseline's mask
         self.own_followup_masks = config["preprocess"]["followup_brain_mask"] == "own"
         # trials with a GT mask at some visit / with a visit without one: rule resample_with_gt
@@ -482,6 +484,49 @@ class Plan:
         pattern = f"{TRAIN}/trial-{{trial}}/store/sub-{{sub}}_ses-{{ses}}.npy"
         return visit_paths(pattern, trial, self.trials[trial].gt_visits)
 
+    def fold_split_tables(self) -> list[str]:
+        """Each training trial's folds.tsv, in the order of :attr:`train_trials`."""
+        return [f"{TRAIN}/trial-{t}/folds.tsv" for t in self.train_trials]
+
+    def calibration_visits(self) -> list[dict]:
+        """Every GT visit of the training trials, as rule calibrate reads them (trial,
+        participant_id, id, the preprocessed contrasts, brain mask and GT); each fold's job
+        keeps those of its own fold (t2lesion.unet.stage.held_out_visits). Ids carry the trial
+        where several trials train."""
+        out = []
+        for t in self.train_trials:
+            for v in self.trials[t].gt_visits:
+                pre = f"{PRE.format(trial=t, sub=v.sub, ses=v.ses)}_{MNI}"
+                vid = f"sub-{v.sub}_ses-{v.ses}"
+                out.append({
+                    "trial": t,
+                    "participant_id": f"sub-{v.sub}",
+                    "id": f"trial-{t}_{vid}" if len(self.train_trials) > 1 else vid,
+                    **{m: f"{pre}_desc-preproc_{m}.nii.gz" for m in ("T2w", "FLAIR", "T1w")},
+                    "brain_mask": f"{pre}_desc-brain_mask.nii.gz",
+                    "gt": f"{pre}_desc-lesionGT_mask.nii.gz",
+                })
+        return out
+
+    def calibration_inputs(self) -> list[str]:
+        """The files of :meth:`calibration_visits` (every fold's job waits for all of them: which
+        visits a fold holds out is known only once fold_split has run)."""
+        keys = ("T2w", "FLAIR", "T1w", "brain_mask", "gt")
+        return [v[k] for v in self.calibration_visits() for k in keys]
+
+    def fold_files(self, name: str) -> list[str]:
+        """``results/train/fold-<k>/<name>`` of every fold trained here (none without training)."""
+        return [f"{TRAIN}/fold-{k}/{name}" for k in self.folds] if self.train_trials else []
+
+    def unet_threshold(self) -> dict:
+        """What decides the U-Net's threshold (t2lesion.unet.threshold.resolve_threshold's
+        arguments), for the summary; {} when ``unet`` is not a source."""
+        if "unet" not in self.sources:
+            return {}
+        inference = self.config["inference"]
+        return {"setting": inference["threshold"], "files": list(self.unet_thresholds),
+                "n_models": len(self.unet_models), "folder": inference.get("models")}
+
     # ------------------------------------------------------------------ new and enlarging lesions
 
     @functools.cache
@@ -590,14 +635,21 @@ class Plan:
             return {}
         return {str(f): f"{TRAIN}/fold-{f}/history.tsv" for f in self.folds}
 
+    def summary_thresholds(self) -> dict[str, str]:
+        """Each fold's threshold.json (its threshold and held-out Dice in the training table)."""
+        return {str(f): p for f, p in zip(self.folds, self.fold_files("threshold.json"))}
+
     def summary_training_figures(self) -> dict[str, list[str]]:
         if not self.train_trials:
             return {}
-        return {"Training curves": [f"{TRAIN}/fold-{f}/training_curve.png" for f in self.folds]}
+        return {"Training curves": self.fold_files("training_curve.png"),
+                "Threshold curves (Dice on each fold's held-out visits)": self.fold_files("threshold_curve.png")}
 
     def summary_inputs(self) -> list[str]:
         """Every file summary.md reads or links, so that it is written after all of them."""
         files = list(self.summary_histories().values())
+        files += list(self.summary_thresholds().values())
+        files += [f for f in self.unet_thresholds if f not in files]
         for paths in self.summary_training_figures().values():
             files += paths
         for trial in self.summary_trials().values():
@@ -640,7 +692,8 @@ class Plan:
         targets = []
         if self.train_trials:
             for fold in self.folds:
-                targets += [f"{TRAIN}/fold-{fold}/model.keras", f"{TRAIN}/fold-{fold}/training_curve.png"]
+                targets += [f"{TRAIN}/fold-{fold}/model.keras", f"{TRAIN}/fold-{fold}/training_curve.png",
+                            f"{TRAIN}/fold-{fold}/threshold.json", f"{TRAIN}/fold-{fold}/threshold_curve.png"]
         for name in self.test_trials:
             trial = self.trials[name]
             if trial.problems:

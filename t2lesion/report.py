@@ -5,15 +5,17 @@ Table 2 (segmentation and detection, every source side by side), the ANCOVA arm 
 on percent TLV change (Fig. 3d–g's test), Table 4 (Cox models; a model that could not
 run says why), the Kaplan–Meier log-rank tests (Fig. 4), the new/enlarging lesion rate
 ratio (beyond the paper), then the U-Net training summary (per fold: best epoch and its
-validation Dice) and relative links to every figure. Numbers with 3 significant digits,
-p values as ``p = 0.0123`` or ``p < 0.001`` (:mod:`t2lesion.formatting`, as Table 1 and the
-figures print them).
+validation Dice, the fold's threshold and its held-out Dice) and relative links to every
+figure. Under Table 2 a line says where the U-Net's masks were cut (``inference.threshold``).
+Numbers with 3 significant digits, p values as ``p = 0.0123`` or ``p < 0.001``
+(:mod:`t2lesion.formatting`, as Table 1 and the figures print them).
 
 Everything is read from the tables the other rules wrote; nothing is recomputed here.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -174,17 +176,39 @@ def rate_ratio_section(nb: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def training_section(histories: Mapping[str, str | Path]) -> pd.DataFrame:
-    """Per fold: epochs run, the best epoch (the one model.keras holds) and its validation Dice."""
+def training_section(histories: Mapping[str, str | Path],
+                     thresholds: Mapping[str, str | Path] | None = None) -> pd.DataFrame:
+    """Per fold: epochs run, the best epoch (the one model.keras holds) and its validation Dice;
+    with ``thresholds`` (fold -> threshold.json) also the fold's threshold and the mean Dice of
+    its held-out visits predicted whole, at that threshold and at 0.5."""
     rows = []
     for fold, path in histories.items():
         h = pd.read_csv(path, sep="\t")
         best = h[h["best"].astype(str).isin(["1", "True", "true", "1.0"])]
         b = best.iloc[-1] if len(best) else h.loc[h["val_dice"].idxmax()]
-        rows.append({"fold": fold, "epochs": len(h), "best epoch": int(b["epoch"]),
-                     "validation Dice (best epoch)": fmt_num(b["val_dice"]),
-                     "validation loss (best epoch)": fmt_num(b["val_loss"])})
+        row = {"fold": fold, "epochs": len(h), "best epoch": int(b["epoch"]),
+               "validation Dice (best epoch)": fmt_num(b["val_dice"]),
+               "validation loss (best epoch)": fmt_num(b["val_loss"])}
+        if thresholds and thresholds.get(fold):
+            info = json.loads(Path(thresholds[fold]).read_text())
+            row.update({"threshold": fmt_num(info["threshold"]),
+                        "held-out visits": info["n_visits"],
+                        "held-out Dice at threshold": fmt_num(info.get("mean_dice")),
+                        "held-out Dice at 0.5": fmt_num(info.get("mean_dice_at_0.5"))})
+        rows.append(row)
     return pd.DataFrame(rows)
+
+
+def unet_threshold_line(unet_threshold: Mapping | None) -> str:
+    """The line under Table 2 that says where the U-Net's masks were cut
+    (:func:`t2lesion.unet.threshold.resolve_threshold` on the inference jobs' inputs); "" when
+    ``unet`` is not a source."""
+    if not unet_threshold:
+        return ""
+    from t2lesion.unet.threshold import resolve_threshold
+
+    u = unet_threshold
+    return resolve_threshold(u["setting"], u.get("files") or [], int(u["n_models"]), u.get("folder")).line()
 
 
 # ------------------------------------------------------------------------------ writer
@@ -208,14 +232,19 @@ def _figure_list(figures: Mapping[str, Sequence], base: Path, max_each: int = 20
 
 
 def summary_markdown(trials: Mapping[str, Mapping], histories: Mapping[str, str | Path] | None,
-                     out_md: str | Path, training_figures: Mapping[str, Sequence] | None = None) -> str:
+                     out_md: str | Path, training_figures: Mapping[str, Sequence] | None = None,
+                     thresholds: Mapping[str, str | Path] | None = None,
+                     unet_threshold: Mapping | None = None) -> str:
     """The Markdown text (links relative to ``out_md``'s folder).
 
     ``trials`` maps each test trial to its files: table1, table2, ancova, table4, km (TSV
     paths; any may be absent or None: that section is left out or says why), nb (optional)
     and figures (label -> list of paths). ``histories`` maps a fold label to its
-    history.tsv (None or empty: no training section).
+    history.tsv (None or empty: no training section); ``thresholds`` a fold label to its
+    threshold.json. ``unet_threshold``: :meth:`t2lesion.plan.Plan.unet_threshold` (the line
+    under Table 2 that says where the U-Net's masks were cut).
     """
+    threshold_line = unet_threshold_line(unet_threshold)
     base = Path(out_md).parent
     out = ["# T2-lesion endpoint analyses: summary", "",
            "Tables and figures of Krishnan et al. (Sci. Rep. 2023) regenerated by this run. "
@@ -241,19 +270,22 @@ def summary_markdown(trials: Mapping[str, Mapping], histories: Mapping[str, str 
             if not path:
                 continue
             out += [f"### {title}", "", f"From {_link(path, base)}.", "", render(path), ""]
+            if key == "table2" and threshold_line:
+                out += [threshold_line + ".", ""]
         if files.get("figures"):
             out += ["### Figures", "", *_figure_list(files["figures"], base), ""]
     if histories:
-        out += ["## U-Net training", "", md_table(training_section(histories)), ""]
+        out += ["## U-Net training", "", md_table(training_section(histories, thresholds)), ""]
         if training_figures:
             out += [*_figure_list(training_figures, base), ""]
     return "\n".join(out)
 
 
 def write_summary(trials: Mapping[str, Mapping], histories: Mapping[str, str | Path] | None, out_md: str | Path,
-                  training_figures: Mapping[str, Sequence] | None = None) -> Path:
+                  training_figures: Mapping[str, Sequence] | None = None,
+                  thresholds: Mapping[str, str | Path] | None = None, unet_threshold: Mapping | None = None) -> Path:
     """Write :func:`summary_markdown` to ``out_md``."""
-    text = summary_markdown(trials, histories, out_md, training_figures)
+    text = summary_markdown(trials, histories, out_md, training_figures, thresholds, unet_threshold)
     out_md = Path(out_md)
     with atomic_output(out_md) as tmp:
         Path(tmp).write_text(text, encoding="utf-8")
@@ -262,4 +294,4 @@ def write_summary(trials: Mapping[str, Mapping], histories: Mapping[str, str | P
 
 
 __all__ = ["ancova_section", "km_section", "md_table", "rate_ratio_section", "summary_markdown",
-           "table2_section", "table4_section", "training_section", "write_summary"]
+           "table2_section", "table4_section", "training_section", "unet_threshold_line", "write_summary"]

@@ -74,6 +74,20 @@ def test_each_problem_is_one_line_with_its_key_path():
     assert all("\n" not in p and len(p) < 400 for p in problems)
 
 
+def test_inference_threshold_is_auto_or_a_number_between_0_and_1():
+    assert check_config({"trials": {"t": dict(TRIAL)}})["inference"]["threshold"] == "auto"
+    for value in ("auto", 0.5, 0.85):
+        assert check_config({"trials": {"t": dict(TRIAL)}, "inference": {"threshold": value}})["inference"][
+            "threshold"] == value
+    for value in (0, 1, 1.5, "best", True, None):
+        with pytest.raises(InputError) as err:
+            check_config({"trials": {"t": dict(TRIAL)}, "inference": {"threshold": value}})
+        assert err.value.problems == [
+            f"config: inference.threshold: {value!r} is not valid here ('auto' or a number in (0, 1): U-Net masks "
+            f"are probability >= threshold. auto = the mean of the fold thresholds, each chosen on its fold's "
+            f"held-out visits; 0.5 = the paper.)"], value
+
+
 def test_yaml_syntax_error_names_file_and_line(tmp_path, capsys):
     bad = tmp_path / "my_trials.yaml"
     bad.write_text("trials:\n  real:\n    role: test\n   bids: x\n")

@@ -88,6 +88,23 @@ def test_every_stage_wrote_its_outputs(tiny_run):
             assert (r / f"train/fold-{fold}/{name}").is_file(), (fold, name)
         history = pd.read_csv(r / f"train/fold-{fold}/history.tsv", sep="\t")
         assert history["iterations"].tolist() == [2] and history["val_dice"].between(0, 1).all()
+    # each fold's threshold, chosen on its held-out visit (one subject per fold); inference cuts at their mean
+    import json
+
+    thresholds = []
+    for fold in (1, 2):
+        info = json.loads((r / f"train/fold-{fold}/threshold.json").read_text())
+        curve = pd.read_csv(r / f"train/fold-{fold}/threshold_curve.tsv", sep="\t", na_values=["n/a"])
+        assert info["n_visits"] == 1 and info["visits"][0] in {"sub-001_ses-w000", "sub-002_ses-w000"}
+        assert list(curve.columns) == ["threshold", "mean_dice", "n", info["visits"][0]] and len(curve) == 14
+        assert info["threshold"] in curve["threshold"].round(2).tolist()
+        assert (r / f"train/fold-{fold}/threshold_curve.png").read_bytes()[:4] == b"\x89PNG"
+        thresholds.append(info["threshold"])
+    assert {json.loads((r / f"train/fold-{k}/threshold.json").read_text())["visits"][0] for k in (1, 2)} == {
+        "sub-001_ses-w000", "sub-002_ses-w000"}  # each fold holds out its own participant
+    volume = pd.read_csv(r / "metrics/unet/trial-tiny/volumes/sub-001_ses-w000_volume.tsv", sep="\t")
+    assert volume["threshold"].iloc[0] == pytest.approx(sum(thresholds) / 2)
+    assert "held-out visits, mean of folds" in (r / "logs/infer/trial-tiny_batch-1.log").read_text()
     # inference: every map of every test visit, in the preprocessed grid, and the native mask
     import nibabel as nib
 
@@ -141,6 +158,7 @@ def test_report_renders_every_figure(tiny_run):
     for name in ("sub-001_ses-w024_space-MNI1x1x3_qc.png", "fig3_tlv_change.png", "table2.tsv", "table1.tsv",
                  "fig2_overlays.png", "summary.md"):
         assert name in html, f"{name} missing from the report"
+    assert "threshold_curve.png" in html
     for category in ("QC", "Segmentation", "Endpoints", "Table 1: cohort by arm", "Fig. 2: FLAIR overlays"):
         assert category in html, f"{category} missing from the report"
 
@@ -174,6 +192,9 @@ def test_summary_md_shows_the_papers_tables(tiny_run):
     for row in uni:  # a hazard ratio, or the reason the model did not run, in words (one subject per arm
         for cell in row[3:]:  # makes most of these degenerate: separation, singular fits)
             assert re.match(rf"{NUMBER} \(", cell) or re.match(r"(skipped|failed): [A-Za-z]", cell), row
+    assert re.search(r"\nU-Net masks: probability >= 0\.\d+ \(threshold chosen on each fold's held-out visits, "
+                     r"mean of folds 0\.\d\d, 0\.\d\d\)\.\n", text)
+    assert "[threshold_curve.png](../train/fold-1/threshold_curve.png)" in text
     assert "[fig2_overlays.png](../metrics/classical/trial-tiny/fig2_overlays.png)" in text
     assert "[fig3_tlv_change.png](../stats/trial-tiny/fig3_tlv_change.png)" in text
 
@@ -232,6 +253,8 @@ def test_trial_without_gt_gets_masks_volumes_and_every_endpoint(nogt_run):
                 assert (r / f"predict/{source}/trial-nogt/sub-{sub}/ses-{ses}/"
                              f"sub-{sub}_ses-{ses}_space-MNI1x1x3_desc-lesion_mask.nii.gz").is_file()
     assert not (r / "train").exists()  # inference only: nothing was trained
+    # the folder's models bring their thresholds (fold-<k>/threshold.json beside model.keras)
+    assert "held-out visits, mean of folds" in (r / "logs/infer/trial-nogt_batch-1.log").read_text()
     long = pd.read_csv(r / "stats/trial-nogt/tlv_long.tsv", sep="\t")
     assert long["source"].unique().tolist() == ["classical", "unet"] and len(long) == 8
     assert (long.loc[long["source"] == "classical", "tlv_ml"] > 0).all()

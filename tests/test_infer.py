@@ -401,3 +401,55 @@ def test_workflow_script_calls_predict_visits_inside_the_rule_log(tmp_path, monk
     mask = sitk.GetArrayFromImage(sitk.ReadImage(visit["out_mask"])) > 0
     assert row["voxel_ml"] > 0 and 0 <= row["voxels"] <= mask.sum()
     assert row["tlv_ml"] == pytest.approx(row["voxels"] * row["voxel_ml"])
+
+
+@pytest.mark.parametrize("setting, fold_thresholds, applied, line", [
+    ("auto", [0.8, 0.7], 0.75, "U-Net masks: probability >= 0.75 (threshold chosen on each fold's held-out "
+                               "visits, mean of folds 0.80, 0.70)"),
+    ("auto", None, 0.5, "WARNING t2lesion.infer: U-Net masks: probability >= 0.5 (fixed at 0.5: inference.threshold "
+                        "is auto but the fold models in MODELS come without fold-<k>/threshold.json (0 of 2)"),
+    (0.5, [0.8, 0.7], 0.5, "U-Net masks: probability >= 0.5 (fixed at 0.5 by inference.threshold)"),
+])
+def test_workflow_script_cuts_at_the_fold_thresholds_or_the_configured_one(tmp_path, monkeypatch, setting,
+                                                                          fold_thresholds, applied, line):
+    """inference.threshold: auto reads each fold's threshold.json (their mean), falls back to 0.5
+    in one log line without them; a number overrides them. The volume row records it."""
+    import json
+    import runpy
+    from types import SimpleNamespace
+
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS",
+                "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+        monkeypatch.setenv(var, "2")
+    models, thresholds = [], []
+    for k in (1, 2):
+        path = tmp_path / "models" / f"fold-{k}" / "model.keras"
+        path.parent.mkdir(parents=True)
+        identity_keras_model((8, 32, 32)).save(path)
+        models.append(str(path))
+        if fold_thresholds:
+            thresholds.append(str(path.parent / "threshold.json"))
+            Path(thresholds[-1]).write_text(json.dumps({"threshold": fold_thresholds[k - 1]}))
+    visit = _write_visit(tmp_path, "sub-04_ses-w000", np.random.default_rng(9), np.eye(4))
+    del visit["out_native_mask"]
+    # a FLAIR (= the probability) of 0.005, 0.015, ..., 0.995: no voxel within rounding of a threshold
+    grades = (np.random.default_rng(10).integers(0, 100, size=(16, 56, 48)) + 0.5) / 100
+    sitk.WriteImage(_image(grades.astype(np.float32), (1.0, 1.0, 3.0), MNI_ORIGIN), visit["FLAIR"])
+    log_path = tmp_path / "logs" / "infer.log"
+    volume = tmp_path / "volumes" / "sub-04_ses-w000_volume.tsv"
+    cfg = {"models": str(tmp_path / "models"), "mc_samples": 1, "threshold": setting}
+    smk = SimpleNamespace(log=[str(log_path)], threads=1,
+                          input=SimpleNamespace(models=models, thresholds=thresholds),
+                          output=SimpleNamespace(volumes=[str(volume)]),
+                          params=SimpleNamespace(visits=[visit], cfg=cfg, seed=3,
+                                                 volume={"connectivity": 18, "min_size": 3}))
+    runpy.run_path(str(Path(__file__).resolve().parents[1] / "workflow_scripts" / "infer.py"),
+                   init_globals={"snakemake": smk})
+    text = log_path.read_text()
+    assert line.replace("MODELS", str(tmp_path / "models")) in text
+    assert sum("U-Net masks:" in t for t in text.splitlines()) == 1
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(visit["out_mask"]))
+    brain = sitk.GetArrayFromImage(sitk.ReadImage(visit["brain_mask"])) > 0
+    assert np.array_equal(mask, ((grades >= applied) & brain).astype(np.uint8))
+    row = pd.read_csv(volume, sep="\t").iloc[0]
+    assert row["threshold"] == pytest.approx(applied)

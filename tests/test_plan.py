@@ -157,6 +157,55 @@ def test_synthetic_trial_outputs_every_image_and_gt(demo):
     assert any(f.endswith("sub-001_ses-w048_FLAIR.nii.gz") for f in files)
 
 
+def test_each_fold_trained_here_chooses_its_threshold_and_inference_waits_for_them(demo):
+    thresholds = [f"results/train/fold-{k}/threshold.json" for k in (1, 2, 3)]
+    assert demo.unet_thresholds == thresholds
+    targets = demo.all_targets()
+    assert set(thresholds) | {f"results/train/fold-{k}/threshold_curve.png" for k in (1, 2, 3)} <= set(targets)
+    # every GT visit of the training trial (each fold's job keeps its own participants')
+    visits = demo.calibration_visits()
+    assert len(visits) == len(demo.trials["synthtrain"].gt_visits) == 12
+    assert visits[0] == {
+        "trial": "synthtrain", "participant_id": "sub-001", "id": "sub-001_ses-w000",
+        **{k: f"results/preproc/trial-synthtrain/sub-001/ses-w000/sub-001_ses-w000_space-MNI1x1x3_desc-{d}.nii.gz"
+           for k, d in (("T2w", "preproc_T2w"), ("FLAIR", "preproc_FLAIR"), ("T1w", "preproc_T1w"),
+                        ("brain_mask", "brain_mask"), ("gt", "lesionGT_mask"))}}
+    assert len(demo.calibration_inputs()) == 12 * 5
+    assert demo.fold_split_tables() == ["results/train/trial-synthtrain/folds.tsv"]
+    # the summary states the threshold (and waits for the fold thresholds and their curves)
+    assert demo.unet_threshold() == {"setting": "auto", "files": thresholds, "n_models": 3, "folder": None}
+    assert set(thresholds) <= set(demo.summary_inputs())
+    assert demo.summary_thresholds() == {str(k): f for k, f in zip((1, 2, 3), thresholds)}
+    assert demo.summary_training_figures()["Threshold curves (Dice on each fold's held-out visits)"] == [
+        f"results/train/fold-{k}/threshold_curve.png" for k in (1, 2, 3)]
+
+
+def test_a_fixed_threshold_needs_no_fold_threshold_for_inference():
+    cfg = copy.deepcopy(DEMO)
+    cfg["inference"]["threshold"] = 0.5
+    plan = plan_of(cfg)
+    assert plan.unet_thresholds == [] and plan.unet_threshold()["setting"] == 0.5
+    # the folds still choose theirs: the curves are in the report
+    assert "results/train/fold-1/threshold.json" in plan.all_targets()
+
+
+def test_models_from_elsewhere_bring_their_thresholds_when_they_have_them(tmp_path):
+    models = tmp_path / "models"
+    for k in (1, 2):
+        (models / f"fold-{k}").mkdir(parents=True)
+        (models / f"fold-{k}" / "model.keras").write_bytes(b"")
+    cfg = real_trial(make_bids(tmp_path / "bids"), sources=["classical", "unet"], inference={"models": str(models)})
+    plan = plan_of(cfg)
+    assert plan.unet_thresholds == [] and plan.calibration_visits() == []
+    assert not any("threshold" in t for t in plan.all_targets())
+    assert plan.unet_threshold() == {"setting": "auto", "files": [], "n_models": 2, "folder": str(models)}
+    (models / "fold-1" / "threshold.json").write_text("{}")
+    (models / "fold-2" / "threshold.json").write_text("{}")
+    assert plan_of(cfg).unet_thresholds == [str(models / f"fold-{k}" / "threshold.json") for k in (1, 2)]
+    cfg["inference"]["threshold"] = 0.6
+    assert plan_of(cfg).unet_thresholds == []
+
+
 # ------------------------------------------------------------------ review queue (docs/DESIGN.md §14)
 
 

@@ -216,3 +216,35 @@ def test_write_summary_links_figures_relatively(tmp_path):
     assert "| 1 | 3 | 2 | 0.600 | 1.00 |" in text  # fold 1: 3 epochs, best epoch 2, Dice 0.6
     assert "ANCOVA" not in text  # a section without its table is left out
     assert summary_markdown({}, None, out).startswith("# T2-lesion")
+
+
+def test_summary_states_the_unet_threshold_under_table2_and_each_folds_choice(tmp_path):
+    import json
+
+    stats = tmp_path / "results/metrics/trial-t"
+    stats.mkdir(parents=True)
+    pd.concat([_table2("classical", 0.7), _table2("unet", 0.8)]).to_csv(stats / "table2.tsv", sep="\t", index=False)
+    hist, thresholds = {}, {}
+    for fold, t in (("1", 0.8), ("2", 0.7)):
+        folder = tmp_path / f"results/train/fold-{fold}"
+        folder.mkdir(parents=True)
+        pd.DataFrame({"epoch": [1], "val_dice": [0.6], "val_loss": [1.0], "best": [1]}).to_csv(
+            folder / "history.tsv", sep="\t", index=False)
+        (folder / "threshold.json").write_text(json.dumps(
+            {"threshold": t, "mean_dice": 0.8123, "mean_dice_at_0.5": 0.7, "n_visits": 4, "grid": [0.3, 0.95]}))
+        hist[fold], thresholds[fold] = str(folder / "history.tsv"), str(folder / "threshold.json")
+    out = tmp_path / "results/report/summary.md"
+    trials = {"t": {"table2": str(stats / "table2.tsv")}}
+    auto = {"setting": "auto", "files": list(thresholds.values()), "n_models": 2, "folder": None}
+    text = summary_markdown(trials, hist, out, None, thresholds, auto)
+    table2 = text.split("### Table 2", 1)[1]
+    assert table2.split("\n\n")[3] == ("U-Net masks: probability >= 0.75 (threshold chosen on each fold's held-out "
+                                       "visits, mean of folds 0.80, 0.70).")
+    assert "| threshold | held-out visits | held-out Dice at threshold | held-out Dice at 0.5 |" in text
+    assert "| 0.800 | 4 | 0.812 | 0.700 |" in text and "| 0.700 | 4 | 0.812 | 0.700 |" in text
+    fixed = summary_markdown(trials, hist, out, None, thresholds, {**auto, "setting": 0.5, "files": []})
+    assert "U-Net masks: probability >= 0.5 (fixed at 0.5 by inference.threshold)." in fixed
+    elsewhere = summary_markdown(trials, None, out, None, None, {**auto, "files": [], "folder": "/m"})
+    assert "U-Net masks: probability >= 0.5 (fixed at 0.5: inference.threshold is auto but the fold models in /m" \
+           in elsewhere
+    assert "U-Net masks" not in summary_markdown(trials, None, out)  # no unet source

@@ -252,11 +252,57 @@ def test_inference_only_from_a_folder_of_fold_models(tmp_path):
     out = res.stdout + res.stderr
     assert res.returncode == 0, out
     assert "infer_" in out and "train " not in out and "patch_store" not in out
+    # models without threshold.json: inference waits for none (and falls back to 0.5, tested in test_infer)
+    jobs = dry_run_inputs(tmp_path)
+    assert "calibrate" not in jobs and not [f for f in jobs["infer_real_1"][0] if "threshold" in f]
+    for k in (1, 2):
+        (models / f"fold-{k}" / "threshold.json").write_text('{"threshold": 0.7}')
+    jobs = dry_run_inputs(tmp_path)
+    assert [f for f in jobs["infer_real_1"][0] if "threshold" in f] == [
+        f"{models}/fold-{k}/threshold.json" for k in (1, 2)]
     empty = tmp_path / "empty"
     empty.mkdir()
     res = snakemake(tmp_path, "-n", config=cfg | {"inference": {"models": str(empty)}})
     assert res.returncode != 0
     assert f"inference.models: no fold-<k>/model.keras under {empty}" in res.stdout + res.stderr
+
+
+def dry_run_inputs(workdir: Path) -> dict[str, list[list[str]]]:
+    """Every job's input files in a dry run (with workdir's config), by rule: a dry run prints
+    them only for rules without a ``message:``, and the inference rules have one."""
+    import json
+
+    cmd = [sys.executable, str(REPO / "tests" / "_snakemake_inputs.py"), *SNAKEMAKE[3:], "--directory", str(workdir),
+           "--cores", "1", "--configfile", str(workdir / "config.yaml"), "-n", "--quiet"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    jobs: dict[str, list[list[str]]] = {}
+    for line in res.stderr.splitlines():
+        if line.startswith("JOB-INPUTS "):
+            job = json.loads(line[len("JOB-INPUTS "):])
+            jobs.setdefault(job["rule"], []).append(job["input"])
+    return jobs
+
+
+@pytest.mark.parametrize("threshold", ["auto", 0.5])
+def test_each_fold_chooses_a_threshold_that_inference_waits_for_unless_fixed(tmp_path, threshold):
+    """Folds trained here: one calibrate job per fold, after its training; the inference jobs
+    read the fold thresholds with inference.threshold: auto, and none with a fixed threshold."""
+    test = make_bids(tmp_path / "test")
+    train = make_bids(tmp_path / "train", subjects=("001", "002", "003", "004"))
+    cfg = real_trial_config(test)
+    cfg["trials"]["tr"] = {"role": "train", "bids": str(train), "control_arm": "PLA", "treatment_arms": ["OCR"]}
+    cfg |= {"sources": ["unet"], "training": {"folds": 2}, "inference": {"threshold": threshold}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    jobs = dry_run_inputs(tmp_path)
+    assert len(jobs["calibrate"]) == len(jobs["train"]) == 2, sorted(jobs)
+    for calibrate in jobs["calibrate"]:
+        assert calibrate[:2] in ([f"results/train/fold-{k}/model.keras", "results/train/trial-tr/folds.tsv"]
+                                 for k in (1, 2))
+        assert sum(f.endswith("desc-lesionGT_mask.nii.gz") for f in calibrate) == 8  # every GT visit of trial tr
+    (infer,) = jobs["infer_real_1"]
+    expected = [f"results/train/fold-{k}/threshold.json" for k in (1, 2)] if threshold == "auto" else []
+    assert [f for f in infer if "threshold" in f] == expected
 
 
 def test_config_friction_home_folder_hyphenated_arms_shared_folder(tmp_path):

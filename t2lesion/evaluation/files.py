@@ -98,12 +98,13 @@ VOLUME_COLUMNS = ("participant_id", "session", "week", "tlv_ml", "tlc", "voxels"
 
 
 def run_volume(mask_path, out_tsv, participant_id: str, session: str, *, connectivity: int = CONNECTIVITY,
-               min_size: int = MIN_SIZE, clean_voxel_metrics: bool = False) -> dict:
+               min_size: int = MIN_SIZE, clean_voxel_metrics: bool = False, extra: dict | None = None) -> dict:
     """Lesion load (TLV, TLC) of one visit's mask from any source, GT or prediction; one-row TSV.
 
     Needs no ground truth: this is the per-visit volume table that the endpoint
     statistics read, for every source and every visit: written by the job that writes the
     mask (rules ``segment_classical``, ``infer_*``) or, for the GT, by ``metrics_visit``.
+    ``extra``: more columns after :data:`VOLUME_COLUMNS` (the U-Net's ``threshold``).
     """
     mask, img = _read_mask(mask_path)
     voxel_ml = io.voxel_volume_ml(img)
@@ -111,7 +112,8 @@ def run_volume(mask_path, out_tsv, participant_id: str, session: str, *, connect
                        clean_voxel_metrics=clean_voxel_metrics)
     row = {"participant_id": participant_id, "session": session, "week": week_from_session(session),
            **load, "voxel_ml": voxel_ml}
-    _write_tsv(pd.DataFrame([row], columns=list(VOLUME_COLUMNS)), out_tsv)
+    row.update(extra or {})
+    _write_tsv(pd.DataFrame([row], columns=[*VOLUME_COLUMNS, *(extra or {})]), out_tsv)
     log.info("%s %s: TLV %.3f mL, TLC %d (%s)", participant_id, session, row["tlv_ml"], row["tlc"], mask_path)
     return row
 

@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -123,3 +123,31 @@ def run_train(index: Sequence[str | Path], fold: int, resume_dir, outputs: dict,
                       ("curve", "training_curve.png")):
         shutil.copyfile(folder / name, outputs[key])
     return result
+
+
+def held_out_visits(folds: Mapping[str, str | Path], visits: Sequence[Mapping], fold: int) -> list[dict]:
+    """The visits of ``visits`` (dicts with ``trial`` and ``participant_id``) whose participant
+    is in fold ``fold`` of their training trial's split (``folds``: trial -> folds.tsv): the
+    visits fold ``fold``'s model validated on and never trained on."""
+    from t2lesion.unet.folds import read_folds
+
+    out = []
+    for trial, path in folds.items():
+        split = read_folds(path)
+        members = set(split.loc[split["fold"] == int(fold), "participant_id"])
+        out += [dict(v) for v in visits if v["trial"] == trial and v["participant_id"] in members]
+    return out
+
+
+def run_calibrate(model_path: str | Path, folds: Mapping[str, str | Path], visits: Sequence[Mapping], fold: int,
+                  outputs: Mapping[str, str | Path], cfg: Mapping, seed: int,
+                  channel_order: Sequence[str] | None = None) -> dict:
+    """Rule calibrate: fold ``fold``'s threshold, chosen on its held-out visits
+    (:func:`t2lesion.unet.threshold.calibrate_fold`); ``outputs``: threshold, curve, plot."""
+    from t2lesion.unet.threshold import calibrate_fold
+
+    held = held_out_visits(folds, visits, fold)
+    if not held:
+        raise InputError(f"fold {fold}: no GT visit of its participants in {', '.join(map(str, folds.values()))} "
+                         f"to choose the threshold on")
+    return calibrate_fold(model_path, held, fold, cfg, seed, outputs, channel_order=channel_order, logger=log)
