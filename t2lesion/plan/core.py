@@ -1,4 +1,4 @@
-"""The workflow's plan: which trials, visits and sources a config asks for, and where every
+"""The plan of a run (:class:`Plan`): which trials, visits and sources a config asks for, and where every
 file of a run lives (docs/DESIGN.md §11).
 
 ``rules/*.smk`` declare rules and call this module through one-line input functions
@@ -18,103 +18,17 @@ thousands of times.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
-from pathlib import Path
 
 from t2lesion.bids import MODALITIES, Visit
 from t2lesion.config import Trial, fold_models, fold_thresholds, source_warnings, trials_from_config, visit_inputs
-
-# Every file name carries its entities; these prefixes keep rules short.
-PRE = "results/preproc/trial-{trial}/sub-{sub}/ses-{ses}/sub-{sub}_ses-{ses}"
-PRED = "results/predict/{source}/trial-{trial}/sub-{sub}/ses-{ses}/sub-{sub}_ses-{ses}"
-VOLUME = "results/metrics/{source}/trial-{trial}/volumes/sub-{sub}_ses-{ses}_volume.tsv"
-VISIT_TABLE = "results/metrics/{source}/trial-{trial}/visits/sub-{sub}_ses-{ses}_{kind}.tsv"
-STATS = "results/stats/trial-{trial}"
-TRAIN = "results/train"
-TRACK = "results/lesions/{source}/trial-{trial}/sub-{sub}"
-FIG2 = "results/metrics/{source}/trial-{trial}/fig2_overlays.png"
-MNI = "space-MNI1x1x3"
-# A visit's baseline, as a pattern.
-PRE_BASELINE = PRE.replace("{ses}", "w000")
-VALIDATED = "results/validated/trial-{trial}_visits.tsv"
-# What the per-visit jobs wait for: validation's outcome (rule validation_passed says why).
-VALIDATION_PASSED = "results/validated/trial-{trial}_passed"
-LOGS = "results/logs"
-BENCH = "results/benchmarks"
-QC_PNG = f"{PRE}_{MNI}_qc.png"
-# The reader's review queue (docs/DESIGN.md §14).
-REVIEW = "results/review/trial-{trial}"
-REVIEW_VISIT = f"{REVIEW}/visits/sub-{{sub}}_ses-{{ses}}_review.tsv"
-CORRECTION_STATUS = f"{REVIEW}/corrections/sub-{{sub}}_ses-{{ses}}_correction.tsv"
-#: a regex that matches no wildcard value: a rule limited to it never applies
-NOTHING = "(?!)"
-
-#: The U-Net's outputs per visit (t2lesion.unet.infer.predict_visits writes them).
-UNET_OUTPUTS = {
-    "prob": f"{MNI}_desc-lesion_probseg.nii.gz",
-    "mask": f"{MNI}_desc-lesion_mask.nii.gz",
-    "sd": f"{MNI}_desc-sd_uncertainty.nii.gz",
-    "entropy": f"{MNI}_desc-entropy_uncertainty.nii.gz",
-    "mi": f"{MNI}_desc-mi_uncertainty.nii.gz",
-    "native_mask": "space-FLAIR_desc-lesion_mask.nii.gz",
-}
-#: the per-visit inputs of an inference batch, in the order the rule lists them
-UNET_INPUTS = ("T2w", "FLAIR", "T1w", "brain_mask", "flair_xfm")
+from t2lesion.plan.paths import (
+    FIG2, MNI, PRE, PRE_BASELINE, PRED, QC_PNG, STATS, TRACK, TRAIN, UNET_OUTPUTS, VALIDATED, VISIT_TABLE, VOLUME,
+    InferBatch, mask_path, visit_paths, wildcard_alternatives,
+)
+from t2lesion.plan.review import ReviewPlan
 
 
-def visit_paths(pattern: str, trial: str, visits, **extra) -> list[str]:
-    """``pattern`` filled in for each of ``visits`` of ``trial``."""
-    return [pattern.format(trial=trial, sub=v.sub, ses=v.ses, **extra) for v in visits]
-
-
-def mask_path(trial: str, sub: str, ses: str, source: str) -> str:
-    """The mask a source gives a visit: the GT carried into MNI, or the source's prediction."""
-    if source == "gt":
-        return f"{PRE.format(trial=trial, sub=sub, ses=ses)}_{MNI}_desc-lesionGT_mask.nii.gz"
-    return f"{PRED.format(trial=trial, sub=sub, ses=ses, source=source)}_{MNI}_desc-lesion_mask.nii.gz"
-
-
-def wildcard_alternatives(names) -> str:
-    """A wildcard constraint that matches exactly ``names`` (none: :data:`NOTHING`)."""
-    return "|".join(sorted(names)) or NOTHING
-
-
-@dataclass(frozen=True)
-class InferBatch:
-    """One inference job: a batch of a trial's visits (``inference.visits_per_job``)."""
-
-    name: str
-    trial: str
-    index: int
-    visits: list[dict]
-    volumes: list[str]
-
-    @property
-    def images(self) -> list[str]:
-        return [d[k] for d in self.visits for k in UNET_INPUTS]
-
-    @property
-    def native(self) -> list[str]:
-        return [d["native_flair"] for d in self.visits]
-
-    @property
-    def masks(self) -> list[str]:
-        return [d[f"out_{k}"] for d in self.visits for k in UNET_OUTPUTS]
-
-    @property
-    def log(self) -> str:
-        return f"{LOGS}/infer/trial-{self.trial}_batch-{self.index}.log"
-
-    @property
-    def benchmark(self) -> str:
-        return f"{BENCH}/infer/trial-{self.trial}_batch-{self.index}.tsv"
-
-    @property
-    def message(self) -> str:
-        return f"U-Net inference, trial {self.trial}, batch {self.index}: {len(self.visits)} visits"
-
-
-class Plan:
+class Plan(ReviewPlan):
     """What one run of the workflow does, from its (schema-checked) config and its trials."""
 
     def __init__(self, config: dict, trials: dict[str, Trial]):
@@ -304,176 +218,6 @@ class Plan:
                     )
                 )
         return batches
-
-    # ------------------------------------------------------------------ review queue
-
-    @property
-    def review_sources(self) -> tuple[str | None, str | None]:
-        """The source the review queue ranks and the one it is compared with
-        (t2lesion.review.queue_sources: ``unet`` beside ``classical``, else ``classical`` alone)."""
-        from t2lesion.review import queue_sources
-
-        return queue_sources(self.sources)
-
-    def review_trials(self) -> list[str]:
-        """Valid test trials, when a prediction source gives masks to review."""
-        if self.review_sources[0] is None:
-            return []
-        return [n for n in self.test_trials if not self.trials[n].problems]
-
-    def review_visit_inputs(self, trial: str, sub: str, ses: str) -> dict[str, str]:
-        """Rule review_visit's inputs: the queue source's mask, the MNI brain mask, the MI map
-        (``unet``), the other source's mask, the subject's previous and next masks where they
-        exist, and the visit's own native skull-strip mask where it has one."""
-        primary, other = self.review_sources
-        pre = PRE.format(trial=trial, sub=sub, ses=ses)
-        out = {"mask": mask_path(trial, sub, ses, primary), "brain": f"{pre}_{MNI}_desc-brain_mask.nii.gz"}
-        if primary == "unet":
-            out["mi"] = f"{PRED.format(source='unet', trial=trial, sub=sub, ses=ses)}_{UNET_OUTPUTS['mi']}"
-        if other:
-            out["other"] = mask_path(trial, sub, ses, other)
-        visits = self.tracked_visits(trial, primary, sub)
-        k = visits.index(Visit(sub, ses))
-        if 0 < k < len(visits) - 1:
-            out["prev"] = mask_path(trial, sub, visits[k - 1].ses, primary)
-            out["next"] = mask_path(trial, sub, visits[k + 1].ses, primary)
-        if self.own_brain_mask(ses):
-            out["native_brain"] = f"{pre}_space-T1w_desc-brain_mask.nii.gz"
-        return out
-
-    def review_visit_params(self, trial: str, sub: str, ses: str) -> dict:
-        """Rule review_visit's identifiers and the log of the visit's rigid registration (to MNI
-        at the baseline, to the baseline at a follow-up), read for its final cost if present."""
-        primary, other = self.review_sources
-        step = "register_mni" if ses == "w000" else "register_baseline"
-        return {
-            "participant_id": f"sub-{sub}",
-            "session": f"ses-{ses}",
-            "week": Visit(sub, ses).week,
-            "source": primary,
-            "other_source": other,
-            "reg_kind": "mni" if ses == "w000" else "baseline",
-            "reg_log": f"{LOGS}/{step}/trial-{trial}_sub-{sub}_ses-{ses}.log",
-        }
-
-    def review_visit_tables(self, trial: str) -> list[str]:
-        """Every visit's review row (rule review_queue's inputs)."""
-        return visit_paths(REVIEW_VISIT, trial, self.trials[trial].visits)
-
-    def review_ids(self, trial: str) -> list[str]:
-        return [v.prefix for v in self.trials[trial].visits]
-
-    def review_figure_inputs(self, trial: str) -> dict:
-        """The queue, and per visit (aligned with :meth:`review_ids`) the FLAIR and the two
-        masks the review page draws: the other source's (red) and the queue source's (blue);
-        the queue source's on both sides when it is alone."""
-        primary, other = self.review_sources
-        visits = self.trials[trial].visits
-        return {
-            "queue": f"{REVIEW.format(trial=trial)}/queue.tsv",
-            "flair": visit_paths(f"{PRE}_{MNI}_desc-preproc_FLAIR.nii.gz", trial, visits),
-            "first": [mask_path(trial, v.sub, v.ses, other or primary) for v in visits],
-            "second": [mask_path(trial, v.sub, v.ses, primary) for v in visits],
-        }
-
-    def review_bundle_inputs(self, trial: str) -> dict:
-        """Per visit (aligned with :meth:`review_ids`): the raw FLAIR, T1w and T2w, the U-Net's
-        native mask, probability and MI maps and the composed FLAIR -> MNI transform (rule
-        review_bundles; only with ``unet`` among the sources)."""
-        t, visits = self.trials[trial], self.trials[trial].visits
-        d = [self.infer_visit(trial, v) for v in visits]
-        return {
-            "queue": f"{REVIEW.format(trial=trial)}/queue.tsv",
-            "flair": [str(t.image(v, "FLAIR")) for v in visits],
-            "t1w": [str(t.image(v, "T1w")) for v in visits],
-            "t2w": [str(t.image(v, "T2w")) for v in visits],
-            "mask": [x["out_native_mask"] for x in d],
-            "prob": [x["out_prob"] for x in d],
-            "mi": [x["out_mi"] for x in d],
-            "xfm": [x["flair_xfm"] for x in d],
-        }
-
-    # ------------------------------------------------------------------ readers' corrections
-
-    @functools.cache
-    def correction_paths(self, trial: str) -> dict[Visit, str]:
-        """Where each visit's correction would lie (t2lesion.corrections.correction_path)."""
-        from t2lesion.corrections import correction_path
-
-        t = self.trials[trial]
-        return {v: str(correction_path(t.bids, t.image(v, "FLAIR"))) for v in t.visits}
-
-    @functools.cache
-    def corrections(self, trial: str) -> dict[Visit, str]:
-        """The visits of a trial a reader corrected: those whose correction file exists (looked
-        up once per trial while the DAG is built)."""
-        return {v: p for v, p in self.correction_paths(trial).items() if Path(p).is_file()}
-
-    def reviewed_trials(self) -> list[str]:
-        """Trials with a ``reviewed`` source: the valid test trials, with ``reviewed`` a source."""
-        if "reviewed" not in self.sources:
-            return []
-        return [n for n in self.test_trials if not self.trials[n].problems]
-
-    def correction_warnings(self) -> list[str]:
-        """One line per mask under a trial's derivatives/lesions-reviewed/ that names no visit."""
-        from t2lesion.corrections import unmatched_corrections
-
-        out = []
-        for trial in self.reviewed_trials():
-            out += unmatched_corrections(self.trials[trial].bids, self.correction_paths(trial).values(), trial)
-        return out
-
-    def apply_review_inputs(self, trial: str, sub: str, ses: str) -> dict[str, str]:
-        """Rule apply_review's inputs: the U-Net's MNI and native masks, the raw FLAIR, the
-        composed FLAIR -> MNI transform and, where a reader corrected the visit, the correction
-        (and its JSON sidecar where it exists). A correction added or changed is a new or newer
-        input of this visit's job alone, so only it reruns, then the trial-level tables."""
-        v = Visit(sub, ses)
-        d = self.infer_visit(trial, v)
-        out = {"unet_mni": d["out_mask"], "unet_native": d["out_native_mask"], "flair": d["native_flair"],
-               "xfm": d["flair_xfm"]}
-        corr = self.corrections(trial).get(v)
-        if corr:
-            out["correction"] = corr
-            sidecar = corr.replace(".nii.gz", ".json")
-            if Path(sidecar).is_file():
-                out["sidecar"] = sidecar
-        return out
-
-    def review_changes_inputs(self, trial: str) -> dict:
-        """Rule review_changes: the endpoint tables with a source column, and every visit's
-        correction status."""
-        stats = STATS.format(trial=trial)
-        tables = {
-            "tlv_long": f"{stats}/tlv_long.tsv",
-            "change_summary": f"{stats}/change_summary.tsv",
-            "ancova_arm_effect": f"{stats}/ancova_arm_effect.tsv",
-            "table4": f"{stats}/table4.tsv",
-            "km_tests": f"{stats}/km_tests.tsv",
-        }
-        if self.has_new_lesions(trial):
-            tables["nb_rate_ratio"] = f"{stats}/nb_rate_ratio.tsv"
-        if self.trials[trial].gt_visits and len(self.sources) > 1:
-            tables["table2"] = f"results/metrics/trial-{trial}/table2.tsv"
-        status = visit_paths(CORRECTION_STATUS, trial, self.trials[trial].visits)
-        return {**tables, "status": status}
-
-    def review_changes_tables(self, trial: str) -> list[str]:
-        """The names of rule review_changes' endpoint tables (its inputs but the statuses)."""
-        return [k for k in self.review_changes_inputs(trial) if k != "status"]
-
-    def review_targets(self, trial: str) -> list[str]:
-        """The queue and its report page; the bundles too when the U-Net gives the maps."""
-        if trial not in self.review_trials():
-            return []
-        review = REVIEW.format(trial=trial)
-        out = [f"{review}/queue.tsv", f"{review}/review_overlays.png"]
-        if "unet" in self.sources:
-            out.append(f"{review}/bundles")
-        if trial in self.reviewed_trials():
-            out += [f"{review}/endpoint_changes.tsv", f"{review}/corrections.tsv"]
-        return out
 
     # ------------------------------------------------------------------ training
 
@@ -711,9 +455,3 @@ class Plan:
         if self.summary_trials() or self.train_trials:
             targets.append("results/report/summary.md")
         return targets
-
-
-def synthetic_root(synth_outputs: list[str]) -> str:
-    """A synthetic trial's folder (``bids/`` and ``truth/``), from its job's outputs
-    (the third is ``<root>/truth/params.json``)."""
-    return str(Path(synth_outputs[2]).parent.parent)
