@@ -50,6 +50,7 @@ import numpy as np
 import pandas as pd
 
 from t2lesion.errors import InputError
+from t2lesion.formatting import as_number
 
 MODALITIES = ("T1w", "T2w", "FLAIR")
 ENDPOINTS = ("CDP24", "T25FW24", "9HPT24", "CCDP24")
@@ -182,15 +183,6 @@ def read_table(path: Path, required: tuple[str, ...], problems: list[str]) -> pd
         problems.append(f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(df.columns)})")
         return None
     return df
-
-
-def as_number(value) -> float | None:
-    """A table cell as a finite number, or None."""
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
 
 
 def _check_participants(

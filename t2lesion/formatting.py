@@ -22,7 +22,8 @@ P_FLOOR = 0.001
 DIGITS = 3
 
 
-def _finite(x) -> float | None:
+def as_number(x) -> float | None:
+    """A value (a number or a table cell) as a finite float, or None."""
     try:
         x = float(x)
     except (TypeError, ValueError):
@@ -34,7 +35,7 @@ def fmt_num(x, digits: int = DIGITS) -> str:
     """``x`` with ``digits`` significant digits, without exponent for ordinary magnitudes
     (1234.5 -> "1230", 0.01234 -> "0.0123", 2.2e12 -> "2.20e+12"); :data:`MISSING` for a
     missing or non-finite value."""
-    x = _finite(x)
+    x = as_number(x)
     if x is None:
         return MISSING
     x = float(f"{x:.{digits}g}")  # round first: 0.99996 -> 1.00, not 1.000
@@ -51,7 +52,7 @@ def fmt_num(x, digits: int = DIGITS) -> str:
 def fmt_p(p) -> str:
     """A p value for reading: ``p < 0.001``, else 3 significant digits (``p = 0.0412``);
     :data:`MISSING` for a missing or non-finite value."""
-    p = _finite(p)
+    p = as_number(p)
     if p is None:
         return MISSING
     return f"p < {P_FLOOR:g}" if p < P_FLOOR else f"p = {fmt_num(p)}"
@@ -62,4 +63,4 @@ def fmt_ci(est, low, high) -> str:
     return f"{fmt_num(est)} ({fmt_num(low)}, {fmt_num(high)})"
 
 
-__all__ = ["DIGITS", "MISSING", "P_FLOOR", "fmt_ci", "fmt_num", "fmt_p"]
+__all__ = ["DIGITS", "MISSING", "P_FLOOR", "as_number", "fmt_ci", "fmt_num", "fmt_p"]

@@ -9,8 +9,9 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from t2lesion.bids import as_number, is_missing, normalise_sex, read_table
+from t2lesion.bids import is_missing, normalise_sex, read_table
 from t2lesion.errors import InputError
+from t2lesion.formatting import as_number
 from t2lesion.stats.common import (
     EXCLUSION_COLUMNS, GT_SOURCE, LONG_COLUMNS, OUTCOME_COLUMNS, PARTICIPANT_COLUMNS, SOURCE_RE, SUB_RE,
     Exclusions, _write_tsv, write_exclusions,
