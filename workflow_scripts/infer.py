@@ -5,16 +5,21 @@ predicted mask's lesion load (rules infer_<trial>_<batch>).
 ``input.models``: the fold models (each loaded once for the whole batch); ``params.cfg``: the
 ``inference:`` config section; ``params.seed``: base seed; ``params.channel_order``: the
 model's; ``output.volumes``: one lesion-load table per visit, in the visits' order. The GPU
-is leased before Keras is imported.
+is leased and the Keras backend chosen (config ``dl.backend``: t2lesion.unet.backend) before
+Keras is imported.
 """
 
 import logging
 
 from t2lesion import gpu
 from t2lesion.logs import rule_log
+from t2lesion.unet import backend
 
 with rule_log(snakemake.log[0], snakemake.threads):
-    gpu.lease()
+    lease = gpu.lease()
+    # from the config, not params: the backend is how a job runs (like threads), so changing
+    # it reruns nothing; a model trained on one backend loads on any other
+    backend.select(getattr(snakemake, "config", {}).get("dl", {}).get("backend"), lease.how != "cpu")
     from t2lesion.evaluation.files import run_volume
     from t2lesion.unet.infer import predict_visits
 
