@@ -10,7 +10,8 @@ modules mirror the Snakemake rules (docs/DESIGN.md says what each stage does and
 ``preprocess/`` N4, registration, skull stripping, resampling, normalisation
 ``classical``   the classical FLAIR segmenter (source ``classical``)
 ``unet/``       the multi-arm U-Net: hyper-parameters, layers, model, losses, patches, data,
-                training, the decision threshold, ensembled MC-dropout inference
+                training, the decision threshold, ensembled MC-dropout inference, the Keras
+                backend of its jobs
 ``gpu``         the GPU lease every GPU job shares
 ``evaluation/`` lesion metrics (Table 2, Fig. 3a-c)
 ``tracking``    new and enlarging T2 lesions between visits

@@ -119,6 +119,18 @@ def test_every_stage_wrote_its_outputs(tiny_run):
         assert pred.parent.joinpath(f"{pred.name}_space-FLAIR_desc-lesion_mask.nii.gz").is_file()
 
 
+def test_gpu_jobs_log_backend_device_and_precision(tiny_run):
+    """dl.backend: auto on this CPU machine: JAX (in the lock) sees no GPU, so TensorFlow; every
+    train and infer job says so, then its backend, device and precision."""
+    logs = sorted((tiny_run / "results/logs/train").glob("fold-*.log"))
+    infer = [p for p in (tiny_run / "results/logs").rglob("*.log") if p.read_text().count("inference: ")]
+    assert len(logs) == 2 and infer
+    for log in logs + infer:
+        text = log.read_text()
+        assert "dl.backend auto: TensorFlow, since JAX sees no GPU and would fall back to the CPU (JAX: " in text, log
+        assert text.count("backend tensorflow, device cpu, precision float32") == 1, log
+
+
 def test_metrics_and_statistics_tables(tiny_run):
     r = tiny_run / "results"
     visits = pd.read_csv(r / "metrics/classical/trial-tiny/visits.tsv", sep="\t")

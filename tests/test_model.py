@@ -1,5 +1,5 @@
 """Multi-arm 3-D U-Net (docs/DESIGN.md §4): shapes, parameter counts, receptive field, MC dropout,
-save/load, and the same training run on the TensorFlow and PyTorch backends."""
+save/load, and the same training run on the TensorFlow, PyTorch and JAX backends."""
 
 from __future__ import annotations
 
@@ -387,8 +387,6 @@ def _assert_backend_report(rep: dict, backend: str):
 
 @pytest.mark.parametrize("backend", ["torch", "jax"])
 def test_other_backend_same_run_and_loads_tensorflow_model(backend, tmp_path):
-    if backend == "jax":  # optional, not in requirements.lock; torch is locked (deepbet): never skipped
-        pytest.importorskip("jax")
     # a fresh (untrained, non-saturated) TF model: the torch run must load it and predict the same
     cfg = BC.tiny_config()
     m = M.build_multiarm_unet(cfg)

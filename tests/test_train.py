@@ -1,6 +1,7 @@
 """Training of one fold (t2lesion.unet.train.train_fold) on a tiny synthetic task: outputs,
 learning (validation loss at fixed γ/β falls, held-out Dice in inference mode ≥ 0.3), kill
-and resume equal to an uninterrupted run, commit recovery, refusal of changed settings.
+and resume equal to an uninterrupted run, commit recovery, refusal of changed settings, and the
+TensorFlow-trained fold predicting the same in a JAX process.
 
 One uninterrupted run (module fixture) is the reference for every test. Model: the multi-arm
 network at two levels and widths 8/16 (TF traces a deeper model's train step for over a
@@ -13,6 +14,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -21,6 +25,7 @@ import pytest
 from t2lesion.unet import losses as L
 from t2lesion.unet import model as M
 from t2lesion.unet import train as T
+from tests.conftest import REPO
 
 PATCH = (8, 32, 32)
 MODEL = {
@@ -212,6 +217,29 @@ def test_other_settings_in_the_same_folder_are_refused(reference):
         _train(out, training={"learning_rate": 1e-3})
     with pytest.raises(ValueError, match="model.seed"):
         T.train_fold(None, None, out, {**MODEL, "seed": 5}, {}, TRAINING, SEED)
+
+
+def test_tensorflow_trained_fold_predicts_the_same_under_jax(reference, tmp_path):
+    """The fold model train_fold wrote under TensorFlow (BN statistics, dropout, the project's
+    custom layers), loaded by a fresh JAX process, gives TensorFlow's probabilities."""
+    out = reference[0]
+    x = _data()[1].x[:8]
+    tf_pred = [np.asarray(p) for p in M.load_model(out / "model.keras", compile=False).predict_on_batch(x)]
+    assert (tf_pred[0] > 0.5).any() and (tf_pred[0] < 0.5).any()  # a trained, not a constant, map
+    np.save(tmp_path / "x.npy", x)
+    code = ("import sys, numpy as np, keras; from t2lesion.unet.model import load_model; "
+            "m = load_model(sys.argv[1], compile=False); "
+            "pred = m.predict_on_batch(np.load(sys.argv[2])); "
+            "np.savez(sys.argv[3], keras.backend.backend(), *[np.asarray(p) for p in pred])")
+    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
+    res = subprocess.run([sys.executable, "-c", code, str(out / "model.keras"), str(tmp_path / "x.npy"),
+                          str(tmp_path / "jax.npz")], env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert res.returncode == 0, res.stderr[-3000:]
+    got = np.load(tmp_path / "jax.npz")
+    assert str(got["arr_0"]) == "jax"
+    assert len(got.files) - 1 == len(tf_pred)
+    for k, tf in enumerate(tf_pred):
+        np.testing.assert_allclose(got[f"arr_{k + 1}"], tf, atol=1e-4, rtol=0, err_msg=f"output {k}")
 
 
 # --------------------------------------------------------------------------- device query

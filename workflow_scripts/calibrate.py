@@ -1,11 +1,12 @@
-"""One fold's probability threshold, chosen on its held-out visits (rule calibrate). The GPU
-is leased before Keras is imported."""
+"""One fold's probability threshold, chosen on its held-out visits (rule calibrate). The GPU is
+leased and the Keras backend chosen (config ``dl.backend``: t2lesion.unet.backend) before Keras
+is imported."""
 
-from t2lesion import gpu
 from t2lesion.logs import rule_log
+from t2lesion.unet import backend
 
 with rule_log(snakemake.log[0], snakemake.threads):
-    gpu.lease()
+    backend.start_job(getattr(snakemake, "config", {}))
     from t2lesion.unet.stage import run_calibrate
 
     p, o = snakemake.params, snakemake.output

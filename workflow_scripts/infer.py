@@ -8,16 +8,17 @@ whose ``threshold`` (``auto`` or a number) ``t2lesion.unet.threshold.resolve_thr
 turns into the value applied (logged in one line, and a ``threshold`` column in each visit's
 volume table); ``params.seed``: base seed; ``params.channel_order``: the model's;
 ``output.volumes``: one lesion-load table per visit, in the visits' order. The GPU is leased
-before Keras is imported.
+and the Keras backend chosen (config ``dl.backend``: t2lesion.unet.backend) before Keras is
+imported.
 """
 
 import logging
 
-from t2lesion import gpu
 from t2lesion.logs import rule_log
+from t2lesion.unet import backend
 
 with rule_log(snakemake.log[0], snakemake.threads):
-    gpu.lease()
+    backend.start_job(getattr(snakemake, "config", {}))
     from t2lesion.evaluation.files import run_volume
     from t2lesion.unet.infer import predict_visits
     from t2lesion.unet.threshold import resolve_threshold

@@ -1,10 +1,11 @@
-"""One fold of the U-Net, resumable (rule train). The GPU is leased before Keras is imported."""
+"""One fold of the U-Net, resumable (rule train). The GPU is leased and the Keras backend chosen
+(config ``dl.backend``: t2lesion.unet.backend) before Keras is imported."""
 
-from t2lesion import gpu
 from t2lesion.logs import rule_log
+from t2lesion.unet import backend
 
 with rule_log(snakemake.log[0], snakemake.threads):
-    gpu.lease()
+    backend.start_job(getattr(snakemake, "config", {}))
     from t2lesion.unet.stage import run_train
 
     p, o = snakemake.params, snakemake.output

@@ -548,6 +548,9 @@ def predict_visits(visits: Sequence[dict], model_paths: Sequence[str | Path], cf
         models = load_fold_models(model_paths)
     preds = prepare_models(models, s["mc_samples"])
     t_load = time.perf_counter() - t0
+    from t2lesion.unet.backend import job_line, model_precision
+
+    log.info("%s", job_line(model_precision(preds)))
     log.info("inference: %d fold model(s) loaded in %.1f s; %d visit(s); %d MC sample(s) per fold, overlap %.2f, "
              "%s blending, batch %d", len(preds), t_load, len(visits), s["mc_samples"], s["overlap"],
              s["blending"], s["batch_size"])

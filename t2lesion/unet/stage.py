@@ -97,7 +97,7 @@ def run_train(index: Sequence[str | Path], fold: int, resume_dir, outputs: dict,
     :func:`t2lesion.unet.train.train_fold` keeps its per-epoch checkpoints.
     """
     from t2lesion.unet.data import PatchDataset
-    from t2lesion.unet.hparams import fold_seed
+    from t2lesion.unet.hparams import fold_seed, split_model_section
     from t2lesion.unet.train import train_fold
 
     frames = [pd.read_csv(p, sep="\t", dtype={"participant_id": str}) for p in index]
@@ -111,11 +111,12 @@ def run_train(index: Sequence[str | Path], fold: int, resume_dir, outputs: dict,
     log.info("fold %s: %d training windows (%d participants), %d validation windows (%d participants); seed %d",
              fold, len(trn), trn["participant_id"].nunique(), len(val), val["participant_id"].nunique(), fseed)
     workers = int(training.get("workers", 0))
+    heads = split_model_section(model)[1].supervision_levels  # one target per supervised output
     train_ds = PatchDataset(trn, patch, batch_size=training["batch_size"], augment_fraction=training["augment_fraction"],
-                            seed=fseed, shuffle=True, steps=training.get("steps_per_epoch"),
+                            seed=fseed, shuffle=True, steps=training.get("steps_per_epoch"), n_outputs=heads,
                             workers=max(1, workers), use_multiprocessing=False)
     val_ds = PatchDataset(val, patch, batch_size=training["batch_size"], augment_fraction=0.0, seed=fseed,
-                          shuffle=False)
+                          shuffle=False, n_outputs=heads)
     folder = prepare_resume_dir(resume_dir, model=model, loss=loss, training=training, seed=fseed,
                                 index=[str(p) for p in index])
     result = train_fold(train_ds, val_ds, folder, model, loss, training, seed=fseed, log=log)

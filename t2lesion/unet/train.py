@@ -46,6 +46,7 @@ from keras import ops
 
 from t2lesion.unet import losses as L
 from t2lesion.unet import model as M
+from t2lesion.unet.backend import job_line
 from t2lesion.unet.hparams import LossConfig, split_model_section
 
 #: the schema's training defaults (schemas/config.schema.yaml), for callers passing a partial dict
@@ -329,6 +330,7 @@ def train_fold(train_data, val_data, out_dir, model_cfg: dict, loss_cfg: dict, t
     if (cur is not None and cur["completed"] >= n_epochs and (out / "model.keras").exists()
             and not (out / NEXT_STATE).exists()):
         log.info("fold already trained: %d/%d epochs, best epoch %s", cur["completed"], n_epochs, cur["best_epoch"])
+        log.info("%s", job_line(f"{cur.get('precision', 'unknown')} (the finished run's)"))
         if not (out / "history.tsv").exists():
             write_history(out, cur["history"])
         if not (out / "training_curve.png").exists():
@@ -338,8 +340,7 @@ def train_fold(train_data, val_data, out_dir, model_cfg: dict, loss_cfg: dict, t
     gpu = gpu_visible(log)
     policy = M.set_precision(tr["mixed_precision"], gpu)
     jit = jit_setting(gpu)
-    log.info("backend %s on %s, precision policy %s", keras.backend.backend(), "GPU" if gpu else "CPU (no GPU visible)",
-             policy)
+    log.info("%s", job_line(policy))
 
     if (out / "last.keras").exists():
         model = M.load_model(out / "last.keras")
