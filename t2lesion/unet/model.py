@@ -31,7 +31,10 @@ decisions, receptive field and parameter counts.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
+import os
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -41,6 +44,8 @@ from t2lesion.unet.hparams import ModelConfig, split_model_section
 from t2lesion.unet.layers import ChannelSelect, LinearUpsample3D, MCDropout, MCReduce, RepeatBatch
 from t2lesion.unet.losses import LossScheduleState, bind_losses
 from t2lesion.unet.receptive_field import _down_kernel, _ratio, output_shapes, receptive_field
+
+log = logging.getLogger(__name__)
 
 SCHEDULE_LAYER = "loss_schedule"
 
@@ -417,8 +422,27 @@ def set_precision(mode: str = "auto", gpu: bool = False) -> str:
         raise ValueError(f"mixed_precision must be 'auto', 'on' or 'off', got {mode!r}")
     on = mode == "on" or (mode == "auto" and bool(gpu))
     policy = "mixed_bfloat16" if on else "float32"
+    if on and not gpu and onednn_bf16_suspect():
+        log.warning("mixed_bfloat16 on this CPU: TensorFlow's oneDNN bf16 kernels on a CPU with AVX512-BF16 "
+                    "and no AMX gave NaN weights after 2 training steps (tests/test_model.py); train with "
+                    "training.mixed_precision: off, or with TF_ENABLE_ONEDNN_OPTS=0")
     keras.config.set_dtype_policy(policy)
     return policy
+
+
+def onednn_bf16_suspect(cpuinfo: str | None = None) -> bool:
+    """TensorFlow with its oneDNN kernels on a CPU with AVX512-BF16 but no AMX: measured on such a
+    CPU (AMD EPYC, 2026-12-06), two bf16 training steps left NaN in a conv kernel while the loss
+    stayed finite; with ``TF_ENABLE_ONEDNN_OPTS=0``, or on JAX, or on a Xeon with AMX, they do not."""
+    if keras.backend.backend() != "tensorflow" or os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1") == "0":
+        return False
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = set(cpuinfo.split())
+    return "avx512_bf16" in flags and "amx_bf16" not in flags
 
 
 def with_overrides(cfg: ModelConfig, **kw) -> ModelConfig:
