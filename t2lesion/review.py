@@ -56,7 +56,8 @@ import pandas as pd
 
 from t2lesion import io
 from t2lesion.errors import InputError
-from t2lesion.evaluation.segmentation import CONNECTIVITY, MIN_SIZE, _label
+from t2lesion.classical import MAD_TO_SD
+from t2lesion.evaluation.segmentation import CONNECTIVITY, MIN_SIZE, _label, voxel_metrics
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,6 @@ COMPONENTS_LIST = list(COMPONENTS)
 Z_CAP = 10.0
 #: MI (nats) from which a voxel counts as uncertain (config review.mi_threshold; ln 2 ≈ 0.693 is the maximum).
 MI_THRESHOLD = 0.1
-MAD_SCALE = 1.4826
 FEATURE_COLUMNS = [
     "participant_id", "session", "week", "source", "other_source", "tlv_ml", "tlv_other_ml", "mi_mean",
     "uncertain_ml", "dice_sources", "tlv_diff_ml", "n_flicker", "brain_ml", "skullstrip_ml", "reg_kind", "reg_cost",
@@ -131,11 +131,11 @@ def visit_features(mask, brain, voxel_ml: float, *, mi=None, other=None, prev=No
         out["mi_mean"] = float(u[m].mean()) if m.any() else math.nan
         out["uncertain_ml"] = int(((u >= mi_threshold) & (b | m)).sum()) * voxel_ml
     if other is not None:
-        o = np.asarray(other) > 0
-        n_m, n_o = int(m.sum()), int(o.sum())
-        out["tlv_other_ml"] = n_o * voxel_ml
-        out["dice_sources"] = 1.0 if n_m + n_o == 0 else 2.0 * int((m & o).sum()) / (n_m + n_o)
-        out["tlv_diff_ml"] = abs(n_m - n_o) * voxel_ml
+        vm = voxel_metrics(np.asarray(other) > 0, m, voxel_ml)
+        out["tlv_other_ml"] = vm["gt_tlv_ml"]
+        # two empty masks agree fully (Table 2 leaves that Dice undefined: no lesion to find)
+        out["dice_sources"] = 1.0 if vm["gt_voxels"] + vm["pred_voxels"] == 0 else vm["dc"]
+        out["tlv_diff_ml"] = abs(vm["pred_voxels"] - vm["gt_voxels"]) * voxel_ml
     if prev is not None and nxt is not None:
         out["n_flicker"] = _flicker(np.asarray(prev) > 0, m, np.asarray(nxt) > 0, connectivity, min_size)
     return out
@@ -200,7 +200,7 @@ def robust_z(x) -> np.ndarray:
         return z
     v = x[ok]
     med = np.median(v)
-    scale = MAD_SCALE * np.median(np.abs(v - med))
+    scale = MAD_TO_SD * np.median(np.abs(v - med))
     if scale <= 0:
         scale = float(np.std(v))
     z[ok] = 0.0 if scale <= 0 else (v - med) / scale
