@@ -219,6 +219,32 @@ def test_other_settings_in_the_same_folder_are_refused(reference):
         T.train_fold(None, None, out, {**MODEL, "seed": 5}, {}, TRAINING, SEED)
 
 
+def test_cosine_learning_rate_decays_over_the_fold_and_resumes_on_its_curve(tmp_path):
+    """lr_schedule cosine: Adam's rate after step i of n is lr·(1 + cos(π i / n)) / 2, in the
+    history and in the checkpoint; a fold killed after epoch 1 resumes on the same curve."""
+    out, killed = tmp_path / "cosine", tmp_path / "killed"
+    cosine = {"epochs": 2, "steps_per_epoch": 3, "lr_schedule": "cosine"}
+    data = (Blobs(48, 4, seed=1, snapshot={1: (out, killed)}), Blobs(16, 8, seed=2, shuffle=False))
+    _train(out, data, training=cosine)
+    n, lr0 = 6, TRAINING["learning_rate"]
+    expected = [lr0 * (1 + np.cos(np.pi * i / n)) / 2 for i in (3, 6)]  # after epochs 1 and 2
+    assert [r["lr"] for r in _rows(out)] == pytest.approx(expected, abs=1e-9)
+    assert [r["iterations"] for r in _rows(out)] == [3, 6]
+    resumed = _train(killed, training=cosine)
+    assert resumed["resumed"] and [r["lr"] for r in _rows(killed)] == pytest.approx(expected, abs=1e-9)
+    # the constant rate's folders and this one are told apart
+    with pytest.raises(T.TrainingSettingsChanged, match="lr_schedule"):
+        _train(out, training={**cosine, "lr_schedule": "constant"})
+
+
+def test_learning_rate_schedule_names_its_problems():
+    assert T.learning_rate_schedule(1e-3) == 1e-3
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        T.learning_rate_schedule(1e-3, "step")
+    with pytest.raises(ValueError, match="number of training steps"):
+        T.learning_rate_schedule(1e-3, "cosine", None)
+
+
 def test_tensorflow_trained_fold_predicts_the_same_under_jax(reference, tmp_path):
     """The fold model train_fold wrote under TensorFlow (BN statistics, dropout, the project's
     custom layers), loaded by a fresh JAX process, gives TensorFlow's probabilities."""

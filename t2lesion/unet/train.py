@@ -50,7 +50,9 @@ from t2lesion.unet.backend import job_line
 from t2lesion.unet.hparams import LossConfig, split_model_section
 
 #: the schema's training defaults (schemas/config.schema.yaml), for callers passing a partial dict
-TRAINING_DEFAULTS = {"epochs": 30, "steps_per_epoch": None, "learning_rate": 1e-4, "mixed_precision": "auto"}
+TRAINING_DEFAULTS = {"epochs": 30, "steps_per_epoch": None, "learning_rate": 1e-4, "lr_schedule": "constant",
+                     "mixed_precision": "auto"}
+LR_SCHEDULES = ("constant", "cosine")
 
 HISTORY_COLUMNS = ["epoch", "loss", "val_loss", "val_loss_sched", "val_dice", "gamma", "beta", "lr", "iterations",
                    "seconds", "best"]
@@ -62,7 +64,7 @@ HISTORY_DOC = {
                 "across epochs), summed over heads, mean over windows",
     "val_loss_sched": "the same at the epoch's scheduled γ/β",
     "val_dice": "Dice of the finest head > 0.5 in inference mode, pooled over all validation windows",
-    "gamma": "γ of the epoch", "beta": "β of the epoch", "lr": "Adam learning rate",
+    "gamma": "γ of the epoch", "beta": "β of the epoch", "lr": "Adam learning rate at the epoch's last step",
     "iterations": "optimizer steps after the epoch", "seconds": "wall time of the epoch (training + validation)",
     "best": "1 if model.keras holds this epoch",
 }
@@ -226,6 +228,8 @@ def _settings(kind, mcfg, lcfg, tr, seed) -> dict:
         "steps_per_epoch": tr.get("steps_per_epoch"),
         "learning_rate": float(tr["learning_rate"]),
         "seed": int(seed),
+        # only when not the default, so that folds trained before the key existed still match
+        **({"lr_schedule": tr["lr_schedule"]} if tr.get("lr_schedule", "constant") != "constant" else {}),
     }
 
 
@@ -279,9 +283,25 @@ def jit_setting(gpu: bool):
     return False if (keras.backend.backend() == "tensorflow" and not gpu) else "auto"
 
 
-def new_compiled_model(kind: str, mcfg, lcfg: LossConfig, n_epochs: int, learning_rate: float, seed: int, jit):
+def learning_rate_schedule(learning_rate: float, schedule: str = "constant", total_steps: int | None = None):
+    """Adam's learning rate: the number itself (``constant``, the paper's), or a cosine decay
+    from it to 0 over ``total_steps`` optimizer steps (``cosine``; docs/model.md measures it on
+    the demo). The decay is a function of the optimizer's step count, which the checkpoint
+    keeps, so a resumed fold continues on the same curve."""
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"training.lr_schedule must be one of {list(LR_SCHEDULES)}, got {schedule!r}")
+    if schedule == "constant":
+        return float(learning_rate)
+    if not total_steps or int(total_steps) < 1:
+        raise ValueError(f"a cosine learning-rate schedule needs the number of training steps, got {total_steps!r}")
+    return keras.optimizers.schedules.CosineDecay(float(learning_rate), decay_steps=int(total_steps), alpha=0.0)
+
+
+def new_compiled_model(kind: str, mcfg, lcfg: LossConfig, n_epochs: int, learning_rate: float, seed: int, jit,
+                       lr_schedule: str = "constant", total_steps: int | None = None):
     """A freshly initialised model (seeded), compiled with the paper's loss and Adam, as
-    :func:`train_fold` starts a fold.
+    :func:`train_fold` starts a fold (``lr_schedule``/``total_steps``: see
+    :func:`learning_rate_schedule`).
 
     Adam's variables are built here, not lazily inside the first train step: TensorFlow
     traces a function that creates variables twice, so this saves one trace of the whole
@@ -291,7 +311,8 @@ def new_compiled_model(kind: str, mcfg, lcfg: LossConfig, n_epochs: int, learnin
     keras.utils.set_random_seed(int(seed))
     model = M.build_model(mcfg, kind)
     losses, _ = L.make_loss(lcfg, n_epochs, len(model.outputs), model=model)
-    model.compile(optimizer=keras.optimizers.Adam(float(learning_rate)), loss=losses, jit_compile=jit)
+    lr = learning_rate_schedule(learning_rate, lr_schedule, total_steps)
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss=losses, jit_compile=jit)
     model.optimizer.build(model.trainable_variables)
     return model
 
@@ -337,6 +358,12 @@ def train_fold(train_data, val_data, out_dir, model_cfg: dict, loss_cfg: dict, t
             plot_history(out, cur["history"])
         return _summary(out, cur, cur["completed"], {"resumed": False, "already_complete": True})
 
+    steps = tr.get("steps_per_epoch") or len(train_data)
+    if steps > len(train_data):
+        log.warning("steps_per_epoch %d > %d batches in the training data: using %d", steps, len(train_data),
+                    len(train_data))
+        steps = len(train_data)
+
     gpu = gpu_visible(log)
     policy = M.set_precision(tr["mixed_precision"], gpu)
     jit = jit_setting(gpu)
@@ -358,7 +385,8 @@ def train_fold(train_data, val_data, out_dir, model_cfg: dict, loss_cfg: dict, t
             log.info("all %d epochs were already done (optimizer step %d)", n_epochs, step)
     else:
         _recover(out, None, log)
-        model = new_compiled_model(kind, mcfg, lcfg, n_epochs, float(tr["learning_rate"]), int(seed), jit)
+        model = new_compiled_model(kind, mcfg, lcfg, n_epochs, float(tr["learning_rate"]), int(seed), jit,
+                                   tr["lr_schedule"], n_epochs * steps)
         cur = {"settings": settings, "completed": 0, "best_epoch": None, "best_val_dice": None, "history": []}
         start = 0
         log.info("new model: %s, %s parameters, seed %d", kind, f"{M.count_params(model):,}", seed)
@@ -370,11 +398,6 @@ def train_fold(train_data, val_data, out_dir, model_cfg: dict, loss_cfg: dict, t
     g_fix, b_fix = fixed_validation_loss_values(lcfg)
     fixed_losses = [L.LesionSegLoss(g_fix, b_fix, lcfg.dice_smooth) for _ in range(n_out)]
     sched_losses = [L.LesionSegLoss(dice_smooth=lcfg.dice_smooth).bind(state_layer) for _ in range(n_out)]
-    steps = tr.get("steps_per_epoch") or len(train_data)
-    if steps > len(train_data):
-        log.warning("steps_per_epoch %d > %d batches in the training data: using %d", steps, len(train_data),
-                    len(train_data))
-        steps = len(train_data)
 
     for epoch in range(start, n_epochs):
         t0 = time.perf_counter()
@@ -431,6 +454,6 @@ def _diff(a: dict, b: dict) -> str:
     return ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys)[:300]
 
 
-__all__ = ["HISTORY_COLUMNS", "HISTORY_DOC", "TRAINING_DEFAULTS", "TrainingSettingsChanged",
-           "fixed_validation_loss_values", "gpu_visible", "plot_history", "train_fold", "validate",
-           "write_history"]
+__all__ = ["HISTORY_COLUMNS", "HISTORY_DOC", "LR_SCHEDULES", "TRAINING_DEFAULTS", "TrainingSettingsChanged",
+           "fixed_validation_loss_values", "gpu_visible", "learning_rate_schedule", "plot_history", "train_fold",
+           "validate", "write_history"]
