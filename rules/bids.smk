@@ -20,6 +20,7 @@ rule validate_bids:
     conda:
         "../envs/imaging.yaml"
     threads: 1
+    priority: training_first
     params:
         bids=lambda w: str(trial_of(w).bids),
         arms=lambda w: trial_of(w).arms,

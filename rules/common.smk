@@ -101,5 +101,9 @@ def qc_output():
     )
 
 
+def training_first(w):
+    return PLAN.priority(w.trial)
+
+
 def trial_of(w):
     return TRIALS[w.trial]

@@ -26,6 +26,7 @@ rule n4_coregister:
     conda:
         "../envs/imaging.yaml"
     threads: PP["threads"]
+    priority: training_first
     params:
         shrink=PP["n4_shrink"],
         iterations=PP["n4_iterations"],
@@ -45,6 +46,7 @@ rule skull_strip:
     conda:
         "../envs/imaging.yaml"
     threads: PP["threads"]
+    priority: training_first
     params:
         method=PP["skull_strip"],
         volume_ml=PP["brain_volume_ml"],
@@ -67,6 +69,7 @@ rule register_mni:
     conda:
         "../envs/imaging.yaml"
     threads: PP["threads"]
+    priority: training_first
     script:
         "../workflow_scripts/register_mni.py"
 
@@ -88,6 +91,7 @@ rule register_baseline:
     conda:
         "../envs/imaging.yaml"
     threads: PP["threads"]
+    priority: training_first
     script:
         "../workflow_scripts/register_baseline.py"
 
@@ -141,6 +145,7 @@ rule resample:
     conda:
         "../envs/imaging.yaml"
     threads: PP["threads"]
+    priority: training_first
     params:
         **RESAMPLE_PARAMS,
     script:
@@ -165,6 +170,7 @@ rule resample_with_gt:
     conda:
         "../envs/imaging.yaml"
     threads: PP["threads"]
+    priority: training_first
     params:
         **RESAMPLE_PARAMS,
     script:

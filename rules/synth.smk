@@ -16,6 +16,7 @@ for _trial in PLAN.synthetic.values():
         conda:
             "../envs/imaging.yaml"
         threads: 2
+        priority: PLAN.priority(_trial.name)
         params:
             # the trial folder holds bids/ and truth/: derived from truth/params.json
             root=lambda w, output: synthetic_root(output),

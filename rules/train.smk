@@ -24,6 +24,7 @@ rule fold_split:
     conda:
         "../envs/dl.yaml"
     threads: 1
+    priority: training_first
     params:
         folds=TR["folds"],
         seed=config["seed"],
@@ -49,6 +50,7 @@ rule patch_store:
     conda:
         "../envs/dl.yaml"
     threads: 1
+    priority: training_first
     params:
         loss=config["loss"],
         patch_size=MODEL_CFG["patch_size"],
@@ -72,6 +74,7 @@ rule patch_index:
     conda:
         "../envs/dl.yaml"
     threads: 1
+    priority: training_first
     params:
         patch_size=MODEL_CFG["patch_size"],
         overlap=TR["patch_overlap"],
@@ -107,6 +110,7 @@ rule train:
     conda:
         "../envs/dl.yaml"
     threads: TR["threads"]
+    priority: PLAN.TRAINING_PATH_PRIORITY
     resources:
         gpu=1,
     params:
@@ -151,7 +155,9 @@ rule calibrate:
         f"{BENCH}/calibrate/fold-{{fold}}.tsv"
     conda:
         "../envs/dl.yaml"
-    threads: config["inference"]["threads"]
+    # a fold's job, like train: beside the folds still training (the CPU demo's 1 thread)
+    threads: TR["threads"]
+    priority: PLAN.TRAINING_PATH_PRIORITY
     resources:
         gpu=1,
         mem_mb=32000,

@@ -44,6 +44,13 @@ def test_demo_targets_every_visit_source_and_the_summary(demo):
     assert not any("synthtrain" in t for t in targets if t.startswith("results/stats"))
 
 
+def test_the_training_trials_jobs_come_first(demo):
+    """Snakemake priority: the training trial's preprocessing and patches before the test
+    trial's, so that the folds, the longest chain, start as early as they can."""
+    assert demo.priority("synthtrain") == Plan.TRAINING_PATH_PRIORITY > 0
+    assert demo.priority("synthdemo") == 0
+
+
 def test_volume_sources_put_gt_first_and_select_its_visits(demo):
     assert demo.volume_sources("synthdemo") == ["gt", *DEMO["sources"]]
     volumes = demo.lesion_volumes("synthdemo")

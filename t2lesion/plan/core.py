@@ -77,6 +77,17 @@ class Plan(ReviewPlan):
         """Baseline visits are skull-stripped; follow-ups too only with followup_brain_mask: own."""
         return ses == "w000" or self.own_followup_masks
 
+    #: priority of the jobs on the way to the U-Net's folds (docs/DESIGN.md §6)
+    TRAINING_PATH_PRIORITY = 10
+
+    def priority(self, trial: str) -> int:
+        """Snakemake priority of a trial's per-visit jobs: a training trial's preprocessing,
+        patches and folds come first, since the folds are the longest chain of the run; the
+        test trials' preprocessing then fills the cores beside the folds instead of delaying
+        them (in the CPU demo it had run beside the training trial's, leaving a core idle
+        while the last fold trained alone)."""
+        return self.TRAINING_PATH_PRIORITY if self.trials[trial].role == "train" else 0
+
     def bids_images(self, trial: str, sub: str, ses: str) -> dict[str, str]:
         """A visit's raw T1w, T2w and FLAIR (one input function: each costs the DAG a call)."""
         t, visit = self.trials[trial], Visit(sub, ses)
