@@ -32,8 +32,9 @@ time budget. Parts, in order:
                 Keras figures beside hand-written torch on the same device.
 
 On the device machine (wheels of keras, namex, optree, simpleitk and nibabel carried in
-.whl; this script, benchmarks/bench_loader.py, benchmarks/torch_unet.py, configs/paper.yaml and the worktree's t2lesion/
-copied into the carried, git-ignored folder .gpu, so .gpu/benchmarks/bench_gpu.py imports them):
+.whl; this script, benchmarks/bench_loader.py, benchmarks/torch_unet.py, configs/paper.yaml
+and the worktree's t2lesion/ copied into the carried, git-ignored folder .gpu, so
+.gpu/benchmarks/bench_gpu.py imports them):
 
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit; \
