@@ -25,10 +25,16 @@ time budget. Parts, in order:
                 processes, augmented patches per second.
 ``trainfold``   (JAX, only if time is left) ``train.train_fold`` itself for 2 short epochs
                 on the pipeline's loader with 4 worker threads (stage.run_train's setup).
+``torchpeer``   (plain PyTorch, no Keras; only when named in ``--parts``) the same network
+                written in torch (benchmarks/torch_unet.py, copied beside this script): training
+                steps (Adam, BCE on the finest head, bf16 autocast on a GPU) at the train part's
+                batch and MC-dropout inference of 8 windows × 10 passes, to set the pipeline's
+                Keras figures beside hand-written torch on the same device.
 
 On the device machine (wheels of keras, namex, optree, simpleitk and nibabel carried in
-.whl; this script, benchmarks/bench_loader.py, configs/paper.yaml and the worktree's t2lesion/
-copied into the carried, git-ignored folder .gpu, so .gpu/benchmarks/bench_gpu.py imports them):
+.whl; this script, benchmarks/bench_loader.py, benchmarks/torch_unet.py, configs/paper.yaml
+and the worktree's t2lesion/ copied into the carried, git-ignored folder .gpu, so
+.gpu/benchmarks/bench_gpu.py imports them):
 
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit; \
@@ -491,6 +497,62 @@ def part_loader(work: Path, tiny: bool, n_single: int, pools: list[tuple[str, in
 # --------------------------------------------------------------------------- the driver
 
 
+def part_torchpeer(work: Path, tiny: bool, steps: int) -> dict:
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, str(HERE.parent))
+    import torch_unet as TU
+
+    from t2lesion.unet.hparams import split_model_section
+
+    model_sec, _, training = paper_sections(tiny)
+    _, mcfg = split_model_section({**model_sec, "seed": SEED})
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    amp = dict(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+    model = TU.MultiArmUNet(mcfg).to(dev)
+    params = TU.count_parameters(model)[0]
+    bs, patch = int(training["batch_size"]), tuple(model_sec["patch_size"])
+    x = torch.randn(bs, 3, *patch, device=dev)
+    y = (torch.rand(bs, 1, *patch, device=dev) > 0.97).float()
+    opt = torch.optim.Adam(model.parameters(), float(training["learning_rate"]))
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(**amp):
+            p = model(x)[0]
+        loss = torch.nn.functional.binary_cross_entropy(p.float(), y)
+        loss.backward()
+        opt.step()
+        return float(loss.detach())  # host float: synchronised
+
+    t0 = time.perf_counter()
+    step()
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    med = float(np.median(times))
+    emit(f"torchpeer: torch {torch.__version__} on {dev}, {params:,} parameters, batch {bs} of {patch}: first step "
+         f"{first:.2f} s, {steps} steps median {med * 1000:.0f} ms ({bs / med:.0f} patches/s)")
+    xi = torch.randn(2 if tiny else 8, 3, *patch, device=dev)
+    mc = 2 if tiny else 10
+    with torch.autocast(**amp):
+        model.mc_moments(xi, mc).float().cpu()
+        inf = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            model.mc_moments(xi, mc).float().cpu()
+            inf.append(time.perf_counter() - t0)
+    emit(f"  MC inference: {len(xi)} windows × {mc} passes, median {np.median(inf):.3f} s per batch")
+    peak = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else None
+    return {"backend": "torch (no Keras)", "device": str(dev), "params": params, "batch": bs, "patch": list(patch),
+            "first_step_s": first, "step_median_s": med, "steps": steps, "mc_windows": len(xi), "mc": mc,
+            "mc_batch_s": float(np.median(inf)), "peak_gib": peak}
+
+
 def child(args) -> int:
     work = Path(args.work)
     t0 = time.perf_counter()
@@ -502,6 +564,8 @@ def child(args) -> int:
         res = part_train(work, args.tiny, args.steps)
     elif args.part == "trainfold":
         res = part_trainfold(work, args.tiny, 3 if args.tiny else 10)
+    elif args.part == "torchpeer":
+        res = part_torchpeer(work, args.tiny, 3 if args.tiny else args.steps)
     elif args.part == "loader":
         n = 2 if args.tiny else 6
         pools = [("threads", 2, 0.5), ("processes", 2, 0.5)] if args.tiny else \
@@ -580,6 +644,9 @@ def summary(results: dict, emit_) -> None:
             emit_(f"| {r['backend']} | {r['policy']} | {r['batch']} × {'×'.join(map(str, r['patch']))} | "
                   f"{r['first_step_s']:.1f} | {r['step_median_s']:.3f} ({r['step_min_s']:.3f}–{r['step_max_s']:.3f}, "
                   f"{r['steps']} steps) | {r['batch'] / r['step_median_s']:.0f} |")
+        if k.startswith("torchpeer-"):
+            emit_(f"torch peer (no Keras, {r['device']}): {r['params']:,} parameters, batch {r['batch']}: "
+                  f"{r['step_median_s']:.3f} s/step; MC {r['mc_windows']} windows × {r['mc']}: {r['mc_batch_s']:.3f} s")
         if k.startswith("trainfold-"):
             ep = ", ".join(f"epoch {e['epoch']} {e['seconds']:.1f} s" for e in r["epochs"])
             emit_(f"train_fold: {r['steps_per_epoch']} steps/epoch, {r['workers']} loader threads: {ep}")
@@ -631,6 +698,7 @@ def main(argv=None) -> int:
         "loader": ("numpy", 75, 20),
         "infer2": (backends[1] if len(backends) > 1 else None, 90, 40),
         "trainfold": (backends[0] if backends else "jax", 150, 100),
+        "torchpeer": ("torch", 120, 30),
     }
     status = {}
     for name in [p.strip() for p in args.parts.split(",") if p.strip()]:

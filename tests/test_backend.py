@@ -139,11 +139,7 @@ def _run_job(tmp_path: Path, name: str, job: dict, config: dict, predict=None) -
     spec = tmp_path / f"{name}.json"
     spec.write_text(json.dumps({"job": job, "config": config, "predict": predict}))
     env = {**os.environ, "PYTHONPATH": str(REPO), "KERAS_BACKEND": "tensorflow", "T2LESION_GPUS": "",
-           "T2LESION_GPU_LOCKS": str(tmp_path / "locks"), "CUDA_VISIBLE_DEVICES": "",
-           # JAX compiles every op of a model's first build (~20 s here); the infer job reuses
-           # the train job's compilations instead of repeating them
-           "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax-cache"), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
+           "T2LESION_GPU_LOCKS": str(tmp_path / "locks"), "CUDA_VISIBLE_DEVICES": ""}
     res = subprocess.run([sys.executable, "-c", CHILD, str(spec)], env=env, capture_output=True, text=True,
                          timeout=900, cwd=REPO, check=False)
     log = Path(job["log"]).read_text() if Path(job["log"]).exists() else ""
@@ -205,13 +201,17 @@ def test_train_and_infer_jobs_on_jax_and_the_model_predicts_the_same_on_tensorfl
     x = np.random.default_rng(0).normal(0, 1, (2, *MODEL["patch_size"], 3)).astype(np.float32)
     x[:, 2:6, 4:12, 4:12, :2] += 2.0  # a bright "lesion" in T2w and FLAIR
     np.save(tmp_path / "x.npy", x)
-    config = {"dl": {"backend": "jax"}}
+    # JAX compiles every op of a model's first build (~20 s here); through dl.compile_cache the
+    # infer job reuses the train job's compilations instead of repeating them
+    config = {"dl": {"backend": "jax", "compile_cache": str(tmp_path / "jax-cache")}}
     logs = {"train": _run_job(tmp_path, "train", train, config),
             "infer": _run_job(tmp_path, "infer", infer, config,
                               predict=[train["output"]["model"], str(tmp_path / "x.npy"), str(tmp_path / "jax.npy")])}
     for name, text in logs.items():
         assert "dl.backend jax (KERAS_BACKEND=tensorflow in the environment overridden)" in text, name
         assert "backend jax, device cpu, precision float32" in text, name
+        assert f"JAX compilation cache: {tmp_path / 'jax-cache'} (dl.compile_cache), " in text, name
+    assert ", 0 entries there, in use" in logs["train"] and ", 0 entries there" not in logs["infer"]
     assert "epoch 1/1: loss" in logs["train"] and "visit 1/1 sub-03_ses-w024" in logs["infer"]
     history = pd.read_csv(train["output"]["history"], sep="\t")
     assert len(history) == 1 and np.isfinite(history["loss"]).all()
@@ -225,3 +225,65 @@ def test_train_and_infer_jobs_on_jax_and_the_model_predicts_the_same_on_tensorfl
     jax_pred = np.load(tmp_path / "jax.npy")
     assert tf_pred.std() > 1e-3  # not a constant map: the comparison means something
     np.testing.assert_allclose(tf_pred, jax_pred, atol=1e-4, rtol=0)
+
+
+# --------------------------------------------------------------------------- compile once
+
+#: a fresh job's first prediction on JAX: the cache set as start_job sets it (dl.compile_cache),
+#: a small multi-arm model built and the pipeline's MC predictor called twice
+CACHED = """
+import logging, sys, time
+logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+from t2lesion.unet import backend
+backend.compile_cache(sys.argv[1], "jax")
+import numpy as np
+from t2lesion.unet.infer import FoldPredictor
+from t2lesion.unet.model import ModelConfig, build_model
+cfg = ModelConfig.from_dict({"patch_size": (8, 16, 16), "widths": (4, 8), "strides": ((1, 2, 2),),
+                             "block_kernels": (((1, 3, 3), (3, 3, 3)),) * 2, "supervision_levels": 1, "seed": 3})
+model = build_model(cfg)
+x = np.random.default_rng(0).normal(size=(2, 8, 16, 16, 3)).astype("float32")
+t0 = time.perf_counter()
+pred = FoldPredictor(model, mc_samples=2)
+m = pred.moments(x, 5)
+print(f"FIRST {time.perf_counter() - t0:.3f}")
+np.save(sys.argv[2], m)
+"""
+
+
+def test_jax_compiles_once_and_a_second_job_loads_from_the_cache_folder(tmp_path):
+    """dl.compile_cache: two jobs (fresh processes) with the same model and window shapes; the
+    second finds the first's executables in the folder, so its compile-and-first-call takes a
+    fraction of the first's (here ~0.1×; asserted < 0.5×), and predicts the same."""
+    cache = tmp_path / "jax-cache"
+    runs = []
+    for i in (1, 2):
+        res = subprocess.run(
+            [sys.executable, "-c", CACHED, str(cache), str(tmp_path / f"m{i}.npy")],
+            env={**os.environ, "PYTHONPATH": str(REPO), "KERAS_BACKEND": "jax", "CUDA_VISIBLE_DEVICES": ""},
+            capture_output=True, text=True, timeout=600, cwd=REPO, check=False)
+        assert res.returncode == 0, res.stderr[-3000:]
+        runs.append(res.stdout)
+    assert f"JAX compilation cache: {cache} (dl.compile_cache), 0 entries there, in use" in runs[0]
+    entries = [p for p in cache.iterdir() if not p.name.startswith(".")]
+    assert entries, "the first job left nothing in the cache folder"
+    assert f"JAX compilation cache: {cache} (dl.compile_cache), {len(entries)} entries there, in use" in runs[1]
+    first, second = (float(out.split("FIRST ")[1].split()[0]) for out in runs)
+    assert second < 0.5 * first, f"compile + first call: {first:.2f} s, then {second:.2f} s with the cache"
+    np.testing.assert_array_equal(np.load(tmp_path / "m1.npy"), np.load(tmp_path / "m2.npy"))
+
+
+def test_compile_cache_is_off_for_null_and_unused_on_other_backends(caplog):
+    caplog.set_level("INFO")
+    import jax
+
+    before = jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", None)  # as without JAX_COMPILATION_CACHE_DIR
+    try:
+        assert B.compile_cache(None, "jax") is None
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
+    assert "JAX compilation cache: off (dl.compile_cache: null)" in caplog.text
+    assert B.compile_cache("results/cache/jax", "tensorflow") is None
+    assert "JAX compilation cache: not used (dl.compile_cache results/cache/jax; the Keras backend is tensorflow)" \
+        in caplog.text

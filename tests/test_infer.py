@@ -453,3 +453,37 @@ def test_workflow_script_cuts_at_the_fold_thresholds_or_the_configured_one(tmp_p
     assert np.array_equal(mask, ((grades >= applied) & brain).astype(np.uint8))
     row = pd.read_csv(volume, sep="\t").iloc[0]
     assert row["threshold"] == pytest.approx(applied)
+
+
+def test_write_maps_on_threads_writes_the_same_files_as_one_thread(tmp_path, monkeypatch):
+    """The maps of a visit are written one per thread (ITK gzips without the GIL): the same
+    images (the same bytes) as one after another, the native mask included, and a failing write
+    is raised after the others have finished (no half-written visit left behind unnoticed)."""
+    rng = np.random.default_rng(2)
+    (tmp_path / "a").mkdir()
+    v = _write_visit(tmp_path / "a", "sub-05_ses-w000", rng, _rigid((3, 0, 5), (2.0, 1.0, 0.0)))
+    ref = sitk.ReadImage(v["brain_mask"])
+    shape = sitk.GetArrayFromImage(ref).shape
+    maps = {k: rng.random(shape).astype(np.float32) for k in ("prob", "sd", "entropy", "mi")}
+    maps["mask"] = (maps["prob"] > 0.7).astype(np.uint8)
+    keys = [f"out_{k}" for k in I.MAPS] + ["out_native_mask"]
+    other = {**v, **{k: v[k].replace(str(tmp_path / "a"), str(tmp_path / "b")) for k in keys}}
+    threads = []
+    real = sitk.WriteImage
+    monkeypatch.setattr(sitk, "WriteImage", lambda *a, **k: threads.append(__import__("threading").get_ident())
+                        or real(*a, **k))
+    I.write_maps(maps, ref, v, threads=1)
+    assert len(set(threads)) == 1 and len(threads) == 6
+    threads.clear()
+    I.write_maps(maps, ref, other, threads=4)
+    assert len(set(threads)) > 1 and len(threads) == 6
+    for k in keys:
+        assert Path(v[k]).read_bytes() == Path(other[k]).read_bytes(), k
+    for k in I.MAPS:
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(v[f"out_{k}"])), maps[k])
+    broken = {**other, "native_flair": str(tmp_path / "missing.nii.gz")}
+    for k in keys:
+        Path(broken[k]).unlink()
+    with pytest.raises(InputError, match="missing.nii.gz: file not found"):
+        I.write_maps(maps, ref, broken, threads=4)
+    assert all(Path(broken[f"out_{k}"]).is_file() for k in I.MAPS)

@@ -14,7 +14,7 @@ import pytest
 import SimpleITK as sitk
 
 from t2lesion.errors import InputError
-from t2lesion.unet.data import PatchDataset, augment, warp
+from t2lesion.unet.data import PatchDataset, augment, draw_augmentation, resample_region, warp, warp_batch
 from t2lesion.unet.folds import read_folds, split_folds, write_folds
 from t2lesion.unet.losses import LossConfig, alpha_map
 from t2lesion.unet.patches import (
@@ -290,6 +290,71 @@ def test_warp_known_answers():
     oz, oy = np.meshgrid(np.arange(3) - 1, np.arange(7) - 3, indexing="ij")
     np.testing.assert_allclose(out[..., 1, 0], 4 - oy / 3.0, atol=1e-4)  # in z = centre − y mm / 3
     np.testing.assert_allclose(out[..., 1, 1], 13 + 3 * oz, atol=1e-4)  # in y = centre + z mm
+
+
+def test_resample_region_is_scipys_per_channel_resampling():
+    """The loader's NumPy resampling against map_coordinates (constant mode, cval 0, no
+    prefilter): linear channels to float32 rounding, nearest ones exactly, at the edges of the
+    region too (points just inside and outside, on the last voxel, halves), and on a region
+    one voxel thick."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(5)
+    for shape in ((7, 12, 10), (1, 9, 8)):
+        region = rng.normal(size=shape + (5,)).astype(np.float32)
+        region[..., 3:] = rng.integers(0, 4, shape + (2,))
+        n = np.array(shape, np.float32)[:, None]
+        c = rng.uniform(-0.2, 1.2, (3, 4000)).astype(np.float32) * n - 0.5
+        # every combination of per-axis edge values: just outside, the first voxel, halves, the
+        # last voxel exactly, just beyond it
+        edges = [np.float32([-1e-6, 0.0, 0.5, k - 1.5, k - 1.0, k - 0.5, k - 1.0 + 1e-5]) for k in shape]
+        grid = np.stack(np.meshgrid(*edges, indexing="ij")).reshape(3, -1)
+        c[:, :grid.shape[1]] = grid
+        coords = c.reshape(3, 40, 100)
+        got = resample_region(region, 3, coords)
+        for ch in range(5):
+            ref = ndimage.map_coordinates(region[..., ch], coords, order=1 if ch < 3 else 0, mode="constant",
+                                          cval=0.0, prefilter=False)
+            if ch < 3:
+                np.testing.assert_allclose(got[..., ch], ref, atol=2e-6, rtol=0)
+            else:
+                np.testing.assert_array_equal(got[..., ch], ref)
+        assert (got[..., 0] == 0).any() and (got[..., 0] != 0).any()  # both inside and outside were hit
+
+
+def test_loader_batches_equal_the_per_sample_reference(stored):
+    """Each batch of the loader (its augmented samples warped together, NumPy resampling) is
+    the stack of the per-sample reference (PatchDataset.sample: augment, SciPy) of the same
+    draws: images to float32 rounding, mask and α exactly; windows at the visit's edges and
+    stronger transforms included."""
+    _, index = stored
+    for kw in ({}, {"rotation_inplane_deg": 40, "scale_range": (0.7, 1.3), "translation_mm": (9, 20, 20)}):
+        ds = PatchDataset(index, PATCH, batch_size=6, augment_fraction=0.7, seed=21, steps=5, augment_kwargs=kw)
+        augmented = 0
+        for i in range(len(ds)):
+            x, (t, *_) = ds[i]
+            for b in range(ds.batch_size):
+                rx, rt = ds.sample(i * ds.batch_size + b)
+                np.testing.assert_allclose(x[b], rx, atol=1e-5, rtol=0)
+                np.testing.assert_array_equal(t[b], rt)
+                box = tuple(slice(int(c), int(c) + p) for c, p in zip(ds.corners[ds.window_of(i * 6 + b)], PATCH))
+                augmented += not np.array_equal(rx, np.load(ds.paths[ds.window_of(i * 6 + b)])[box][..., :3])
+        assert 10 <= augmented < 30, augmented
+
+
+def test_warp_batch_is_warp_per_sample():
+    rng = np.random.default_rng(9)
+    vols = [rng.normal(size=(9, 27, 27, 4)).astype(np.float32) for _ in range(3)]
+    for v in vols:
+        v[..., 2:] = rng.random((9, 27, 27, 2)) > 0.6
+    draws = [draw_augmentation(np.random.default_rng(s), (5, 11, 11), rotation_inplane_deg=30) for s in range(3)]
+    centers = [(4, 13, 13), (0.5, 2, 25), (30, 40, 40)]  # inside, at a corner, outside the volume
+    out = warp_batch(vols, 2, draws, centers, (5, 11, 11))
+    for v, d, c, o in zip(vols, draws, centers, out):
+        img, lab = warp(v[..., :2], v[..., 2:], out_shape=(5, 11, 11), center=c, **d)
+        np.testing.assert_allclose(o[..., :2], img, atol=1e-5, rtol=0)
+        np.testing.assert_array_equal(o[..., 2:], lab)
+    assert not out[2].any() and out[0].any() and out[1].any()
 
 
 # --------------------------------------------------------------------------- loader

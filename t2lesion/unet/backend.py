@@ -19,6 +19,10 @@ asking for another is an error.
 
 :func:`job_line` is the line every train and infer job logs once Keras is up: backend,
 device (``cpu``, or ``gpu:0 NVIDIA H200``) and precision (the dtype policy).
+
+:func:`compile_cache` (config ``dl.compile_cache``, called by :func:`start_job`) points JAX's
+persistent compilation cache at one folder shared by all train, calibrate and infer jobs, so
+that a model's step functions are compiled once, not once per fold and per inference batch.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from t2lesion.errors import InputError
 
@@ -137,9 +142,65 @@ def start_job(config: dict | None):
     on any other). Returns the lease."""
     from t2lesion import gpu
 
+    dl = (config or {}).get("dl") or {}
     lease = gpu.lease()
-    select(((config or {}).get("dl") or {}).get("backend"), lease.how != "cpu")
+    choice = select(dl.get("backend"), lease.how != "cpu")
+    compile_cache(dl.get("compile_cache"), choice.backend)
     return lease
+
+
+def compile_cache(folder: str | os.PathLike | None, backend: str,
+                  logger: logging.Logger | None = None) -> Path | None:
+    """Point JAX's persistent compilation cache at ``folder`` (config ``dl.compile_cache``;
+    None = off) when the Keras backend is JAX, and log one line: the folder, how many entries
+    it holds already and whether JAX uses it. Returns the folder in use, or None.
+
+    Every compilation is cached (``jax_persistent_cache_min_compile_time_secs`` 0 and
+    ``jax_persistent_cache_min_entry_size_bytes`` -1; JAX's defaults leave out the CPU's
+    sub-second compiles), so a second job with the same model and shapes (another fold, the
+    next inference batch) loads the executables instead of compiling them. JAX keys each entry
+    on the program, the JAX/XLA version and the device, so one folder serves CPU and GPU jobs
+    and stale entries are never used. With ``folder`` None a ``JAX_COMPILATION_CACHE_DIR`` in
+    the environment still applies (JAX reads it); the line says so."""
+    logger = logger or log
+    if backend != "jax":
+        if folder:
+            logger.info("JAX compilation cache: not used (dl.compile_cache %s; the Keras backend is %s)",
+                        folder, backend)
+        return None
+    jax = importlib.import_module("jax")
+    if folder:
+        path = Path(folder).expanduser().resolve()
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise InputError(f"dl.compile_cache: cannot create {path} ({err.strerror})") from err
+        jax.config.update("jax_compilation_cache_dir", str(path))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+        source = "dl.compile_cache"
+    else:
+        env = jax.config.jax_compilation_cache_dir
+        if not env:
+            logger.info("JAX compilation cache: off (dl.compile_cache: null)")
+            return None
+        path, source = Path(env), "JAX_COMPILATION_CACHE_DIR in the environment; dl.compile_cache is null"
+    entries = sum(1 for p in path.iterdir() if not p.name.startswith(".")) if path.is_dir() else 0
+    used = _jax_cache_used(jax)
+    logger.info("JAX compilation cache: %s (%s), %d entr%s there, %s", path, source, entries,
+                "y" if entries == 1 else "ies", "in use" if used else "NOT in use (JAX declined it)")
+    return path if used else None
+
+
+def _jax_cache_used(jax) -> bool:
+    """Whether JAX will read and write its persistent cache in this process (it decides once,
+    for the default device's runtime)."""
+    try:
+        from jax._src import compilation_cache as cc
+
+        return bool(cc.is_cache_used(jax.devices()[0].client))
+    except Exception:  # a private API: fall back to the public settings
+        return bool(jax.config.jax_compilation_cache_dir and jax.config.jax_enable_compilation_cache)
 
 
 def device() -> str:
@@ -194,5 +255,5 @@ def job_line(precision: str) -> str:
     return f"backend {keras.backend.backend()}, device {device()}, precision {precision}"
 
 
-__all__ = ["MODULES", "SETTINGS", "Choice", "decide", "device", "installed", "jax_gpus", "job_line",
+__all__ = ["MODULES", "SETTINGS", "Choice", "compile_cache", "decide", "device", "installed", "jax_gpus", "job_line",
            "model_precision", "select", "start_job"]

@@ -532,9 +532,6 @@ def predict_visits(visits: Sequence[dict], model_paths: Sequence[str | Path], cf
     already loaded models or :class:`FoldPredictor` s. ``uncertainty``: see :func:`derive_maps`.
     Returns one timing record per visit.
     """
-    from t2lesion.io import write_array
-    from t2lesion.preprocess._common import write_image
-
     log = log or globals()["log"]
     s = inference_settings(cfg)
     for v in visits:
@@ -564,14 +561,7 @@ def predict_visits(visits: Sequence[dict], model_paths: Sequence[str | Path], cf
                              s["batch_size"], derive_seed(seed, visit_key(v["id"])),
                              threshold=s["threshold"], uncertainty=uncertainty, stats=st)
         t3 = time.perf_counter()
-        for name in MAPS:
-            write_array(maps[name], ref, v[f"out_{name}"])
-        if v.get("out_native_mask") is not None:
-            from t2lesion.io import read_image
-
-            native = read_image(v["native_flair"])
-            mask_img = _as_image(maps["mask"], ref)
-            write_image(mask_to_native(mask_img, native, Path(v["flair_xfm"])), v["out_native_mask"])
+        write_maps(maps, ref, v)
         t4 = time.perf_counter()
         rec = {"id": v["id"], "windows": st["windows"], "read_s": t2 - t1, "predict_s": t3 - t2,
                "write_s": t4 - t3, "total_s": t4 - t1,
@@ -581,6 +571,38 @@ def predict_visits(visits: Sequence[dict], model_paths: Sequence[str | Path], cf
                  "lesion volume %.2f mL", k + 1, len(visits), v["id"], st["windows"], len(preds), s["mc_samples"],
                  rec["total_s"], rec["read_s"], rec["predict_s"], rec["write_s"], rec["lesion_ml"])
     return records
+
+
+def write_maps(maps: dict[str, np.ndarray], ref, visit: dict, threads: int | None = None) -> None:
+    """Write a visit's :data:`MAPS` on the grid of ``ref`` to ``visit["out_<name>"]`` and, where
+    ``visit`` has ``out_native_mask``, the mask resampled to its native FLAIR, each file on its
+    own thread (at most ``threads``; default: ITK's global thread count, which
+    :func:`t2lesion.logs.rule_log` sets to the job's ``threads``). ITK releases the GIL while
+    it gzips, so on n cores the visit's write takes about 1/n of its sequential time
+    (benchmarks/bench_write_maps.py: gzip levels gain nothing on these float maps)."""
+    import SimpleITK as sitk
+
+    from t2lesion.io import read_image, write_array
+    from t2lesion.preprocess._common import write_image
+
+    def native_mask():
+        native = read_image(visit["native_flair"])
+        mask_img = _as_image(maps["mask"], ref)
+        write_image(mask_to_native(mask_img, native, Path(visit["flair_xfm"])), visit["out_native_mask"])
+
+    jobs = [(lambda name=name: write_array(maps[name], ref, visit[f"out_{name}"])) for name in MAPS]
+    if visit.get("out_native_mask") is not None:
+        jobs.append(native_mask)
+    n = max(1, min(len(jobs), threads or sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()))
+    if n == 1:
+        for job in jobs:
+            job()
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(n, thread_name_prefix="write-maps") as pool:
+        for future in [pool.submit(job) for job in jobs]:
+            future.result()  # the first error, if any, after every write has ended
 
 
 def _as_image(arr: np.ndarray, ref):
@@ -610,4 +632,5 @@ __all__ = [
     "prepare_models",
     "sliding_window_moments",
     "visit_key",
+    "write_maps",
 ]
