@@ -232,7 +232,7 @@ def _render_visit(
 
     mimic_labels = None
     if rz is not None:
-        vrng = np.random.default_rng(np.random.SeedSequence([*rz.seed, 7, v]))
+        vrng = np.random.default_rng(np.random.SeedSequence([rz.seed[0], 7, rz.seed[1], v]))
         mimic_labels = _realism.paint_mimics(rz, native, anat, (R, tr, origin, vox, k), vrng)
         _realism.blur_inplane(rz, native, vox)
     total = down(total_fine)

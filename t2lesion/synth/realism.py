@@ -87,6 +87,13 @@ def check(profile, realism) -> list[str]:
         return ["synthetic parameter realism needs profile: clinical"]
     out = [f"unknown synthetic.realism key {k!r} (valid: {', '.join(sorted(DEFAULTS))})" for k in realism
            if k not in DEFAULTS]
+    for k, v in realism.items():
+        d = DEFAULTS.get(k)
+        if isinstance(d, (int, float)) and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
+            out.append(f"synthetic.realism.{k}={v!r} must be a number >= 0")
+    ff = realism.get("faint_factor", DEFAULTS["faint_factor"])
+    if not (isinstance(ff, list) and len(ff) == 2 and all(isinstance(x, (int, float)) for x in ff) and 0 <= ff[0] <= ff[1]):
+        out.append(f"synthetic.realism.faint_factor={ff!r} must be [low, high] with 0 <= low <= high")
     sites = realism.get("sites", DEFAULT_SITES)
     if not isinstance(sites, list) or not sites or not all(isinstance(s, dict) and set(s) == _SITE_KEYS for s in sites):
         out.append(f"synthetic.realism.sites must be a non-empty list of mappings with keys {sorted(_SITE_KEYS)}")
@@ -155,7 +162,7 @@ class SubjectRealism:
     site: dict
     knobs: dict
     mimics: list = field(default_factory=list)  # [(kind, _Lesion-like object, clip, factors)]
-    seed: tuple = ()
+    seed: tuple = ()  # (trial seed, subject index): the per-visit stream is [seed, 7, index, visit]
 
     def profile_matrix(self, iz0: int, iz1: int, k: int, vox_z: float) -> np.ndarray:
         """(slices, sub-slices) weights of the Gaussian slice profile over a block."""
