@@ -63,9 +63,9 @@ DEFAULT_SITES = [
 #: Knobs of the clinical profile; ``synthetic.realism`` overrides any of them.
 DEFAULTS = {
     "sites": DEFAULT_SITES,
-    "contrast_type_probs": {"standard": 0.5, "faint": 0.2, "partial": 0.15, "dark_core": 0.15},
+    "contrast_type_probs": {"standard": 0.55, "faint": 0.2, "partial": 0.12, "dark_core": 0.13},
     "faint_factor": [0.3, 0.6],
-    "partial_min": 0.25,
+    "partial_min": 0.35,
     "dark_core_min_ul": 60.0,
     "dark_core_radius": 0.6,
     "confluent_max": 2,
@@ -73,6 +73,7 @@ DEFAULTS = {
     "juxtacortical_fraction": 0.15,
     "infratentorial_fraction": 0.1,
     "mimic_strength": 1.0,
+    "mimic_size": 0.9,
 }
 _SITE_KEYS = set(DEFAULT_SITES[0])
 
@@ -320,16 +321,16 @@ def _landmarks(t) -> list[tuple[str, np.ndarray, np.ndarray, str]]:
         b = h[(np.abs(h[:, 0]) >= 8) & (np.abs(h[:, 0]) <= 35)]
         if len(a):
             tip = a[a[:, 1].argmin()]
-            out.append(("cap", tip + [0.0, -2.0, 0.0], np.array([7.0, 3.0, 6.0]), "paren"))
+            out.append(("cap", tip + [0.0, -2.0, 0.0], np.array([4.0, 2.0, 3.5]), "paren"))
         if len(b):
             tip = b[b[:, 1].argmax()]
-            out.append(("cap", tip + [0.0, 2.0, 0.0], np.array([6.0, 3.0, 6.0]), "paren"))
+            out.append(("cap", tip + [0.0, 2.0, 0.0], np.array([3.5, 2.0, 3.5]), "paren"))
             y0, y1 = b[:, 1].min(), b[:, 1].max()
             atrium = b[b[:, 1] > y0 + 0.6 * (y1 - y0)].mean(axis=0)
-            out.append(("choroid_plexus", atrium, np.array([4.0, 8.0, 4.0]), "csf"))
+            out.append(("choroid_plexus", atrium, np.array([3.0, 5.0, 3.0]), "csf"))
     mid = vp[np.abs(vp[:, 0]) < 6]
     if len(mid):
-        out.append(("septum", mid[mid[:, 2] > mid[:, 2].mean()].mean(axis=0) * [0, 1, 1], np.array([1.0, 10.0, 6.0]),
+        out.append(("septum", mid[mid[:, 2] > mid[:, 2].mean()].mean(axis=0) * [0, 1, 1], np.array([1.0, 7.0, 4.0]),
                     None))
     cp = t.origin + t.res * np.argwhere(t.csf > 0.5)[:, ::-1]
     x, y, z = np.abs(cp[:, 0]), -cp[:, 1], cp[:, 2]
@@ -357,13 +358,13 @@ def build_mimics(t, anat, p, rng) -> list:
     from t2lesion.synth.anatomy import _random_rotation
     from t2lesion.synth.lesions import _Lesion
 
-    strength = float(knobs(p)["mimic_strength"])
+    strength, size = float(knobs(p)["mimic_strength"]), float(knobs(p)["mimic_size"])
     out = []
     for kind, c, axes, clip in _landmarks(t):
         cs = anat.deformation.inverse_points(c[None, :] + rng.normal(0.0, 1.0, (1, 3)))[0]
         rot = np.eye(3) if kind in ("cap", "septum") else _random_rotation(rng)
         obj = _Lesion(lesion_id=0, onset=0, centre=cs, rot=rot, comp_centres=np.zeros((1, 3)),
-                      comp_axes=(axes * rng.uniform(0.8, 1.25, 3))[None, :], scale=np.ones(len(p.weeks)),
+                      comp_axes=(axes * size * rng.uniform(0.8, 1.25, 3))[None, :], scale=np.ones(len(p.weeks)),
                       intensity={})
         fac = {m: strength * float(rng.uniform(*r)) for m, r in _MIMIC_FACTORS[kind].items()}
         out.append((kind, obj, clip, fac))
