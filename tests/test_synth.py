@@ -428,3 +428,36 @@ def test_follow_up_to_baseline_transform_from_truth():
     assert np.median(np.linalg.norm(xf - xb, axis=1)) > 3.0  # the head really moved
     tx = fu.transform_to_subject()
     assert np.allclose(tx.TransformPoint(tuple(xf[0])), fu.native_to_subject[:3, :3] @ xf[0] + fu.native_to_subject[:3, 3])
+
+
+# ----------------------------------------------------------------------------- clinical-realism profile
+#: sha256 of the int16 images and lesion labels of one default-profile visit, taken before the
+#: clinical profile existed: the default profile (the demo's data) must stay bit-identical.
+DEFAULT_VISIT_SHA256 = "029f017a5b533d0a140fc96ee3e6ecb0938569051ad2288ac126e4dc9ff99ebe"
+
+
+def test_default_profile_output_unchanged():
+    p = synth.SynthParams.tiny(seed=3, weeks=[0], fov_mm=[180.0, 200.0, 90.0])
+    vis = synth.simulate_visit(p, 1, 0)
+    h = hashlib.sha256()
+    for mod in ("T1w", "T2w", "FLAIR"):
+        h.update(np.clip(np.rint(vis.images[mod]), 0, 32767).astype(np.int16).tobytes())
+    h.update(vis.lesion_labels.astype(np.int16).tobytes())
+    assert h.hexdigest() == DEFAULT_VISIT_SHA256
+    assert vis.mimic_labels is None and "location" not in vis.lesions
+    assert "profile" not in p.to_dict() and "realism" not in p.to_dict()  # params.json unchanged too
+
+
+def test_profile_and_realism_are_checked():
+    with pytest.raises(InputError, match="profile"):
+        synth.SynthParams.from_dict({"profile": "clinicall"})
+    with pytest.raises(InputError, match="needs profile: clinical"):
+        synth.SynthParams.from_dict({"realism": {"mimic_strength": 2.0}})
+    with pytest.raises(InputError, match="mimic_strenght"):
+        synth.SynthParams.from_dict({"profile": "clinical", "realism": {"mimic_strenght": 2.0}})
+    with pytest.raises(InputError, match="faint_factor"):
+        synth.SynthParams.from_dict({"profile": "clinical", "realism": {"faint_factor": [0.6, 0.3]}})
+    with pytest.raises(InputError, match="confluent_max"):
+        synth.SynthParams.from_dict({"profile": "clinical", "realism": {"confluent_max": "two"}})
+    p = synth.SynthParams.from_dict({"profile": "clinical", "realism": {"mimic_strength": 2.0}})
+    assert synth.SynthParams.from_dict(json.loads(json.dumps(p.to_dict()))) == p

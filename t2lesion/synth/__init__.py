@@ -49,6 +49,12 @@ Ground truth
     The anatomy is read from nilearn's shipped MNI files directly (the same data as
     ``nilearn.datasets.load_mni152_*``, whose import costs seconds through scikit-learn).
 
+Clinical-realism profile (``profile: clinical``, :mod:`t2lesion.synth.realism`)
+    Varied lesion contrast (faint, partly hyperintense, dark core), confluent
+    periventricular, juxtacortical and infratentorial lesions, FLAIR-bright non-lesions
+    (mimics), a slice profile wider than the slice and per-site scanners, each with truth.
+    The default profile is unchanged.
+
 Entry points: :func:`generate_trial` (writes everything; CLI ``python -m t2lesion.synth``),
 :func:`simulate_visit` / :func:`simulate_subject_visits` (one subject in memory, for
 other stages' tests) and :func:`expected_visits` (the visit list, from parameters alone).
@@ -62,6 +68,9 @@ Modules (each imports only those above it)
     ``anatomy``      a subject's deformation, skull/scalp layers and tissue images
     ``lesions``      lesion objects and their course over the visits
     ``acquisition``  one visit: pose, native grid, bias field, noise (:class:`SynthVisit`)
+    ``realism``      the clinical-realism profile (``profile: clinical``; imports nothing of
+                     t2lesion.synth at load, so ``params`` can call its checks): lesion contrast
+                     types and locations, mimics, slice profile, sites
     ``simulate``     seeded random streams, :func:`clinical_tables`, subjects and visits
                      in memory
     ``bids_writer``  the BIDS tree and the truth tables

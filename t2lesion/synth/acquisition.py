@@ -12,6 +12,7 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 
 from t2lesion.bids import MODALITIES, session_label
+from t2lesion.synth import realism as _realism
 from t2lesion.synth.anatomy import _Anatomy, _rotation
 from t2lesion.synth.lesions import _Lesion, _lesion_intensity, _subject_centroid
 from t2lesion.synth.params import SynthParams
@@ -42,6 +43,8 @@ class SynthVisit:
     native_to_subject: np.ndarray
     lesions: pd.DataFrame
     info: dict = field(default_factory=dict)
+    #: clinical profile: FLAIR-bright non-lesions (index into realism.MIMIC_KINDS + 1), else None
+    mimic_labels: np.ndarray | None = None
 
     @property
     def lesion_mask(self) -> np.ndarray:
@@ -174,6 +177,8 @@ def _render_visit(
     total_fine = np.zeros((nzf, ny, nx), np.float32)
     edge = p.lesion_edge_mm
     Rinv = R.T
+    rz = anat.realism  # the clinical profile's additions (None: the default profile)
+    pad = rz.slice_pad if rz is not None else 0  # the slice profile reaches neighbouring slices
     nominal = {}
     for les in lesions:
         s = les.scale[v]
@@ -186,8 +191,8 @@ def _render_visit(
         ix1 = min(int(np.ceil((cn[0] + r - origin[0]) / vox[0])) + 1, nx)
         iy0 = max(int(np.floor((cn[1] - r - origin[1]) / vox[1])), 0)
         iy1 = min(int(np.ceil((cn[1] + r - origin[1]) / vox[1])) + 1, ny)
-        iz0 = max(int(np.floor((cn[2] - r - origin[2]) / vox[2] - 0.5)), 0)
-        iz1 = min(int(np.ceil((cn[2] + r - origin[2]) / vox[2] + 0.5)) + 1, nz)
+        iz0 = max(int(np.floor((cn[2] - r - origin[2]) / vox[2] - 0.5)) - pad, 0)
+        iz1 = min(int(np.ceil((cn[2] + r - origin[2]) / vox[2] + 0.5)) + 1 + pad, nz)
         if ix0 >= ix1 or iy0 >= iy1 or iz0 >= iz1:
             continue
         xs = origin[0] + vox[0] * np.arange(ix0, ix1)
@@ -210,10 +215,14 @@ def _render_visit(
         np.maximum(total_fine[fsl], occ, out=total_fine[fsl])
         frac = occ.reshape(iz1 - iz0, k, iy1 - iy0, ix1 - ix0).mean(axis=1)
         nsl = (slice(iz0, iz1), slice(iy0, iy1), slice(ix0, ix1))
-        for mod in MODALITIES:
-            target = _lesion_intensity(les, anat, mod)
-            blk = native[mod][nsl]
-            blk += frac * (target - blk)
+        if rz is None:
+            for mod in MODALITIES:
+                target = _lesion_intensity(les, anat, mod)
+                blk = native[mod][nsl]
+                blk += frac * (target - blk)
+        else:  # contrast patterns, seen through the site's slice profile
+            W = rz.profile_matrix(iz0, iz1, k, vox[2])
+            _realism.paint_lesion(rz, native, nsl, les, anat, pts, occ, s, W, _lesion_intensity)
         better = frac > best_frac[nsl]
         best_frac[nsl][better] = frac[better]
         best_lab[nsl][better] = les.lesion_id
@@ -221,6 +230,11 @@ def _render_visit(
     def down(a):
         return a.reshape(nz, k, ny, nx).mean(axis=1)
 
+    mimic_labels = None
+    if rz is not None:
+        vrng = np.random.default_rng(np.random.SeedSequence([rz.seed[0], 7, rz.seed[1], v]))
+        mimic_labels = _realism.paint_mimics(rz, native, anat, (R, tr, origin, vox, k), vrng)
+        _realism.blur_inplane(rz, native, vox)
     total = down(total_fine)
     labels = np.where(total >= p.gt_threshold, best_lab, 0).astype(np.int32)
     brain_mask = (native["brain"] >= 0.5).astype(np.uint8)
@@ -300,6 +314,8 @@ def _render_visit(
         "onset_week",
     ]
     ltab = pd.DataFrame(rows, columns=cols)
+    if rz is not None:
+        _realism.annotate(ltab, lesions)
     angles = _euler_deg(R)
     info = {
         "rotation_deg": angles,
@@ -322,6 +338,7 @@ def _render_visit(
         native_to_subject=M,
         lesions=ltab,
         info=info,
+        mimic_labels=mimic_labels,
     )
 
 

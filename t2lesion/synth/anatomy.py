@@ -110,6 +110,7 @@ class _Anatomy:
     deformation: _Deformation
     layer_scale: float
     sitk_images: dict[str, sitk.Image] = field(default_factory=dict)
+    realism: object = None  # realism.SubjectRealism under the clinical profile, else None
 
     def to_index(self, pts: np.ndarray) -> np.ndarray:
         """LPS mm (N, 3) -> (3, N) (z, y, x) index coordinates for map_coordinates."""
@@ -146,7 +147,9 @@ def _slab_weights(thickness: float, h: float) -> np.ndarray:
     return (w / w.sum()).astype(np.float32)
 
 
-def _build_anatomy(t: _Template, p: SynthParams, rng: np.random.Generator) -> _Anatomy:
+def _build_anatomy(
+    t: _Template, p: SynthParams, rng: np.random.Generator, slab_weights: np.ndarray | None = None
+) -> _Anatomy:
     deformation = _draw_deformation(t, p, rng)
     layer_scale = float(np.exp(rng.normal(0.0, p.skull_thickness_sd))) if p.skull_thickness_sd > 0 else 1.0
     contrast = {
@@ -209,7 +212,7 @@ def _build_anatomy(t: _Template, p: SynthParams, rng: np.random.Generator) -> _A
     # Slice profile: a box of the slice thickness along z, applied here once instead of
     # sub-slice sampling at every visit (interpretation: the slab follows subject z; with
     # the default ±8° tilt its ends move < 0.25 mm). Lesions are integrated exactly.
-    w = _slab_weights(float(p.voxel_mm[2]), t.res)
+    w = _slab_weights(float(p.voxel_mm[2]), t.res) if slab_weights is None else slab_weights
     for name, arr in list(images.items()) + [("brain", brain)]:
         img = sitk.GetImageFromArray(ndi.correlate1d(arr, w, axis=0, mode="constant"))
         img.SetOrigin(tuple(float(x) for x in t.origin))

@@ -45,6 +45,8 @@ def _write_visit(p: SynthParams, vis: SynthVisit, root: Path) -> None:
     for mod in MODALITIES:
         _write(vis.bias[mod], vis, _truth_path(root, vis.participant_id, ses, f"bias_{mod}"))
     _write(vis.lesion_labels.astype(np.int16), vis, _truth_path(root, vis.participant_id, ses, "lesions_dseg"))
+    if vis.mimic_labels is not None:  # clinical profile: FLAIR-bright non-lesions (realism.MIMIC_KINDS)
+        _write(vis.mimic_labels, vis, _truth_path(root, vis.participant_id, ses, "mimics_dseg"))
 
 
 def _write_tables(p: SynthParams, root: Path, results: list[dict]) -> None:
@@ -62,6 +64,9 @@ def _write_tables(p: SynthParams, root: Path, results: list[dict]) -> None:
         participants[["participant_id", "log_tlv", "age", "sex", "region", "edss_bl"]], on="participant_id"
     )
     cols = ["participant_id", "arm", "age", "sex", "region", "edss_bl"]
+    if "site" in subjects:  # clinical profile: the scanner site of each participant
+        participants = participants.merge(subjects[["participant_id", "site"]], on="participant_id")
+        cols.append("site")
     participants[cols].to_csv(bids / "participants.tsv", sep="\t", index=False, float_format="%.10g")
     (bids / "phenotype").mkdir(exist_ok=True)
     outcomes.to_csv(bids / "phenotype" / "outcomes.tsv", sep="\t", index=False, float_format="%.10g")
@@ -89,6 +94,9 @@ def _write_tables(p: SynthParams, root: Path, results: list[dict]) -> None:
     subjects.to_csv(truth / "subjects.tsv", sep="\t", index=False, float_format="%.10g")
     visits.to_csv(truth / "visits.tsv", sep="\t", index=False, float_format="%.10g")
     lesions.to_csv(truth / "lesions.tsv", sep="\t", index=False, float_format="%.10g")
+    mimics = [row for r in results for row in r.get("mimics", [])]
+    if mimics:
+        pd.DataFrame(mimics).to_csv(truth / "mimics.tsv", sep="\t", index=False, float_format="%.10g")
     from t2lesion import __version__
 
     t = _get_template(p)
@@ -110,4 +118,8 @@ def _write_tables(p: SynthParams, root: Path, results: list[dict]) -> None:
             "target_baseline_tlv_ml_median": float(subjects["tlv_bl_target_ml"].median()),
         },
     }
+    if p.profile == "clinical":  # every knob of the profile, the sites included
+        from t2lesion.synth.realism import knobs
+
+        doc["realism"] = knobs(p)
     (truth / "params.json").write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")

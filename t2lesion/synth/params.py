@@ -176,6 +176,12 @@ class SynthParams:
     shrink_max_fraction: float = 0.15
     #: GT mask = slice-integrated lesion fraction >= this.
     gt_threshold: float = 0.5
+    # --- realism (t2lesion.synth.realism) ---
+    #: "default" (bright, round, well separated lesions) or "clinical" (the clinical-realism
+    #: profile: varied lesion contrast and location, mimics, slice profile, sites).
+    profile: str = "default"
+    #: Overrides of the clinical profile's knobs (``t2lesion.synth.realism.DEFAULTS``).
+    realism: dict = field(default_factory=dict)
     # --- clinical part ---
     cohort: _cohort.CohortParams = field(default_factory=_cohort.CohortParams)
 
@@ -264,6 +270,9 @@ class SynthParams:
             problems.append(f"synthetic parameter weeks={self.weeks!r} must be increasing whole weeks starting at 0")
         if self.image_dtype not in ("int16", "float32"):
             problems.append(f"synthetic parameter image_dtype={self.image_dtype!r} must be 'int16' or 'float32'")
+        from t2lesion.synth import realism as _realism
+
+        problems += _realism.check(self.profile, self.realism)
         problems += _check_contrast(self.contrast)
         problems += _check_layers(self.head_layers_mm)
         if isinstance(self.lesion_volume_min_ul, float) and isinstance(self.lesion_volume_max_ul, float):
@@ -320,8 +329,8 @@ class SynthParams:
         """Flat, JSON-ready mapping that :meth:`from_dict` turns back into equal params."""
         out: dict[str, Any] = {}
         for f in fields(self):
-            if f.name == "cohort":
-                continue
+            if f.name == "cohort" or (f.name, getattr(self, f.name)) in (("profile", "default"), ("realism", {})):
+                continue  # (profile and realism only when set: the default's params.json is unchanged)
             v = getattr(self, f.name)
             out[f.name] = list(v) if isinstance(v, tuple) else json.loads(json.dumps(v))
         for k, v in self.cohort.to_dict().items():

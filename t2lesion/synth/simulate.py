@@ -11,6 +11,7 @@ import pandas as pd
 
 from t2lesion.errors import InputError
 from t2lesion.synth import clinical as _cohort
+from t2lesion.synth import realism as _realism
 from t2lesion.synth.acquisition import SynthVisit, _render_visit
 from t2lesion.synth.anatomy import _Anatomy, _build_anatomy
 from t2lesion.synth.lesions import _draw_lesions, _Lesion
@@ -65,20 +66,32 @@ class _Subject:
     targets_ml: list[float]
     anat: _Anatomy
     lesions: list[_Lesion]
+    params: SynthParams | None = None  # the site's parameters under the clinical profile
 
 
 def _build_subject(p: SynthParams, index: int, participant_id: str, arm: str, targets_ml: list[float]) -> _Subject:
     t = _get_template(p)
     rng_anat = np.random.default_rng(_seed_seq(p, 1, index))
     rng_les = np.random.default_rng(_seed_seq(p, 2, index))
-    anat = _build_anatomy(t, p, rng_anat)
-    lesions = _draw_lesions(t, anat, p, arm, targets_ml, rng_les)
-    return _Subject(index, participant_id, arm, list(targets_ml), anat, lesions)
+    if p.profile == "default":
+        anat = _build_anatomy(t, p, rng_anat)
+        lesions = _draw_lesions(t, anat, p, arm, targets_ml, rng_les)
+        return _Subject(index, participant_id, arm, list(targets_ml), anat, lesions)
+    # clinical profile (docs/DESIGN.md §10): the site's parameters, then its own random streams
+    ps, site = _realism.subject_params(p, index)
+    anat = _build_anatomy(t, ps, rng_anat, _realism.slab_weights(site["slice_fwhm_mm"], t.res))
+    lesions = _draw_lesions(t, anat, ps, arm, targets_ml, rng_les)
+    rz = _realism.SubjectRealism(_realism.site_of(p, index), site, _realism.knobs(p), seed=(p.seed, index))
+    _realism.adapt_lesions(t, anat, ps, lesions, np.random.default_rng(_seed_seq(p, 4, index)))
+    rz.mimics = _realism.build_mimics(t, anat, ps, np.random.default_rng(_seed_seq(p, 6, index)))
+    anat.realism = rz
+    return _Subject(index, participant_id, arm, list(targets_ml), anat, lesions, ps)
 
 
 def _visit(p: SynthParams, subj: _Subject, v: int) -> SynthVisit:
     rng = np.random.default_rng(_seed_seq(p, 3, subj.index, v))
-    out = _render_visit(p, _get_template(p), subj.anat, subj.lesions, subj.participant_id, v, rng)
+    ps = p if subj.params is None else subj.params
+    out = _render_visit(ps, _get_template(p), subj.anat, subj.lesions, subj.participant_id, v, rng)
     out.info["tlv_target_ml"] = subj.targets_ml[v]
     return out
 

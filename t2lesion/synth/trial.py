@@ -16,6 +16,7 @@ import pandas as pd
 import SimpleITK as sitk
 
 from t2lesion.errors import InputError
+from t2lesion.synth import realism
 from t2lesion.synth.bids_writer import _write_tables, _write_visit
 from t2lesion.synth.lesions import _tlv_cap_factor
 from t2lesion.synth.params import SynthParams, _coerce_params
@@ -84,7 +85,12 @@ def _subject_job(args, on_visit=None) -> dict:
         "head_scale_z": float(d.scale[2]),
         "skull_thickness_scale": subj.anat.layer_scale,
     }
+    extra = {}
+    if subj.anat.realism is not None:  # clinical profile: the site and the mimics
+        subject_row.update(realism.subject_truth(subj.anat.realism))
+        extra["mimics"] = realism.mimic_rows(pid, subj.anat.realism)
     return {
+        **extra,
         "index": index,
         "subject": subject_row,
         "visits": visit_rows,
