@@ -191,8 +191,8 @@ def run_training_mask(correction: str, flair: str, xfm: str, grid: str, out_mask
 #: Columns that identify a row of an endpoint table (besides its text columns), never compared.
 KEY_COLUMNS = {"participant_id", "session", "week", "level", "term", "term_type", "label", "arm", "endpoint", "model",
                "group", "conf_type", "time", "metric", "quantity", "size_group", "analysis", "scope", "test"}
-#: Free-text columns left out of the keys.
-NOTE_COLUMNS = {"note", "status", "p_text", "reason"}
+#: Free-text columns left out of the keys (``summary``: Table 2's "mean ± SD" text, each source's own).
+NOTE_COLUMNS = {"note", "status", "p_text", "reason", "summary"}
 
 
 def endpoint_changes(tables: Mapping[str, pd.DataFrame], a: str = "unet", b: str = "reviewed") -> pd.DataFrame:

@@ -137,6 +137,17 @@ def test_endpoint_changes_pair_the_sources_on_their_keys():
     assert list(out["key"]) == ["participant_id=sub-1, week=24"] and list(out["difference"]) == [0.5]
 
 
+
+def test_endpoint_changes_pair_table2_rows_whose_summary_text_differs():
+    """Table 2's ``summary`` column ("0.015 ± 0.006") is each source's own text, not a key."""
+    t2 = pd.DataFrame({"source": ["unet", "reviewed"], "trial": ["t", "t"], "metric": ["DC", "DC"],
+                       "column": ["dc", "dc"], "mean": [0.0152, 0.4672], "sd": [0.0059, 0.5],
+                       "summary": ["0.0152 ± 0.00593", "0.467 ± 0.500"]})
+    out = C.endpoint_changes({"table2": t2})
+    assert list(out["key"]) == ["trial=t, metric=DC, column=dc"] * 2 and list(out["quantity"]) == ["mean", "sd"]
+    assert out["difference"].round(4).tolist() == [0.452, 0.4941]
+
+
 def test_a_reviewed_training_mask_is_carried_into_mni_or_rejected_with_the_same_line(tmp_path, capsys):
     """trials.<t>.training_masks: reviewed: a good reader's mask is carried into MNI as the GT is;
     a bad one (grid, values) stops the job with the line the `reviewed` source gives, naming the
