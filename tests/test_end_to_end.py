@@ -366,3 +366,43 @@ def test_a_simulated_reader_correcting_the_top_of_the_queue(tiny_run, tmp_path):
     moved = changes[(changes["table"] == "change_summary") & (changes["difference"].abs() > 0)]
     assert len(moved), changes[changes["table"] == "change_summary"]
     assert "Nothing to be done" in snakemake(work, "-n").stdout
+
+
+def test_reviewed_masks_as_training_gt_are_carried_into_mni_or_stop_with_one_line(tiny_run, tmp_path):
+    """trials.<t>.training_masks: reviewed, run for real on a copy of the tiny run: a reader's mask
+    equal to the GT becomes, in MNI, exactly the GT's MNI mask (same transform, same
+    interpolation); a non-binary one stops its job with the `reviewed` source's line naming it."""
+    import json
+    import re
+    import shutil
+
+    import nibabel as nib
+    import numpy as np
+    import yaml
+
+    work = Path(shutil.copytree(tiny_run, tmp_path / "work", symlinks=True))
+    bids = work / "results/synth/trial-tinytrain/bids"
+    saved = {}
+    for sub in ("001", "002"):
+        anat = f"sub-{sub}/ses-w000/anat/sub-{sub}_ses-w000"
+        saved[sub] = bids / f"derivatives/lesions-reviewed/{anat}_space-FLAIR_desc-lesion_mask.nii.gz"
+        saved[sub].parent.mkdir(parents=True)
+        gt = nib.load(bids / f"derivatives/lesions/{anat}_desc-lesion_mask.nii.gz")
+        data = np.asarray(gt.dataobj) * (1 if sub == "001" else 2)  # sub-002's reader saved label 2
+        nib.save(nib.Nifti1Image(data.astype(np.uint8), gt.affine, gt.header), saved[sub])
+        saved[sub].with_name(saved[sub].name.replace(".nii.gz", ".json")).write_text(json.dumps({"Rater": "AB"}))
+    config = yaml.safe_load((work / "config.yaml").read_text())
+    config["trials"]["tinytrain"]["training_masks"] = "reviewed"
+    pre = ("results/preproc/trial-tinytrain/sub-{sub}/ses-w000/"
+           "sub-{sub}_ses-w000_space-MNI1x1x3_desc-lesion{kind}_mask.nii.gz")
+    good = pre.format(sub="001", kind="Reviewed")
+    res = snakemake(work, "--cores", "1", good, config=config)  # (a target after --configfile would be read as one)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    mni = nib.load(work / good)
+    gt_mni = nib.load(work / pre.format(sub="001", kind="GT"))
+    assert np.asarray(mni.dataobj).any() and np.array_equal(np.asarray(mni.dataobj), np.asarray(gt_mni.dataobj))
+    res = snakemake(work, "--cores", "1", pre.format(sub="002", kind="Reviewed"))
+    assert res.returncode != 0
+    line = (f"{saved['002'].relative_to(work)}: ") + r"\d+ voxels are neither 0 nor 1; not usable as training GT of "
+    assert re.search(line + r"trial tinytrain \(fix it, or remove it to leave the visit out of training\)\n",
+                     res.stdout + res.stderr), res.stdout[-3000:] + res.stderr[-3000:]
