@@ -235,8 +235,8 @@ class ReviewPlan:
         FLAIR -> MNI transform and the MNI grid (the visit's MNI brain mask)."""
         v = Visit(sub, ses)
         pre = PRE.format(trial=trial, sub=sub, ses=ses)
-        corr = self.corrections(trial).get(v) or self.correction_paths(trial).get(v) or (
-            f"<no reviewed mask for trial {trial} sub-{sub} ses-{ses}>")
+        # where it is missing, Snakemake names the file it expected
+        corr = self.correction_paths(trial).get(v, f"<sub-{sub} ses-{ses}: no visit of trial {trial}>")
         out = {"correction": corr, "flair": str(self.trials[trial].image(v, "FLAIR")),
                "xfm": f"{pre}_from-FLAIR_to-MNI1x1x3_xfm.tfm", "grid": f"{pre}_{MNI}_desc-brain_mask.nii.gz"}
         sidecar = corr.replace(".nii.gz", ".json")
