@@ -16,6 +16,7 @@ from t2lesion.plan import (
     PRE_BASELINE,
     PRED,
     REVIEW,
+    REVIEWED_TRAINING_MASK,
     REVIEW_VISIT,
     STATS,
     TRACK,

@@ -39,7 +39,8 @@ rule patch_store:
         flair=f"{PRE}_{MNI}_desc-preproc_FLAIR.nii.gz",
         t1w=f"{PRE}_{MNI}_desc-preproc_T1w.nii.gz",
         mask=f"{PRE}_{MNI}_desc-brain_mask.nii.gz",
-        gt=f"{PRE}_{MNI}_desc-lesionGT_mask.nii.gz",
+        # the GT carried into MNI, or the reader's mask (training_masks: reviewed)
+        gt=lambda w: PLAN.training_mask(w.trial, w.sub, w.ses),
     output:
         npy=f"{TRAIN}/trial-{{trial}}/store/sub-{{sub}}_ses-{{ses}}.npy",
         meta=f"{TRAIN}/trial-{{trial}}/store/sub-{{sub}}_ses-{{ses}}.json",
@@ -56,6 +57,29 @@ rule patch_store:
         patch_size=MODEL_CFG["patch_size"],
     script:
         "../workflow_scripts/patch_store.py"
+
+
+# A train trial with training_masks: reviewed (docs/DESIGN.md §14) trains on its readers'
+# masks from derivatives/lesions-reviewed/, each carried into MNI as the GT mask is; a bad
+# one (grid, values) stops its job with one line naming the file.
+rule reviewed_training_mask:
+    input:
+        unpack(lambda w: PLAN.reviewed_training_inputs(w.trial, w.sub, w.ses)),
+    output:
+        REVIEWED_TRAINING_MASK,
+    log:
+        f"{LOGS}/reviewed_training_mask/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.log",
+    benchmark:
+        f"{BENCH}/reviewed_training_mask/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.tsv"
+    wildcard_constraints:
+        trial=PLAN.reviewed_training_trials,
+    conda:
+        "../envs/imaging.yaml"
+    threads: 1
+    params:
+        interpolation=config["preprocess"]["gt_interpolation"],
+    script:
+        "../workflow_scripts/reviewed_training_mask.py"
 
 
 rule patch_index:

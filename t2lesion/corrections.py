@@ -17,8 +17,12 @@ rejected with one line naming the file: the visit keeps its U-Net mask and the r
 goes on (:func:`run_apply_review`). A correction that names no visit is one warning at start
 (:func:`unmatched_corrections`).
 
+A ``role: train`` trial with ``training_masks: reviewed`` trains on its readers' masks instead
+of its GT: each carried whole into MNI as the GT mask is (:func:`run_training_mask`); there a
+bad mask stops its job with the same line, since the visit has no other training mask.
+
 Public API: :data:`REVIEWED_FOLDER`, :func:`correction_path`, :func:`unmatched_corrections`,
-:func:`check_correction`, :func:`apply_correction`, :func:`run_apply_review`,
+:func:`check_correction`, :func:`apply_correction`, :func:`run_apply_review`, :func:`run_training_mask`,
 :func:`endpoint_changes`, :func:`run_endpoint_changes`.
 """
 
@@ -72,15 +76,20 @@ def unmatched_corrections(bids: str | Path, expected: Sequence[str | Path], tria
             for p in sorted(root.rglob("*_mask.nii*")) if str(p) not in known]
 
 
-def check_correction(correction: sitk.Image, flair: sitk.Image, path) -> str | None:
-    """The problem with a correction (its grid, its values), as one line naming it, or None."""
+#: What happens to a visit whose correction is rejected (the ``reviewed`` source).
+KEEPS_UNET = "the visit keeps its U-Net mask"
+
+
+def check_correction(correction: sitk.Image, flair: sitk.Image, path, consequence: str = KEEPS_UNET) -> str | None:
+    """The problem with a correction (its grid, its values), as one line naming it and ending
+    with ``consequence``, or None."""
     if not io.same_geometry(correction, flair):
         return (f"{path}: not on the grid of the visit's FLAIR (size {correction.GetSize()} vs {flair.GetSize()}, "
-                f"spacing/origin/direction checked too); the visit keeps its U-Net mask")
+                f"spacing/origin/direction checked too); {consequence}")
     a = sitk.GetArrayViewFromImage(correction)
     bad = int(np.count_nonzero((a != 0) & (a != 1)))
     if bad:
-        return f"{path}: {bad} voxels are neither 0 nor 1; the visit keeps its U-Net mask"
+        return f"{path}: {bad} voxels are neither 0 nor 1; {consequence}"
     return None
 
 
@@ -149,14 +158,41 @@ def run_apply_review(unet_mni: str, out_mask: str, out_status: str, *, participa
     return row
 
 
+def run_training_mask(correction: str, flair: str, xfm: str, grid: str, out_mask: str, *, trial: str,
+                      sidecar: str | None = None, interpolation: str = "bspline") -> int:
+    """Path-level entry point (rule ``reviewed_training_mask``; ``trials.<t>.training_masks:
+    reviewed``): a training visit's reviewed mask carried into MNI as the GT mask is
+    (``interpolation``, then ≥ 0.5) through the composed FLAIR -> MNI transform ``xfm`` onto the
+    grid of ``grid``; returns its lesion voxels. A mask that :func:`check_correction` rejects
+    is an InputError: the same line as for the ``reviewed`` source, with what it means here
+    (the visit has no other training mask)."""
+    from t2lesion.errors import InputError
+    from t2lesion.preprocess._common import read_transform
+    from t2lesion.preprocess.resample import resample_mask_image
+
+    corr = io.read_image(correction)
+    problem = check_correction(corr, io.read_image(flair), correction,
+                               f"not usable as training GT of trial {trial} (fix it, or remove it to leave "
+                               f"the visit out of training)")
+    if problem:
+        raise InputError(problem)
+    ref = io.read_image(grid)
+    mask = resample_mask_image(sitk.Cast(corr, sitk.sitkUInt8), ref, read_transform(xfm), interpolation)
+    io.write_image(mask, out_mask)
+    n = int(np.count_nonzero(sitk.GetArrayViewFromImage(mask)))
+    log.info("%s: reviewed training mask (rater %s) -> %s: %d voxels (%.3f mL)", correction,
+             _rater(sidecar) or "n/a", out_mask, n, n * io.voxel_volume_ml(mask))
+    return n
+
+
 # --------------------------------------------------------------------------- endpoint changes
 
 
 #: Columns that identify a row of an endpoint table (besides its text columns), never compared.
 KEY_COLUMNS = {"participant_id", "session", "week", "level", "term", "term_type", "label", "arm", "endpoint", "model",
                "group", "conf_type", "time", "metric", "quantity", "size_group", "analysis", "scope", "test"}
-#: Free-text columns left out of the keys.
-NOTE_COLUMNS = {"note", "status", "p_text", "reason"}
+#: Free-text columns left out of the keys (``summary``: Table 2's "mean ± SD" text, each source's own).
+NOTE_COLUMNS = {"note", "status", "p_text", "reason", "summary"}
 
 
 def endpoint_changes(tables: Mapping[str, pd.DataFrame], a: str = "unet", b: str = "reviewed") -> pd.DataFrame:

@@ -135,3 +135,51 @@ def test_endpoint_changes_pair_the_sources_on_their_keys():
                          "source": ["unet", "reviewed"] * 2, "tlv_ml": [1.0, 1.0, 2.0, 2.5]})
     out = C.endpoint_changes({"tlv_long": long})
     assert list(out["key"]) == ["participant_id=sub-1, week=24"] and list(out["difference"]) == [0.5]
+
+
+
+def test_endpoint_changes_pair_table2_rows_whose_summary_text_differs():
+    """Table 2's ``summary`` column ("0.015 ± 0.006") is each source's own text, not a key."""
+    t2 = pd.DataFrame({"source": ["unet", "reviewed"], "trial": ["t", "t"], "metric": ["DC", "DC"],
+                       "column": ["dc", "dc"], "mean": [0.0152, 0.4672], "sd": [0.0059, 0.5],
+                       "summary": ["0.0152 ± 0.00593", "0.467 ± 0.500"]})
+    out = C.endpoint_changes({"table2": t2})
+    assert list(out["key"]) == ["trial=t, metric=DC, column=dc"] * 2 and list(out["quantity"]) == ["mean", "sd"]
+    assert out["difference"].round(4).tolist() == [0.452, 0.4941]
+
+
+def test_a_reviewed_training_mask_is_carried_into_mni_or_rejected_with_the_same_line(tmp_path, capsys):
+    """trials.<t>.training_masks: reviewed: a good reader's mask is carried into MNI as the GT is;
+    a bad one (grid, values) stops the job with the line the `reviewed` source gives, naming the
+    file, with what it means for training."""
+    import pytest
+
+    from t2lesion.errors import InputError
+
+    flair = write(np.random.default_rng(0).random(SHAPE), tmp_path / "flair.nii.gz")
+    grid = write(np.zeros(SHAPE), tmp_path / "grid.nii.gz")
+    xfm = tmp_path / "x.tfm"
+    sitk.WriteTransform(identity(), str(xfm))
+    sidecar = tmp_path / "good.json"
+    sidecar.write_text(json.dumps({"Rater": "AB"}))
+    good = write(box(2, 10, 10), tmp_path / "good.nii.gz")
+    n = C.run_training_mask(good, flair, str(xfm), grid, str(tmp_path / "mni.nii.gz"), trial="tr",
+                            sidecar=str(sidecar), interpolation="bspline")
+    assert n == 18 and np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "mni.nii.gz"))),
+                                      box(2, 10, 10))
+    unet = box(2, 4, 4)
+    paths = {"unet_mni": write(unet, tmp_path / "umni.nii.gz"), "unet_native": write(unet, tmp_path / "nat.nii.gz")}
+    for name, arr in {"grid.nii.gz": unet[:, :12], "values.nii.gz": unet * 2.0}.items():
+        bad = write(arr, tmp_path / f"bad-{name}")
+        C.run_apply_review(paths["unet_mni"], tmp_path / "out.nii.gz", tmp_path / "status.tsv",
+                           participant_id="sub-01", session="ses-w000", unet_native=paths["unet_native"],
+                           flair=flair, xfm=str(xfm), correction=bad)
+        source_line = capsys.readouterr().err.strip()
+        with pytest.raises(InputError) as exc:
+            C.run_training_mask(bad, flair, str(xfm), grid, str(tmp_path / "bad-mni.nii.gz"), trial="tr")
+        line = str(exc.value)
+        assert "\n" not in line and line.startswith(f"{bad}: ")
+        problem = source_line.rsplit("; ", 1)[0]
+        assert line == f"{problem}; not usable as training GT of trial tr (fix it, or remove it to leave the visit " \
+                       f"out of training)"
+        assert not (tmp_path / "bad-mni.nii.gz").exists()

@@ -275,3 +275,134 @@ def test_trial_without_gt_gets_masks_volumes_and_every_endpoint(nogt_run):
     assert not (r / "metrics/classical/trial-nogt/table2.tsv").exists()
     assert not (r / "metrics/unet/trial-nogt/table2.tsv").exists()
     assert not list(r.glob("preproc/**/*lesionGT*"))
+
+
+# The per-visit and per-subject jobs that make masks, models or inputs: a reader's correction
+# must schedule none of them (docs/DESIGN.md §14).
+UPSTREAM_RULES = {"synth_tiny", "synth_tinytrain", "validate_bids", "validation_passed", "n4_coregister", "skull_strip",
+                  "register_mni", "register_baseline", "resample", "resample_with_gt", "segment_classical",
+                  "fold_split", "patch_store", "patch_index", "train", "calibrate", "review_visit", "review_queue",
+                  "review_bundles", "review_figure"}
+
+
+def test_a_simulated_reader_correcting_the_top_of_the_queue(tiny_run, tmp_path):
+    """Issue 26's check, on a copy of the tiny run: a user adds the `reviewed` source; a reader
+    then replaces the mask of the queue's first k visits by the GT, saved where and as
+    docs/DESIGN.md §14 says (derivatives/lesions-reviewed/, rater sidecar). A dry run schedules
+    those visits' per-visit jobs and the trial-level ones only; after the run the `reviewed`
+    source's Table 2 Dice beats the `unet`'s and endpoint_changes.tsv shows what moved."""
+    import json
+    import re
+    import shutil
+
+    import yaml
+
+    from tests.test_workflow import dry_run_jobs
+
+    work = Path(shutil.copytree(tiny_run, tmp_path / "work", symlinks=True))  # relative paths: the copy runs alone
+    r = work / "results"
+    # the user enables the reviewed source (sources: [..., unet, reviewed]); with no correction yet it is the U-Net
+    config = yaml.safe_load((work / "config.yaml").read_text())
+    config["sources"] = ["classical", "unet", "reviewed"]
+    res = snakemake(work, "--cores", "2", config=config, timeout=1800)
+    assert res.returncode == 0, res.stdout[-5000:] + res.stderr[-5000:]
+
+    def table2(source: str, metric: str = "DC") -> float:
+        t = pd.read_csv(r / "metrics/trial-tiny/table2.tsv", sep="\t")
+        return float(t.loc[(t["source"] == source) & (t["metric"] == metric), "mean"].iloc[0])
+
+    assert table2("reviewed") == pytest.approx(table2("unet"))
+    # the reader works down the queue: the GT mask replaces the U-Net's for the first k visits
+    k = 2
+    queue = pd.read_csv(r / "review/trial-tiny/queue.tsv", sep="\t", dtype=str).sort_values(
+        "rank", key=lambda s: s.astype(int))
+    top = list(zip(queue["participant_id"], queue["session"]))[:k]
+    bids = work / "results/synth/trial-tiny/bids"
+    for sub, ses in top:
+        flair = bids / sub / ses / "anat" / f"{sub}_{ses}_FLAIR.nii.gz"
+        saved = bids / "derivatives/lesions-reviewed" / flair.relative_to(bids).parent / flair.name.replace(
+            "_FLAIR.nii.gz", "_space-FLAIR_desc-lesion_mask.nii.gz")
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(bids / "derivatives/lesions" / sub / ses / "anat" / f"{sub}_{ses}_desc-lesion_mask.nii.gz",
+                        saved)
+        saved.with_name(saved.name.replace(".nii.gz", ".json")).write_text(json.dumps({"Rater": "simulated reader"}))
+
+    # (a) only those visits' per-visit jobs, and the trial-level ones
+    res = snakemake(work, "-n")
+    assert res.returncode == 0, res.stdout + res.stderr
+    jobs = dry_run_jobs(res.stdout)
+    per_visit = [j for j in jobs if "sub=" in j["wildcards"] and "ses=" in j["wildcards"]]
+    visits = {(f"sub-{m['sub']}", f"ses-{m['ses']}")
+              for m in (re.search(r"sub=(?P<sub>\w+), ses=(?P<ses>\w+)", j["wildcards"]) for j in per_visit)}
+    assert visits == set(top), (visits, top)
+    assert sorted(j["rule"] for j in per_visit) == ["apply_review"] * k + ["metrics_visit"] * k, per_visit
+    rules = {j["rule"] for j in jobs}
+    assert not rules & UPSTREAM_RULES and not any(x.startswith("infer_") for x in rules), rules
+    assert {"review_changes", "tlv_long", "metrics_dataset"} <= rules, rules
+
+    # (b) after the run, the reviewed masks agree better with GT than the U-Net's
+    res = snakemake(work, "--cores", "2", timeout=1800)
+    assert res.returncode == 0, res.stdout[-5000:] + res.stderr[-5000:]
+    assert table2("reviewed") > table2("unet") + 0.1, (table2("reviewed"), table2("unet"))
+    corrections = pd.read_csv(r / "review/trial-tiny/corrections.tsv", sep="\t", dtype=str, keep_default_na=False)
+    applied = corrections[corrections["status"] == "applied"]
+    assert set(zip(applied["participant_id"], applied["session"])) == set(top)
+    assert (applied["rater"] == "simulated reader").all() and (corrections["status"] != "applied").sum() == 4 - k
+    for sub, ses in queue[["participant_id", "session"]].itertuples(index=False):
+        dc = {s: pd.read_csv(r / f"metrics/{s}/trial-tiny/visits/{sub}_{ses}_visit.tsv", sep="\t")["dc"].iloc[0]
+              for s in ("unet", "reviewed")}
+        # the reader drew the GT; the U-Net's MNI voxels that the native edits do not reach (the
+        # edges of its native nearest-neighbour mask) stay, so the Dice is high, not 1
+        assert (dc["reviewed"] > 0.7) if (sub, ses) in top else (dc["reviewed"] == dc["unet"]), (sub, ses, dc)
+
+    # (c) the report's endpoint_changes.tsv shows the endpoints that moved
+    changes = pd.read_csv(r / "review/trial-tiny/endpoint_changes.tsv", sep="\t", na_values="n/a")
+    tlv = changes[(changes["table"] == "tlv_long") & (changes["quantity"] == "tlv_ml")]
+    assert {tuple(re.search(r"participant_id=(sub-\w+).*session=(ses-\w+)", key).groups()) for key in tlv["key"]} \
+        == set(top), tlv
+    assert (tlv["difference"] != 0).all()
+    dc = changes[(changes["table"] == "table2") & changes["key"].str.contains("metric=DC")]
+    assert len(dc) and (dc.loc[dc["quantity"] == "mean", "difference"] > 0.1).all(), dc
+    moved = changes[(changes["table"] == "change_summary") & (changes["difference"].abs() > 0)]
+    assert len(moved), changes[changes["table"] == "change_summary"]
+    assert "Nothing to be done" in snakemake(work, "-n").stdout
+
+
+def test_reviewed_masks_as_training_gt_are_carried_into_mni_or_stop_with_one_line(tiny_run, tmp_path):
+    """trials.<t>.training_masks: reviewed, run for real on a copy of the tiny run: a reader's mask
+    equal to the GT becomes, in MNI, exactly the GT's MNI mask (same transform, same
+    interpolation); a non-binary one stops its job with the `reviewed` source's line naming it."""
+    import json
+    import re
+    import shutil
+
+    import nibabel as nib
+    import numpy as np
+    import yaml
+
+    work = Path(shutil.copytree(tiny_run, tmp_path / "work", symlinks=True))
+    bids = work / "results/synth/trial-tinytrain/bids"
+    saved = {}
+    for sub in ("001", "002"):
+        anat = f"sub-{sub}/ses-w000/anat/sub-{sub}_ses-w000"
+        saved[sub] = bids / f"derivatives/lesions-reviewed/{anat}_space-FLAIR_desc-lesion_mask.nii.gz"
+        saved[sub].parent.mkdir(parents=True)
+        gt = nib.load(bids / f"derivatives/lesions/{anat}_desc-lesion_mask.nii.gz")
+        data = np.asarray(gt.dataobj) * (1 if sub == "001" else 2)  # sub-002's reader saved label 2
+        nib.save(nib.Nifti1Image(data.astype(np.uint8), gt.affine, gt.header), saved[sub])
+        saved[sub].with_name(saved[sub].name.replace(".nii.gz", ".json")).write_text(json.dumps({"Rater": "AB"}))
+    config = yaml.safe_load((work / "config.yaml").read_text())
+    config["trials"]["tinytrain"]["training_masks"] = "reviewed"
+    pre = ("results/preproc/trial-tinytrain/sub-{sub}/ses-w000/"
+           "sub-{sub}_ses-w000_space-MNI1x1x3_desc-lesion{kind}_mask.nii.gz")
+    good = pre.format(sub="001", kind="Reviewed")
+    res = snakemake(work, "--cores", "1", good, config=config)  # (a target after --configfile would be read as one)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    mni = nib.load(work / good)
+    gt_mni = nib.load(work / pre.format(sub="001", kind="GT"))
+    assert np.asarray(mni.dataobj).any() and np.array_equal(np.asarray(mni.dataobj), np.asarray(gt_mni.dataobj))
+    res = snakemake(work, "--cores", "1", pre.format(sub="002", kind="Reviewed"))
+    assert res.returncode != 0
+    line = (f"{saved['002'].relative_to(work)}: ") + r"\d+ voxels are neither 0 nor 1; not usable as training GT of "
+    assert re.search(line + r"trial tinytrain \(fix it, or remove it to leave the visit out of training\)\n",
+                     res.stdout + res.stderr), res.stdout[-3000:] + res.stderr[-3000:]

@@ -310,3 +310,84 @@ def test_reviewed_needs_the_unet(tmp_path):
     cfg = real_trial(make_bids(tmp_path / "bids"), sources=["classical", "reviewed"])
     with pytest.raises(InputError, match="sources: 'reviewed' .* needs 'unet' in sources too"):
         check_config(cfg)
+
+
+def train_trial(tmp_path, **extra) -> dict:
+    """A real training trial (2 subjects x 3 visits, GT at every visit) and its config."""
+    bids = make_bids(tmp_path / "bids", weeks=(0, 24, 48))
+    return {"trials": {"tr": {"role": "train", "bids": str(bids), "control_arm": "PLA", "treatment_arms": ["OCR"],
+                              **extra}}, "training": {"folds": 2}}
+
+
+def reviewed_mask(bids: Path, sub: str, ses: str, rater: str | None = "AB") -> Path:
+    """Where a reader saves a visit's mask (docs/DESIGN.md §14), an empty file (the plan only looks)."""
+    name = f"sub-{sub}_ses-{ses}_space-FLAIR_desc-lesion_mask.nii.gz"
+    p = bids / "derivatives/lesions-reviewed" / f"sub-{sub}/ses-{ses}/anat/{name}"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(b"")
+    if rater:
+        p.with_name(p.name.replace(".nii.gz", ".json")).write_text(f'{{"Rater": "{rater}"}}')
+    return p
+
+
+def test_training_masks_manual_is_the_default_and_trains_on_gt(tmp_path):
+    cfg = train_trial(tmp_path)
+    reviewed_mask(Path(cfg["trials"]["tr"]["bids"]), "001", "w000")  # ignored without the switch
+    plan, warnings = Plan.from_config(check_config(copy.deepcopy(cfg)))
+    assert plan.training_masks("tr") == "manual" and plan.reviewed_training_trials == NOTHING
+    assert len(plan.patch_store_files("tr")) == 6
+    assert {v["gt"] for v in plan.calibration_visits()} == {
+        mask_path("tr", v.sub, v.ses, "gt") for v in plan.trials["tr"].visits}
+    assert not [w for w in warnings if "training_masks" in w or "lesions-reviewed" in w]
+
+
+def test_training_masks_reviewed_trains_on_the_visits_with_a_reviewed_mask(tmp_path):
+    """training_masks: reviewed: the patch store and calibration of the visits with a reader's mask
+    read it (carried into MNI); the others are left out, one warning naming them."""
+    from t2lesion.plan import REVIEWED_TRAINING_MASK
+
+    cfg = train_trial(tmp_path, training_masks="reviewed")
+    bids = Path(cfg["trials"]["tr"]["bids"])
+    corr = reviewed_mask(bids, "001", "w000")
+    reviewed_mask(bids, "002", "w024", rater=None)
+    plan, warnings = Plan.from_config(check_config(copy.deepcopy(cfg)))
+    assert plan.training_visits("tr") == (Visit("001", "w000"), Visit("002", "w024"))
+    assert plan.patch_store_files("tr") == ["results/train/trial-tr/store/sub-001_ses-w000.npy",
+                                            "results/train/trial-tr/store/sub-002_ses-w024.npy"]
+    assert [w for w in warnings if "training_masks" in w] == [
+        "trial 'tr': training_masks: reviewed: 4 of 6 visits have no reviewed mask and are left out of training: "
+        "sub-001_ses-w024, sub-001_ses-w048, sub-002_ses-w000, sub-002_ses-w048"]
+    mni = REVIEWED_TRAINING_MASK.format(trial="tr", sub="001", ses="w000")
+    assert mni == ("results/preproc/trial-tr/sub-001/ses-w000/"
+                   "sub-001_ses-w000_space-MNI1x1x3_desc-lesionReviewed_mask.nii.gz")
+    assert plan.training_mask("tr", "001", "w000") == mni
+    assert [v["gt"] for v in plan.calibration_visits()] == [mni, plan.training_mask("tr", "002", "w024")]
+    inputs = plan.reviewed_training_inputs("tr", "001", "w000")
+    assert inputs["correction"] == str(corr) and inputs["sidecar"] == str(corr).replace(".nii.gz", ".json")
+    assert inputs["flair"] == str(bids / "sub-001/ses-w000/anat/sub-001_ses-w000_FLAIR.nii.gz")
+    assert inputs["xfm"].endswith("sub-001_ses-w000_from-FLAIR_to-MNI1x1x3_xfm.tfm")
+    assert inputs["grid"].endswith("sub-001_ses-w000_space-MNI1x1x3_desc-brain_mask.nii.gz")
+    assert "sidecar" not in plan.reviewed_training_inputs("tr", "002", "w024")
+    assert plan.reviewed_training_trials == "tr"
+
+
+def test_training_masks_reviewed_without_any_reviewed_mask_is_an_error_naming_the_trial(tmp_path):
+    from t2lesion.errors import InputError
+
+    cfg = train_trial(tmp_path, training_masks="reviewed")
+    with pytest.raises(InputError, match=r"trial 'tr': training_masks: reviewed, but none of its 6 visits has a "
+                                         r"reviewed mask under .*derivatives/lesions-reviewed"):
+        Plan.from_config(check_config(copy.deepcopy(cfg)))
+
+
+def test_training_masks_on_a_test_trial_is_ignored_with_a_warning(tmp_path):
+    cfg = real_trial(make_bids(tmp_path / "bids"))
+    cfg["trials"]["real"]["training_masks"] = "reviewed"
+    _, warnings = Plan.from_config(check_config(cfg))
+    assert "trial 'real': training_masks: reviewed applies to role: train trials only; ignored" in warnings
+    bad = real_trial(make_bids(tmp_path / "bids2"))
+    bad["trials"]["real"]["training_masks"] = "readers"
+    from t2lesion.errors import InputError
+
+    with pytest.raises(InputError, match="training_masks"):
+        check_config(bad)

@@ -412,3 +412,63 @@ def test_a_correction_reruns_only_its_visit_and_the_trial_tables(tmp_path):
         assert rule not in counts, counts
     visits = set(re.findall(r"wildcards: trial=real, sub=(\w+), ses=(\w+)", res.stdout))
     assert visits == {("001", "w024")}, visits
+
+
+def dry_run_jobs(output: str) -> list[dict]:
+    """The jobs of a dry run's output: rule, input and output lists, wildcards (as text)."""
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", output):
+        head = re.match(r"(?:local)?rule (\w+):", block)
+        if not head:
+            continue
+        job = {"rule": head.group(1)}
+        for key in ("input", "output", "wildcards"):
+            m = re.search(rf"^\s+{key}: (.*)$", block, re.M)
+            job[key] = m.group(1) if m else ""
+        jobs.append(job)
+    return jobs
+
+
+def test_a_train_trial_with_training_masks_reviewed_trains_on_the_readers_masks(tmp_path):
+    """trials.<t>.training_masks: reviewed (docs/DESIGN.md §14): the patch store of a visit with a
+    reader's mask reads that mask carried into MNI; visits without one are left out (one warning)."""
+    bids = make_bids(tmp_path / "bids", weeks=(0, 24))  # 2 subjects x 2 visits, GT everywhere
+    reviewed = {}
+    for sub, ses in (("001", "w000"), ("002", "w024")):
+        anat = f"sub-{sub}/ses-{ses}/anat/sub-{sub}_ses-{ses}"
+        p = bids / f"derivatives/lesions-reviewed/{anat}_space-FLAIR_desc-lesion_mask.nii.gz"
+        p.parent.mkdir(parents=True)
+        p.write_bytes((bids / f"derivatives/lesions/{anat}_desc-lesion_mask.nii.gz").read_bytes())
+        reviewed[(sub, ses)] = p
+    cfg = {"trials": {"tr": {"role": "train", "bids": str(bids), "control_arm": "PLA", "treatment_arms": ["OCR"],
+                             "training_masks": "reviewed"}}, "training": {"folds": 2}}
+    res = snakemake(tmp_path, "-n", config=cfg)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert ("trial 'tr': training_masks: reviewed: 2 of 4 visits have no reviewed mask and are left out of "
+            "training: sub-001_ses-w024, sub-002_ses-w000") in res.stderr
+    jobs = dry_run_jobs(res.stdout)
+    stores = {j["wildcards"]: j for j in jobs if j["rule"] == "patch_store"}
+    assert set(stores) == {"trial=tr, sub=001, ses=w000", "trial=tr, sub=002, ses=w024"}, set(stores)
+    for (sub, ses), corr in reviewed.items():
+        pre = f"results/preproc/trial-tr/sub-{sub}/ses-{ses}/sub-{sub}_ses-{ses}_space-MNI1x1x3"
+        job = stores[f"trial=tr, sub={sub}, ses={ses}"]
+        assert f"{pre}_desc-lesionReviewed_mask.nii.gz" in job["input"] and "lesionGT" not in job["input"], job
+        (carry,) = [j for j in jobs
+                    if j["rule"] == "reviewed_training_mask" and "lesionReviewed" in j["output"] and pre in j["output"]]
+        assert str(corr) in carry["input"] and f"sub-{sub}_ses-{ses}_from-FLAIR_to-MNI1x1x3_xfm.tfm" in carry["input"]
+    index = [j for j in jobs if j["rule"] == "patch_index"]
+    assert len(index) == 1 and "sub-001_ses-w024.npy" not in index[0]["input"]
+    # calibration validates each fold on the readers' masks too
+    cal = [j["input"] for j in jobs if j["rule"] == "calibrate"]
+    assert len(cal) == 2 and all("desc-lesionReviewed_mask" in c and "desc-lesionGT_mask" not in c for c in cal)
+
+
+def test_training_masks_reviewed_without_reviewed_masks_fails_at_start_naming_the_trial(tmp_path):
+    bids = make_bids(tmp_path / "bids")
+    cfg = {"trials": {"tr": {"role": "train", "bids": str(bids), "control_arm": "PLA", "treatment_arms": ["OCR"],
+                             "training_masks": "reviewed"}}, "training": {"folds": 2}}
+    res = snakemake(tmp_path, "-n", config=cfg)
+    assert res.returncode != 0
+    out = res.stdout + res.stderr
+    assert "trial 'tr': training_masks: reviewed, but none of its 4 visits has a reviewed mask" in out, out
+    assert "Traceback" not in out

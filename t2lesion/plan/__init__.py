@@ -25,6 +25,7 @@ from t2lesion.plan.paths import (
     PRE_BASELINE,
     QC_PNG,
     REVIEW,
+    REVIEWED_TRAINING_MASK,
     REVIEW_VISIT,
     STATS,
     TRACK,
@@ -41,4 +42,4 @@ from t2lesion.plan.paths import (
     wildcard_alternatives,
 )
 
-__all__ = ["Plan", "BENCH", "CORRECTION_STATUS", "FIG2", "InferBatch", "LOGS", "MNI", "NOTHING", "PRE", "PRED", "PRE_BASELINE", "QC_PNG", "REVIEW", "REVIEW_VISIT", "STATS", "TRACK", "TRAIN", "UNET_INPUTS", "UNET_OUTPUTS", "VALIDATED", "VALIDATION_PASSED", "VISIT_TABLE", "VOLUME", "mask_path", "synthetic_root", "visit_paths", "wildcard_alternatives"]
+__all__ = ["Plan", "BENCH", "CORRECTION_STATUS", "FIG2", "InferBatch", "LOGS", "MNI", "NOTHING", "PRE", "PRED", "PRE_BASELINE", "QC_PNG", "REVIEW", "REVIEWED_TRAINING_MASK", "REVIEW_VISIT", "STATS", "TRACK", "TRAIN", "UNET_INPUTS", "UNET_OUTPUTS", "VALIDATED", "VALIDATION_PASSED", "VISIT_TABLE", "VOLUME", "mask_path", "synthetic_root", "visit_paths", "wildcard_alternatives"]

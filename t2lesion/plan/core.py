@@ -58,7 +58,7 @@ class Plan(ReviewPlan):
         """The plan and the warnings found while reading the trials (an InputError on problems)."""
         trials, warnings = trials_from_config(config)
         plan = cls(config, trials)
-        return plan, source_warnings(config) + warnings + plan.correction_warnings()
+        return plan, source_warnings(config) + warnings + plan.correction_warnings() + plan.training_warnings()
 
     # ------------------------------------------------------------------ preprocessing
 
@@ -236,21 +236,22 @@ class Plan(ReviewPlan):
         return [f"{TRAIN}/trial-{t}/index_fold-{k}.tsv" for t in self.train_trials for k in self.folds]
 
     def patch_store_files(self, trial: str) -> list[str]:
+        """Each training visit's patch store (:meth:`training_visits`)."""
         pattern = f"{TRAIN}/trial-{{trial}}/store/sub-{{sub}}_ses-{{ses}}.npy"
-        return visit_paths(pattern, trial, self.trials[trial].gt_visits)
+        return visit_paths(pattern, trial, self.training_visits(trial))
 
     def fold_split_tables(self) -> list[str]:
         """Each training trial's folds.tsv, in the order of :attr:`train_trials`."""
         return [f"{TRAIN}/trial-{t}/folds.tsv" for t in self.train_trials]
 
     def calibration_visits(self) -> list[dict]:
-        """Every GT visit of the training trials, as rule calibrate reads them (trial,
-        participant_id, id, the preprocessed contrasts, brain mask and GT); each fold's job
-        keeps those of its own fold (t2lesion.unet.stage.held_out_visits). Ids carry the trial
-        where several trials train."""
+        """Every training visit of the training trials (:meth:`training_visits`), as rule
+        calibrate reads them (trial, participant_id, id, the preprocessed contrasts, brain mask
+        and the training mask, :meth:`training_mask`); each fold's job keeps those of its own
+        fold (t2lesion.unet.stage.held_out_visits). Ids carry the trial where several trials train."""
         out = []
         for t in self.train_trials:
-            for v in self.trials[t].gt_visits:
+            for v in self.training_visits(t):
                 pre = f"{PRE.format(trial=t, sub=v.sub, ses=v.ses)}_{MNI}"
                 vid = f"sub-{v.sub}_ses-{v.ses}"
                 out.append({
@@ -259,7 +260,7 @@ class Plan(ReviewPlan):
                     "id": f"trial-{t}_{vid}" if len(self.train_trials) > 1 else vid,
                     **{m: f"{pre}_desc-preproc_{m}.nii.gz" for m in ("T2w", "FLAIR", "T1w")},
                     "brain_mask": f"{pre}_desc-brain_mask.nii.gz",
-                    "gt": f"{pre}_desc-lesionGT_mask.nii.gz",
+                    "gt": self.training_mask(t, v.sub, v.ses),
                 })
         return out
 

@@ -28,6 +28,8 @@ QC_PNG = f"{PRE}_{MNI}_qc.png"
 REVIEW = "results/review/trial-{trial}"
 REVIEW_VISIT = f"{REVIEW}/visits/sub-{{sub}}_ses-{{ses}}_review.tsv"
 CORRECTION_STATUS = f"{REVIEW}/corrections/sub-{{sub}}_ses-{{ses}}_correction.tsv"
+# A reader's mask of a training visit carried into MNI (trials.<t>.training_masks: reviewed).
+REVIEWED_TRAINING_MASK = f"{PRE}_{MNI}_desc-lesionReviewed_mask.nii.gz"
 #: a regex that matches no wildcard value: a rule limited to it never applies
 NOTHING = "(?!)"
 

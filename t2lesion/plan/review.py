@@ -9,8 +9,12 @@ from pathlib import Path
 from t2lesion.bids import Visit
 
 from t2lesion.plan.paths import (
-    CORRECTION_STATUS, LOGS, MNI, PRE, PRED, REVIEW, REVIEW_VISIT, STATS, UNET_OUTPUTS, mask_path, visit_paths,
+    CORRECTION_STATUS, LOGS, MNI, PRE, PRED, REVIEW, REVIEW_VISIT, REVIEWED_TRAINING_MASK, STATS, UNET_OUTPUTS,
+    mask_path, visit_paths, wildcard_alternatives,
 )
+
+#: How many left-out visits the start-up warning of a ``training_masks: reviewed`` trial names.
+LEFT_OUT_NAMED = 20
 
 class ReviewPlan:
     """Review queue, bundles and corrections; uses the attributes :class:`Plan` sets."""
@@ -183,4 +187,86 @@ class ReviewPlan:
             out.append(f"{review}/bundles")
         if trial in self.reviewed_trials():
             out += [f"{review}/endpoint_changes.tsv", f"{review}/corrections.tsv"]
+        return out
+
+    # ------------------------------------------------------------------ corrections as training masks
+
+    def training_masks(self, trial: str) -> str:
+        """What a trial trains on (``trials.<t>.training_masks``): ``manual`` (its BIDS GT masks)
+        or ``reviewed`` (its readers' masks under derivatives/lesions-reviewed/)."""
+        return (self.config["trials"][trial] or {}).get("training_masks", "manual")
+
+    @property
+    def reviewed_training_trials(self) -> str:
+        """Rule reviewed_training_mask's trial constraint: the train trials that train on reviewed masks."""
+        return wildcard_alternatives(n for n in self.train_trials if self.training_masks(n) == "reviewed")
+
+    @functools.cache
+    def training_visits(self, trial: str) -> tuple[Visit, ...]:
+        """The visits a train trial trains and calibrates on: those with a GT mask (``manual``),
+        or those with a reviewed mask (``reviewed``; the others are left out, one warning at
+        start, :meth:`training_warnings`). An InputError naming the trial when ``reviewed`` finds
+        no reviewed mask at all."""
+        from t2lesion.corrections import REVIEWED_FOLDER
+        from t2lesion.errors import InputError
+
+        t = self.trials[trial]
+        if self.training_masks(trial) != "reviewed":
+            return t.gt_visits
+        found = self.corrections(trial)
+        visits = tuple(v for v in t.visits if v in found)
+        if t.visits and not visits:
+            example = next(iter(self.correction_paths(trial).values()))
+            raise InputError(f"trial {trial!r}: training_masks: reviewed, but none of its {len(t.visits)} visits has a "
+                             f"reviewed mask under {t.bids / REVIEWED_FOLDER} (e.g. {example}); add them, or set "
+                             f"training_masks: manual")
+        return visits
+
+    def training_mask(self, trial: str, sub: str, ses: str) -> str:
+        """The MNI mask a training visit's patch store and calibration read: the GT carried into
+        MNI (``manual``) or the reader's mask carried into MNI (``reviewed``)."""
+        if self.training_masks(trial) == "reviewed":
+            return REVIEWED_TRAINING_MASK.format(trial=trial, sub=sub, ses=ses)
+        return mask_path(trial, sub, ses, "gt")
+
+    def reviewed_training_inputs(self, trial: str, sub: str, ses: str) -> dict[str, str]:
+        """Rule reviewed_training_mask's inputs: the visit's reviewed mask (and its JSON sidecar
+        where it exists), its raw FLAIR (the grid the mask must lie on), the composed
+        FLAIR -> MNI transform and the MNI grid (the visit's MNI brain mask)."""
+        v = Visit(sub, ses)
+        pre = PRE.format(trial=trial, sub=sub, ses=ses)
+        # where it is missing, Snakemake names the file it expected
+        corr = self.correction_paths(trial).get(v, f"<sub-{sub} ses-{ses}: no visit of trial {trial}>")
+        out = {"correction": corr, "flair": str(self.trials[trial].image(v, "FLAIR")),
+               "xfm": f"{pre}_from-FLAIR_to-MNI1x1x3_xfm.tfm", "grid": f"{pre}_{MNI}_desc-brain_mask.nii.gz"}
+        sidecar = corr.replace(".nii.gz", ".json")
+        if sidecar != corr and Path(sidecar).is_file():
+            out["sidecar"] = sidecar
+        return out
+
+    def training_warnings(self) -> list[str]:
+        """At start: per ``training_masks: reviewed`` train trial, one line naming how many and
+        which visits have no reviewed mask (left out of training), and the masks under its
+        lesions-reviewed/ that name no visit; a test trial's setting is ignored, one line. An
+        InputError (:meth:`training_visits`) when such a trial has no reviewed mask at all."""
+        from t2lesion.corrections import unmatched_corrections
+
+        out = []
+        for name in self.trials:
+            if self.training_masks(name) != "reviewed":
+                continue
+            t = self.trials[name]
+            if t.role != "train":
+                out.append(f"trial {name!r}: training_masks: reviewed applies to role: train trials only; ignored")
+                continue
+            if t.problems:
+                continue
+            kept = set(self.training_visits(name))
+            left = [v.prefix for v in t.visits if v not in kept]
+            if left:
+                shown = ", ".join(left[:LEFT_OUT_NAMED]) + (
+                    f", ... and {len(left) - LEFT_OUT_NAMED} more" if len(left) > LEFT_OUT_NAMED else "")
+                out.append(f"trial {name!r}: training_masks: reviewed: {len(left)} of {len(t.visits)} visits have no "
+                           f"reviewed mask and are left out of training: {shown}")
+            out += unmatched_corrections(t.bids, self.correction_paths(name).values(), name)
         return out
