@@ -119,7 +119,7 @@ def _write_tables(p: SynthParams, root: Path, results: list[dict]) -> None:
         },
     }
     if p.profile == "clinical":  # every knob of the profile, the sites included
-        from t2lesion.synth.realism import knobs
+        from t2lesion.synth.realism_settings import knobs
 
         doc["realism"] = knobs(p)
     (truth / "params.json").write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")

@@ -180,7 +180,7 @@ class SynthParams:
     #: "default" (bright, round, well separated lesions) or "clinical" (the clinical-realism
     #: profile: varied lesion contrast and location, mimics, slice profile, sites).
     profile: str = "default"
-    #: Overrides of the clinical profile's knobs (``t2lesion.synth.realism.DEFAULTS``).
+    #: Overrides of the clinical profile's knobs (``t2lesion.synth.realism_settings.DEFAULTS``).
     realism: dict = field(default_factory=dict)
     # --- clinical part ---
     cohort: _cohort.CohortParams = field(default_factory=_cohort.CohortParams)
@@ -270,7 +270,7 @@ class SynthParams:
             problems.append(f"synthetic parameter weeks={self.weeks!r} must be increasing whole weeks starting at 0")
         if self.image_dtype not in ("int16", "float32"):
             problems.append(f"synthetic parameter image_dtype={self.image_dtype!r} must be 'int16' or 'float32'")
-        from t2lesion.synth import realism as _realism
+        from t2lesion.synth import realism_settings as _realism
 
         problems += _realism.check(self.profile, self.realism)
         problems += _check_contrast(self.contrast)
