@@ -419,18 +419,12 @@ class PatchDataset(keras.utils.PyDataset):
 
     def sample(self, position: int) -> tuple[np.ndarray, np.ndarray]:
         """Sample ``position`` of the current epoch: image (z, y, x, 3), target (z, y, x, 2);
-        the per-sample reference (SciPy's resampling, :func:`augment`) of a batch's samples."""
-        row = self.window_of(position)
-        arr = self._visit(self.paths[row])
-        corner = self.corners[row]
-        if np.any(corner < 0) or np.any(corner + self.patch_size > np.array(arr.shape[:3])):
-            raise InputError(f"{self.paths[row]}: window at {tuple(corner)} of size {self.patch_size} "
-                             f"lies outside the stored array {arr.shape[:3]}")
-        rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch, int(position)]))
-        if rng.random() < self.augment_fraction:
+        the per-sample reference (SciPy's resampling, :func:`warp` of the same draw) of a batch's samples."""
+        arr, corner, draw = self._draw(position)
+        if draw is not None:
             center = corner + (np.array(self.patch_size) - 1) / 2.0
-            return augment(arr[..., :MASK], arr[..., MASK:], rng, out_shape=self.patch_size,
-                           center=center, spacing=self.spacing, **self.augment_kwargs)
+            return warp(arr[..., :MASK], arr[..., MASK:], out_shape=self.patch_size, center=center,
+                        spacing=self.spacing, **draw)
         box = tuple(slice(int(c), int(c) + p) for c, p in zip(corner, self.patch_size))
         window = np.asarray(arr[box], dtype=np.float32)
         return window[..., :MASK], window[..., MASK:ALPHA + 1]
