@@ -16,6 +16,7 @@ from t2lesion.plan.paths import (
 #: How many left-out visits the start-up warning of a ``training_masks: reviewed`` trial names.
 LEFT_OUT_NAMED = 20
 
+
 class ReviewPlan:
     """Review queue, bundles and corrections; uses the attributes :class:`Plan` sets."""
 
