@@ -17,10 +17,10 @@ rule validate_bids:
         f"{LOGS}/validate_bids/trial-{{trial}}.log",
     benchmark:
         f"{BENCH}/validate_bids/trial-{{trial}}.tsv"
+    priority: training_first
     conda:
         "../envs/imaging.yaml"
     threads: 1
-    priority: training_first
     params:
         bids=lambda w: str(trial_of(w).bids),
         arms=lambda w: trial_of(w).arms,

@@ -23,10 +23,10 @@ rule n4_coregister:
         f"{LOGS}/n4_coregister/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.log",
     benchmark:
         f"{BENCH}/n4_coregister/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.tsv"
+    priority: training_first
     conda:
         "../envs/imaging.yaml"
     threads: PP["threads"]
-    priority: training_first
     params:
         shrink=PP["n4_shrink"],
         iterations=PP["n4_iterations"],
@@ -43,10 +43,10 @@ rule skull_strip:
         f"{LOGS}/skull_strip/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.log",
     benchmark:
         f"{BENCH}/skull_strip/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.tsv"
+    priority: training_first
     conda:
         "../envs/imaging.yaml"
     threads: PP["threads"]
-    priority: training_first
     params:
         method=PP["skull_strip"],
         volume_ml=PP["brain_volume_ml"],
@@ -66,10 +66,10 @@ rule register_mni:
         f"{BENCH}/register_mni/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.tsv"
     wildcard_constraints:
         ses="w000",
+    priority: training_first
     conda:
         "../envs/imaging.yaml"
     threads: PP["threads"]
-    priority: training_first
     script:
         "../workflow_scripts/register_mni.py"
 
@@ -88,10 +88,10 @@ rule register_baseline:
         f"{BENCH}/register_baseline/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.tsv"
     wildcard_constraints:
         ses=r"w(?!000)\d{3}",
+    priority: training_first
     conda:
         "../envs/imaging.yaml"
     threads: PP["threads"]
-    priority: training_first
     script:
         "../workflow_scripts/register_baseline.py"
 
@@ -142,10 +142,10 @@ rule resample:
         f"{BENCH}/resample/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.tsv"
     wildcard_constraints:
         trial=PLAN.no_gt_trials,
+    priority: training_first
     conda:
         "../envs/imaging.yaml"
     threads: PP["threads"]
-    priority: training_first
     params:
         **RESAMPLE_PARAMS,
     script:
@@ -167,10 +167,10 @@ rule resample_with_gt:
         f"{BENCH}/resample/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.tsv"
     wildcard_constraints:
         trial=PLAN.gt_trials,
+    priority: training_first
     conda:
         "../envs/imaging.yaml"
     threads: PP["threads"]
-    priority: training_first
     params:
         **RESAMPLE_PARAMS,
     script:

@@ -13,10 +13,10 @@ for _trial in PLAN.synthetic.values():
             f"{LOGS}/synth/trial-{_trial.name}.log",
         benchmark:
             f"{BENCH}/synth/trial-{_trial.name}.tsv"
+        priority: PLAN.priority(_trial.name)
         conda:
             "../envs/imaging.yaml"
         threads: 2
-        priority: PLAN.priority(_trial.name)
         params:
             # the trial folder holds bids/ and truth/: derived from truth/params.json
             root=lambda w, output: synthetic_root(output),

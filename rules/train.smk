@@ -21,10 +21,10 @@ rule fold_split:
         f"{LOGS}/fold_split/trial-{{trial}}.log",
     benchmark:
         f"{BENCH}/fold_split/trial-{{trial}}.tsv"
+    priority: training_first
     conda:
         "../envs/dl.yaml"
     threads: 1
-    priority: training_first
     params:
         folds=TR["folds"],
         seed=config["seed"],
@@ -48,10 +48,10 @@ rule patch_store:
         f"{LOGS}/patch_store/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.log",
     benchmark:
         f"{BENCH}/patch_store/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.tsv"
+    priority: training_first
     conda:
         "../envs/dl.yaml"
     threads: 1
-    priority: training_first
     params:
         loss=config["loss"],
         patch_size=MODEL_CFG["patch_size"],
@@ -95,10 +95,10 @@ rule patch_index:
         f"{LOGS}/patch_index/trial-{{trial}}.log",
     benchmark:
         f"{BENCH}/patch_index/trial-{{trial}}.tsv"
+    priority: training_first
     conda:
         "../envs/dl.yaml"
     threads: 1
-    priority: training_first
     params:
         patch_size=MODEL_CFG["patch_size"],
         overlap=TR["patch_overlap"],
@@ -131,10 +131,10 @@ rule train:
         f"{LOGS}/train/fold-{{fold}}.log",
     benchmark:
         f"{BENCH}/train/fold-{{fold}}.tsv"
+    priority: PLAN.TRAINING_PATH_PRIORITY
     conda:
         "../envs/dl.yaml"
     threads: TR["threads"]
-    priority: PLAN.TRAINING_PATH_PRIORITY
     resources:
         gpu=1,
     params:
@@ -177,11 +177,11 @@ rule calibrate:
         f"{LOGS}/calibrate/fold-{{fold}}.log",
     benchmark:
         f"{BENCH}/calibrate/fold-{{fold}}.tsv"
+    priority: PLAN.TRAINING_PATH_PRIORITY
     conda:
         "../envs/dl.yaml"
     # a fold's job, like train: beside the folds still training (the CPU demo's 1 thread)
     threads: TR["threads"]
-    priority: PLAN.TRAINING_PATH_PRIORITY
     resources:
         gpu=1,
         mem_mb=32000,
