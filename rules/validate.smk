@@ -11,6 +11,11 @@ def validation_trial():
         raise WorkflowError(str(exc)) from None
 
 
+# a trial named in the config is checked at start, like every other key
+if VAL["trial"] is not None:
+    validation_trial()
+
+
 def validation_copies(w):
     return PLAN.validation_copies(validation_trial())
 

@@ -241,13 +241,13 @@ def _truth(t: pd.DataFrame) -> list[str]:
         return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else ("yes" if v else "no")
 
     rows = [[str(r.quantity), str(r.term), str(r.detail), fmt_num(r.truth),
-             "n/a" if pd.isna(r.source) else str(r.source), "" if pd.isna(r.model) else str(r.model),
+             "n/a" if pd.isna(r.source) else str(r.source), "" if pd.isna(r.endpoint) else str(r.endpoint),
              fmt_ci(r.estimate, r.ci_low, r.ci_high) if pd.notna(r.estimate) else "n/a", covered(r.covered)]
             for r in t.itertuples()]
     notes = sorted({str(n) for n in t["note"] if pd.notna(n) and str(n)})
     return (["The synthetic trial's true effects (its truth/params.json) and each source's estimate with its "
              "95 % CI; covered: the truth lies inside the CI."] + [""]
-            + _md_table(["quantity", "term", "detail", "truth", "source", "model", "estimate (95 % CI)", "covered"],
+            + _md_table(["quantity", "term", "detail", "truth", "source", "endpoint", "estimate (95 % CI)", "covered"],
                         rows) + ([""] + [f"Note: {n}." for n in notes] if notes else []))
 
 

@@ -33,7 +33,7 @@ from t2lesion.errors import InputError
 log = logging.getLogger(__name__)
 
 #: Columns of :func:`truth_table`.
-TRUTH_COLUMNS = ["quantity", "term", "detail", "truth", "source", "model", "estimate", "ci_low", "ci_high",
+TRUTH_COLUMNS = ["quantity", "term", "detail", "truth", "source", "endpoint", "estimate", "ci_low", "ci_high",
                  "covered", "note"]
 
 
@@ -186,7 +186,7 @@ def truth_table(params_json, *, ancova: pd.DataFrame | None = None, cox: pd.Data
         raise InputError(f"{params_json}: not a synthetic trial's truth/params.json ({exc})") from None
     rows: list[dict] = []
 
-    def add(quantity, term, detail, truth, est: pd.DataFrame, col, lo, hi, model_col=None, note=""):
+    def add(quantity, term, detail, truth, est: pd.DataFrame, col, lo, hi, endpoint_col=None, note=""):
         if not len(est):
             rows.append({"quantity": quantity, "term": term, "detail": detail, "truth": truth, "note": note})
             return
@@ -194,7 +194,7 @@ def truth_table(params_json, *, ancova: pd.DataFrame | None = None, cox: pd.Data
             e, a, b = (float(getattr(r, c)) if pd.notna(getattr(r, c)) else math.nan for c in (col, lo, hi))
             cov = (a <= truth <= b) if math.isfinite(a) and math.isfinite(b) else None
             rows.append({"quantity": quantity, "term": term, "detail": detail, "truth": truth, "source": r.source,
-                         "model": getattr(r, model_col) if model_col else "", "estimate": e, "ci_low": a,
+                         "endpoint": getattr(r, endpoint_col) if endpoint_col else "", "estimate": e, "ci_low": a,
                          "ci_high": b, "covered": cov, "note": note})
 
     for arm, by_week in sorted(coef.get("ancova_arm_effect_pct", {}).items()):
@@ -211,7 +211,7 @@ def truth_table(params_json, *, ancova: pd.DataFrame | None = None, cox: pd.Data
             continue
         est = _rows(cox, lambda t: (t["model"] == "multivariable") & (t["term"] == term))
         add("Cox hazard ratio (multivariable)", term, "every endpoint", float(hr[term]), est, "hr", "hr_ci_low",
-            "hr_ci_high", model_col="endpoint")
+            "hr_ci_high", endpoint_col="endpoint")
     rr = p.get("new_lesion_rate_ratio_treated")
     if rr is not None:
         arms = p.get("arms") or []
