@@ -1,38 +1,20 @@
 # The validation study on known truth (docs/DESIGN.md §15; make validate, configs/validate.yaml).
 # Always declared, never requested by rule all: asking for the document (validation.document,
 # docs/VALIDATION.md by default) runs the workflow as far as the study needs, then these rules.
+from t2lesion.plan.validation import config_label
+
 VAL = config["validation"]
-
-
-def validation_trial():
-    try:
-        return PLAN.validation_trial()
-    except InputError as exc:
-        raise WorkflowError(str(exc)) from None
-
+# the config file(s) of the run, as the user named them (--configfile), for the document
+VAL_CONFIG = config_label(
+    workflow.overwrite_configfiles, os.path.join(workflow.basedir, "config.yaml")
+)
 
 # a trial named in the config is checked at start, like every other key
 if VAL["trial"] is not None:
-    validation_trial()
-
-
-def validation_copies(w):
-    return PLAN.validation_copies(validation_trial())
-
-
-def validation_files(w):
-    return list(validation_copies(w).values())
-
-
-def validation_config():
-    """The config file(s) of the run, as the user named them (--configfile), for the document."""
-    files = workflow.overwrite_configfiles or [
-        os.path.join(workflow.basedir, "config.yaml")
-    ]
-    return " ".join(
-        os.path.relpath(f) if not os.path.relpath(f).startswith("..") else str(f)
-        for f in files
-    )
+    try:
+        PLAN.validation_trial()
+    except InputError as _exc:
+        raise WorkflowError(str(_exc)) from None
 
 
 rule validation_study_agreement:
@@ -111,7 +93,7 @@ rule validation_study_truth:
 
 rule validation_study_document:
     input:
-        validation_files,
+        lambda w: list(PLAN.validation_copies().values()),
     output:
         document=VAL["document"],
         folder=directory(VAL["folder"]),
@@ -123,8 +105,8 @@ rule validation_study_document:
         "../envs/stats.yaml"
     threads: 1
     params:
-        copies=validation_copies,
-        config=validation_config(),
+        copies=lambda w: PLAN.validation_copies(),
+        config=VAL_CONFIG,
         repo=workflow.basedir,
     script:
         "../workflow_scripts/validation_study_document.py"

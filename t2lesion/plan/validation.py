@@ -4,6 +4,7 @@ rule's inputs, and what the document's folder holds."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from t2lesion.errors import InputError
@@ -67,11 +68,13 @@ class ValidationPlan:
             out["nb"] = f"{stats}/nb_rate_ratio.tsv"
         return out
 
-    def validation_copies(self, trial: str) -> dict[str, str]:
+    def validation_copies(self, trial: str | None = None) -> dict[str, str]:
         """What the document's folder holds: file name there -> file of the run. The validation
         tables of ``trial``, its combined Table 2, ANCOVA, Cox and negative-binomial tables, and
         the figures of its summary (QC pictures left out), each figure named by its folder so that
-        equal names (every source's tlv_agreement.png) stay apart."""
+        equal names (every source's tlv_agreement.png) stay apart. ``trial`` None:
+        :meth:`validation_trial`."""
+        trial = self.validation_trial() if trial is None else trial
         if trial not in self.trials or trial not in self.test_trials:
             raise InputError(f"validation: {trial!r} is not a test trial of the config")
         val = self.validation_paths(trial)
@@ -99,4 +102,15 @@ class ValidationPlan:
         return out
 
 
-__all__ = ["ValidationPlan"]
+def config_label(configfiles, default) -> str:
+    """The run's config file(s) as the document names them: relative to the working directory
+    where they lie inside it, else as given; ``default`` (config.yaml beside the Snakefile) when
+    no --configfile was given."""
+    out = []
+    for f in list(configfiles) or [default]:
+        rel = os.path.relpath(f)
+        out.append(Path(rel).as_posix() if not rel.startswith("..") else str(f))
+    return " ".join(out)
+
+
+__all__ = ["ValidationPlan", "config_label"]
