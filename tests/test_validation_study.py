@@ -65,7 +65,7 @@ def test_validate_plan_picks_the_test_trial_and_names_each_copy_once():
     assert len(plan.uncertainty_visits("valtest")) == 120
     v = plan.uncertainty_visits("valtest")[0]
     assert v["mi"].endswith("desc-mi_uncertainty.nii.gz") and v["gt"].endswith("desc-lesionGT_mask.nii.gz")
-    assert plan.truth_inputs("valtest")["params"] == "results/synth/trial-valtest/truth/params.json"
+    assert plan.truth_inputs("valtest")["truth"] == "results/synth/trial-valtest/truth/params.json"
 
 
 def test_validation_trial_must_be_a_test_trial_with_gt():

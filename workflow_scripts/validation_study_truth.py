@@ -5,4 +5,4 @@ from t2lesion.validation.run import run_truth
 
 with rule_log(snakemake.log[0], snakemake.threads):
     i = snakemake.input
-    run_truth(i.params, snakemake.output[0], ancova_tsv=i.ancova, cox_tsv=i.cox, nb_tsv=i.get("nb"))
+    run_truth(i.truth, snakemake.output[0], ancova_tsv=i.ancova, cox_tsv=i.cox, nb_tsv=i.get("nb"))

@@ -62,8 +62,11 @@ class ValidationPlan:
 
     def truth_inputs(self, trial: str) -> dict[str, str]:
         """Rule validation_truth's inputs: the truth and the effect tables it compares with."""
+        truth = self.synthetic_truth(trial)
+        if truth is None:
+            raise InputError(f"validation: trial {trial!r} is not synthetic: it has no known truth")
         stats = STATS.format(trial=trial)
-        out = {"params": self.synthetic_truth(trial), "ancova": f"{stats}/ancova.tsv", "cox": f"{stats}/cox.tsv"}
+        out = {"truth": truth, "ancova": f"{stats}/ancova.tsv", "cox": f"{stats}/cox.tsv"}
         if self.has_new_lesions(trial):
             out["nb"] = f"{stats}/nb_rate_ratio.tsv"
         return out
