@@ -18,7 +18,7 @@ CORES    ?= 2
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_PIN   := $(shell grep -E '^torch==' requirements.lock)
 
-.PHONY: demo test env env-gpu lint clean
+.PHONY: demo test validate env env-gpu lint clean
 
 # One lock file pins everything, every transitive dependency included, so nothing is
 # resolved: --no-deps installs exactly the lock. That is also how the lock leaves out
@@ -56,6 +56,13 @@ demo: env
 	mkdir -p results/report
 	$(BIN)/snakemake --cores $(CORES) --report results/report/report.html
 	@echo "Report: results/report/report.html"
+
+# The validation study on known truth (docs/DESIGN.md §15): two synthetic trials with the
+# clinical-realism profile, to docs/VALIDATION.md and docs/validation/. Resumable: rerun it after
+# an interruption and Snakemake carries on from the files already made.
+validate: env
+	$(BIN)/snakemake --cores $(CORES) --configfile configs/validate.yaml -- docs/VALIDATION.md
+	@echo "Validation: docs/VALIDATION.md"
 
 test: env
 	$(BIN)/python -m pytest -q -n 2 --durations=15

@@ -43,6 +43,7 @@ include: "rules/train.smk"
 include: "rules/infer.smk"
 include: "rules/report.smk"
 include: "rules/review.smk"
+include: "rules/validate.smk"
 
 
 rule all:

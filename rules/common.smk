@@ -22,6 +22,7 @@ from t2lesion.plan import (
     TRACK,
     TRAIN,
     VALIDATED,
+    VALIDATION_STUDY,
     VALIDATION_PASSED,
     VOLUME,
     Plan,

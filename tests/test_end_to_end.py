@@ -406,3 +406,50 @@ def test_reviewed_masks_as_training_gt_are_carried_into_mni_or_stop_with_one_lin
     line = (f"{saved['002'].relative_to(work)}: ") + r"\d+ voxels are neither 0 nor 1; not usable as training GT of "
     assert re.search(line + r"trial tinytrain \(fix it, or remove it to leave the visit out of training\)\n",
                      res.stdout + res.stderr), res.stdout[-3000:] + res.stderr[-3000:]
+
+
+def test_validation_document_from_the_tiny_run(tiny_run, tmp_path):
+    """Issue 25's document (rules/validate.smk) on a copy of the tiny run: asking for
+    docs/VALIDATION.md runs the validation rules only; the document names the commit and the
+    config, has every target's line and every table, and the document rule run again from the
+    same tables writes the same text."""
+    import re
+    import shutil
+
+    from t2lesion.validation.document import FILES, Targets, evaluate_targets, read_tables
+    from t2lesion.validation.run import git_commit
+    from tests.conftest import REPO
+
+    work = Path(shutil.copytree(tiny_run, tmp_path / "work", symlinks=True))
+    res = snakemake(work, "--cores", "1", "--", "docs/VALIDATION.md", timeout=900)
+    assert res.returncode == 0, res.stdout[-5000:] + res.stderr[-5000:]
+    ran = set(re.findall(r"^(?:local)?rule (\w+):", res.stdout + res.stderr, flags=re.M))
+    assert ran == {"validation_study_agreement", "validation_study_uncertainty", "validation_study_detection",
+                   "validation_study_truth", "validation_study_document"}, ran
+    doc = work / "docs/VALIDATION.md"
+    text = doc.read_text()
+    assert f"* commit: `{git_commit(REPO)}`" in text and "* config: `config.yaml`" in text
+    folder = work / "docs/validation"
+    for key in ("table2", "tlv_agreement", "uncertainty", "detection", "ancova", "cox", "nb", "truth"):
+        assert (folder / FILES[key]).is_file(), key
+    assert "Not available" not in text
+    rows = evaluate_targets(read_tables(folder), Targets())
+    assert len(rows) == 6  # DC, DC over classical, TLV bias, ANCOVA weeks 24 and 48, new-lesion F1
+    for r in rows:
+        assert f"| {r['target']} |" in text, r["target"]
+    assert any(r["met"] is not None for r in rows)  # the tiny trial's tables give at least some verdicts
+    assert sorted(p.name for p in folder.glob("*.png")) and "![stats_fig3_tlv_change]" in text
+    unc = pd.read_csv(work / "results/validation_study/trial-tiny/uncertainty_visits.tsv", sep="\t")
+    assert len(unc) == 4 and unc["auroc"].dropna().between(0, 1).all() and unc["auroc"].notna().any()
+    det = pd.read_csv(folder / FILES["detection"], sep="\t")
+    assert set(det["source"]) == {"classical", "unet"}
+    truth = pd.read_csv(folder / FILES["truth"], sep="\t")
+    # the generator's defaults: control +10 % TLV per 96 weeks, treated 0 -> -2.5 points at week 24
+    week24 = truth[truth["quantity"].str.startswith("ANCOVA") & (truth["detail"] == "week 24")]
+    assert len(week24) and (week24["truth"] == -2.5).all()
+    assert set(truth["term"]) >= {"log_tlv", "arm_OCR"}
+    # the document rule again, from the same tables: the same text
+    doc.unlink()
+    res = snakemake(work, "--cores", "1", "--forcerun", "validation_study_document", "--", "docs/VALIDATION.md")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert doc.read_text() == text

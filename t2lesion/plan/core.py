@@ -26,9 +26,10 @@ from t2lesion.plan.paths import (
     InferBatch, mask_path, visit_paths, wildcard_alternatives,
 )
 from t2lesion.plan.review import ReviewPlan
+from t2lesion.plan.validation import ValidationPlan
 
 
-class Plan(ReviewPlan):
+class Plan(ReviewPlan, ValidationPlan):
     """What one run of the workflow does, from its (schema-checked) config and its trials."""
 
     def __init__(self, config: dict, trials: dict[str, Trial]):

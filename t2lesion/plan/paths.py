@@ -26,6 +26,8 @@ BENCH = "results/benchmarks"
 QC_PNG = f"{PRE}_{MNI}_qc.png"
 # The reader's review queue (docs/DESIGN.md §14).
 REVIEW = "results/review/trial-{trial}"
+# The validation study on known truth (docs/DESIGN.md §15).
+VALIDATION_STUDY = "results/validation_study/trial-{trial}"
 REVIEW_VISIT = f"{REVIEW}/visits/sub-{{sub}}_ses-{{ses}}_review.tsv"
 CORRECTION_STATUS = f"{REVIEW}/corrections/sub-{{sub}}_ses-{{ses}}_correction.tsv"
 # A reader's mask of a training visit carried into MNI (trials.<t>.training_masks: reviewed).

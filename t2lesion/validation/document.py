@@ -37,6 +37,7 @@ FILES = {
     "ancova": "ancova.tsv",  # t2lesion.stats ANCOVA coefficients
     "cox": "cox.tsv",  # t2lesion.stats Cox models
     "nb": "nb_rate_ratio.tsv",  # t2lesion.stats negative-binomial new-lesion counts
+    "truth": "truth.tsv",  # t2lesion.validation.run.truth_table: the generator's effects beside the estimates
 }
 
 
@@ -233,6 +234,23 @@ def _effects(t: pd.DataFrame, est: str, lo: str, hi: str, keys: list[str]) -> li
     return _md_table(keys + ["term", "estimate (95 % CI)", "p"], rows) if rows else ["No arm term."]
 
 
+def _truth(t: pd.DataFrame) -> list[str]:
+    def covered(v) -> str:
+        if isinstance(v, str):
+            return {"true": "yes", "false": "no"}.get(v.strip().lower(), "n/a")
+        return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else ("yes" if v else "no")
+
+    rows = [[str(r.quantity), str(r.term), str(r.detail), fmt_num(r.truth),
+             "n/a" if pd.isna(r.source) else str(r.source), "" if pd.isna(r.endpoint) else str(r.endpoint),
+             fmt_ci(r.estimate, r.ci_low, r.ci_high) if pd.notna(r.estimate) else "n/a", covered(r.covered)]
+            for r in t.itertuples()]
+    notes = sorted({str(n) for n in t["note"] if pd.notna(n) and str(n)})
+    return (["The synthetic trial's true effects (its truth/params.json) and each source's estimate with its "
+             "95 % CI; covered: the truth lies inside the CI."] + [""]
+            + _md_table(["quantity", "term", "detail", "truth", "source", "endpoint", "estimate (95 % CI)", "covered"],
+                        rows) + ([""] + [f"Note: {n}." for n in notes] if notes else []))
+
+
 def build_document(folder, *, commit: str, config: str, targets: Targets = Targets(),
                    figures_href: str = "validation") -> str:
     """The text of docs/VALIDATION.md from the tables and PNGs in ``folder``.
@@ -262,6 +280,7 @@ def build_document(folder, *, commit: str, config: str, targets: Targets = Targe
     lines += _section("Negative binomial (new-lesion rate ratio)", tables.get("nb"), "nb",
                       lambda t: _effects(t[t["term_type"] == "arm"], "rate_ratio", "ci_low", "ci_high",
                                          ["source", "model"]))
+    lines += _section("Known truth of the generator against the estimates", tables.get("truth"), "truth", _truth)
     pngs = sorted(p.name for p in Path(folder).glob("*.png"))
     lines += ["", "## Figures", ""]
     lines += [f"![{p[:-4]}]({figures_href}/{p})" for p in pngs] or ["No figure in the validation folder."]

@@ -1,0 +1,119 @@
+"""The plan's part for the validation study on known truth (docs/DESIGN.md §15, rules/validate.smk),
+as a mixin of :class:`t2lesion.plan.Plan`: which trial the document is about, each validation
+rule's inputs, and what the document's folder holds."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from t2lesion.errors import InputError
+from t2lesion.plan.paths import (
+    MNI, PRE, STATS, VALIDATION_STUDY, VISIT_TABLE, mask_path,
+)
+
+
+class ValidationPlan:
+    """Validation inputs and copies; uses the attributes :class:`Plan` sets."""
+
+    def validation_trial(self) -> str:
+        """``validation.trial``, or the first valid test trial with GT; an InputError (one line)
+        when there is none or the named trial cannot be validated."""
+        name = self.config.get("validation", {}).get("trial")
+        ok = [n for n in self.test_trials if self.trials[n].gt_visits and not self.trials[n].problems]
+        if name is None:
+            if not ok:
+                raise InputError("validation: no test trial with GT masks to validate (validation.trial)")
+            return ok[0]
+        if name not in ok:
+            raise InputError(f"validation.trial: {name!r} is not a test trial with GT masks "
+                             f"(candidates: {', '.join(ok) or 'none'})")
+        return name
+
+    def validation_paths(self, trial: str) -> dict[str, str]:
+        """The validation rules' outputs of ``trial``."""
+        v = VALIDATION_STUDY.format(trial=trial)
+        return {"tlv_agreement": f"{v}/tlv_agreement.tsv", "uncertainty_visits": f"{v}/uncertainty_visits.tsv",
+                "uncertainty": f"{v}/uncertainty.tsv", "detection_visits": f"{v}/new_lesion_detection_visits.tsv",
+                "detection": f"{v}/new_lesion_detection.tsv", "truth": f"{v}/truth.tsv"}
+
+    def uncertainty_visits(self, trial: str) -> list[dict]:
+        """Per GT visit of ``trial``: the U-Net's MI map and mask, the GT mask and brain mask on
+        the MNI grid, and the U-Net's metrics table (its Dice); empty without ``unet``."""
+        if "unet" not in self.sources:
+            return []
+        out = []
+        for v in self.trials[trial].gt_visits:
+            info = self.infer_visit(trial, v)
+            pre = PRE.format(trial=trial, sub=v.sub, ses=v.ses)
+            out.append({"id": info["id"], "mi": info["out_mi"], "mask": info["out_mask"],
+                        "gt": mask_path(trial, v.sub, v.ses, "gt"), "brain_mask": f"{pre}_{MNI}_desc-brain_mask.nii.gz",
+                        "dice_table": VISIT_TABLE.format(source="unet", trial=trial, sub=v.sub, ses=v.ses,
+                                                         kind="visit")})
+        return out
+
+    def uncertainty_inputs(self, trial: str) -> list[str]:
+        return [v[k] for v in self.uncertainty_visits(trial) for k in ("mi", "mask", "gt", "brain_mask", "dice_table")]
+
+    def synthetic_truth(self, trial: str) -> str | None:
+        """A synthetic trial's ``truth/params.json`` (None for a real trial)."""
+        t = self.trials[trial]
+        return f"{t.root}/truth/params.json" if t.synthetic is not None else None
+
+    def truth_inputs(self, trial: str) -> dict[str, str]:
+        """Rule validation_truth's inputs: the truth and the effect tables it compares with."""
+        truth = self.synthetic_truth(trial)
+        if truth is None:
+            raise InputError(f"validation: trial {trial!r} is not synthetic: it has no known truth")
+        stats = STATS.format(trial=trial)
+        out = {"truth": truth, "ancova": f"{stats}/ancova.tsv", "cox": f"{stats}/cox.tsv"}
+        if self.has_new_lesions(trial):
+            out["nb"] = f"{stats}/nb_rate_ratio.tsv"
+        return out
+
+    def validation_copies(self, trial: str | None = None) -> dict[str, str]:
+        """What the document's folder holds: file name there -> file of the run. The validation
+        tables of ``trial``, its combined Table 2, ANCOVA, Cox and negative-binomial tables, and
+        the figures of its summary (QC pictures left out), each figure named by its folder so that
+        equal names (every source's tlv_agreement.png) stay apart. ``trial`` None:
+        :meth:`validation_trial`."""
+        trial = self.validation_trial() if trial is None else trial
+        if trial not in self.trials or trial not in self.test_trials:
+            raise InputError(f"validation: {trial!r} is not a test trial of the config")
+        val = self.validation_paths(trial)
+        stats = STATS.format(trial=trial)
+        out = {"tlv_agreement.tsv": val["tlv_agreement"], "ancova.tsv": f"{stats}/ancova.tsv",
+               "cox.tsv": f"{stats}/cox.tsv"}
+        table2 = self.table2_of(trial)
+        if table2:
+            out["table2.tsv"] = table2
+        if self.uncertainty_visits(trial):
+            out["uncertainty.tsv"] = val["uncertainty"]
+        if self.has_new_lesions(trial):
+            out["nb_rate_ratio.tsv"] = f"{stats}/nb_rate_ratio.tsv"
+            if len(self.sources):
+                out["new_lesion_detection.tsv"] = val["detection"]
+        if self.synthetic_truth(trial):
+            out["truth.tsv"] = val["truth"]
+        for heading, paths in self.summary_figures(trial).items():
+            if heading.startswith("Preprocessing QC"):
+                continue
+            for p in paths:
+                parts = Path(p).parts  # results/<stage>/[<source>/]trial-<t>/<name>.png
+                prefix = "_".join(x for x in parts[1:-1] if not x.startswith("trial-"))
+                out[f"{prefix}_{parts[-1]}"] = p
+        return out
+
+
+def config_label(configfiles, default) -> str:
+    """The run's config file(s) as the document names them: relative to the working directory
+    where they lie inside it, else as given; ``default`` (config.yaml beside the Snakefile) when
+    no --configfile was given."""
+    out = []
+    for f in list(configfiles) or [default]:
+        rel = os.path.relpath(f)
+        out.append(Path(rel).as_posix() if not rel.startswith("..") else str(f))
+    return " ".join(out)
+
+
+__all__ = ["ValidationPlan", "config_label"]
