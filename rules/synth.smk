@@ -13,7 +13,7 @@ for _trial in PLAN.synthetic.values():
             f"{LOGS}/synth/trial-{_trial.name}.log",
         benchmark:
             f"{BENCH}/synth/trial-{_trial.name}.tsv"
-        priority: PLAN.priority(_trial.name)
+        priority: PLAN.SYNTHESIS_PRIORITY
         conda:
             "../envs/imaging.yaml"
         threads: 2

@@ -49,6 +49,8 @@ def test_the_training_trials_jobs_come_first(demo):
     trial's, so that the folds, the longest chain, start as early as they can."""
     assert demo.priority("synthtrain") == Plan.TRAINING_PATH_PRIORITY > 0
     assert demo.priority("synthdemo") == 0
+    # synthesis (2 threads) of every trial before any fold, or it waits for the last one
+    assert Plan.SYNTHESIS_PRIORITY > Plan.TRAINING_PATH_PRIORITY
 
 
 def test_volume_sources_put_gt_first_and_select_its_visits(demo):

@@ -121,9 +121,32 @@ def calibrated(tmp_path_factory):
     return info, outputs, visits
 
 
+def test_one_standard_error_rule_keeps_to_0_5_unless_the_gain_is_real():
+    """Best mean Dice 0.80 at 0.9 with a standard error of 0.02 there: 0.7 (0.785) and 0.8
+    (0.79) lie within it, 0.6 (0.77) does not, so 0.7 (closest to 0.5) is chosen; with an SE
+    of 0.001 only the best qualifies; an undefined SE (one visit) leaves the plain maximum."""
+    grid = [0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
+    d = [0.70, 0.77, 0.785, 0.79, 0.80, 0.795]
+    assert T.choose_threshold(d, grid, se=[0.0, 0.0, 0.0, 0.0, 0.02, 0.0]) == (0.7, 0.785)
+    assert T.choose_threshold(d, grid, se=[0.0] * 4 + [0.001, 0.0]) == (0.9, 0.80)
+    assert T.choose_threshold(d, grid, se=[np.nan] * 6) == (0.9, 0.80)
+    with pytest.raises(ValueError, match="standard errors"):
+        T.choose_threshold(d, grid, se=[0.01])
+
+
+def test_the_standard_error_is_over_the_visits_with_a_defined_dice():
+    curve = T.threshold_curve({"a": [0.6, 0.8], "b": [0.8, np.nan], "c": [1.0, 0.7]}, grid=[0.5, 0.9])
+    se = T.dice_se(curve)
+    assert se[0] == pytest.approx(np.std([0.6, 0.8, 1.0], ddof=1) / np.sqrt(3))
+    assert se[1] == pytest.approx(np.std([0.8, 0.7], ddof=1) / np.sqrt(2))
+    assert np.isnan(T.dice_se(T.threshold_curve({"a": [0.6, 0.8]}, grid=[0.5, 0.9]))).all()
+
+
 def test_a_fold_chooses_the_threshold_that_cuts_its_held_out_gt_exactly(calibrated):
     info, outputs, _ = calibrated
     assert info["threshold"] == 0.8 and info["mean_dice"] == pytest.approx(1.0)
+    # one visit with a defined Dice: no standard error, the plain maximum
+    assert info["rule"] == "one standard error" and info["se_at_best"] is None and info["best_threshold"] == 0.8
     assert json.loads(Path(outputs["threshold"]).read_text()) == info
     assert info["n_visits"] == 2 and info["grid"] == GRID and info["fold"] == 1 and info["mc_samples"] == 2
     # at 0.5 the rim (0.775) is predicted too: a 4 x 12 x 12 mask around the 72 lesion voxels

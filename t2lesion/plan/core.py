@@ -80,6 +80,9 @@ class Plan(ReviewPlan, ValidationPlan):
 
     #: priority of the jobs on the way to the U-Net's folds (docs/DESIGN.md §6)
     TRAINING_PATH_PRIORITY = 10
+    #: every synthetic trial first: a 2-thread job, on 2 cores it could only start once no
+    #: fold was training, and the test trial's preprocessing waited for it with a core idle
+    SYNTHESIS_PRIORITY = TRAINING_PATH_PRIORITY + 1
 
     def priority(self, trial: str) -> int:
         """Snakemake priority of a trial's per-visit jobs: a training trial's preprocessing,

@@ -10,8 +10,11 @@ visits it never trained on) over the whole brain, exactly as inference does
 each threshold t of :data:`THRESHOLD_GRID` (0.30 to 0.95, step 0.05) the visit's mask is
 ``prob >= t`` inside the brain mask, as inference cuts it, and its Dice against the visit's GT
 is computed as Table 2 computes DC (``2·TP / (|GT| + |mask|)``; NaN where both are empty, left
-out of the mean). The fold's threshold maximises the mean Dice over its visits; ties go to the
-threshold closest to 0.5, then to the lower one. Written beside the fold's model:
+out of the mean). The fold's threshold is chosen by the one-standard-error rule: of the
+thresholds whose mean Dice lies within one standard error (over the visits) of the best mean
+Dice, the one closest to the paper's 0.5, then the lower one (:func:`choose_threshold`). A
+fold holds out a few visits only (4 in the demo), so the curve near its top is noise; the rule
+keeps to the paper's 0.5 unless the held-out visits show a real gain. Written beside the fold's model:
 ``threshold.json`` (:func:`write_calibration`), ``threshold_curve.tsv`` and
 ``threshold_curve.png``.
 
@@ -76,20 +79,43 @@ def dice_curve(prob: np.ndarray, gt: np.ndarray, brain: np.ndarray,
     return out
 
 
-def choose_threshold(mean_dice: Sequence[float], grid: Sequence[float] = THRESHOLD_GRID) -> tuple[float, float]:
-    """``(threshold, mean Dice)`` of the best grid point: the highest mean Dice (NaN never wins),
-    ties to the threshold closest to 0.5, then to the lower one. Without any defined Dice
-    (no lesion in the GT and nothing predicted anywhere): ``(0.5, nan)``."""
+def choose_threshold(mean_dice: Sequence[float], grid: Sequence[float] = THRESHOLD_GRID,
+                     se: Sequence[float] | None = None) -> tuple[float, float]:
+    """``(threshold, mean Dice)`` by the one-standard-error rule: among the grid points whose
+    mean Dice is at least the best mean Dice minus its standard error (``se`` at the best
+    point; :func:`dice_se`), the threshold closest to 0.5, then the lower one. Without ``se``,
+    or where it is undefined (fewer than 2 visits), only ties with the best qualify. NaN never
+    qualifies. Without any defined Dice (no lesion in the GT and nothing predicted anywhere):
+    ``(0.5, nan)``."""
     d = np.asarray(mean_dice, np.float64)
     grid = [float(t) for t in grid]
     if d.shape != (len(grid),):
         raise ValueError(f"{d.shape[0] if d.ndim else 0} Dice values for {len(grid)} thresholds")
     if not np.isfinite(d).any():
         return PAPER_THRESHOLD, math.nan
-    best = np.nanmax(d)
-    tied = [t for t, v in zip(grid, d) if np.isfinite(v) and v >= best - TIE_TOL]
+    i_best = int(np.nanargmax(d))
+    best = d[i_best]
+    tol = TIE_TOL
+    if se is not None:
+        e = np.asarray(se, np.float64)
+        if e.shape != d.shape:
+            raise ValueError(f"{e.shape[0] if e.ndim else 0} standard errors for {len(grid)} thresholds")
+        if np.isfinite(e[i_best]):
+            tol = max(TIE_TOL, float(e[i_best]))
+    tied = [t for t, v in zip(grid, d) if np.isfinite(v) and v >= best - tol]
     t = min(tied, key=lambda t: (abs(t - PAPER_THRESHOLD), t))
     return t, float(d[grid.index(t)])
+
+
+def dice_se(curve: pd.DataFrame) -> np.ndarray:
+    """Per threshold, the standard error of the curve's mean Dice over its visits (sample SD /
+    √n, over the visits with a defined Dice); NaN with fewer than 2."""
+    per = curve[[c for c in curve.columns if c not in CURVE_FIRST_COLUMNS]].to_numpy(np.float64)
+    n = np.isfinite(per).sum(axis=1)
+    out = np.full(len(curve), np.nan)
+    for i in np.flatnonzero(n >= 2):
+        out[i] = float(np.nanstd(per[i], ddof=1)) / math.sqrt(n[i])
+    return out
 
 
 def threshold_curve(per_visit: Mapping[str, Sequence[float]], grid: Sequence[float] = THRESHOLD_GRID) -> pd.DataFrame:
@@ -119,7 +145,9 @@ def write_calibration(curve: pd.DataFrame, outputs: Mapping[str, str | Path], *,
     ``threshold`` (JSON: threshold, mean_dice, mean_dice_at_0.5, n_visits, grid, …),
     ``curve`` (the TSV) and, if given, ``plot`` (PNG). Returns the JSON's content."""
     grid = [float(t) for t in curve["threshold"]]
-    t, d = choose_threshold(curve["mean_dice"].to_numpy(), grid)
+    se = dice_se(curve)
+    t, d = choose_threshold(curve["mean_dice"].to_numpy(), grid, se)
+    i_best = int(np.nanargmax(curve["mean_dice"].to_numpy())) if curve["mean_dice"].notna().any() else None
     at_paper = curve.loc[np.isclose(curve["threshold"], PAPER_THRESHOLD), "mean_dice"]
     visits = [c for c in curve.columns if c not in CURVE_FIRST_COLUMNS]
     info = {
@@ -127,6 +155,10 @@ def write_calibration(curve: pd.DataFrame, outputs: Mapping[str, str | Path], *,
         "mean_dice": None if math.isnan(d) else d,
         "mean_dice_at_0.5": float(at_paper.iloc[0]) if len(at_paper) and np.isfinite(at_paper.iloc[0]) else None,
         "n_visits": len(visits),
+        "rule": "one standard error",
+        "best_threshold": None if i_best is None else grid[i_best],
+        "best_mean_dice": None if i_best is None else float(curve["mean_dice"].iloc[i_best]),
+        "se_at_best": None if i_best is None or not np.isfinite(se[i_best]) else float(se[i_best]),
         "grid": grid,
         **({"fold": int(fold)} if fold is not None else {}),
         "visits": visits,
@@ -296,6 +328,6 @@ def _fmt(v) -> str:
 
 
 __all__ = [
-    "PAPER_THRESHOLD", "THRESHOLD_GRID", "ThresholdChoice", "calibrate_fold", "choose_threshold", "dice_curve",
+    "PAPER_THRESHOLD", "THRESHOLD_GRID", "ThresholdChoice", "calibrate_fold", "choose_threshold", "dice_curve", "dice_se",
     "plot_curve", "read_threshold", "resolve_threshold", "threshold_curve", "write_calibration",
 ]
