@@ -70,13 +70,17 @@ def pearson_ci(x, y, confidence: float = 0.95) -> dict:
     return out
 
 
+#: z of the 95 % limits of agreement
+LOA_Z = 1.96
+
+
 def bland_altman(gt, pred) -> dict:
     """Bland–Altman bias (mean of pred − gt) and 95 % limits of agreement (bias ± 1.96 SD)."""
     d = np.asarray(pred, float) - np.asarray(gt, float)
     d = d[np.isfinite(d)]
     bias = float(d.mean()) if d.size else math.nan
     sd = float(d.std(ddof=1)) if d.size > 1 else math.nan
-    return {"bias": bias, "sd_diff": sd, "loa_low": bias - 1.96 * sd, "loa_high": bias + 1.96 * sd}
+    return {"bias": bias, "sd_diff": sd, "loa_low": bias - LOA_Z * sd, "loa_high": bias + LOA_Z * sd}
 
 
 def correlation_table(visits: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:

@@ -42,8 +42,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-#: The 1.96 of the 95 % limits of agreement (the conventional rounded normal quantile).
-LOA_Z = 1.96
+from t2lesion.evaluation.table2 import LOA_Z, bland_altman
 
 #: Columns of :func:`tlv_agreement_table`.
 AGREEMENT_COLUMNS = [
@@ -133,19 +132,17 @@ def bland_altman_pct(gt, source) -> dict:
         raise ValueError(f"gt and source differ in length: {g.shape} vs {s.shape}")
     ok = np.isfinite(g) & np.isfinite(s)
     g, s = g[ok], s[ok]
-    d = s - g
-    n = d.size
-    bias = float(d.mean()) if n else math.nan
-    sd = float(d.std(ddof=1)) if n > 1 else math.nan
+    n = g.size
+    ba = bland_altman(g, s)
     m = (s + g) / 2
     defined = m != 0
-    p = 100 * d[defined] / m[defined]
-    pb = float(p.mean()) if p.size else math.nan
-    psd = float(p.std(ddof=1)) if p.size > 1 else math.nan
-    return {"n": n, "bias": bias, "sd_diff": sd, "loa_low": bias - LOA_Z * sd, "loa_high": bias + LOA_Z * sd,
-            "bias_pct_gt": _div(100 * bias, float(g.mean())) if n else math.nan,
-            "pct_bias": pb, "pct_sd": psd, "pct_loa_low": pb - LOA_Z * psd, "pct_loa_high": pb + LOA_Z * psd,
-            "n_pct_undefined": int((~defined).sum())}
+    # the percent differences' own Bland-Altman: differences of 100 (s - g) / mean against 0
+    p = 100 * (s - g)[defined] / m[defined]
+    pct = bland_altman(np.zeros_like(p), p)
+    return {"n": n, **ba,
+            "bias_pct_gt": _div(100 * ba["bias"], float(g.mean())) if n else math.nan,
+            "pct_bias": pct["bias"], "pct_sd": pct["sd_diff"], "pct_loa_low": pct["loa_low"],
+            "pct_loa_high": pct["loa_high"], "n_pct_undefined": int((~defined).sum())}
 
 
 def tlv_agreement(gt, source, confidence: float = 0.95) -> dict:
