@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from t2lesion.errors import InputError
 from t2lesion.formatting import as_number, fmt_ci, fmt_num, fmt_p
 from t2lesion.validation.detection import pooled
 
@@ -57,20 +58,23 @@ class Targets:
     gt: str = "gt"
 
 
+def read_result_tsv(path, **kw) -> pd.DataFrame:
+    """A table the pipeline wrote ("n/a" read as missing); a missing or unreadable file is one
+    InputError line naming it."""
+    try:
+        return pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=True, **kw)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise InputError(f"{path}: not a readable TSV ({str(exc).splitlines()[0]})") from None
+
+
 def read_tables(folder) -> dict[str, pd.DataFrame]:
-    """The tables of :data:`FILES` present in ``folder`` ("n/a" read as missing)."""
+    """The tables of :data:`FILES` present in ``folder`` (:func:`read_result_tsv`)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"validation folder {folder} does not exist")
-    out = {}
-    for key, name in FILES.items():
-        p = folder / name
-        if p.is_file():
-            try:
-                out[key] = pd.read_csv(p, sep="\t", na_values=["n/a"], keep_default_na=True)
-            except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-                raise ValueError(f"{p}: not a readable TSV ({str(exc).splitlines()[0]})") from None
-    return out
+    return {key: read_result_tsv(folder / name) for key, name in FILES.items() if (folder / name).is_file()}
 
 
 def _need(tab: pd.DataFrame, cols, name: str) -> None:
@@ -296,4 +300,4 @@ def write_document(folder, out_md, *, commit: str, config: str, targets: Targets
     return text
 
 
-__all__ = ["FILES", "Targets", "build_document", "evaluate_targets", "read_tables", "write_document"]
+__all__ = ["FILES", "Targets", "build_document", "evaluate_targets", "read_result_tsv", "read_tables", "write_document"]

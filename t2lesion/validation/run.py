@@ -29,21 +29,13 @@ import pandas as pd
 
 from t2lesion import io
 from t2lesion.errors import InputError
+from t2lesion.validation.document import read_result_tsv
 
 log = logging.getLogger(__name__)
 
 #: Columns of :func:`truth_table`.
 TRUTH_COLUMNS = ["quantity", "term", "detail", "truth", "source", "endpoint", "estimate", "ci_low", "ci_high",
                  "covered", "note"]
-
-
-def _read_tsv(path, **kw) -> pd.DataFrame:
-    try:
-        return pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=True, **kw)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise InputError(f"{path}: not a readable TSV ({str(exc).splitlines()[0]})") from None
 
 
 def _write(table: pd.DataFrame, path) -> None:
@@ -57,7 +49,7 @@ def run_tlv_agreement(tlv_long_tsv, out_tsv, *, confidence: float = 0.95) -> pd.
     """:func:`t2lesion.validation.agreement.tlv_agreement_table` of a ``tlv_long.tsv``."""
     from t2lesion.validation.agreement import tlv_agreement_table
 
-    visits = _read_tsv(tlv_long_tsv, dtype={"participant_id": str, "session": str, "source": str})
+    visits = read_result_tsv(tlv_long_tsv, dtype={"participant_id": str, "session": str, "source": str})
     try:
         table = tlv_agreement_table(visits, confidence=confidence)
     except ValueError as exc:
@@ -88,7 +80,7 @@ def run_uncertainty(visits: list[dict], out_visits_tsv, out_summary_tsv, *, sour
                 ref, ref_path = img, v[key]
             elif not io.same_geometry(ref, img):
                 raise InputError(f"{v[key]}: geometry differs from the MI map {ref_path}")
-        dice = _read_tsv(v["dice_table"])
+        dice = read_result_tsv(v["dice_table"])
         if "dc" not in dice.columns or len(dice) != 1:
             raise InputError(f"{v['dice_table']}: expected one visit row with a 'dc' column")
         row = visit_uncertainty(arrays["mi"], arrays["mask"], arrays["gt"], arrays["brain_mask"])
@@ -226,7 +218,7 @@ def truth_table(params_json, *, ancova: pd.DataFrame | None = None, cox: pd.Data
 
 def run_truth(params_json, out_tsv, *, ancova_tsv=None, cox_tsv=None, nb_tsv=None) -> pd.DataFrame:
     """:func:`truth_table` from the files (an absent table: no estimates of its kind)."""
-    tabs = {k: (_read_tsv(v) if v else None) for k, v in (("ancova", ancova_tsv), ("cox", cox_tsv), ("nb", nb_tsv))}
+    tabs = {k: (read_result_tsv(v) if v else None) for k, v in (("ancova", ancova_tsv), ("cox", cox_tsv), ("nb", nb_tsv))}
     table = truth_table(params_json, **tabs)
     _write(table, out_tsv)
     return table
