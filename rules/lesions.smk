@@ -10,6 +10,7 @@ TRACK_PARAMS = {
     "enlarge_voxels": LES["enlarge_voxels"],
     "connectivity": config["metrics"]["connectivity"],
     "min_size": config["metrics"]["min_lesion_voxels"],
+    "new_min_size": LES["new_min_voxels"],
 }
 
 

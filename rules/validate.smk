@@ -91,6 +91,31 @@ rule validation_study_truth:
         "../workflow_scripts/validation_study_truth.py"
 
 
+rule validation_study_new_lesion_truth:
+    input:
+        unpack(lambda w: PLAN.new_lesion_truth_inputs(w.trial)),
+    output:
+        **{
+            k: f"{VALIDATION_STUDY}/new_lesion_truth_{k}.tsv"
+            for k in ("lesions", "masks", "sizes", "floors")
+        },
+    log:
+        f"{LOGS}/validation_study/new_lesion_truth_trial-{{trial}}.log",
+    benchmark:
+        f"{BENCH}/validation_study/new_lesion_truth_trial-{{trial}}.tsv"
+    conda:
+        "../envs/stats.yaml"
+    threads: 1
+    params:
+        visits=lambda w: PLAN.new_lesion_truth_visits(w.trial),
+        reference=LES["reference"],
+        connectivity=config["metrics"]["connectivity"],
+        enlarge_relative=LES["enlarge_relative"],
+        enlarge_voxels=LES["enlarge_voxels"],
+    script:
+        "../workflow_scripts/validation_study_new_lesion_truth.py"
+
+
 rule validation_study_document:
     input:
         lambda w: list(PLAN.validation_copies().values()),

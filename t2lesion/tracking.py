@@ -24,6 +24,10 @@ Classification of each follow-up lesion L (|·| = voxels)
   detection rule: a match needs f > 0 and f ≥ threshold), i.e. fewer than 10 % of
   its voxels lie in the reference visit's lesion mask (with ``new_overlap`` 0: no
   voxel in it).
+* a new lesion of fewer than ``new_min_size`` voxels (``lesions.new_min_voxels``, the size floor
+  for counting a new lesion, chosen on the validation trial: docs/DESIGN.md §9b) is listed as
+  ``new_small`` (QC label 4) and not counted: one 3 mm slice of resampling decides whether an
+  unchanged small lesion's copies at two visits overlap.
 * otherwise L overlaps at least one reference lesion, and its **reference volume**
   V_ref(L) is computed by the merge/split rule below. L is **enlarging** when
   |L| ≥ (1 + ``enlarge_relative``) · V_ref(L) (default +50 %) **and**
@@ -60,12 +64,13 @@ Outputs (:func:`run_tracking`, one subject and source)
                    ``;``-separated), centroid_z/y/x (voxel indices).
     visits table   one row per visit: the baseline (or first) visit with its lesion
                    count only, and each follow-up with n_lesions, n_new, n_enlarging,
-                   n_new_or_enlarging, n_stable, n_shrinking, new_volume_ml,
+                   n_new_or_enlarging, n_stable, n_shrinking, n_new_small, new_volume_ml,
                    enlarging_volume_ml, n_reference_lesions (components of the
                    reference mask, every size), n_resolved (those that no follow-up
                    lesion overlaps), and the parameters.
     QC label map   per follow-up: 1 = new, 2 = enlarging, 3 = other (stable or
-                   shrinking) lesion, 0 = background; the follow-up's grid.
+                   shrinking) lesion, 4 = new below the size floor (not counted),
+                   0 = background; the follow-up's grid.
 """
 
 from __future__ import annotations
@@ -90,9 +95,9 @@ ENLARGE_RELATIVE = 0.5
 ENLARGE_VOXELS = 3
 #: Smallest component of the reference mask that counts (1: the whole mask, specks included).
 REFERENCE_MIN_SIZE = 1
-CLASSES = ("new", "enlarging", "stable", "shrinking")
-#: Values of the QC label map.
-QC_LABELS = {"new": 1, "enlarging": 2, "stable": 3, "shrinking": 3}
+CLASSES = ("new", "enlarging", "stable", "shrinking", "new_small")
+#: Values of the QC label map (4: a new lesion below the size floor, listed but not counted).
+QC_LABELS = {"new": 1, "enlarging": 2, "stable": 3, "shrinking": 3, "new_small": 4}
 _TOL = 1e-9
 
 LESION_COLUMNS = [
@@ -102,19 +107,22 @@ LESION_COLUMNS = [
 ]
 VISIT_COLUMNS = [
     "participant_id", "session", "week", "reference_session", "reference_week", "n_lesions", "n_new",
-    "n_enlarging", "n_new_or_enlarging", "n_stable", "n_shrinking", "new_volume_ml", "enlarging_volume_ml",
-    "n_reference_lesions", "n_resolved", "voxel_ml", "reference", "connectivity", "min_size", "new_overlap",
-    "enlarge_relative", "enlarge_voxels", "reference_min_size",
+    "n_enlarging", "n_new_or_enlarging", "n_stable", "n_shrinking", "n_new_small", "new_volume_ml",
+    "enlarging_volume_ml", "n_reference_lesions", "n_resolved", "voxel_ml", "reference", "connectivity", "min_size",
+    "new_min_size", "new_overlap", "enlarge_relative", "enlarge_voxels", "reference_min_size",
 ]
 
 
 def check_params(reference: str = "previous", connectivity: int = CONNECTIVITY, min_size: int = MIN_SIZE,
                  new_overlap: float = OVERLAP, enlarge_relative: float = ENLARGE_RELATIVE,
-                 enlarge_voxels: float = ENLARGE_VOXELS, reference_min_size: int = 1) -> None:
+                 enlarge_voxels: float = ENLARGE_VOXELS, reference_min_size: int = 1,
+                 new_min_size: int = MIN_SIZE) -> None:
     """Raise :class:`InputError` listing every bad tracking parameter."""
     problems = []
     if reference not in REFERENCES:
         problems.append(f"reference must be one of {REFERENCES}, got {reference!r}")
+    if isinstance(new_min_size, bool) or not isinstance(new_min_size, (int, np.integer)) or new_min_size < 1:
+        problems.append(f"new_min_size must be an integer >= 1, got {new_min_size!r}")
     for name, val in (("enlarge_relative", enlarge_relative), ("enlarge_voxels", enlarge_voxels)):
         if isinstance(val, bool) or not isinstance(val, (int, float, np.integer, np.floating)) or not val >= 0:
             problems.append(f"{name} must be a number >= 0, got {val!r}")
@@ -127,7 +135,8 @@ def check_params(reference: str = "previous", connectivity: int = CONNECTIVITY, 
 def classify_pair(reference, followup, voxel_ml: float = 1.0, *, connectivity: int = CONNECTIVITY,
                   min_size: int = MIN_SIZE, new_overlap: float = OVERLAP,
                   enlarge_relative: float = ENLARGE_RELATIVE, enlarge_voxels: float = ENLARGE_VOXELS,
-                  reference_min_size: int = REFERENCE_MIN_SIZE) -> tuple[pd.DataFrame, dict, np.ndarray]:
+                  reference_min_size: int = REFERENCE_MIN_SIZE,
+                  new_min_size: int = MIN_SIZE) -> tuple[pd.DataFrame, dict, np.ndarray]:
     """Classify the lesions of one follow-up mask against its reference mask (module rules).
 
     Both are 3-D binary arrays of one grid. Returns ``(lesions, counts, qc)``:
@@ -136,7 +145,7 @@ def classify_pair(reference, followup, voxel_ml: float = 1.0, *, connectivity: i
     uint8 label map (:data:`QC_LABELS`).
     """
     check_params("previous", connectivity, min_size, new_overlap, enlarge_relative, enlarge_voxels,
-                 reference_min_size)
+                 reference_min_size, new_min_size)
     r, f = _as_mask(reference, "reference"), _as_mask(followup, "followup")
     if r.shape != f.shape:
         raise ValueError(f"reference and follow-up shapes differ: {r.shape} vs {f.shape}")
@@ -156,12 +165,15 @@ def classify_pair(reference, followup, voxel_ml: float = 1.0, *, connectivity: i
     share = R.sizes[pr - 1] * o / o_per_ref[pr]
     v_ref = np.bincount(pf, weights=share, minlength=nf + 1)[1:]
     sizes = F.sizes.astype(float)
-    new = ~_matches(frac, new_overlap)
+    unmatched = ~_matches(frac, new_overlap)
+    new_small = unmatched & (sizes < new_min_size - _TOL)  # below the size floor: listed, not counted
+    new = unmatched & ~new_small
     grown = sizes - v_ref
-    enlarging = (~new & (sizes >= (1.0 + enlarge_relative) * v_ref * (1 - _TOL))
+    enlarging = (~unmatched & (sizes >= (1.0 + enlarge_relative) * v_ref * (1 - _TOL))
                  & (grown >= enlarge_voxels - _TOL * max(1.0, float(enlarge_voxels))))
-    shrinking = ~new & ~enlarging & (sizes < v_ref * (1 - _TOL))
-    cls = np.where(new, "new", np.where(enlarging, "enlarging", np.where(shrinking, "shrinking", "stable")))
+    shrinking = ~unmatched & ~enlarging & (sizes < v_ref * (1 - _TOL))
+    cls = np.where(new, "new", np.where(new_small, "new_small", np.where(
+        enlarging, "enlarging", np.where(shrinking, "shrinking", "stable"))))
     refs = [[] for _ in range(nf)]
     for a, b in zip(pf, pr):
         refs[a - 1].append(str(int(b)))
@@ -185,6 +197,7 @@ def classify_pair(reference, followup, voxel_ml: float = 1.0, *, connectivity: i
     counts = {
         "n_lesions": int(nf), "n_new": n_new, "n_enlarging": n_enl, "n_new_or_enlarging": n_new + n_enl,
         "n_stable": int((cls == "stable").sum()), "n_shrinking": int(shrinking.sum()),
+        "n_new_small": int(new_small.sum()),
         "new_volume_ml": float(sizes[new].sum() * voxel_ml),
         "enlarging_volume_ml": float(sizes[enlarging].sum() * voxel_ml),
         "n_reference_lesions": int(nr), "n_resolved": int(nr - np.unique(pr).size),
@@ -219,7 +232,8 @@ def track_subject(masks: Sequence, sessions: Sequence[str], voxel_ml: float = 1.
            "min_size": params.get("min_size", MIN_SIZE), "new_overlap": params.get("new_overlap", OVERLAP),
            "enlarge_relative": params.get("enlarge_relative", ENLARGE_RELATIVE),
            "enlarge_voxels": params.get("enlarge_voxels", ENLARGE_VOXELS),
-           "reference_min_size": params.get("reference_min_size", REFERENCE_MIN_SIZE)}
+           "reference_min_size": params.get("reference_min_size", REFERENCE_MIN_SIZE),
+           "new_min_size": params.get("new_min_size", MIN_SIZE)}
     first = _label(_as_mask(masks[0], "mask"), par["connectivity"], par["min_size"])
     visit_rows = [{"participant_id": participant_id, "session": sessions[0], "week": weeks[0],
                    "reference_session": "", "reference_week": math.nan, "n_lesions": int(first.sizes.size),
@@ -400,7 +414,7 @@ def _ses(label: str) -> str:
 
 def truth_counts(lesions: pd.DataFrame, sessions_by_subject: dict | None = None, *, reference: str = "previous",
                  voxel_ml: float = 0.003, min_size: int = MIN_SIZE, enlarge_relative: float = ENLARGE_RELATIVE,
-                 enlarge_voxels: float = ENLARGE_VOXELS) -> pd.DataFrame:
+                 enlarge_voxels: float = ENLARGE_VOXELS, new_min_size: int = MIN_SIZE) -> pd.DataFrame:
     """New/enlarging counts per follow-up visit from the synthetic truth (``truth/lesions.tsv``).
 
     The same rule as the masks', on lesion identities: a lesion (``lesion_id``,
@@ -408,7 +422,8 @@ def truth_counts(lesions: pd.DataFrame, sessions_by_subject: dict | None = None,
     absent at the reference visit (no voxel there), **enlarging** when the same
     id grew by ≥ ``enlarge_relative`` and ≥ ``enlarge_voxels`` × ``voxel_ml`` mL. Volumes
     in mL, since the truth's voxel counts are in the native grid. The generator's
-    own ``status`` (any growth is "enlarging") is not the endpoint's and is not used.
+    own ``status`` (any growth is "enlarging") is not the endpoint's and is not used. A new
+    lesion counts from ``new_min_size`` voxels, like the masks' size floor.
     Visits of a subject come from ``sessions_by_subject`` (participant_id → sessions)
     or from the table. Returns participant_id, session, week, reference_session,
     n_new, n_enlarging, n_new_or_enlarging.
@@ -428,7 +443,8 @@ def truth_counts(lesions: pd.DataFrame, sessions_by_subject: dict | None = None,
         for k in range(1, len(sessions)):
             ref = sessions[reference_index(k, reference)]
             cur, old = big.get(sessions[k], {}), vol.get(ref, {})
-            new = sum(1 for i in cur if i not in old)
+            floor = max(min_size, new_min_size) * voxel_ml * (1 - _TOL)
+            new = sum(1 for i, v in cur.items() if i not in old and v >= floor)
             enl = sum(1 for i, v in cur.items() if i in old and v >= (1 + enlarge_relative) * old[i] * (1 - _TOL)
                       and v - old[i] >= (enlarge_voxels * voxel_ml) * (1 - _TOL))
             rows.append({"participant_id": pid, "session": sessions[k], "week": week_from_session(sessions[k]),

@@ -425,12 +425,13 @@ def test_validation_document_from_the_tiny_run(tiny_run, tmp_path):
     assert res.returncode == 0, res.stdout[-5000:] + res.stderr[-5000:]
     ran = set(re.findall(r"^(?:local)?rule (\w+):", res.stdout + res.stderr, flags=re.M))
     assert ran == {"validation_study_agreement", "validation_study_uncertainty", "validation_study_detection",
-                   "validation_study_truth", "validation_study_document"}, ran
+                   "validation_study_truth", "validation_study_new_lesion_truth", "validation_study_document"}, ran
     doc = work / "docs/VALIDATION.md"
     text = doc.read_text()
     assert f"* commit: `{git_commit(REPO)}`" in text and "* config: `config.yaml`" in text
     folder = work / "docs/validation"
-    for key in ("table2", "tlv_agreement", "uncertainty", "detection", "ancova", "cox", "nb", "truth"):
+    for key in ("table2", "tlv_agreement", "uncertainty", "detection", "ancova", "cox", "nb", "truth",
+                "new_lesion_sizes", "new_lesion_floors"):
         assert (folder / FILES[key]).is_file(), key
     assert "Not available" not in text
     rows = evaluate_targets(read_tables(folder), Targets())
@@ -448,6 +449,13 @@ def test_validation_document_from_the_tiny_run(tiny_run, tmp_path):
     week24 = truth[truth["quantity"].str.startswith("ANCOVA") & (truth["detail"] == "week 24")]
     assert len(week24) and (week24["truth"] == -2.5).all()
     assert set(truth["term"]) >= {"log_tlv", "arm_OCR"}
+    # the new-lesion truth check: every GT follow-up, the truth's new lesions counted at each floor
+    les = pd.read_csv(work / "results/validation_study/trial-tiny/new_lesion_truth_lesions.tsv", sep="\t")
+    floors = pd.read_csv(folder / FILES["new_lesion_floors"], sep="\t")
+    assert floors["n_followups"].iloc[0] >= les.groupby(["participant_id", "session"]).ngroups > 0
+    first = floors.iloc[0]
+    assert first["n_truth"] == ((les["truth_class"] == "new") & (les["nominal_voxels"] >= first["floor"])).sum()
+    assert "## Size floor for counting a new lesion" in text
     # the document rule again, from the same tables: the same text
     doc.unlink()
     res = snakemake(work, "--cores", "1", "--forcerun", "validation_study_document", "--", "docs/VALIDATION.md")

@@ -78,6 +78,27 @@ def test_known_answers_appear_grow_shrink_merge_and_too_small():
     assert qc[2, 12, 3] == 2 and qc[2, 20, 1] == 1 and qc[2, 1, 1] == 3 and qc[2, 1, 20] == 0 and qc[2, 11, 22] == 2
 
 
+def test_new_lesions_below_the_size_floor_are_listed_not_counted():
+    ref, fu = blank(), blank()
+    box(ref, 1, 3, 1, 6)  # 10 voxels, unchanged
+    box(fu, 1, 3, 1, 6)
+    box(fu, 10, 12, 1, 4)  # new, 6 voxels
+    box(fu, 20, 23, 1, 5)  # new, 12 voxels
+    box(fu, 30, 32, 0, 9)  # an unmatched 18-voxel lesion beside a 2-voxel reference speck: enlarging, not new
+    box(ref, 30, 31, 0, 2)
+    les, counts, qc = classify_pair(ref, fu, voxel_ml=0.003, new_min_size=10)
+    assert sorted(les["class"]) == ["enlarging", "new", "new_small", "stable"]
+    assert by_centroid(les, 10.5, 2)["class"] == "new_small" and by_centroid(les, 21, 2.5)["class"] == "new"
+    assert (counts["n_new"], counts["n_new_small"], counts["n_enlarging"]) == (1, 1, 1)
+    assert counts["n_new_or_enlarging"] == 2 and counts["new_volume_ml"] == pytest.approx(12 * 0.003)
+    assert qc[2, 10, 1] == 4 and qc[2, 20, 1] == 1 and qc[2, 1, 1] == 3
+    # at the floor exactly a lesion counts; the default floor (3) counts both
+    assert classify_pair(ref, fu, new_min_size=6)[1]["n_new"] == 2
+    assert classify_pair(ref, fu)[1]["n_new_small"] == 0
+    with pytest.raises(InputError, match="new_min_size"):
+        classify_pair(ref, fu, new_min_size=0)
+
+
 def test_merge_that_grows_is_enlarging():
     ref, fu = blank(), blank()
     box(ref, 1, 3, 1, 4)
@@ -208,6 +229,9 @@ def test_agreement_counts_and_detection_of_gt_new_lesions(tmp_path):
     assert base[["n_new", "n_enlarging"]].values.tolist() == [[1, 1], [1, 1]]
     small = truth.assign(volume_ml=truth["volume_ml"].where(truth["lesion_id"] != 2, 0.003))  # 1 voxel
     assert truth_counts(small)["n_new"].tolist() == [0, 0]
+    # the size floor for new lesions: id 2 (3 then 6 voxels) counts from 4 voxels only at week 48... where it is not new
+    assert truth_counts(truth, new_min_size=4)["n_new"].tolist() == [0, 0]
+    assert truth_counts(truth, new_min_size=3)["n_new"].tolist() == [1, 0]
 
 
 # --------------------------------------------------------------------------- synthetic trial, real workflow

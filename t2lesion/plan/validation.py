@@ -9,8 +9,9 @@ from pathlib import Path
 
 from t2lesion.errors import InputError
 from t2lesion.plan.paths import (
-    MNI, PRE, STATS, VALIDATION_STUDY, VISIT_TABLE, mask_path,
+    MNI, PRE, STATS, TRACK, VALIDATION_STUDY, VISIT_TABLE, mask_path,
 )
+from t2lesion.tracking import qc_name
 
 
 class ValidationPlan:
@@ -35,7 +36,9 @@ class ValidationPlan:
         v = VALIDATION_STUDY.format(trial=trial)
         return {"tlv_agreement": f"{v}/tlv_agreement.tsv", "uncertainty_visits": f"{v}/uncertainty_visits.tsv",
                 "uncertainty": f"{v}/uncertainty.tsv", "detection_visits": f"{v}/new_lesion_detection_visits.tsv",
-                "detection": f"{v}/new_lesion_detection.tsv", "truth": f"{v}/truth.tsv"}
+                "detection": f"{v}/new_lesion_detection.tsv", "truth": f"{v}/truth.tsv",
+                **{f"new_lesion_truth_{k}": f"{v}/new_lesion_truth_{k}.tsv"
+                   for k in ("lesions", "masks", "sizes", "floors")}}
 
     def uncertainty_visits(self, trial: str) -> list[dict]:
         """Per GT visit of ``trial``: the U-Net's MI map and mask, the GT mask and brain mask on
@@ -71,6 +74,34 @@ class ValidationPlan:
             out["nb"] = f"{stats}/nb_rate_ratio.tsv"
         return out
 
+    def new_lesion_truth_visits(self, trial: str) -> dict:
+        """Rule validation_study_new_lesion_truth's inputs and their keys: the truth lesion table, per
+        GT follow-up its tracking QC folder, QC map and FLAIR -> MNI transform, and each subject's
+        GT sessions. Empty for a trial without truth or follow-ups."""
+        t = self.trials[trial]
+        if t.synthetic is None or not self.has_new_lesions(trial):
+            return {}
+        followups, qc_dirs, sessions = [], [], {}
+        for sub, visits in sorted(self._tracked_by_subject(trial, "gt").items()):
+            pid = f"sub-{sub}"
+            sessions[pid] = [f"ses-{v.ses}" for v in visits]
+            qc = f"{TRACK}/qc".format(source="gt", trial=trial, sub=sub)
+            if len(visits) > 1:
+                qc_dirs.append(qc)
+            for v in visits[1:]:
+                followups.append({"participant_id": pid, "session": f"ses-{v.ses}",
+                                  "qc": f"{qc}/{qc_name(pid, f'ses-{v.ses}')}",
+                                  "xfm": f"{PRE.format(trial=trial, sub=sub, ses=v.ses)}_from-FLAIR_to-MNI1x1x3_xfm.tfm"})
+        return {"truth": f"{t.root}/truth/lesions.tsv", "qc_dirs": qc_dirs, "followups": followups,
+                "sessions": sessions}
+
+    def new_lesion_truth_inputs(self, trial: str) -> dict[str, object]:
+        v = self.new_lesion_truth_visits(trial)
+        if not v:
+            raise InputError(f"validation: trial {trial!r} has no synthetic truth of new lesions (a synthetic "
+                             "trial with >= 2 visits per subject)")
+        return {"truth": v["truth"], "qc": v["qc_dirs"], "xfm": [f["xfm"] for f in v["followups"]]}
+
     def validation_copies(self, trial: str | None = None) -> dict[str, str]:
         """What the document's folder holds: file name there -> file of the run. The validation
         tables of ``trial``, its combined Table 2, ANCOVA, Cox and negative-binomial tables, and
@@ -95,6 +126,9 @@ class ValidationPlan:
                 out["new_lesion_detection.tsv"] = val["detection"]
         if self.synthetic_truth(trial):
             out["truth.tsv"] = val["truth"]
+            if self.new_lesion_truth_visits(trial):
+                for k in ("sizes", "floors"):
+                    out[f"new_lesion_truth_{k}.tsv"] = val[f"new_lesion_truth_{k}"]
         for heading, paths in self.summary_figures(trial).items():
             if heading.startswith("Preprocessing QC"):
                 continue

@@ -39,6 +39,8 @@ FILES = {
     "cox": "cox.tsv",  # t2lesion.stats Cox models
     "nb": "nb_rate_ratio.tsv",  # t2lesion.stats negative-binomial new-lesion counts
     "truth": "truth.tsv",  # t2lesion.validation.run.truth_table: the generator's effects beside the estimates
+    "new_lesion_sizes": "new_lesion_truth_sizes.tsv",  # t2lesion.validation.new_lesion_truth.size_table
+    "new_lesion_floors": "new_lesion_truth_floors.tsv",  # t2lesion.validation.new_lesion_truth.floor_table
 }
 
 
@@ -255,6 +257,44 @@ def _truth(t: pd.DataFrame) -> list[str]:
                         rows) + ([""] + [f"Note: {n}." for n in notes] if notes else []))
 
 
+def _new_lesion_sizes(t: pd.DataFrame) -> list[str]:
+    def n(v) -> str:
+        return "n/a" if pd.isna(v) else str(int(v))
+
+    side = t["side"].astype(str)
+    tn, tu, mk = t[side == "truth_new"], t[side == "truth_unchanged"], t[side == "masks_new"]
+    out = ["GT masks (MNI 1×1×3 mm grid, tracked against the previous visit) against the generator's truth, "
+           "by size in voxels of 3 µL: the truth's nominal size (its continuous lesion), or the mask lesion's own. "
+           "Native grid: the truth table's voxel counts in each visit's own 1×1×3 mm grid, identities known, "
+           "i.e. what sampling into the grid alone does.", "", "True new lesions (onset after the reference visit):", ""]
+    out += _md_table(["nominal size", "lesions", "new in masks", "enlarging in masks", "other in masks",
+                      "missed in masks", "new in native grid", "native/nominal voxels (median)"],
+                     [[r.bin, n(r.n), n(r.n_new_in_masks), n(r.n_enlarging_in_masks), n(r.n_other_in_masks),
+                       n(r.n_missed_in_masks), n(r.n_native_new), fmt_num(r.native_over_nominal_median)]
+                      for r in tn.itertuples()])
+    out += ["", "Lesions the generator did not grow (stable or shrinking): called new or enlarging?", ""]
+    out += _md_table(["nominal size", "lesions", "new in masks", "enlarging in masks", "new or enlarging in native grid"],
+                     [[r.bin, n(r.n), n(r.n_new_in_masks), n(r.n_enlarging_in_masks), n(r.n_native_new)]
+                      for r in tu.itertuples()])
+    out += ["", "The GT masks' new lesions (any size from the metrics' 3 voxels), true or not:", ""]
+    out += _md_table(["mask size", "new in masks", "true new", "share true"],
+                     [[r.bin, n(r.n), n(r.n_true), fmt_num(r.share)] for r in mk.itertuples()])
+    return out
+
+
+def _new_lesion_floors(t: pd.DataFrame) -> list[str]:
+    rows = [[f"{int(r.floor)}{' (chosen)' if str(r.chosen).lower() == 'true' else ''}",
+             f"{int(r.n_equal)}/{int(r.n_followups)}", str(int(r.n_masks)), str(int(r.n_truth)),
+             f"{int(r.n_equal_native)}/{int(r.n_followups)}", fmt_num(r.precision), fmt_num(r.sensitivity)]
+            for r in t.itertuples()]
+    return (["Per candidate size floor f: follow-ups where the GT masks' count of new lesions of ≥ f voxels "
+             "equals the truth's (nominal ≥ f), the totals, the same for the native grid's count, and the "
+             "precision of the masks' new lesions ≥ f and the sensitivity for true new lesions ≥ f. The floor "
+             "rule (docs/DESIGN.md §9b): the smallest f with equal counts on ≥ 90 % of follow-ups."] + [""]
+            + _md_table(["floor (voxels)", "follow-ups equal", "new in masks", "new in truth",
+                         "native grid equal", "precision", "sensitivity"], rows))
+
+
 def build_document(folder, *, commit: str, config: str, targets: Targets = Targets(),
                    figures_href: str = "validation") -> str:
     """The text of docs/VALIDATION.md from the tables and PNGs in ``folder``.
@@ -285,6 +325,10 @@ def build_document(folder, *, commit: str, config: str, targets: Targets = Targe
                       lambda t: _effects(t[t["term_type"] == "arm"], "rate_ratio", "ci_low", "ci_high",
                                          ["source", "model"]))
     lines += _section("Known truth of the generator against the estimates", tables.get("truth"), "truth", _truth)
+    lines += _section("New lesions of the GT masks against the generator's truth", tables.get("new_lesion_sizes"),
+                      "new_lesion_sizes", _new_lesion_sizes)
+    lines += _section("Size floor for counting a new lesion", tables.get("new_lesion_floors"), "new_lesion_floors",
+                      _new_lesion_floors)
     pngs = sorted(p.name for p in Path(folder).glob("*.png"))
     lines += ["", "## Figures", ""]
     lines += [f"![{p[:-4]}]({figures_href}/{p})" for p in pngs] or ["No figure in the validation folder."]
