@@ -18,7 +18,7 @@ CORES    ?= 2
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 TORCH_PIN   := $(shell grep -E '^torch==' requirements.lock)
 
-.PHONY: demo test validate env env-gpu lint clean
+.PHONY: demo test validate validation-doc env env-gpu lint clean
 
 # One lock file pins everything, every transitive dependency included, so nothing is
 # resolved: --no-deps installs exactly the lock. That is also how the lock leaves out
@@ -63,6 +63,10 @@ demo: env
 validate: env
 	$(BIN)/snakemake --cores $(CORES) --configfile configs/validate.yaml -- docs/VALIDATION.md
 	@echo "Validation: docs/VALIDATION.md"
+
+# docs/VALIDATION.md again from the committed docs/validation/ alone (its TSVs, PNGs and run.json)
+validation-doc: env
+	$(BIN)/python -m t2lesion.validation.document docs/validation docs/VALIDATION.md
 
 test: env
 	$(BIN)/python -m pytest -q -n 2 --durations=15

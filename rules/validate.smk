@@ -118,7 +118,8 @@ rule validation_study_new_lesion_truth:
 
 rule validation_study_document:
     input:
-        lambda w: list(PLAN.validation_copies().values()),
+        copies=lambda w: list(PLAN.validation_copies().values()),
+        discussion=lambda w: [VAL["discussion"]] if os.path.isfile(VAL["discussion"]) else [],
     output:
         document=VAL["document"],
         folder=directory(VAL["folder"]),

@@ -456,6 +456,15 @@ def test_validation_document_from_the_tiny_run(tiny_run, tmp_path):
     first = floors.iloc[0]
     assert first["n_truth"] == ((les["truth_class"] == "new") & (les["nominal_voxels"] >= first["floor"])).sum()
     assert "## Size floor for counting a new lesion" in text
+    # from the folder alone (make validation-doc), elsewhere: the same text but the figures' links
+    import subprocess
+    import sys
+
+    other = tmp_path / "elsewhere/VALIDATION.md"
+    out = subprocess.run([sys.executable, "-m", "t2lesion.validation.document", str(folder), str(other)],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert other.read_text() == text.replace("](validation/", "](../work/docs/validation/")
     # the document rule again, from the same tables: the same text
     doc.unlink()
     res = snakemake(work, "--cores", "1", "--forcerun", "validation_study_document", "--", "docs/VALIDATION.md")

@@ -233,13 +233,28 @@ def test_document_from_copies_names_commit_config_and_is_reproducible(tmp_path):
     (out / "validation").mkdir(parents=True)
     (out / "validation" / "stale.tsv").write_text("x\n")
     text = run_document(copies, out / "validation", out / "VALIDATION.md", commit="abc123", config="configs/v.yaml")
-    assert sorted(p.name for p in (out / "validation").iterdir()) == sorted(copies)  # emptied, then refilled
+    # emptied, then refilled, with the run's commit and config beside the tables
+    assert sorted(p.name for p in (out / "validation").iterdir()) == sorted([*copies, "run.json"])
     assert "* commit: `abc123`" in text and "* config: `configs/v.yaml`" in text
     assert "| unet DC ≥ 0.750 | 0.800 | ≥ 0.750 | met (margin 0.0500) |" in text
     assert "![stats_fig](validation/stats_fig.png)" in text
     assert "## Known truth of the generator against the estimates" in text and "new lesions only" in text
     again = run_document(copies, out / "validation", out / "VALIDATION.md", commit="abc123", config="configs/v.yaml")
     assert again == text == (out / "VALIDATION.md").read_text()
+    # from the folder alone (python -m t2lesion.validation.document): the same text; a discussion is the last section
+    from t2lesion.validation.document import main
+
+    assert main([str(out / "validation"), str(out / "again.md")]) == 0
+    assert (out / "again.md").read_text() == text
+    disc = out / "discussion.md"
+    disc.write_text("The DC target is missed by 0.05 because of faint lesions.\n")
+    assert main([str(out / "validation"), str(out / "again.md"), "--discussion", str(disc)]) == 0
+    withd = (out / "again.md").read_text()
+    assert withd.startswith(text.rstrip("\n")) and withd.endswith(
+        "## Discussion (hand-written, from the validation run's numbers)\n\n"
+        "The DC target is missed by 0.05 because of faint lesions.\n")
+    (out / "validation" / "run.json").unlink()
+    assert main([str(out / "validation"), str(out / "again.md")]) == 2  # not a folder the run wrote
 
 
 def test_git_commit_of_the_checkout_and_outside_git(tmp_path):

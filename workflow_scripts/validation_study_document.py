@@ -5,4 +5,6 @@ from t2lesion.validation.run import git_commit, run_document
 
 with rule_log(snakemake.log[0], snakemake.threads):
     p, o = snakemake.params, snakemake.output
-    run_document(p.copies, o.folder, o.document, commit=git_commit(p.repo), config=p.config)
+    disc = snakemake.input.discussion
+    run_document(p.copies, o.folder, o.document, commit=git_commit(p.repo), config=p.config,
+                 discussion_md=disc[0] if disc else None)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -296,11 +297,12 @@ def _new_lesion_floors(t: pd.DataFrame) -> list[str]:
 
 
 def build_document(folder, *, commit: str, config: str, targets: Targets = Targets(),
-                   figures_href: str = "validation") -> str:
+                   figures_href: str = "validation", discussion: str | None = None) -> str:
     """The text of docs/VALIDATION.md from the tables and PNGs in ``folder``.
 
     ``commit`` and ``config`` name what the run came from; ``figures_href`` is the figures'
-    folder as the document links it (relative to the document).
+    folder as the document links it (relative to the document); ``discussion``, hand-written
+    markdown (why a target is missed), is added as the last section, as it is.
     """
     tables = read_tables(folder)
     lines = ["# Validation study on known truth", "",
@@ -332,16 +334,64 @@ def build_document(folder, *, commit: str, config: str, targets: Targets = Targe
     pngs = sorted(p.name for p in Path(folder).glob("*.png"))
     lines += ["", "## Figures", ""]
     lines += [f"![{p[:-4]}]({figures_href}/{p})" for p in pngs] or ["No figure in the validation folder."]
+    if discussion and discussion.strip():
+        lines += ["", "## Discussion (hand-written, from the validation run's numbers)", "", discussion.strip()]
     return "\n".join(lines) + "\n"
 
 
+#: The run's facts beside the tables (commit, config, discussion), so the document can be rebuilt from the folder.
+RUN_FILE = "run.json"
+
+
 def write_document(folder, out_md, *, commit: str, config: str, targets: Targets = Targets(),
-                   figures_href: str = "validation") -> str:
+                   figures_href: str = "validation", discussion: str | None = None) -> str:
     """:func:`build_document` written to ``out_md``; returns the text."""
-    text = build_document(folder, commit=commit, config=config, targets=targets, figures_href=figures_href)
+    text = build_document(folder, commit=commit, config=config, targets=targets, figures_href=figures_href,
+                          discussion=discussion)
     Path(out_md).parent.mkdir(parents=True, exist_ok=True)
     Path(out_md).write_text(text, encoding="utf-8")
     return text
 
 
-__all__ = ["FILES", "Targets", "build_document", "evaluate_targets", "read_result_tsv", "read_tables", "write_document"]
+def rebuild(folder, out_md, discussion_md=None) -> str:
+    """docs/VALIDATION.md again from a validation folder alone (its tables, figures and
+    :data:`RUN_FILE`), e.g. the committed docs/validation/: the same text as the run wrote, or
+    with an edited ``discussion_md``."""
+    import json
+
+    folder = Path(folder)
+    run_file = folder / RUN_FILE
+    if not run_file.is_file():
+        raise InputError(f"{run_file}: not found; {folder} is not a folder the validation run wrote")
+    run = json.loads(run_file.read_text(encoding="utf-8"))
+    disc = Path(discussion_md).read_text(encoding="utf-8") if discussion_md and Path(discussion_md).is_file() else None
+    href = Path(os.path.relpath(folder, Path(out_md).parent)).as_posix()
+    return write_document(folder, out_md, commit=run["commit"], config=run["config"], figures_href=href,
+                          discussion=disc)
+
+
+def main(argv=None) -> int:
+    """``python -m t2lesion.validation.document [FOLDER] [DOCUMENT] [--discussion MD]``: :func:`rebuild`."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m t2lesion.validation.document", description=rebuild.__doc__)
+    ap.add_argument("folder", nargs="?", default="docs/validation")
+    ap.add_argument("document", nargs="?", default="docs/VALIDATION.md")
+    ap.add_argument("--discussion", default="docs/validation-discussion.md",
+                    help="hand-written discussion added as the last section, if the file exists")
+    a = ap.parse_args(argv)
+    try:
+        rebuild(a.folder, a.document, a.discussion)
+    except (InputError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}")
+        return 2
+    print(f"{a.document}: written from {a.folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+
+__all__ = ["FILES", "RUN_FILE", "Targets", "build_document", "evaluate_targets", "main", "read_result_tsv", "read_tables",
+           "rebuild", "write_document"]

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -237,11 +236,15 @@ def git_commit(path) -> str:
     return sha if out.returncode == 0 and sha else "unknown"
 
 
-def run_document(copies: dict[str, str], folder, out_md, *, commit: str, config: str) -> str:
-    """Copy ``copies`` (name in ``folder`` -> file) into ``folder`` (emptied first) and write
-    ``out_md`` from it with :func:`t2lesion.validation.document.write_document`; the figures
-    are linked relative to the document."""
-    from t2lesion.validation.document import write_document
+def run_document(copies: dict[str, str], folder, out_md, *, commit: str, config: str,
+                 discussion_md=None) -> str:
+    """Copy ``copies`` (name in ``folder`` -> file) into ``folder`` (emptied first), record the
+    commit and config there (:data:`t2lesion.validation.document.RUN_FILE`) and write ``out_md``
+    from the folder (:func:`t2lesion.validation.document.rebuild`; figures linked relative to the
+    document, the hand-written ``discussion_md`` added where it exists)."""
+    import json
+
+    from t2lesion.validation.document import RUN_FILE, rebuild
 
     folder = Path(folder)
     if folder.exists():
@@ -249,8 +252,9 @@ def run_document(copies: dict[str, str], folder, out_md, *, commit: str, config:
     folder.mkdir(parents=True)
     for name, src in sorted(copies.items()):
         shutil.copyfile(src, folder / name)
-    href = Path(os.path.relpath(folder, Path(out_md).parent)).as_posix()
-    text = write_document(folder, out_md, commit=commit, config=config, figures_href=href)
+    (folder / RUN_FILE).write_text(json.dumps({"commit": commit, "config": config}, indent=1) + "\n",
+                                   encoding="utf-8")
+    text = rebuild(folder, out_md, discussion_md)
     log.info("%s: written from %d files in %s (commit %s)", out_md, len(copies), folder, commit)
     return text
 
