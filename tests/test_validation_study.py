@@ -162,7 +162,7 @@ def test_detection_pairs_each_gt_follow_up_with_the_sources_map(tmp_path):
     shape = (6, 20, 20)
     gt = np.zeros(shape, np.uint8)
     gt[1:3, 2:6, 2:6] = 1  # new lesion of 32 voxels: found
-    gt[4, 10:12, 10:12] = 1  # new lesion of 4 voxels: missed
+    gt[4, 10:12, 10:12] = 4  # new lesion of 4 voxels below the count's size floor (label 4): still scored, missed
     gt[1:3, 14:17, 14:17] = 3  # a stable lesion, not counted
     unet = np.zeros(shape, np.uint8)
     unet[1:3, 3:6, 3:6] = 1

@@ -1,6 +1,6 @@
 """New-lesion detection in the MSSEG-2 manner, lesion by lesion (docs/DESIGN.md §15).
 
-Inputs per follow-up visit: a GT and a predicted *new-lesion* mask (e.g. label 1 of the
+Inputs per follow-up visit: a GT and a predicted *new-lesion* mask (e.g. labels 1 and 4 of the
 tracking QC maps, :data:`t2lesion.tracking.QC_LABELS`; or a source's new or enlarging lesions,
 labels 1 and 2). Lesions are connected components as everywhere in the project
 (:func:`t2lesion.evaluation.segmentation.label_lesions`, ``connectivity`` 18); components of

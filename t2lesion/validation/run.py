@@ -28,6 +28,7 @@ import pandas as pd
 
 from t2lesion import io
 from t2lesion.errors import InputError
+from t2lesion.tracking import QC_LABELS
 from t2lesion.validation.document import read_result_tsv
 
 log = logging.getLogger(__name__)
@@ -98,15 +99,19 @@ def run_uncertainty(visits: list[dict], out_visits_tsv, out_summary_tsv, *, sour
 
 # --------------------------------------------------------------------------- new-lesion detection
 
+#: QC labels of new lesions: counted, and below the size floor (not counted).
+NEW_LABELS = (QC_LABELS["new"], QC_LABELS["new_small"])
+
 
 def run_detection(qc_dirs: list[str], sources: list[str], out_visits_tsv, out_table_tsv, *,
-                  new_label: int = 1, **params) -> pd.DataFrame:
+                  new_labels: tuple[int, ...] = NEW_LABELS, **params) -> pd.DataFrame:
     """New-lesion detection of every non-GT source against GT, per follow-up visit.
 
     ``qc_dirs``/``sources``: the tracking QC folders (``.../sub-<id>/qc``) and their sources,
     as :meth:`t2lesion.plan.Plan.tracking_outputs` gives them; each GT follow-up's QC map is
-    paired with the source's map of the same name. Label ``new_label`` (1, new lesions) of
-    both is compared with :func:`t2lesion.validation.detection.detect_visit` (``params``:
+    paired with the source's map of the same name. Their new lesions (``new_labels``: counted,
+    and below the count's size floor ``lesions.new_min_voxels``, so that detection by size does
+    not depend on the floor) are compared with :func:`t2lesion.validation.detection.detect_visit` (``params``:
     bins, min_size, overlap, connectivity). A GT map without the source's twin is an error
     naming it."""
     from t2lesion.validation.detection import detect_visit, detection_table
@@ -130,7 +135,7 @@ def run_detection(qc_dirs: list[str], sources: list[str], out_visits_tsv, out_ta
                 s, _ = io.read_array(spath, np.int16)
                 if s.shape != g.shape:
                     raise InputError(f"{spath}: shape {s.shape} differs from GT's {gpath} {g.shape}")
-                d = detect_visit(g == new_label, s == new_label, **kw, **params)
+                d = detect_visit(np.isin(g, new_labels), np.isin(s, new_labels), **kw, **params)
                 d.insert(0, "visit", gpath.name.split("_space-")[0])
                 d.insert(0, "source", src)
                 frames.append(d)
@@ -242,8 +247,6 @@ def run_document(copies: dict[str, str], folder, out_md, *, commit: str, config:
     commit and config there (:data:`t2lesion.validation.document.RUN_FILE`) and write ``out_md``
     from the folder (:func:`t2lesion.validation.document.rebuild`; figures linked relative to the
     document, the hand-written ``discussion_md`` added where it exists)."""
-    import json
-
     from t2lesion.validation.document import RUN_FILE, rebuild
 
     folder = Path(folder)
