@@ -62,6 +62,11 @@ def test_nearest_component_and_grid_placement():
     # a translation T (grid -> native, ITK's convention) moves the point by -T in the grid
     tx = sitk.TranslationTransform(3, (2.0, 0.0, 3.0))
     assert native_to_grid(np.array([[0.0, 0.0, 6.0]]), tx, grid)[0] == pytest.approx([1.0, 5.0, 8.0])
+    # any grid direction, as ITK places the point
+    grid.SetDirection((0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, -1.0))
+    pts = np.array([[1.5, -2.0, 4.0], [-3.0, 7.0, -6.0]])
+    want = [grid.TransformPhysicalPointToContinuousIndex(tuple(p - (2.0, 0.0, 3.0)))[::-1] for p in pts]
+    assert native_to_grid(pts, tx, grid) == pytest.approx(np.array(want))
 
 
 def _scene():

@@ -147,7 +147,9 @@ def native_to_grid(points_xyz: np.ndarray, transform: sitk.Transform, grid: sitk
     pts = np.asarray(points_xyz, float).reshape(-1, 3)
     inv = np.linalg.inv(transform_to_matrix(transform))
     mni = pts @ inv[:3, :3].T + inv[:3, 3]
-    return np.array([grid.TransformPhysicalPointToContinuousIndex(tuple(p))[::-1] for p in mni]).reshape(-1, 3)
+    d = np.array(grid.GetDirection(), float).reshape(3, 3)
+    ijk = (mni - np.array(grid.GetOrigin())) @ np.linalg.inv(d).T / np.array(grid.GetSpacing())
+    return ijk[:, ::-1]
 
 
 def nearest_component(labels: np.ndarray, index_zyx: np.ndarray, spacing_zyx: Sequence[float],
