@@ -116,6 +116,27 @@ rule validation_study_new_lesion_truth:
         "../workflow_scripts/validation_study_new_lesion_truth.py"
 
 
+rule validation_study_lesion_types:
+    input:
+        unpack(lambda w: PLAN.lesion_type_inputs(w.trial)),
+    output:
+        lesions=f"{VALIDATION_STUDY}/lesion_types_lesions.tsv",
+        table=f"{VALIDATION_STUDY}/lesion_types.tsv",
+    log:
+        f"{LOGS}/validation_study/lesion_types_trial-{{trial}}.log",
+    benchmark:
+        f"{BENCH}/validation_study/lesion_types_trial-{{trial}}.tsv"
+    conda:
+        "../envs/stats.yaml"
+    threads: 1
+    params:
+        visits=lambda w: PLAN.lesion_type_visits(w.trial),
+        connectivity=config["metrics"]["connectivity"],
+        min_size=config["metrics"]["min_lesion_voxels"],
+    script:
+        "../workflow_scripts/validation_study_lesion_types.py"
+
+
 rule validation_study_document:
     input:
         copies=lambda w: list(PLAN.validation_copies().values()),

@@ -83,11 +83,29 @@ def test_dry_run_reaches_the_document_and_rule_all_never_asks_for_it(tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     out = res.stdout + res.stderr
     for rule in ("validation_study_agreement", "validation_study_uncertainty", "validation_study_detection",
-                 "validation_study_truth", "validation_study_document"):
+                 "validation_study_truth", "validation_study_new_lesion_truth", "validation_study_lesion_types",
+                 "validation_study_document"):
         assert rule in out, rule
     res = snakemake(tmp_path, "-n", "--quiet", "rules")
     assert res.returncode == 0, res.stderr[-3000:]
     assert "validation_study" not in res.stdout + res.stderr
+
+
+def test_truth_checks_are_planned_where_their_truth_exists():
+    val, demo = plan_of(VALIDATE), plan_of(DEMO)
+    copies = val.validation_copies("valtest")
+    for name in ("new_lesion_truth_sizes.tsv", "new_lesion_truth_floors.tsv", "lesion_types.tsv"):
+        assert name in copies, name
+    visits = val.lesion_type_visits("valtest")
+    assert len(visits) == 120 and set(visits[0]["masks"]) == {"gt", "classical", "unet"}
+    nl = val.new_lesion_truth_visits("valtest")
+    assert len(nl["followups"]) == 80 and len(nl["qc_dirs"]) == 40 and nl["sessions"]["sub-001"] == [
+        "ses-w000", "ses-w024", "ses-w048"]
+    # the demo's synthetic trial has the default profile: no lesion types, so neither rule nor copy
+    test = demo.validation_trial()
+    assert demo.lesion_type_visits(test) == [] and "lesion_types.tsv" not in demo.validation_copies(test)
+    with pytest.raises(InputError, match="not a synthetic trial of the clinical profile"):
+        demo.lesion_type_inputs(test)
 
 
 def test_dry_run_with_a_bad_validation_trial_stops_in_one_line(tmp_path):

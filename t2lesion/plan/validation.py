@@ -38,7 +38,8 @@ class ValidationPlan:
                 "uncertainty": f"{v}/uncertainty.tsv", "detection_visits": f"{v}/new_lesion_detection_visits.tsv",
                 "detection": f"{v}/new_lesion_detection.tsv", "truth": f"{v}/truth.tsv",
                 **{f"new_lesion_truth_{k}": f"{v}/new_lesion_truth_{k}.tsv"
-                   for k in ("lesions", "masks", "sizes", "floors")}}
+                   for k in ("lesions", "masks", "sizes", "floors")},
+                "lesion_types": f"{v}/lesion_types.tsv", "lesion_types_lesions": f"{v}/lesion_types_lesions.tsv"}
 
     def uncertainty_visits(self, trial: str) -> list[dict]:
         """Per GT visit of ``trial``: the U-Net's MI map and mask, the GT mask and brain mask on
@@ -102,6 +103,26 @@ class ValidationPlan:
                              "trial with >= 2 visits per subject)")
         return {"truth": v["truth"], "qc": v["qc_dirs"], "xfm": [f["xfm"] for f in v["followups"]]}
 
+    def lesion_type_visits(self, trial: str) -> list[dict]:
+        """Rule validation_study_lesion_types' visits: per GT visit of a clinical-profile synthetic trial
+        its FLAIR -> MNI transform and the masks of GT and every source (empty otherwise: only that
+        profile types its lesions)."""
+        t = self.trials[trial]
+        if t.synthetic is None or t.synthetic.get("profile", "default") != "clinical":
+            return []
+        return [{"participant_id": f"sub-{v.sub}", "session": f"ses-{v.ses}",
+                 "xfm": f"{PRE.format(trial=trial, sub=v.sub, ses=v.ses)}_from-FLAIR_to-MNI1x1x3_xfm.tfm",
+                 "masks": {s: mask_path(trial, v.sub, v.ses, s) for s in ["gt", *self.sources]}}
+                for v in t.gt_visits]
+
+    def lesion_type_inputs(self, trial: str) -> dict[str, object]:
+        visits = self.lesion_type_visits(trial)
+        if not visits:
+            raise InputError(f"validation: trial {trial!r} is not a synthetic trial of the clinical profile "
+                             "(its lesions have no contrast type or location)")
+        return {"truth": f"{self.trials[trial].root}/truth/lesions.tsv",
+                "xfm": [v["xfm"] for v in visits], "masks": [m for v in visits for m in v["masks"].values()]}
+
     def validation_copies(self, trial: str | None = None) -> dict[str, str]:
         """What the document's folder holds: file name there -> file of the run. The validation
         tables of ``trial``, its combined Table 2, ANCOVA, Cox and negative-binomial tables, and
@@ -129,6 +150,8 @@ class ValidationPlan:
             if self.new_lesion_truth_visits(trial):
                 for k in ("sizes", "floors"):
                     out[f"new_lesion_truth_{k}.tsv"] = val[f"new_lesion_truth_{k}"]
+            if self.lesion_type_visits(trial):
+                out["lesion_types.tsv"] = val["lesion_types"]
         for heading, paths in self.summary_figures(trial).items():
             if heading.startswith("Preprocessing QC"):
                 continue

@@ -42,6 +42,7 @@ FILES = {
     "truth": "truth.tsv",  # t2lesion.validation.run.truth_table: the generator's effects beside the estimates
     "new_lesion_sizes": "new_lesion_truth_sizes.tsv",  # t2lesion.validation.new_lesion_truth.size_table
     "new_lesion_floors": "new_lesion_truth_floors.tsv",  # t2lesion.validation.new_lesion_truth.floor_table
+    "lesion_types": "lesion_types.tsv",  # t2lesion.validation.lesion_types.type_table
 }
 
 
@@ -296,6 +297,21 @@ def _new_lesion_floors(t: pd.DataFrame) -> list[str]:
                          "native grid equal", "precision", "sensitivity"], rows))
 
 
+def _lesion_types(t: pd.DataFrame) -> list[str]:
+    sources = list(dict.fromkeys(t["source"]))
+    rows = []
+    for (group, value), g in t.groupby(["group", "value"], sort=False):
+        by = g.set_index("source")
+        first = g.iloc[0]
+        rows.append([str(group), str(value), str(int(first["n"])), fmt_num(first["median_voxels"])]
+                    + [f"{fmt_num(by.at[s, 'sensitivity'])} ({int(by.at[s, 'n_found'])})" if s in by.index else "n/a"
+                       for s in sources])
+    return (["Lesions of the generator (all visits, ≥ 3 native voxels) found by each source's mask (a voxel "
+             "within 1.5 mm of the lesion's place in MNI), by the clinical profile's contrast type and location: "
+             "sensitivity (lesions found). The GT column checks the placement."] + [""]
+            + _md_table(["group", "value", "lesions", "median nominal voxels", *sources], rows))
+
+
 def build_document(folder, *, commit: str, config: str, targets: Targets = Targets(),
                    figures_href: str = "validation", discussion: str | None = None) -> str:
     """The text of docs/VALIDATION.md from the tables and PNGs in ``folder``.
@@ -327,6 +343,9 @@ def build_document(folder, *, commit: str, config: str, targets: Targets = Targe
                       lambda t: _effects(t[t["term_type"] == "arm"], "rate_ratio", "ci_low", "ci_high",
                                          ["source", "model"]))
     lines += _section("Known truth of the generator against the estimates", tables.get("truth"), "truth", _truth)
+    if "lesion_types" in tables:
+        lines += _section("Which lesions are found: contrast type and location", tables["lesion_types"],
+                          "lesion_types", _lesion_types)
     lines += _section("New lesions of the GT masks against the generator's truth", tables.get("new_lesion_sizes"),
                       "new_lesion_sizes", _new_lesion_sizes)
     lines += _section("Size floor for counting a new lesion", tables.get("new_lesion_floors"), "new_lesion_floors",
