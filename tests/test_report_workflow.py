@@ -180,6 +180,9 @@ def report_run(tmp_path_factory):
     config = {
         "trials": {TRIAL: {"role": "test", "bids": str(bids), "control_arm": "PLA", "treatment_arms": ["OCR"]}},
         "sources": ["classical"],
+        # the boxes' new lesions are 4-12 voxels: count them all (the default size floor, 20 voxels,
+        # docs/DESIGN.md §9b, would count none)
+        "lesions": {"new_min_voxels": 3},
     }
     res = snakemake(work, "--cores", "2", "--allowed-rules", *ALLOWED, "--", *TARGETS, config=config, timeout=900)
     assert res.returncode == 0, res.stdout[-5000:] + res.stderr[-5000:]

@@ -287,6 +287,7 @@ def test_gt_tracking_outputs_of_the_workflow(tracked_trial):
                           keep_default_na=False)
         assert vis["session"].tolist() == ["ses-w000", "ses-w024", "ses-w048"]
         assert vis["reference_session"].tolist() == ["", "ses-w000", "ses-w024"]  # previous visit by default
+        assert (vis["new_min_size"] == 20).all()  # the default size floor for counting a new lesion
         qc = r / f"lesions/gt/trial-tiny3/sub-{sub}/qc"
         names = sorted(p.name for p in qc.iterdir() if not p.name.startswith("."))
         assert names == [qc_name(f"sub-{sub}", s) for s in ("ses-w024", "ses-w048")]
