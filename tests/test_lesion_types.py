@@ -24,8 +24,9 @@ def test_found_within_the_radius_and_only_real_components():
     m[1, 5, 5:8] = 1  # 3 voxels
     m[2, 15, 15:17] = 1  # 2 voxels: below the metrics' minimum, not a lesion
     idx = np.array([[1, 5, 6], [1, 6.4, 6], [1, 7, 6], [2, 15, 15.5]], float)
-    assert found_in(m, idx, (3.0, 1.0, 1.0)).tolist() == [True, True, False, False]
-    assert found_in(m, idx, (3.0, 1.0, 1.0), min_size=1).tolist() == [True, True, False, True]
+    assert found_in(m, idx, (3.0, 1.0, 1.0), radius_mm=1.5).tolist() == [True, True, False, False]
+    assert found_in(m, idx, (3.0, 1.0, 1.0), radius_mm=1.5, min_size=1).tolist() == [True, True, False, True]
+    assert found_in(m, idx, (3.0, 1.0, 1.0)).tolist() == [True, True, True, False]  # default: 3 mm, one slice
 
 
 def test_run_lesion_types_by_contrast_and_location(tmp_path):

@@ -307,7 +307,7 @@ def _lesion_types(t: pd.DataFrame) -> list[str]:
                     + [f"{fmt_num(by.at[s, 'sensitivity'])} ({int(by.at[s, 'n_found'])})" if s in by.index else "n/a"
                        for s in sources])
     return (["Lesions of the generator (all visits, ≥ 3 native voxels) found by each source's mask (a voxel "
-             "within 1.5 mm of the lesion's place in MNI), by the clinical profile's contrast type and location: "
+             "within 3 mm of the lesion's place in MNI), by the clinical profile's contrast type and location: "
              "sensitivity (lesions found). The GT column checks the placement."] + [""]
             + _md_table(["group", "value", "lesions", "median nominal voxels", *sources], rows))
 
