@@ -140,7 +140,7 @@ rule validation_study_lesion_types:
 rule validation_study_document:
     input:
         copies=lambda w: list(PLAN.validation_copies().values()),
-        discussion=lambda w: [VAL["discussion"]] if os.path.isfile(VAL["discussion"]) else [],
+        discussion=lambda w: PLAN.validation_discussion(),
     output:
         document=VAL["document"],
         folder=directory(VAL["folder"]),

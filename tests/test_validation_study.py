@@ -108,6 +108,15 @@ def test_truth_checks_are_planned_where_their_truth_exists():
         demo.lesion_type_inputs(test)
 
 
+def test_the_discussion_is_an_input_only_where_its_file_exists(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the workflow's working directory
+    val = plan_of(VALIDATE)
+    assert val.validation_discussion() == []
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs/validation-discussion.md").write_text("why\n")
+    assert val.validation_discussion() == ["docs/validation-discussion.md"]
+
+
 def test_dry_run_with_a_bad_validation_trial_stops_in_one_line(tmp_path):
     cfg = copy.deepcopy(VALIDATE)
     cfg["validation"]["trial"] = "nosuch"

@@ -123,6 +123,11 @@ class ValidationPlan:
         return {"truth": f"{self.trials[trial].root}/truth/lesions.tsv",
                 "xfm": [v["xfm"] for v in visits], "masks": [m for v in visits for m in v["masks"].values()]}
 
+    def validation_discussion(self) -> list[str]:
+        """The hand-written discussion (``validation.discussion``) as the document rule's input, when it exists."""
+        path = self.config.get("validation", {}).get("discussion")
+        return [path] if path and os.path.isfile(path) else []
+
     def validation_copies(self, trial: str | None = None) -> dict[str, str]:
         """What the document's folder holds: file name there -> file of the run. The validation
         tables of ``trial``, its combined Table 2, ANCOVA, Cox and negative-binomial tables, and
