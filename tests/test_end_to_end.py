@@ -461,7 +461,8 @@ def test_validation_document_from_the_tiny_run(tiny_run, tmp_path):
     import sys
 
     other = tmp_path / "elsewhere/VALIDATION.md"
-    out = subprocess.run([sys.executable, "-m", "t2lesion.validation.document", str(folder), str(other)],
+    disc = ["--discussion", str(work / "docs/validation-discussion.md")]  # the run's (none), not the repository's
+    out = subprocess.run([sys.executable, "-m", "t2lesion.validation.document", str(folder), str(other), *disc],
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     assert other.read_text() == text.replace("](validation/", "](../work/docs/validation/")

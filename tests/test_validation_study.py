@@ -271,7 +271,8 @@ def test_document_from_copies_names_commit_config_and_is_reproducible(tmp_path):
     # from the folder alone (python -m t2lesion.validation.document): the same text; a discussion is the last section
     from t2lesion.validation.document import main
 
-    assert main([str(out / "validation"), str(out / "again.md")]) == 0
+    none = ["--discussion", str(out / "no-discussion.md")]  # (the default is the repository's own)
+    assert main([str(out / "validation"), str(out / "again.md"), *none]) == 0
     assert (out / "again.md").read_text() == text
     disc = out / "discussion.md"
     disc.write_text("The DC target is missed by 0.05 because of faint lesions.\n")
@@ -281,7 +282,7 @@ def test_document_from_copies_names_commit_config_and_is_reproducible(tmp_path):
         "## Discussion (hand-written, from the validation run's numbers)\n\n"
         "The DC target is missed by 0.05 because of faint lesions.\n")
     (out / "validation" / "run.json").unlink()
-    assert main([str(out / "validation"), str(out / "again.md")]) == 2  # not a folder the run wrote
+    assert main([str(out / "validation"), str(out / "again.md"), *none]) == 2  # not a folder the run wrote
 
 
 def test_git_commit_of_the_checkout_and_outside_git(tmp_path):
