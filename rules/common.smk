@@ -10,6 +10,7 @@ from t2lesion.plan import (
     BENCH,
     CORRECTION_STATUS,
     FIG2,
+    FLAIR_XFM,
     LOGS,
     MNI,
     PRE,

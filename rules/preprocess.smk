@@ -116,7 +116,7 @@ RESAMPLE_OUTPUT = {
     "mask": f"{PRE}_{MNI}_desc-brain_mask.nii.gz",
     "t1w_xfm": f"{PRE}_from-T1w_to-MNI1x1x3_xfm.tfm",
     "t2w_xfm": f"{PRE}_from-T2w_to-MNI1x1x3_xfm.tfm",
-    "flair_xfm": f"{PRE}_from-FLAIR_to-MNI1x1x3_xfm.tfm",
+    "flair_xfm": FLAIR_XFM,
 }
 RESAMPLE_PARAMS = {
     "brain_mask_space": lambda w: "T1w" if PLAN.own_brain_mask(w.ses) else "baseline",

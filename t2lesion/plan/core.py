@@ -22,7 +22,7 @@ import functools
 from t2lesion.bids import MODALITIES, Visit
 from t2lesion.config import Trial, fold_models, fold_thresholds, source_warnings, trials_from_config, visit_inputs
 from t2lesion.plan.paths import (
-    FIG2, MNI, PRE, PRE_BASELINE, PRED, QC_PNG, STATS, TRACK, TRAIN, UNET_OUTPUTS, VALIDATED, VISIT_TABLE, VOLUME,
+    FIG2, FLAIR_XFM, MNI, PRE, PRE_BASELINE, PRED, QC_PNG, STATS, TRACK, TRAIN, UNET_OUTPUTS, VALIDATED, VISIT_TABLE, VOLUME,
     InferBatch, mask_path, visit_paths, wildcard_alternatives,
 )
 from t2lesion.plan.review import ReviewPlan
@@ -206,7 +206,7 @@ class Plan(ReviewPlan, ValidationPlan):
             "T1w": f"{pre}_{MNI}_desc-preproc_T1w.nii.gz",
             "brain_mask": f"{pre}_{MNI}_desc-brain_mask.nii.gz",
             "native_flair": str(self.trials[trial].image(v, "FLAIR")),
-            "flair_xfm": f"{pre}_from-FLAIR_to-MNI1x1x3_xfm.tfm",
+            "flair_xfm": FLAIR_XFM.format(trial=trial, sub=v.sub, ses=v.ses),
             **{f"out_{key}": f"{pred}_{suffix}" for key, suffix in UNET_OUTPUTS.items()},
         }
 

@@ -24,6 +24,8 @@ VALIDATION_PASSED = "results/validated/trial-{trial}_passed"
 LOGS = "results/logs"
 BENCH = "results/benchmarks"
 QC_PNG = f"{PRE}_{MNI}_qc.png"
+# A visit's composed FLAIR -> MNI transform (rule resample_with_gt; ITK's convention: MNI points to FLAIR points).
+FLAIR_XFM = f"{PRE}_from-FLAIR_to-MNI1x1x3_xfm.tfm"
 # The reader's review queue (docs/DESIGN.md §14).
 REVIEW = "results/review/trial-{trial}"
 # The validation study on known truth (docs/DESIGN.md §15).

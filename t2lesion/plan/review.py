@@ -9,7 +9,7 @@ from pathlib import Path
 from t2lesion.bids import Visit
 
 from t2lesion.plan.paths import (
-    CORRECTION_STATUS, LOGS, MNI, PRE, PRED, REVIEW, REVIEW_VISIT, REVIEWED_TRAINING_MASK, STATS, UNET_OUTPUTS,
+    CORRECTION_STATUS, FLAIR_XFM, LOGS, MNI, PRE, PRED, REVIEW, REVIEW_VISIT, REVIEWED_TRAINING_MASK, STATS, UNET_OUTPUTS,
     mask_path, visit_paths, wildcard_alternatives,
 )
 
@@ -239,7 +239,7 @@ class ReviewPlan:
         # where it is missing, Snakemake names the file it expected
         corr = self.correction_paths(trial).get(v, f"<sub-{sub} ses-{ses}: no visit of trial {trial}>")
         out = {"correction": corr, "flair": str(self.trials[trial].image(v, "FLAIR")),
-               "xfm": f"{pre}_from-FLAIR_to-MNI1x1x3_xfm.tfm", "grid": f"{pre}_{MNI}_desc-brain_mask.nii.gz"}
+               "xfm": FLAIR_XFM.format(trial=trial, sub=sub, ses=ses), "grid": f"{pre}_{MNI}_desc-brain_mask.nii.gz"}
         sidecar = corr.replace(".nii.gz", ".json")
         if sidecar != corr and Path(sidecar).is_file():
             out["sidecar"] = sidecar

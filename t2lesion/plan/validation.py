@@ -9,7 +9,7 @@ from pathlib import Path
 
 from t2lesion.errors import InputError
 from t2lesion.plan.paths import (
-    MNI, PRE, STATS, TRACK, VALIDATION_STUDY, VISIT_TABLE, mask_path,
+    FLAIR_XFM, MNI, PRE, STATS, TRACK, VALIDATION_STUDY, VISIT_TABLE, mask_path,
 )
 from t2lesion.tracking import qc_name
 
@@ -92,7 +92,7 @@ class ValidationPlan:
             for v in visits[1:]:
                 followups.append({"participant_id": pid, "session": f"ses-{v.ses}",
                                   "qc": f"{qc}/{qc_name(pid, f'ses-{v.ses}')}",
-                                  "xfm": f"{PRE.format(trial=trial, sub=sub, ses=v.ses)}_from-FLAIR_to-MNI1x1x3_xfm.tfm"})
+                                  "xfm": FLAIR_XFM.format(trial=trial, sub=sub, ses=v.ses)})
         return {"truth": f"{t.root}/truth/lesions.tsv", "qc_dirs": qc_dirs, "followups": followups,
                 "sessions": sessions}
 
@@ -111,7 +111,7 @@ class ValidationPlan:
         if t.synthetic is None or t.synthetic.get("profile", "default") != "clinical":
             return []
         return [{"participant_id": f"sub-{v.sub}", "session": f"ses-{v.ses}",
-                 "xfm": f"{PRE.format(trial=trial, sub=v.sub, ses=v.ses)}_from-FLAIR_to-MNI1x1x3_xfm.tfm",
+                 "xfm": FLAIR_XFM.format(trial=trial, sub=v.sub, ses=v.ses),
                  "masks": {s: mask_path(trial, v.sub, v.ses, s) for s in ["gt", *self.sources]}}
                 for v in t.gt_visits]
 
