@@ -412,6 +412,17 @@ def _ses(label: str) -> str:
     return str(label) if str(label).startswith("ses-") else f"ses-{label}"
 
 
+def volume_change_class(volume: float, reference: float, voxel_ml: float,
+                        enlarge_relative: float = ENLARGE_RELATIVE, enlarge_voxels: float = ENLARGE_VOXELS) -> str:
+    """One lesion's change from its reference volume (both in mL): ``enlarging`` when it grew by ≥
+    ``enlarge_relative`` and ≥ ``enlarge_voxels`` voxels of ``voxel_ml`` (the module rule, on
+    identities known), ``shrinking`` when it is smaller, ``stable`` otherwise."""
+    if (volume >= (1 + enlarge_relative) * reference * (1 - _TOL)
+            and volume - reference >= enlarge_voxels * voxel_ml * (1 - _TOL)):
+        return "enlarging"
+    return "shrinking" if volume < reference * (1 - _TOL) else "stable"
+
+
 def truth_counts(lesions: pd.DataFrame, sessions_by_subject: dict | None = None, *, reference: str = "previous",
                  voxel_ml: float = 0.003, min_size: int = MIN_SIZE, enlarge_relative: float = ENLARGE_RELATIVE,
                  enlarge_voxels: float = ENLARGE_VOXELS, new_min_size: int = MIN_SIZE) -> pd.DataFrame:
@@ -445,8 +456,8 @@ def truth_counts(lesions: pd.DataFrame, sessions_by_subject: dict | None = None,
             cur, old = big.get(sessions[k], {}), vol.get(ref, {})
             floor = max(min_size, new_min_size) * voxel_ml * (1 - _TOL)
             new = sum(1 for i, v in cur.items() if i not in old and v >= floor)
-            enl = sum(1 for i, v in cur.items() if i in old and v >= (1 + enlarge_relative) * old[i] * (1 - _TOL)
-                      and v - old[i] >= (enlarge_voxels * voxel_ml) * (1 - _TOL))
+            enl = sum(1 for i, v in cur.items() if i in old and volume_change_class(
+                v, old[i], voxel_ml, enlarge_relative, enlarge_voxels) == "enlarging")
             rows.append({"participant_id": pid, "session": sessions[k], "week": week_from_session(sessions[k]),
                          "reference_session": ref, "n_new": new, "n_enlarging": enl, "n_new_or_enlarging": new + enl})
     return pd.DataFrame(rows, columns=["participant_id", "session", "week", "reference_session", "n_new",

@@ -50,7 +50,9 @@ import SimpleITK as sitk
 from t2lesion import io
 from t2lesion.errors import InputError
 from t2lesion.evaluation.segmentation import CONNECTIVITY, _label
-from t2lesion.tracking import ENLARGE_RELATIVE, ENLARGE_VOXELS, QC_LABELS, _ses, reference_index, week_from_session
+from t2lesion.tracking import (
+    ENLARGE_RELATIVE, ENLARGE_VOXELS, QC_LABELS, _ses, reference_index, volume_change_class, week_from_session,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +77,6 @@ SIZE_COLUMNS = ["side", "bin", "size_low", "size_high", "n", "n_new_in_masks", "
                 "share"]
 FLOOR_COLUMNS = ["floor", "n_followups", "n_equal", "share_equal", "n_masks", "n_truth", "n_native",
                  "n_equal_native", "share_equal_native", "precision", "sensitivity", "chosen"]
-
-
-def _grow(v: float, ref: float, voxel_ml: float, rel: float, vox: float) -> str:
-    if v >= (1 + rel) * ref * (1 - _TOL) and v - ref >= vox * voxel_ml * (1 - _TOL):
-        return "enlarging"
-    return "shrinking" if v < ref * (1 - _TOL) else "stable"
 
 
 def truth_lesions(truth: pd.DataFrame, sessions_by_subject: dict[str, Sequence[str]], *,
@@ -119,10 +115,10 @@ def truth_lesions(truth: pd.DataFrame, sessions_by_subject: dict[str, Sequence[s
                 elif not there:
                     truth_class = "undrawn"
                 else:
-                    truth_class = _grow(nominal, old.at[lid, "nominal_volume_ml"], voxel_ml, enlarge_relative,
-                                        enlarge_voxels)
-                native_class = ("new" if not there else
-                                _grow(native, old.at[lid, "volume_ml"], voxel_ml, enlarge_relative, enlarge_voxels))
+                    truth_class = volume_change_class(nominal, old.at[lid, "nominal_volume_ml"], voxel_ml,
+                                                      enlarge_relative, enlarge_voxels)
+                native_class = ("new" if not there else volume_change_class(
+                    native, old.at[lid, "volume_ml"], voxel_ml, enlarge_relative, enlarge_voxels))
                 rows.append({
                     "participant_id": pid, "session": sessions[k], "week": week_from_session(sessions[k]),
                     "reference_session": ref, "lesion_id": int(lid), "onset_week": int(r["onset_week"]),
