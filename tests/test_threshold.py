@@ -18,9 +18,19 @@ from t2lesion.unet import threshold as T
 GRID = list(T.THRESHOLD_GRID)
 
 
-def test_the_grid_runs_from_0_30_to_0_95_in_steps_of_0_05():
-    assert GRID[0] == 0.3 and GRID[-1] == 0.95 and len(GRID) == 14 and 0.5 in GRID and 0.8 in GRID
-    assert np.allclose(np.diff(GRID), 0.05)
+def test_the_grid_runs_from_0_30_to_0_95_in_steps_of_0_05_then_to_0_99_in_steps_of_0_01():
+    assert GRID[0] == 0.3 and GRID[-1] == 0.99 and len(GRID) == 18 and 0.5 in GRID and 0.8 in GRID
+    assert np.allclose(np.diff(GRID[:14]), 0.05) and np.allclose(np.diff(GRID[13:]), 0.01)
+
+
+def test_a_curve_still_rising_at_the_grid_top_is_flagged(tmp_path):
+    rising = {"a": np.linspace(0.4, 0.7, len(GRID)), "b": np.linspace(0.5, 0.8, len(GRID))}
+    outputs = {"threshold": tmp_path / "t.json", "curve": tmp_path / "c.tsv"}
+    info = T.write_calibration(T.threshold_curve(rising, GRID), outputs, fold=2)
+    assert info["best_threshold"] == 0.99 and info["best_at_grid_top"] is True
+    peaked = {"a": -(np.array(GRID) - 0.7) ** 2, "b": -(np.array(GRID) - 0.7) ** 2 + 0.1}
+    info = T.write_calibration(T.threshold_curve(peaked, GRID), outputs, fold=2)
+    assert info["best_threshold"] == 0.7 and info["best_at_grid_top"] is False
 
 
 def test_dice_curve_cuts_inside_the_brain_and_is_nan_when_both_masks_are_empty():
@@ -49,7 +59,7 @@ def test_the_best_mean_dice_wins_and_ties_go_to_the_threshold_closest_to_0_5():
     assert T.choose_threshold(d) == (0.8, 0.9)
     flat = np.full(len(GRID), 0.7)
     assert T.choose_threshold(flat) == (0.5, 0.7)
-    plateau = np.where(np.array(GRID) >= 0.6, 0.8, 0.2)  # 0.60 ... 0.95 equally good
+    plateau = np.where(np.array(GRID) >= 0.6, 0.8, 0.2)  # 0.60 ... 0.99 equally good
     assert T.choose_threshold(plateau)[0] == 0.6
     low = np.where(np.array(GRID) <= 0.4, 0.8, 0.2)  # 0.30 ... 0.40
     assert T.choose_threshold(low)[0] == 0.4
@@ -62,7 +72,7 @@ def test_the_best_mean_dice_wins_and_ties_go_to_the_threshold_closest_to_0_5():
     assert T.choose_threshold(nan) == (0.9, 0.1)
     t, best = T.choose_threshold(np.full(len(GRID), np.nan))
     assert t == 0.5 and math.isnan(best)
-    with pytest.raises(ValueError, match="3 Dice values for 14 thresholds"):
+    with pytest.raises(ValueError, match=f"3 Dice values for {len(GRID)} thresholds"):
         T.choose_threshold([0.1, 0.2, 0.3])
 
 
@@ -147,6 +157,7 @@ def test_a_fold_chooses_the_threshold_that_cuts_its_held_out_gt_exactly(calibrat
     assert info["threshold"] == 0.8 and info["mean_dice"] == pytest.approx(1.0)
     # one visit with a defined Dice: no standard error, the plain maximum
     assert info["rule"] == "one standard error" and info["se_at_best"] is None and info["best_threshold"] == 0.8
+    assert info["best_at_grid_top"] is False
     assert json.loads(Path(outputs["threshold"]).read_text()) == info
     assert info["n_visits"] == 2 and info["grid"] == GRID and info["fold"] == 1 and info["mc_samples"] == 2
     # at 0.5 the rim (0.775) is predicted too: a 4 x 12 x 12 mask around the 72 lesion voxels
