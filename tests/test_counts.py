@@ -117,6 +117,23 @@ def test_no_overdispersion_puts_theta_at_its_bound_with_a_warning():
     assert (nb["status"] == "warning").all() and nb["note"].str.contains("no overdispersion").all()
 
 
+def test_an_underdispersed_small_trial_whose_score_is_rounding_noise_near_the_bound_fits():
+    # The demo's U-Net counts at f1f54ca (8 subjects; intercept, arm, log baseline TLV, two
+    # covariates): the theta score stays positive up to ~1e7, where it is rounding noise of
+    # either sign. brentq re-evaluates its bracket; with a warm start carried over between
+    # evaluations the noise flipped sign and brentq stopped the job ("f(a) and f(b) must
+    # have different signs").
+    X = np.array([[1, 0, 3.258096538021482, 1, 0], [1, 1, 3.9318256327243257, 1, 0],
+                  [1, 1, 4.574710978503383, 0, 0], [1, 0, 3.2188758248682006, 1, 1],
+                  [1, 1, 3.4339872044851463, 1, 0], [1, 1, 4.060443010546419, 0, 0],
+                  [1, 0, 4.23410650459726, 0, 0], [1, 0, 2.995732273553991, 0, 0]])
+    y = np.array([4, 2, 8, 2, 4, 5, 8, 1])
+    fit, po = fit_negbin(y, X), fit_poisson(y, X)
+    assert fit["theta_at_bound"] and fit["converged"]
+    assert fit["beta"] == pytest.approx(po["beta"], rel=1e-6)
+    assert fit["se"] == pytest.approx(po["se"], rel=1e-4)
+
+
 def _visits(rows):
     cols = ["participant_id", "session", "week", "reference_session", "n_lesions", "n_new", "n_enlarging",
             "n_new_or_enlarging", "new_volume_ml"]

@@ -162,12 +162,13 @@ def fit_negbin(y, X, offset=None) -> dict:
     y = np.asarray(y, float)
     X = np.asarray(X, float)
     beta_p, mu_p, _, _ = irls(y, X, offset)
-    cache = {"beta": beta_p}
 
     def g(t):
+        # A pure function of t (every fit starts from the Poisson fit): brentq evaluates the
+        # bracket's ends again, and a warm start carried over from the last evaluation could
+        # flip the sign of a score that is rounding noise (near θ = ∞, where it is ~1e-16).
         th = math.exp(t)
-        b, mu, _, _ = irls(y, X, offset, th, beta0=cache["beta"])
-        cache["beta"] = b
+        _, mu, _, _ = irls(y, X, offset, th, beta0=beta_p)
         return _theta_score(y, mu, th)
 
     lo, hi = math.log(THETA_BOUNDS[0]), math.log(THETA_BOUNDS[1])
@@ -184,7 +185,7 @@ def fit_negbin(y, X, offset=None) -> dict:
         at_bound = True
     theta = math.exp(t_hat)
     at_bound = at_bound or theta > THETA_LARGE
-    beta, mu, cov, conv = irls(y, X, offset, theta, beta0=cache["beta"])
+    beta, mu, cov, conv = irls(y, X, offset, theta, beta0=beta_p)
     info = _theta_info(y, mu, theta)
     return {
         "beta": beta, "se": np.sqrt(np.diag(cov)), "cov": cov, "theta": theta,
