@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from t2lesion.unet.threshold import THRESHOLD_GRID
 from tests.test_workflow import snakemake
 
 pytestmark = pytest.mark.slow
@@ -96,7 +97,8 @@ def test_every_stage_wrote_its_outputs(tiny_run):
         info = json.loads((r / f"train/fold-{fold}/threshold.json").read_text())
         curve = pd.read_csv(r / f"train/fold-{fold}/threshold_curve.tsv", sep="\t", na_values=["n/a"])
         assert info["n_visits"] == 1 and info["visits"][0] in {"sub-001_ses-w000", "sub-002_ses-w000"}
-        assert list(curve.columns) == ["threshold", "mean_dice", "n", info["visits"][0]] and len(curve) == 14
+        assert list(curve.columns) == ["threshold", "mean_dice", "n", info["visits"][0]]
+        assert curve["threshold"].tolist() == pytest.approx(list(THRESHOLD_GRID)) and info["grid"] == list(THRESHOLD_GRID)
         assert info["threshold"] in curve["threshold"].round(2).tolist()
         assert (r / f"train/fold-{fold}/threshold_curve.png").read_bytes()[:4] == b"\x89PNG"
         thresholds.append(info["threshold"])
