@@ -113,6 +113,22 @@ VISIT_COLUMNS = [
 ]
 
 
+def change_flags(volume, reference, unit: float = 1.0, enlarge_relative: float = ENLARGE_RELATIVE,
+                 enlarge_voxels: float = ENLARGE_VOXELS):
+    """The module's volume-change rule, the one copy of it: a lesion of ``volume`` against its
+    reference volume ``reference`` (same unit; ``unit`` = one voxel in it: 1 for voxel counts,
+    the voxel's mL for mL) is **enlarging** when ``volume ≥ (1 + enlarge_relative) · reference``
+    and ``volume − reference ≥ enlarge_voxels · unit``, **shrinking** when it is not enlarging
+    and ``volume < reference``. Each bound carries a relative tolerance of 1e-9, so a lesion
+    exactly at a threshold counts however its volumes were rounded. Scalars or arrays; returns
+    ``(enlarging, shrinking)`` booleans."""
+    volume, reference = np.asarray(volume, dtype=float), np.asarray(reference, dtype=float)
+    enlarging = ((volume >= (1.0 + enlarge_relative) * reference * (1 - _TOL))
+                 & (volume - reference >= enlarge_voxels * unit * (1 - _TOL)))
+    shrinking = ~enlarging & (volume < reference * (1 - _TOL))
+    return enlarging, shrinking
+
+
 def check_params(reference: str = "previous", connectivity: int = CONNECTIVITY, min_size: int = MIN_SIZE,
                  new_overlap: float = OVERLAP, enlarge_relative: float = ENLARGE_RELATIVE,
                  enlarge_voxels: float = ENLARGE_VOXELS, reference_min_size: int = 1,
@@ -168,10 +184,9 @@ def classify_pair(reference, followup, voxel_ml: float = 1.0, *, connectivity: i
     unmatched = ~_matches(frac, new_overlap)
     new_small = unmatched & (sizes < new_min_size - _TOL)  # below the size floor: listed, not counted
     new = unmatched & ~new_small
-    grown = sizes - v_ref
-    enlarging = (~unmatched & (sizes >= (1.0 + enlarge_relative) * v_ref * (1 - _TOL))
-                 & (grown >= enlarge_voxels - _TOL * max(1.0, float(enlarge_voxels))))
-    shrinking = ~unmatched & ~enlarging & (sizes < v_ref * (1 - _TOL))
+    enlarging, shrinking = change_flags(sizes, v_ref, 1.0, enlarge_relative, enlarge_voxels)
+    enlarging &= ~unmatched
+    shrinking &= ~unmatched
     cls = np.where(new, "new", np.where(new_small, "new_small", np.where(
         enlarging, "enlarging", np.where(shrinking, "shrinking", "stable"))))
     refs = [[] for _ in range(nf)]
@@ -414,13 +429,10 @@ def _ses(label: str) -> str:
 
 def volume_change_class(volume: float, reference: float, voxel_ml: float,
                         enlarge_relative: float = ENLARGE_RELATIVE, enlarge_voxels: float = ENLARGE_VOXELS) -> str:
-    """One lesion's change from its reference volume (both in mL): ``enlarging`` when it grew by ≥
-    ``enlarge_relative`` and ≥ ``enlarge_voxels`` voxels of ``voxel_ml`` (the module rule, on
-    identities known), ``shrinking`` when it is smaller, ``stable`` otherwise."""
-    if (volume >= (1 + enlarge_relative) * reference * (1 - _TOL)
-            and volume - reference >= enlarge_voxels * voxel_ml * (1 - _TOL)):
-        return "enlarging"
-    return "shrinking" if volume < reference * (1 - _TOL) else "stable"
+    """One lesion's change from its reference volume (both in mL; :func:`change_flags` with
+    voxels of ``voxel_ml``): ``enlarging``, ``shrinking`` or ``stable``, on identities known."""
+    enlarging, shrinking = change_flags(volume, reference, voxel_ml, enlarge_relative, enlarge_voxels)
+    return "enlarging" if enlarging else "shrinking" if shrinking else "stable"
 
 
 def truth_counts(lesions: pd.DataFrame, sessions_by_subject: dict | None = None, *, reference: str = "previous",

@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 
 from t2lesion.errors import InputError
-from t2lesion.tracking import classify_pair, qc_name, run_tracking, track_subject
+from t2lesion.tracking import classify_pair, qc_name, run_tracking, track_subject, volume_change_class
 
 SHAPE = (5, 40, 60)
 
@@ -146,6 +146,25 @@ def test_thresholds_are_parameters():
     assert classify_pair(ref, fu, enlarge_voxels=5)[0]["class"].tolist() == ["enlarging"]
     with pytest.raises(InputError, match="enlarge_relative"):
         classify_pair(ref, fu, enlarge_relative=-1)
+
+
+@pytest.mark.parametrize("voxel_ml", [1.0, 0.003, 0.001 * 3.3])
+def test_masks_and_truth_volumes_follow_one_change_rule(voxel_ml):
+    """The masks' rule (voxel counts) and the truth's (mL of voxel_ml) give one class for every
+    size around the thresholds: +50 % from 6 voxels is 9 = +3 voxels, both bounds met exactly."""
+    ref = box(blank(), 1, 2, 0, 6)  # a row of 6 voxels
+    for n in range(3, 14):
+        fu = box(blank(), 1, 2, 0, n)  # the same row, n voxels long
+        lesions = classify_pair(ref, fu, voxel_ml)[0]
+        assert lesions["n_voxels"].tolist() == [n]
+        mask_class = lesions["class"].item()
+        truth_class = volume_change_class(n * voxel_ml, 6 * voxel_ml, voxel_ml)
+        expected = "enlarging" if n >= 9 else "shrinking" if n < 6 else "stable"
+        assert mask_class == truth_class == expected, n
+    # the relative bound alone, then the absolute one alone
+    assert volume_change_class(15 * voxel_ml, 10 * voxel_ml, voxel_ml, enlarge_voxels=6) == "stable"
+    assert volume_change_class(15 * voxel_ml, 10 * voxel_ml, voxel_ml, enlarge_relative=0.6) == "stable"
+    assert volume_change_class(15 * voxel_ml, 10 * voxel_ml, voxel_ml, enlarge_voxels=5) == "enlarging"
 
 
 def test_previous_versus_baseline_reference():
