@@ -320,6 +320,13 @@ def test_resample_region_is_scipys_per_channel_resampling():
             else:
                 np.testing.assert_array_equal(got[..., ch], ref)
         assert (got[..., 0] == 0).any() and (got[..., 0] != 0).any()  # both inside and outside were hit
+        # a box of a larger array (not contiguous) and a float64 copy give the same numbers
+        big = np.zeros((shape[0] + 2, shape[1] + 3, shape[2] + 4, 5), np.float32)
+        big[1:-1, 2:-1, 3:-1] = region
+        view = big[1:-1, 2:-1, 3:-1]
+        assert not view.flags.c_contiguous
+        np.testing.assert_array_equal(resample_region(view, 3, coords), got)
+        np.testing.assert_array_equal(resample_region(region.astype(np.float64), 3, coords), got)
 
 
 def test_loader_batches_equal_the_per_sample_reference(stored):

@@ -25,7 +25,8 @@ are 0 outside the brain). Default ranges are interpretations (the paper names th
 types only); ``training.augment_fraction`` sets the share of augmented samples. The loader
 warps a batch's augmented samples together (:func:`warp_batch`): the same draws and numbers as
 :func:`augment` per sample, resampled in NumPy with one set of indices and weights for all five
-channels instead of SciPy's one pass per channel (1.2–1.5× the patches per CPU-second).
+channels, gathered straight from the memory-mapped visit, instead of SciPy's one pass per
+channel over a copied region (1.7–2.5× the augmented patches per CPU-second, BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -231,35 +232,43 @@ def resample_region(region: np.ndarray, n_linear: int, coords: np.ndarray) -> np
     The same numbers as ``scipy.ndimage.map_coordinates(..., mode="constant", cval=0,
     prefilter=False)`` per channel (order 1, then 0): a point outside ``[0, n − 1]`` on any axis
     is 0; nearest rounds halves up (``floor(c + 0.5)``); linear weights in float32 rather than
-    float64 (differences ~1e-7). About twice as fast on a 32×96×96 window of 5 channels: the
-    indices and weights are computed once instead of once per channel, and each corner is one
-    row gather (``np.take``) of all channels."""
+    float64 (differences ~1e-7).
+
+    ``region`` may be a whole memory-mapped visit: its voxels are gathered in place, one 1-D
+    ``np.take`` per corner and channel from the flat array shifted by the channel (a contiguous
+    view, so nothing is copied and only the pages the map reaches are read). A region that is
+    not C-contiguous (a box of a larger array) is copied once. The loader gets 1.5–1.8× the
+    augmented patches per CPU-second it got from gathering rows of all channels from a copied
+    box (``benchmarks/bench_loader.py``, BENCHMARKS.md)."""
     n = region.shape[:3]
+    n_ch = region.shape[3]
+    if not region.flags.c_contiguous:
+        region = np.ascontiguousarray(region)
+    if region.dtype != np.float32:
+        region = region.astype(np.float32)
+    flat = region.reshape(-1)
+    channel = [flat[k:] for k in range(n_ch)]  # channel k of voxel v is channel[k][v * n_ch]
     out_shape = coords.shape[1:]
     c = coords.reshape(3, -1)
     count = c.shape[1]
     valid = np.ones(count, bool)
     base = np.zeros(count, np.intp)
     f = np.empty((3, count), np.float32)
-    strides = (n[1] * n[2], n[2], 1)
+    t = np.empty(count, np.float32)
+    strides = (n[1] * n[2] * n_ch, n[2] * n_ch, n_ch)
     offs = []
     for a in range(3):
         ca = c[a]
         valid &= ca >= 0
         valid &= ca <= n[a] - 1
-        ia = np.floor(ca)
-        np.clip(ia, 0, max(n[a] - 2, 0), out=ia)  # c = n − 1 takes the last cell with weight 1
-        np.subtract(ca, ia, out=f[a])
-        base += ia.astype(np.intp) * strides[a]
+        np.clip(ca, 0, max(n[a] - 2, 0), out=t)  # c = n − 1 takes the last cell with weight 1
+        np.floor(t, out=t)
+        np.subtract(ca, t, out=f[a])
+        base += t.astype(np.intp) * strides[a]
         offs.append(strides[a] if n[a] > 1 else 0)
-    base *= valid  # points outside read voxel 0 with weight 1, then are zeroed
-    f *= valid
+    f *= valid  # points outside read the clipped cell with weights in [0, 1], then are zeroed
     g = 1.0 - f
-    # contiguous rows of the linear and the nearest channels: np.take of rows is fast only
-    # on a contiguous array (a memory-mapped visit's region is a strided view)
-    lin = np.ascontiguousarray(region[..., :n_linear], dtype=np.float32).reshape(-1, n_linear)
-    acc = np.zeros((count, n_linear), np.float32)
-    tmp = np.empty((count, n_linear), np.float32)
+    out = np.zeros((n_ch, count), np.float32)
     w, wzy, idx = np.empty(count, np.float32), np.empty(count, np.float32), np.empty(count, np.intp)
     for dz in (0, 1):
         for dy in (0, 1):
@@ -267,18 +276,18 @@ def resample_region(region: np.ndarray, n_linear: int, coords: np.ndarray) -> np
             for dx in (0, 1):
                 np.multiply(wzy, f[2] if dx else g[2], out=w)
                 np.add(base, dz * offs[0] + dy * offs[1] + dx * offs[2], out=idx)
-                np.take(lin, idx, axis=0, out=tmp)
-                tmp *= w[:, None]
-                acc += tmp
-    out = acc
-    if n_linear < region.shape[3]:
-        near = np.ascontiguousarray(region[..., n_linear:], dtype=np.float32).reshape(-1, region.shape[3] - n_linear)
+                for k in range(n_linear):
+                    np.take(channel[k], idx, out=t)
+                    t *= w
+                    out[k] += t
+    if n_linear < n_ch:
         np.add(base, (f[0] >= 0.5) * offs[0], out=idx)
         idx += (f[1] >= 0.5) * offs[1]
         idx += (f[2] >= 0.5) * offs[2]
-        out = np.concatenate([acc, np.take(near, idx, axis=0)], axis=1)
-    out *= valid[:, None]
-    return out.reshape(tuple(out_shape) + (region.shape[3],))
+        for k in range(n_linear, n_ch):
+            np.take(channel[k], idx, out=out[k])
+    out *= valid
+    return np.moveaxis(out, 0, -1).reshape(tuple(out_shape) + (n_ch,))
 
 
 def warp_batch(arrays: Sequence[np.ndarray], n_image: int, draws: Sequence[dict], centers: Sequence,
@@ -286,9 +295,9 @@ def warp_batch(arrays: Sequence[np.ndarray], n_image: int, draws: Sequence[dict]
     """:func:`warp` for a batch: sample b resamples ``arrays[b]`` (z, y, x, C; channels
     ``:n_image`` linearly, the rest by nearest neighbour: image and labels in one array, as
     the loader stores them) through the map of ``draws[b]`` (:func:`draw_augmentation`) about
-    ``centers[b]``. The coordinate maps of the whole batch are built at once, each sample's
-    region read once and resampled by :func:`resample_region`. Returns (B, *out_shape, C)
-    float32: the numbers :func:`warp` gives per sample (to float32 rounding in the linear
+    ``centers[b]``. The coordinate maps of the whole batch are built at once and each sample
+    resampled by :func:`resample_region` straight from its (memory-mapped) array. Returns
+    (B, *out_shape, C) float32: the numbers :func:`warp` gives per sample (to float32 rounding in the linear
     channels, identical in the nearest ones)."""
     out_shape = tuple(int(k) for k in out_shape)
     for d in draws:
@@ -301,11 +310,9 @@ def warp_batch(arrays: Sequence[np.ndarray], n_image: int, draws: Sequence[dict]
     n_ch = {int(a.shape[3]) for a in arrays}
     if len(n_ch) != 1:
         raise ValueError(f"warp_batch expects arrays with one channel count, got {sorted(n_ch)}")
-    out = np.zeros((len(arrays),) + out_shape + (n_ch.pop(),), np.float32)
+    out = np.empty((len(arrays),) + out_shape + (n_ch.pop(),), np.float32)
     for b, arr in enumerate(arrays):
-        box = _reach(coords[b], arr.shape[:3])
-        if box is not None:
-            out[b] = resample_region(arr[box], n_image, coords[b])
+        out[b] = resample_region(arr, n_image, coords[b])
     return out
 
 
