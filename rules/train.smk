@@ -2,6 +2,8 @@
 # visit stored once as a memory-mappable array, an index of lesion windows per fold, and
 # one resumable GPU job per fold. Fold k's model is validated on fold k of every training
 # trial and trained on the others.
+from t2lesion.unet.stage import training_settings
+
 TR = config["training"]
 
 
@@ -143,7 +145,9 @@ rule train:
         resume_dir=f"{TRAIN}/fold-{{fold}}/checkpoint",
         model=config["model"],
         loss=config["loss"],
-        training=TR,
+        # what the fold learns; training.workers and threads (speed only) are read from
+        # the config by the script, so changing them never reruns a finished fold
+        training=training_settings(TR),
         seed=config["seed"],
     script:
         "../workflow_scripts/train.py"

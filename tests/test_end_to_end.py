@@ -5,10 +5,12 @@ MC-dropout inference, lesion metrics and the statistics rules, every source side
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from t2lesion.unet.threshold import THRESHOLD_GRID
 from tests.test_workflow import snakemake
@@ -217,6 +219,19 @@ def test_rerun_does_nothing(tiny_run):
     res = snakemake(tiny_run, "-n", "--quiet", "rules")
     assert res.returncode == 0, res.stderr
     assert "Nothing to be done" in res.stdout + res.stderr, res.stdout + res.stderr
+
+
+def test_loader_and_cpu_threads_rerun_nothing(tiny_run, tmp_path):
+    """A finished run with more loader workers and job threads: the folds are not retrained."""
+    def dry_run(training: dict):
+        overlay = tmp_path / "overlay.yaml"
+        overlay.write_text(yaml.safe_dump({"training": training}))
+        res = snakemake(tiny_run, "-n", "--quiet", "rules", "--configfile", str(tiny_run / "config.yaml"), str(overlay))
+        assert res.returncode == 0, res.stdout + res.stderr
+        return res.stdout + res.stderr
+
+    assert "Nothing to be done" in dry_run({"workers": 3, "threads": 2})
+    assert re.search(r"\btrain\b", dry_run({"workers": 3, "threads": 2, "epochs": 2}))  # what is learnt: retrain
 
 
 @pytest.fixture(scope="module")

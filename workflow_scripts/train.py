@@ -11,4 +11,4 @@ with rule_log(snakemake.log[0], snakemake.threads):
     p, o = snakemake.params, snakemake.output
     run_train(snakemake.input.index, int(snakemake.wildcards.fold), p.resume_dir,
               {"model": o.model, "last": o.last, "history": o.history, "curve": o.curve},
-              p.model, p.loss, p.training, p.seed)
+              p.model, p.loss, p.training, p.seed, workers=snakemake.config["training"]["workers"])

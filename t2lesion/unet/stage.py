@@ -21,6 +21,18 @@ from t2lesion.errors import InputError
 log = logging.getLogger(__name__)
 
 
+#: ``training:`` keys that set how fast a fold trains, not what it learns: the loader's
+#: threads and the job's CPU threads. A fold's batches are the same whatever they are
+#: (:mod:`t2lesion.unet.data`), so they stay out of the train rule's params and the
+#: checkpoint folder's settings key: changing them never retrains a finished fold.
+SPEED_KEYS = ("workers", "threads")
+
+
+def training_settings(training: Mapping) -> dict:
+    """The ``training:`` section without :data:`SPEED_KEYS` (the train rule's params)."""
+    return {k: v for k, v in training.items() if k not in SPEED_KEYS}
+
+
 def training_participants(validated: str | Path, participants: str | Path, arms: Sequence[str]) -> pd.DataFrame:
     """Participants of a training trial with at least one usable GT visit, and their arm."""
     from t2lesion.stats.inputs import read_participants
@@ -90,11 +102,13 @@ def prepare_resume_dir(resume_dir: str | Path, **settings) -> Path:
 
 
 def run_train(index: Sequence[str | Path], fold: int, resume_dir, outputs: dict, model: dict, loss: dict,
-              training: dict, seed: int) -> dict:
+              training: dict, seed: int, workers: int | None = None) -> dict:
     """Train fold ``fold``: validate on every index file of that fold, train on the others.
 
     Writes ``outputs`` (model, last, history, curve) by copying from ``resume_dir``, where
-    :func:`t2lesion.unet.train.train_fold` keeps its per-epoch checkpoints.
+    :func:`t2lesion.unet.train.train_fold` keeps its per-epoch checkpoints. ``workers``: the
+    loader's threads (config ``training.workers``; None: ``training["workers"]``, else 0).
+    :data:`SPEED_KEYS` in ``training`` are ignored in the checkpoints' settings key.
     """
     from t2lesion.unet.data import PatchDataset
     from t2lesion.unet.hparams import fold_seed, split_model_section
@@ -110,14 +124,14 @@ def run_train(index: Sequence[str | Path], fold: int, resume_dir, outputs: dict,
     fseed = fold_seed(seed, fold, model.get("seed"))
     log.info("fold %s: %d training windows (%d participants), %d validation windows (%d participants); seed %d",
              fold, len(trn), trn["participant_id"].nunique(), len(val), val["participant_id"].nunique(), fseed)
-    workers = int(training.get("workers", 0))
+    workers = int(training.get("workers", 0) if workers is None else workers)
     heads = split_model_section(model)[1].supervision_levels  # one target per supervised output
     train_ds = PatchDataset(trn, patch, batch_size=training["batch_size"], augment_fraction=training["augment_fraction"],
                             seed=fseed, shuffle=True, steps=training.get("steps_per_epoch"), n_outputs=heads,
                             workers=max(1, workers), use_multiprocessing=False)
     val_ds = PatchDataset(val, patch, batch_size=training["batch_size"], augment_fraction=0.0, seed=fseed,
                           shuffle=False, n_outputs=heads)
-    folder = prepare_resume_dir(resume_dir, model=model, loss=loss, training=training, seed=fseed,
+    folder = prepare_resume_dir(resume_dir, model=model, loss=loss, training=training_settings(training), seed=fseed,
                                 index=[str(p) for p in index])
     result = train_fold(train_ds, val_ds, folder, model, loss, training, seed=fseed, log=log)
     for key, name in (("model", "model.keras"), ("last", "last.keras"), ("history", "history.tsv"),
