@@ -4,6 +4,8 @@
 # gets its probability, mask (at the threshold t2lesion.unet.threshold.resolve_threshold
 # gives), uncertainty maps and the mask back in its native FLAIR space, and its lesion load
 # (TLV, TLC, and the threshold). No GT is needed.
+from t2lesion.unet.stage import inference_params
+
 INF = config["inference"]
 
 
@@ -36,7 +38,7 @@ for _batch in PLAN.infer_batches():
             runtime=240,
         params:
             visits=_batch.visits,
-            cfg=INF,
+            cfg=inference_params(INF),  # without inference.threads (speed only)
             seed=config["seed"],
             channel_order=MODEL_CFG.get("channel_order"),
             volume=VOLUME_PARAMS,

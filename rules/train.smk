@@ -2,7 +2,7 @@
 # visit stored once as a memory-mappable array, an index of lesion windows per fold, and
 # one resumable GPU job per fold. Fold k's model is validated on fold k of every training
 # trial and trained on the others.
-from t2lesion.unet.stage import training_settings
+from t2lesion.unet.stage import inference_params, training_params
 
 TR = config["training"]
 
@@ -147,7 +147,7 @@ rule train:
         loss=config["loss"],
         # what the fold learns; training.workers and threads (speed only) are read from
         # the config by the script, so changing them never reruns a finished fold
-        training=training_settings(TR),
+        training=training_params(TR),
         seed=config["seed"],
     script:
         "../workflow_scripts/train.py"
@@ -193,7 +193,7 @@ rule calibrate:
     params:
         trials=PLAN.train_trials,
         visits=PLAN.calibration_visits(),
-        cfg=config["inference"],
+        cfg=inference_params(config["inference"]),  # without inference.threads (speed only)
         seed=config["seed"],
         channel_order=MODEL_CFG.get("channel_order"),
     script:

@@ -222,16 +222,18 @@ def test_rerun_does_nothing(tiny_run):
 
 
 def test_loader_and_cpu_threads_rerun_nothing(tiny_run, tmp_path):
-    """A finished run with more loader workers and job threads: the folds are not retrained."""
-    def dry_run(training: dict):
+    """A finished run with more loader workers and job threads: no fold is retrained and no
+    visit predicted again; a setting of what the folds learn retrains them."""
+    def dry_run(overlay_config: dict):
         overlay = tmp_path / "overlay.yaml"
-        overlay.write_text(yaml.safe_dump({"training": training}))
+        overlay.write_text(yaml.safe_dump(overlay_config))
         res = snakemake(tiny_run, "-n", "--quiet", "rules", "--configfile", str(tiny_run / "config.yaml"), str(overlay))
         assert res.returncode == 0, res.stdout + res.stderr
         return res.stdout + res.stderr
 
-    assert "Nothing to be done" in dry_run({"workers": 3, "threads": 2})
-    assert re.search(r"\btrain\b", dry_run({"workers": 3, "threads": 2, "epochs": 2}))  # what is learnt: retrain
+    faster = {"training": {"workers": 3, "threads": 2}, "inference": {"threads": 2}}
+    assert "Nothing to be done" in dry_run(faster)
+    assert re.search(r"\btrain\b", dry_run({**faster, "training": {"workers": 3, "epochs": 2}}))
 
 
 @pytest.fixture(scope="module")

@@ -21,16 +21,24 @@ from t2lesion.errors import InputError
 log = logging.getLogger(__name__)
 
 
-#: ``training:`` keys that set how fast a fold trains, not what it learns: the loader's
-#: threads and the job's CPU threads. A fold's batches are the same whatever they are
-#: (:mod:`t2lesion.unet.data`), so they stay out of the train rule's params and the
-#: checkpoint folder's settings key: changing them never retrains a finished fold.
-SPEED_KEYS = ("workers", "threads")
+#: Config keys that set how fast a job runs, not what it computes: the loader's threads and
+#: the CPU threads of a training job (a fold's batches are the same whatever they are,
+#: :mod:`t2lesion.unet.data`); an inference job's threads and its share of the visits. They
+#: stay out of the train, calibrate and infer rules' params and out of the checkpoint folder's
+#: settings key: changing them never retrains a finished fold nor repredicts a visit.
+TRAINING_SPEED_KEYS = ("workers", "threads")
+INFERENCE_SPEED_KEYS = ("threads", "visits_per_job")
 
 
-def training_settings(training: Mapping) -> dict:
-    """The ``training:`` section without :data:`SPEED_KEYS` (the train rule's params)."""
-    return {k: v for k, v in training.items() if k not in SPEED_KEYS}
+def training_params(training: Mapping) -> dict:
+    """The ``training:`` section without :data:`TRAINING_SPEED_KEYS` (the train rule's params)."""
+    return {k: v for k, v in training.items() if k not in TRAINING_SPEED_KEYS}
+
+
+def inference_params(inference: Mapping) -> dict:
+    """The ``inference:`` section without :data:`INFERENCE_SPEED_KEYS` (the calibrate and infer
+    rules' params)."""
+    return {k: v for k, v in inference.items() if k not in INFERENCE_SPEED_KEYS}
 
 
 def training_participants(validated: str | Path, participants: str | Path, arms: Sequence[str]) -> pd.DataFrame:
@@ -108,7 +116,7 @@ def run_train(index: Sequence[str | Path], fold: int, resume_dir, outputs: dict,
     Writes ``outputs`` (model, last, history, curve) by copying from ``resume_dir``, where
     :func:`t2lesion.unet.train.train_fold` keeps its per-epoch checkpoints. ``workers``: the
     loader's threads (config ``training.workers``; None: ``training["workers"]``, else 0).
-    :data:`SPEED_KEYS` in ``training`` are ignored in the checkpoints' settings key.
+    :data:`TRAINING_SPEED_KEYS` in ``training`` are left out of the checkpoints' settings key.
     """
     from t2lesion.unet.data import PatchDataset
     from t2lesion.unet.hparams import fold_seed, split_model_section
@@ -131,7 +139,7 @@ def run_train(index: Sequence[str | Path], fold: int, resume_dir, outputs: dict,
                             workers=max(1, workers), use_multiprocessing=False)
     val_ds = PatchDataset(val, patch, batch_size=training["batch_size"], augment_fraction=0.0, seed=fseed,
                           shuffle=False, n_outputs=heads)
-    folder = prepare_resume_dir(resume_dir, model=model, loss=loss, training=training_settings(training), seed=fseed,
+    folder = prepare_resume_dir(resume_dir, model=model, loss=loss, training=training_params(training), seed=fseed,
                                 index=[str(p) for p in index])
     result = train_fold(train_ds, val_ds, folder, model, loss, training, seed=fseed, log=log)
     for key, name in (("model", "model.keras"), ("last", "last.keras"), ("history", "history.tsv"),
