@@ -242,10 +242,7 @@ def resample_region(region: np.ndarray, n_linear: int, coords: np.ndarray) -> np
     box (``benchmarks/bench_loader.py``, BENCHMARKS.md)."""
     n = region.shape[:3]
     n_ch = region.shape[3]
-    if not region.flags.c_contiguous:
-        region = np.ascontiguousarray(region)
-    if region.dtype != np.float32:
-        region = region.astype(np.float32)
+    region = np.ascontiguousarray(region, dtype=np.float32)  # no copy for a float32 memory map
     flat = region.reshape(-1)
     channel = [flat[k:] for k in range(n_ch)]  # channel k of voxel v is channel[k][v * n_ch]
     out_shape = coords.shape[1:]
