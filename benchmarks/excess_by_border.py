@@ -1,10 +1,9 @@
 """Where a finished run's U-Net volume exceeds GT's, per arm and week (docs/validation-discussion.md):
 a look at the U-Net's drift in the treated arm of the validation trial.
 
-For each participant with a GT mask at every visit, the U-Net mask (MNI grid) is split against
-the visit's GT mask: false-positive voxels in the GT's one-voxel shell (the lesion border),
-false positives on another visit's GT lesion (not this visit's), false positives elsewhere, and
-false negatives; ``shell_claimed`` is the share of the shell the U-Net calls lesion. Printed:
+For every visit with a GT mask in the MNI grid, the U-Net mask is split against that GT mask:
+false-positive voxels in the GT's one-voxel shell (the lesion border), false positives on
+another visit's GT lesion (not this visit's), false positives elsewhere, and false negatives; ``shell_claimed`` is the share of the shell the U-Net calls lesion. Printed:
 means (mL) per arm and week, then each quantity's paired change from baseline per arm, mean ±
 standard error over participants. Arms from the trial's ``participants.tsv``.
 
@@ -23,6 +22,7 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from t2lesion.evaluation.files import week_from_session  # noqa: E402
 from t2lesion.io import read_array  # noqa: E402
 
 QUANTITIES = ["gt_ml", "unet_ml", "fp_border_ml", "fp_other_visit_ml", "fp_elsewhere_ml", "fn_ml", "shell_claimed"]
@@ -51,7 +51,7 @@ def split_visits(results: Path, trial: str) -> pd.DataFrame:
             shell = ndimage.binary_dilation(gt[ses]) & ~gt[ses]
             fp = unet[ses] & ~gt[ses]
             rows.append({
-                "participant_id": pid, "arm": arm, "session": ses, "week": int(ses.split("-w")[-1]),
+                "participant_id": pid, "arm": arm, "session": ses, "week": week_from_session(ses),
                 "gt_ml": gt[ses].sum() * voxel_ml, "unet_ml": unet[ses].sum() * voxel_ml,
                 "fp_border_ml": (fp & shell).sum() * voxel_ml,
                 "fp_other_visit_ml": (fp & ~shell & any_gt).sum() * voxel_ml,
