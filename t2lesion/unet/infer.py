@@ -48,7 +48,6 @@ from pathlib import Path
 
 import numpy as np
 
-from t2lesion.unet.stage import INFERENCE_SPEED_KEYS
 from t2lesion.unet.windows import bounding_box, pad_to, window_corners
 
 log = logging.getLogger(__name__)
@@ -73,9 +72,7 @@ VISIT_KEYS = {
     "optional": ("out_native_mask", "native_flair", "flair_xfm"),
 }
 CFG_DEFAULTS = {"mc_samples": 10, "overlap": 0.2, "blending": "gaussian", "batch_size": 8, "threshold": 0.5}
-#: used by the workflow, not here: the models' folder and the speed-only keys (which the rules
-#: leave out of their cfg param; a caller may still pass the whole section)
-CFG_IGNORED = ("models", *INFERENCE_SPEED_KEYS)
+CFG_IGNORED = ("models", "threads", "visits_per_job")  # used by the workflow, not here
 
 
 # --------------------------------------------------------------------------- numerics
