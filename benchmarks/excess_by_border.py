@@ -3,7 +3,10 @@ a look at the U-Net's drift in the treated arm of the validation trial.
 
 For every visit with a GT mask in the MNI grid, the U-Net mask is split against that GT mask:
 false-positive voxels in the GT's one-voxel shell (the lesion border), false positives on
-another visit's GT lesion (not this visit's), false positives elsewhere, and false negatives; ``shell_claimed`` is the share of the shell the U-Net calls lesion. Printed:
+another visit's GT lesion (not this visit's), false positives elsewhere, and false negatives;
+``shell_claimed`` is the share of the shell the U-Net calls lesion. The shell and its false
+positives are also split between the visit's new GT lesions (components touching no voxel of
+the baseline GT dilated by one voxel) and the others (``_new``, ``_old``). Printed:
 means (mL) per arm and week, then each quantity's paired change from baseline per arm, mean ±
 standard error over participants. Arms from the trial's ``participants.tsv``.
 
@@ -25,7 +28,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from t2lesion.evaluation.files import week_from_session  # noqa: E402
 from t2lesion.io import read_array  # noqa: E402
 
-QUANTITIES = ["gt_ml", "unet_ml", "fp_border_ml", "fp_other_visit_ml", "fp_elsewhere_ml", "fn_ml", "shell_claimed"]
+QUANTITIES = ["gt_ml", "unet_ml", "fp_border_ml", "fp_other_visit_ml", "fp_elsewhere_ml", "fn_ml", "shell_claimed",
+              "gt_new_ml", "shell_ml", "shell_new_ml", "fp_border_new_ml", "fp_border_old_ml",
+              "shell_claimed_new", "shell_claimed_old"]
+
+
+def new_components(mask: np.ndarray, baseline: np.ndarray) -> np.ndarray:
+    """The connected components of ``mask`` that touch no voxel of ``baseline`` (the baseline GT
+    dilated by one voxel): the visit's new lesions."""
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        return np.zeros_like(mask)
+    touches = np.zeros(n + 1, bool)
+    touches[np.unique(labels[baseline & mask])] = True
+    touches[0] = True
+    return ~touches[labels]
 
 
 def split_visits(results: Path, trial: str) -> pd.DataFrame:
@@ -47,9 +64,13 @@ def split_visits(results: Path, trial: str) -> pd.DataFrame:
                 "desc-lesionGT_mask", "desc-lesion_mask")
             unet[ses] = read_array(u)[0] > 0
         any_gt = np.logical_or.reduce(list(gt.values()))
+        baseline = ndimage.binary_dilation(gt[min(gt)])
         for ses in gt:
             shell = ndimage.binary_dilation(gt[ses]) & ~gt[ses]
             fp = unet[ses] & ~gt[ses]
+            new = new_components(gt[ses], baseline)
+            shell_new = ndimage.binary_dilation(new) & shell
+            shell_old = shell & ~shell_new
             rows.append({
                 "participant_id": pid, "arm": arm, "session": ses, "week": week_from_session(ses),
                 "gt_ml": gt[ses].sum() * voxel_ml, "unet_ml": unet[ses].sum() * voxel_ml,
@@ -58,6 +79,13 @@ def split_visits(results: Path, trial: str) -> pd.DataFrame:
                 "fp_elsewhere_ml": (fp & ~shell & ~any_gt).sum() * voxel_ml,
                 "fn_ml": (gt[ses] & ~unet[ses]).sum() * voxel_ml,
                 "shell_claimed": (unet[ses] & shell).sum() / max(int(shell.sum()), 1),
+                "gt_new_ml": new.sum() * voxel_ml, "shell_ml": shell.sum() * voxel_ml,
+                "shell_new_ml": shell_new.sum() * voxel_ml,
+                "fp_border_new_ml": (fp & shell_new).sum() * voxel_ml,
+                "fp_border_old_ml": (fp & shell_old).sum() * voxel_ml,
+                "shell_claimed_new": (unet[ses] & shell_new).sum() / max(int(shell_new.sum()), 1)
+                if shell_new.any() else np.nan,
+                "shell_claimed_old": (unet[ses] & shell_old).sum() / max(int(shell_old.sum()), 1),
             })
     if not rows:
         raise SystemExit(f"{results}/preproc/trial-{trial}: no GT masks in the MNI grid")
@@ -70,6 +98,8 @@ def paired_changes(visits: pd.DataFrame) -> pd.DataFrame:
     out = []
     for week in weeks[1:]:
         for q in QUANTITIES:
+            if weeks[0] not in wide[q]:
+                continue  # no baseline value (the new lesions' shell share)
             d = (wide[q][week] - wide[q][weeks[0]]).dropna()
             for arm, g in d.groupby(level="arm"):
                 out.append({"week": week, "quantity": q, "arm": arm, "mean": g.mean(), "se": g.sem(), "n": len(g)})
