@@ -13,6 +13,7 @@ from t2lesion.plan import (
     FLAIR_XFM,
     LOGS,
     MNI,
+    NEW_LESION_TRUTH_TABLES,
     PRE,
     PRE_BASELINE,
     PRED,

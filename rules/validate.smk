@@ -97,7 +97,7 @@ rule validation_study_new_lesion_truth:
     output:
         **{
             k: f"{VALIDATION_STUDY}/new_lesion_truth_{k}.tsv"
-            for k in ("lesions", "masks", "sizes", "floors")
+            for k in NEW_LESION_TRUTH_TABLES
         },
     log:
         f"{LOGS}/validation_study/new_lesion_truth_trial-{{trial}}.log",

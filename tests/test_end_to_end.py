@@ -450,7 +450,7 @@ def test_validation_document_from_the_tiny_run(tiny_run, tmp_path):
     assert f"* commit: `{git_commit(REPO)}`" in text and "* config: `config.yaml`" in text
     folder = work / "docs/validation"
     for key in ("table2", "tlv_agreement", "uncertainty", "detection", "ancova", "cox", "nb", "truth",
-                "new_lesion_sizes", "new_lesion_floors"):
+                "new_lesion_sizes", "new_lesion_floors", "enlarge_floors"):
         assert (folder / FILES[key]).is_file(), key
     assert "Not available" not in text
     rows = evaluate_targets(read_tables(folder), Targets())
@@ -475,6 +475,11 @@ def test_validation_document_from_the_tiny_run(tiny_run, tmp_path):
     first = floors.iloc[0]
     assert first["n_truth"] == ((les["truth_class"] == "new") & (les["nominal_voxels"] >= first["floor"])).sum()
     assert "## Size floor for counting a new lesion" in text
+    # the enlarging lesions' gain floors: the truth's enlarging lesions as the lesion table classes them
+    enl = pd.read_csv(folder / FILES["enlarge_floors"], sep="\t")
+    assert enl["n_followups"].iloc[0] == first["n_followups"] and (enl["n_masks"].diff().dropna() <= 0).all()
+    assert enl["n_truth"].iloc[0] == (les["truth_class"] == "enlarging").sum()
+    assert "## Gain floor for counting an enlarging lesion" in text
     # from the folder alone (make validation-doc), elsewhere: the same text but the figures' links
     import subprocess
     import sys

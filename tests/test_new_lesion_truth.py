@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
+from t2lesion.errors import InputError
 from t2lesion.validation.new_lesion_truth import (
-    choose_floor, floor_table, match_visit, native_to_grid, nearest_component, run_new_lesion_truth, size_table,
+    choose_floor, enlarge_floor_table, floor_table, match_visit, native_to_grid, nearest_component, run_new_lesion_truth, size_table,
     truth_lesions,
 )
 
@@ -117,6 +118,29 @@ def test_size_and_floor_tables_and_the_floor_rule():
     assert choose_floor(fl.reset_index().assign(share_equal=0.5)) is None
 
 
+def _tracked() -> pd.DataFrame:
+    """The GT tracking's lesion table of sub-001's follow-up: a lesion grown by 12 voxels, one by
+    4 (the grid's noise) and a stable one."""
+    return pd.DataFrame({"participant_id": "sub-001", "session": "ses-w024", "lesion": [1, 2, 3],
+                         "class": ["enlarging", "enlarging", "stable"], "n_voxels": [24, 10, 30],
+                         "reference_voxels": [12.0, 6.0, 30.0]})
+
+
+def test_enlarge_floor_table_counts_growth_of_at_least_the_floor():
+    lesions = truth_lesions(_truth(), {"sub-001": ["ses-w000", "ses-w024"]}, voxel_ml=V)
+    # truth: id 4 grows 10 voxels nominal (9 native); id 1 is stable but grows 8 in the native grid
+    fu = pd.DataFrame({"participant_id": ["sub-001", "sub-002"], "session": "ses-w024"})  # sub-002: nothing anywhere
+    t = enlarge_floor_table(lesions, _tracked(), fu, floors=(3, 5, 10, 15)).set_index("floor")
+    assert t["n_masks"].tolist() == [2, 1, 1, 0]
+    assert t["n_truth"].tolist() == [1, 1, 1, 0]
+    assert t["n_native"].tolist() == [2, 2, 0, 0]
+    assert t["n_equal"].tolist() == [1, 2, 2, 2] and t["share_equal"].tolist() == [0.5, 1.0, 1.0, 1.0]
+    assert t["n_equal_native"].tolist() == [1, 1, 1, 2]
+    assert t["chosen"].tolist() == [False, True, False, False]  # the new-lesion rule: smallest with >= 90 % equal
+    with pytest.raises(InputError, match=r"lacks column\(s\) \['reference_voxels'\]"):
+        enlarge_floor_table(lesions, _tracked().drop(columns="reference_voxels"), fu)
+
+
 def test_path_entry_point_writes_the_tables(tmp_path):
     lesions, qc, idx = _scene()
     img = sitk.GetImageFromArray(qc)
@@ -134,8 +158,15 @@ def test_path_entry_point_writes_the_tables(tmp_path):
     sitk.WriteTransform(sitk.Euler3DTransform(), str(xpath))
     key = ("sub-001", "ses-w024")
     outs = [tmp_path / f"{k}.tsv" for k in ("lesions", "masks", "sizes", "floors")]
-    fl = run_new_lesion_truth(tpath, {key: str(qpath)}, {key: str(xpath)}, {"sub-001": ["ses-w000", "ses-w024"]},
-                              *outs, floors=(3, 10))
+    sessions = {"sub-001": ["ses-w000", "ses-w024"]}
+    tracked, enl = tmp_path / "sub-001_lesions.tsv", tmp_path / "enlarge_floors.tsv"
+    _tracked().to_csv(tracked, sep="\t", index=False)
+    fl = run_new_lesion_truth(tpath, {key: str(qpath)}, {key: str(xpath)}, sessions, *outs, floors=(3, 10),
+                              tracked=[tracked], out_enlarge_floors_tsv=enl, enlarge_floors=(3, 5))
     assert fl["n_equal"].tolist() == [0, 1] and all(p.is_file() for p in outs)
+    assert pd.read_csv(enl, sep="\t")[["floor", "n_masks", "n_truth", "chosen"]].values.tolist() == [
+        [3, 2, 1, False], [5, 1, 1, True]]
+    with pytest.raises(ValueError, match="give both tracked"):
+        run_new_lesion_truth(tpath, {key: str(qpath)}, {key: str(xpath)}, sessions, *outs, tracked=[tracked])
     back = pd.read_csv(outs[0], sep="\t").set_index("lesion_id")
     assert back.loc[[5, 2, 4, 1, 3], "mask_class"].tolist() == ["new", "new", "enlarging", "other", "missed"]

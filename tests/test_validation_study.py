@@ -94,12 +94,15 @@ def test_dry_run_reaches_the_document_and_rule_all_never_asks_for_it(tmp_path):
 def test_truth_checks_are_planned_where_their_truth_exists():
     val, demo = plan_of(VALIDATE), plan_of(DEMO)
     copies = val.validation_copies("valtest")
-    for name in ("new_lesion_truth_sizes.tsv", "new_lesion_truth_floors.tsv", "lesion_types.tsv"):
+    for name in ("new_lesion_truth_sizes.tsv", "new_lesion_truth_floors.tsv", "new_lesion_truth_enlarge_floors.tsv",
+                 "lesion_types.tsv"):
         assert name in copies, name
     visits = val.lesion_type_visits("valtest")
     assert len(visits) == 120 and set(visits[0]["masks"]) == {"gt", "classical", "unet"}
     nl = val.new_lesion_truth_visits("valtest")
-    assert len(nl["followups"]) == 80 and len(nl["qc_dirs"]) == 40 and nl["sessions"]["sub-001"] == [
+    assert len(nl["followups"]) == 80 and len(nl["qc_dirs"]) == len(nl["tracked"]) == 40
+    assert nl["tracked"][0] == "results/lesions/gt/trial-valtest/sub-001/sub-001_lesions.tsv"
+    assert nl["sessions"]["sub-001"] == [
         "ses-w000", "ses-w024", "ses-w048"]
     # the demo's synthetic trial has the default profile: no lesion types, so neither rule nor copy
     test = demo.validation_trial()

@@ -1,4 +1,4 @@
-"""GT-mask new lesions against the generator's truth, by size; the size floor (rule validation_study_new_lesion_truth)."""
+"""GT-mask new lesions against the generator's truth, by size; the size floor, and the gain floor of enlarging lesions (rule validation_study_new_lesion_truth)."""
 
 from t2lesion.logs import rule_log
 from t2lesion.validation.new_lesion_truth import run_new_lesion_truth
@@ -15,6 +15,8 @@ with rule_log(snakemake.log[0], snakemake.threads):
         o.masks,
         o.sizes,
         o.floors,
+        tracked=list(snakemake.input.tracked),
+        out_enlarge_floors_tsv=o.enlarge_floors,
         reference=p.reference,
         connectivity=p.connectivity,
         enlarge_relative=p.enlarge_relative,

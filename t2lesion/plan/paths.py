@@ -30,6 +30,8 @@ FLAIR_XFM = f"{PRE}_from-FLAIR_to-MNI1x1x3_xfm.tfm"
 REVIEW = "results/review/trial-{trial}"
 # The validation study on known truth (docs/DESIGN.md §15).
 VALIDATION_STUDY = "results/validation_study/trial-{trial}"
+#: The new-lesion truth check's tables, VALIDATION_STUDY/new_lesion_truth_<name>.tsv (t2lesion.validation.new_lesion_truth).
+NEW_LESION_TRUTH_TABLES = ("lesions", "masks", "sizes", "floors", "enlarge_floors")
 REVIEW_VISIT = f"{REVIEW}/visits/sub-{{sub}}_ses-{{ses}}_review.tsv"
 CORRECTION_STATUS = f"{REVIEW}/corrections/sub-{{sub}}_ses-{{ses}}_correction.tsv"
 # A reader's mask of a training visit carried into MNI (trials.<t>.training_masks: reviewed).

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from t2lesion.errors import InputError
 from t2lesion.plan.paths import (
-    FLAIR_XFM, MNI, PRE, STATS, TRACK, VALIDATION_STUDY, VISIT_TABLE, mask_path,
+    FLAIR_XFM, MNI, NEW_LESION_TRUTH_TABLES, PRE, STATS, TRACK, VALIDATION_STUDY, VISIT_TABLE, mask_path,
 )
 from t2lesion.tracking import qc_name
 
@@ -38,7 +38,7 @@ class ValidationPlan:
                 "uncertainty": f"{v}/uncertainty.tsv", "detection_visits": f"{v}/new_lesion_detection_visits.tsv",
                 "detection": f"{v}/new_lesion_detection.tsv", "truth": f"{v}/truth.tsv",
                 **{f"new_lesion_truth_{k}": f"{v}/new_lesion_truth_{k}.tsv"
-                   for k in ("lesions", "masks", "sizes", "floors")},
+                   for k in NEW_LESION_TRUTH_TABLES},
                 "lesion_types": f"{v}/lesion_types.tsv", "lesion_types_lesions": f"{v}/lesion_types_lesions.tsv"}
 
     def uncertainty_visits(self, trial: str) -> list[dict]:
@@ -77,31 +77,34 @@ class ValidationPlan:
 
     def new_lesion_truth_visits(self, trial: str) -> dict:
         """Rule validation_study_new_lesion_truth's inputs and their keys: the truth lesion table, per
-        GT follow-up its tracking QC folder, QC map and FLAIR -> MNI transform, and each subject's
-        GT sessions. Empty for a trial without truth or follow-ups."""
+        GT follow-up its tracking QC folder, QC map and FLAIR -> MNI transform, each subject's
+        GT sessions, and the GT tracking's lesion tables of the subjects with follow-ups. Empty
+        for a trial without truth or follow-ups."""
         t = self.trials[trial]
         if t.synthetic is None or not self.has_new_lesions(trial):
             return {}
-        followups, qc_dirs, sessions = [], [], {}
+        followups, qc_dirs, tracked, sessions = [], [], [], {}
         for sub, visits in sorted(self._tracked_by_subject(trial, "gt").items()):
             pid = f"sub-{sub}"
             sessions[pid] = [f"ses-{v.ses}" for v in visits]
             qc = f"{TRACK}/qc".format(source="gt", trial=trial, sub=sub)
             if len(visits) > 1:
                 qc_dirs.append(qc)
+                tracked.append(f"{TRACK}/sub-{{sub}}_lesions.tsv".format(source="gt", trial=trial, sub=sub))
             for v in visits[1:]:
                 followups.append({"participant_id": pid, "session": f"ses-{v.ses}",
                                   "qc": f"{qc}/{qc_name(pid, f'ses-{v.ses}')}",
                                   "xfm": FLAIR_XFM.format(trial=trial, sub=sub, ses=v.ses)})
         return {"truth": f"{t.root}/truth/lesions.tsv", "qc_dirs": qc_dirs, "followups": followups,
-                "sessions": sessions}
+                "sessions": sessions, "tracked": tracked}
 
     def new_lesion_truth_inputs(self, trial: str) -> dict[str, object]:
         v = self.new_lesion_truth_visits(trial)
         if not v:
             raise InputError(f"validation: trial {trial!r} has no synthetic truth of new lesions (a synthetic "
                              "trial with >= 2 visits per subject)")
-        return {"truth": v["truth"], "qc": v["qc_dirs"], "xfm": [f["xfm"] for f in v["followups"]]}
+        return {"truth": v["truth"], "qc": v["qc_dirs"], "xfm": [f["xfm"] for f in v["followups"]],
+                "tracked": v["tracked"]}
 
     def lesion_type_visits(self, trial: str) -> list[dict]:
         """Rule validation_study_lesion_types' visits: per GT visit of a clinical-profile synthetic trial
@@ -153,7 +156,7 @@ class ValidationPlan:
         if self.synthetic_truth(trial):
             out["truth.tsv"] = val["truth"]
             if self.new_lesion_truth_visits(trial):
-                for k in ("sizes", "floors"):
+                for k in ("sizes", "floors", "enlarge_floors"):
                     out[f"new_lesion_truth_{k}.tsv"] = val[f"new_lesion_truth_{k}"]
             if self.lesion_type_visits(trial):
                 out["lesion_types.tsv"] = val["lesion_types"]

@@ -60,6 +60,9 @@ log = logging.getLogger(__name__)
 SIZE_BINS: tuple[tuple[int, int | None], ...] = ((0, 3), (3, 5), (5, 10), (10, 20), (20, 50), (50, None))
 #: Candidate size floors for counting a new lesion (voxels).
 FLOORS: tuple[int, ...] = (3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30)
+#: Candidate gain floors for counting an enlarging lesion (voxels grown over the reference volume):
+#: what ``lesions.enlarge_voxels`` set to each would count.
+ENLARGE_FLOORS: tuple[int, ...] = (3, 5, 8, 10, 15, 20, 25, 30, 40, 50, 75)
 #: The floor rule: GT-mask counts equal to the truth's on at least this share of follow-ups.
 MIN_EQUAL = 0.9
 RADIUS_MM = 3.0
@@ -77,6 +80,9 @@ SIZE_COLUMNS = ["side", "bin", "size_low", "size_high", "n", "n_new_in_masks", "
                 "share"]
 FLOOR_COLUMNS = ["floor", "n_followups", "n_equal", "share_equal", "n_masks", "n_truth", "n_native",
                  "n_equal_native", "share_equal_native", "precision", "sensitivity", "chosen"]
+ENLARGE_FLOOR_COLUMNS = ["floor", "n_followups", "n_equal", "share_equal", "n_masks", "n_truth", "n_native",
+                         "n_equal_native", "share_equal_native", "chosen"]
+_KEY = ["participant_id", "session"]
 
 
 def truth_lesions(truth: pd.DataFrame, sessions_by_subject: dict[str, Sequence[str]], *,
@@ -235,35 +241,66 @@ def size_table(lesions: pd.DataFrame, masks: pd.DataFrame, bins=SIZE_BINS) -> pd
     return pd.DataFrame(rows).reindex(columns=SIZE_COLUMNS)
 
 
+def _count_agreement(followups: pd.DataFrame, masks: pd.DataFrame, truth: pd.DataFrame,
+                     native: pd.DataFrame) -> dict:
+    """Per follow-up (``followups``: participant_id, session) the counts of the rows of ``masks``,
+    ``truth`` and ``native``: how many follow-ups have the masks' (and the native grid's) count
+    equal to the truth's, and the totals."""
+    counts = followups[_KEY].drop_duplicates()
+    for name, tab in (("truth", truth), ("masks", masks), ("native", native)):
+        c = tab.groupby(_KEY).size().rename(name)
+        counts = counts.merge(c, left_on=_KEY, right_index=True, how="left")
+    counts = counts.fillna(0)
+    n = len(counts)
+    eq = int((counts["masks"] == counts["truth"]).sum())
+    eqn = int((counts["native"] == counts["truth"]).sum())
+    return {"n_followups": n, "n_equal": eq, "share_equal": eq / n if n else math.nan,
+            "n_masks": len(masks), "n_truth": len(truth), "n_native": len(native), "n_equal_native": eqn,
+            "share_equal_native": eqn / n if n else math.nan}
+
+
 def floor_table(lesions: pd.DataFrame, masks: pd.DataFrame, followups: pd.DataFrame, floors=FLOORS,
                 min_equal: float = MIN_EQUAL) -> pd.DataFrame:
     """Per candidate floor, per follow-up (``followups``: participant_id, session), the GT-mask
     new-lesion count (MNI size ≥ floor) against the truth's (nominal ≥ floor) and the native
     grid's (truth-table rule, native size ≥ floor); pooled precision and sensitivity;
     ``chosen`` marks :func:`choose_floor`'s floor."""
-    key = ["participant_id", "session"]
-    fu = followups[key].drop_duplicates()
     rows = []
     for f in floors:
         tn = lesions[(lesions["truth_class"] == "new") & (lesions["nominal_voxels"] >= f - _TOL)]
         nn = lesions[(lesions["native_class"] == "new") & (lesions["native_voxels"] >= f - _TOL)]
         mn = masks[masks["n_voxels"] >= f - _TOL]
-        counts = fu.copy()
-        for name, tab in (("truth", tn), ("masks", mn), ("native", nn)):
-            c = tab.groupby(key).size().rename(name)
-            counts = counts.merge(c, left_on=key, right_index=True, how="left")
-        counts = counts.fillna(0)
-        n = len(counts)
-        eq = int((counts["masks"] == counts["truth"]).sum())
-        eqn = int((counts["native"] == counts["truth"]).sum())
-        rows.append({"floor": f, "n_followups": n, "n_equal": eq, "share_equal": eq / n if n else math.nan,
-                     "n_masks": len(mn), "n_truth": len(tn), "n_native": len(nn), "n_equal_native": eqn,
-                     "share_equal_native": eqn / n if n else math.nan,
+        rows.append({"floor": f, **_count_agreement(followups, mn, tn, nn),
                      "precision": mn["true_new"].mean() if len(mn) else math.nan,
                      "sensitivity": (tn["mask_class"] == "new").mean() if len(tn) else math.nan})
     table = pd.DataFrame(rows).reindex(columns=FLOOR_COLUMNS)
     chosen = choose_floor(table, min_equal)
     table["chosen"] = table["floor"] == chosen
+    return table
+
+
+def enlarge_floor_table(lesions: pd.DataFrame, tracked: pd.DataFrame, followups: pd.DataFrame,
+                        floors=ENLARGE_FLOORS, min_equal: float = MIN_EQUAL) -> pd.DataFrame:
+    """Per candidate gain floor g (what ``lesions.enlarge_voxels`` = g counts), per follow-up: the
+    GT masks' enlarging lesions that grew by ≥ g voxels over their reference volume (``tracked``:
+    the GT tracking's lesion tables, :func:`t2lesion.tracking.run_tracking`) against the truth's
+    enlarging lesions whose nominal volume grew by ≥ g, and the native grid's (the truth table's
+    identities, native voxels). The relative rule (``enlarge_relative``) and the configured
+    ``enlarge_voxels`` apply to all three already, so a floor below the configured one counts as
+    it does. ``chosen`` marks :func:`choose_floor`'s floor (the new-lesion rule)."""
+    need = {"participant_id", "session", "class", "n_voxels", "reference_voxels"}
+    if missing := sorted(need - set(tracked.columns)):
+        raise InputError(f"GT tracking lesion table lacks column(s) {missing}")
+    enl = tracked[tracked["class"] == "enlarging"]
+    m_gain = enl["n_voxels"].astype(float) - enl["reference_voxels"].astype(float)
+    truth = lesions[lesions["truth_class"] == "enlarging"]
+    t_gain = truth["nominal_voxels"] - truth["nominal_reference_voxels"]
+    native = lesions[lesions["native_class"] == "enlarging"]
+    n_gain = native["native_voxels"] - native["native_reference_voxels"]
+    rows = [{"floor": g, **_count_agreement(followups, enl[m_gain >= g - _TOL], truth[t_gain >= g - _TOL],
+                                              native[n_gain >= g - _TOL])} for g in floors]
+    table = pd.DataFrame(rows).reindex(columns=ENLARGE_FLOOR_COLUMNS)
+    table["chosen"] = table["floor"] == choose_floor(table, min_equal)
     return table
 
 
@@ -275,14 +312,19 @@ def choose_floor(table: pd.DataFrame, min_equal: float = MIN_EQUAL) -> int | Non
 
 def run_new_lesion_truth(truth_tsv, qc_maps: dict[tuple[str, str], str], transforms: dict[tuple[str, str], str],
                          sessions_by_subject: dict[str, Sequence[str]], out_lesions_tsv, out_masks_tsv, out_sizes_tsv,
-                         out_floors_tsv, *, reference: str = "previous", connectivity: int = CONNECTIVITY,
-                         enlarge_relative: float = ENLARGE_RELATIVE, enlarge_voxels: float = ENLARGE_VOXELS,
-                         radius_mm: float = RADIUS_MM, floors=FLOORS, min_equal: float = MIN_EQUAL) -> pd.DataFrame:
+                         out_floors_tsv, *, tracked=None, out_enlarge_floors_tsv=None, reference: str = "previous",
+                         connectivity: int = CONNECTIVITY, enlarge_relative: float = ENLARGE_RELATIVE,
+                         enlarge_voxels: float = ENLARGE_VOXELS, radius_mm: float = RADIUS_MM, floors=FLOORS,
+                         enlarge_floors=ENLARGE_FLOORS, min_equal: float = MIN_EQUAL) -> pd.DataFrame:
     """Path-level entry point (rule ``validation_study_new_lesion_truth``).
 
     ``qc_maps`` and ``transforms``: per (participant_id, session) follow-up, the GT tracking QC
     map and the visit's FLAIR → MNI transform. Writes the lesion, mask, size and floor tables;
-    returns the floor table."""
+    with ``tracked`` (the GT tracking's per-subject lesion tables) and ``out_enlarge_floors_tsv``
+    also the gain-floor table of enlarging lesions (:func:`enlarge_floor_table`). Returns the
+    floor table."""
+    if (tracked is None) != (out_enlarge_floors_tsv is None) or (tracked is not None and not len(tracked)):
+        raise ValueError("run_new_lesion_truth: give both tracked (>= 1 table) and out_enlarge_floors_tsv, or neither")
     truth = pd.read_csv(truth_tsv, sep="\t", dtype={"participant_id": str, "session": str})
     first = next(iter(qc_maps.values()), None)
     if first is None:
@@ -317,6 +359,15 @@ def run_new_lesion_truth(truth_tsv, qc_maps: dict[tuple[str, str], str], transfo
     for tab, path in ((lesions, out_lesions_tsv), (masks, out_masks_tsv), (sizes, out_sizes_tsv),
                       (floors_tab, out_floors_tsv)):
         io.write_tsv(tab, path, na_rep="n/a", float_format="%.6g")
+    if tracked is not None:
+        tab = pd.concat([pd.read_csv(t, sep="\t", na_values=["n/a"], keep_default_na=False,
+                                     dtype={"participant_id": str, "session": str}) for t in tracked],
+                        ignore_index=True)
+        enl = enlarge_floor_table(lesions, tab, pd.DataFrame(followups), enlarge_floors, min_equal)
+        io.write_tsv(enl, out_enlarge_floors_tsv, na_rep="n/a", float_format="%.6g")
+        log.info("enlarging lesions: GT masks %d, truth %d at the configured rule; gain floor by the %.0f %% rule: %s",
+                 int(enl["n_masks"].iloc[0]), int(enl["n_truth"].iloc[0]), 100 * min_equal,
+                 choose_floor(enl, min_equal))
     chosen = choose_floor(floors_tab, min_equal)
     log.info("%d follow-ups, %d truth-new lesions, %d GT-mask new lesions (%d true); floor by the %.0f %% rule: %s",
              len(followups), int((lesions["truth_class"] == "new").sum()), len(masks), int(masks["true_new"].sum()),
