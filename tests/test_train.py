@@ -312,3 +312,16 @@ def test_loader_and_cpu_threads_never_reset_a_folds_checkpoints(tmp_path):
     assert (folder / "last.keras").is_file()
     prepare_resume_dir(tmp_path / "ckpt", training=training_params({**faster, "epochs": 4}), seed=1)
     assert not (folder / "last.keras").exists()
+
+
+def test_inference_speed_keys_are_keys_the_predictor_ignores():
+    """The infer and calibrate rules leave stage.INFERENCE_SPEED_KEYS out of their params, and
+    infer.predict_visits ignores infer.CFG_IGNORED; two lists (one import would be a cycle) kept
+    in step here: a speed key the predictor read would be a setting that never reruns inference."""
+    from t2lesion.unet.infer import CFG_DEFAULTS, CFG_IGNORED
+    from t2lesion.unet.stage import INFERENCE_SPEED_KEYS, inference_params
+
+    assert set(INFERENCE_SPEED_KEYS) <= set(CFG_IGNORED)
+    assert not set(INFERENCE_SPEED_KEYS) & set(CFG_DEFAULTS)
+    section = {**CFG_DEFAULTS, "threads": 8, "visits_per_job": 4}
+    assert inference_params(section) == CFG_DEFAULTS
