@@ -11,7 +11,7 @@ component's one-voxel shell. Lesions are classed by the truth's nominal volume c
 baseline (shrinking, unchanged, growing: beyond +-0.01 voxel of the MNI grid). Printed per
 source (GT and each prediction), arm, follow-up and class: the lesions, the summed change of
 nominal volume, of the GT mask and of each prediction (voxels), each prediction's change over
-GT's (where GT's is at least 50 voxels), and the prediction's excess change over GT's per participant (mL, mean +- standard error).
+GT's (where GT's is at least 50 voxels), and the prediction's excess change over GT's per participant (mL, mean +- standard error; the participants where it is positive).
 
     .venv/bin/python benchmarks/change_response.py [--results results] [--trial valtest]
         [--sources unet classical]
@@ -91,6 +91,9 @@ def changes(lesions: pd.DataFrame, sources: list[str]) -> pd.DataFrame:
         d.insert(0, "session", ses)
         out.append(d)
     ch = pd.concat(out, ignore_index=True)
+    base = wide["nominal_voxels"][sessions[0]].rename("nominal_baseline").reset_index()
+    ch = ch.merge(base, on=["participant_id", "arm", "lesion_id"], how="left")
+    ch["relative"] = ch["nominal_voxels"] / ch["nominal_baseline"]
     ch["class"] = np.select([ch["nominal_voxels"] < -UNCHANGED_VOXELS, ch["nominal_voxels"] > UNCHANGED_VOXELS],
                             ["shrinking", "growing"], "unchanged")
     return ch
@@ -114,12 +117,15 @@ def main(argv=None) -> int:
             c = g if cls == "all" else g[g["class"] == cls]
             if c.empty:
                 continue
-            cells = [f"{cls:<9} n {len(c):>4}  nominal {c['nominal_voxels'].sum():+8.0f}  GT {c['gt'].sum():+6.0f}"]
             per = c.groupby("participant_id")[["gt", *args.sources]].sum() * voxel_ml
+            cells = [f"{cls:<9} n {len(c):>4} ({len(per):>2} participants; mean {100 * c['relative'].mean():+5.1f} %, "
+                     f"{c['nominal_voxels'].mean():+6.2f} voxels)  nominal {c['nominal_voxels'].sum():+8.0f}  "
+                     f"GT {c['gt'].sum():+6.0f}"]
             for s in args.sources:
                 ratio = f"{c[s].sum() / c['gt'].sum():.2f} of GT" if abs(c["gt"].sum()) >= MIN_RATIO_VOXELS else "GT ~ 0"
                 ex = per[s] - per["gt"]
-                cells.append(f"{s} {c[s].sum():+6.0f} ({ratio}; {ex.mean():+.3f} ± {ex.sem():.3f} mL)")
+                cells.append(f"{s} {c[s].sum():+6.0f} ({ratio}; {ex.mean():+.3f} ± {ex.sem():.3f} mL, "
+                             f"> 0 in {int((ex > 0).sum())})")
             print("  " + "  ".join(cells))
     return 0
 
