@@ -14,7 +14,7 @@ nominal volume, of the GT mask and of each prediction (voxels), each prediction'
 GT's (where GT's is at least 50 voxels), and the prediction's excess change over GT's per participant (mL, mean +- standard error; the participants where it is positive).
 
     .venv/bin/python benchmarks/change_response.py [--results results] [--trial valtest]
-        [--sources unet classical]
+        [--sources unet classical unet@0.99]
 """
 
 from __future__ import annotations
@@ -38,6 +38,19 @@ UNCHANGED_VOXELS = 0.01
 MIN_RATIO_VOXELS = 50  # a source's change over GT's is printed only where GT's is at least this
 
 
+def source_mask(results: Path, trial: str, gt_path: Path, source: str) -> np.ndarray:
+    """A source's mask of the visit of ``gt_path``; ``unet@T``: the U-Net's ensemble probability cut
+    at T inside the brain mask, as inference cuts it (``benchmarks/threshold_scan.py``)."""
+    visit = gt_path.parent
+    name, _, threshold = source.partition("@")
+    pred = results / "predict" / name / f"trial-{trial}" / visit.parent.name / visit.name
+    if not threshold:
+        return read_array(pred / gt_path.name.replace("desc-lesionGT_mask", "desc-lesion_mask"))[0] > 0
+    prob = read_array(pred / gt_path.name.replace("desc-lesionGT_mask", "desc-lesion_probseg"))[0]
+    brain = read_array(gt_path.parent / gt_path.name.replace("desc-lesionGT_mask", "desc-brain_mask"))[0] > 0
+    return (prob >= float(threshold)) & brain
+
+
 def lesion_volumes(results: Path, trial: str, sources: list[str]) -> tuple[pd.DataFrame, float]:
     """One row per truth lesion and visit: its component (0: not found), how many truth lesions
     share it, and, when alone, the GT component's voxels and each source's voxels in it and its shell."""
@@ -56,8 +69,7 @@ def lesion_volumes(results: Path, trial: str, sources: list[str]) -> tuple[pd.Da
             gt, grid = read_array(gt_path)
             gt = gt > 0
             voxel_ml = voxel_volume_ml(grid)
-            masks = {s: read_array(results / "predict" / s / f"trial-{trial}" / pid / ses / gt_path.name.replace(
-                "desc-lesionGT_mask", "desc-lesion_mask"))[0] > 0 for s in sources}
+            masks = {s: source_mask(results, trial, gt_path, s) for s in sources}
             labels, n = ndimage.label(gt, structure)
             tx = sitk.ReadTransform(str(pre / ses / f"{pid}_{ses}_from-FLAIR_to-MNI1x1x3_xfm.tfm"))
             idx = native_to_grid(mine[["x_native", "y_native", "z_native"]].to_numpy(float), tx, grid)
@@ -103,7 +115,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--results", type=Path, default=Path("results"))
     ap.add_argument("--trial", default="valtest")
-    ap.add_argument("--sources", nargs="+", default=["unet", "classical"])
+    ap.add_argument("--sources", nargs="+", default=["unet", "classical"],
+                    help="prediction sources; unet@T: the U-Net's probability cut at T")
     args = ap.parse_args(argv)
     lesions, voxel_ml = lesion_volumes(args.results, args.trial, args.sources)
     found = lesions["shared"] > 0
