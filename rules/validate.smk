@@ -137,6 +137,26 @@ rule validation_study_lesion_types:
         "../workflow_scripts/validation_study_lesion_types.py"
 
 
+rule validation_study_change_response:
+    input:
+        unpack(lambda w: PLAN.change_response_inputs(w.trial)),
+    output:
+        lesions=f"{VALIDATION_STUDY}/change_response_lesions.tsv",
+        table=f"{VALIDATION_STUDY}/change_response.tsv",
+    log:
+        f"{LOGS}/validation_study/change_response_trial-{{trial}}.log",
+    benchmark:
+        f"{BENCH}/validation_study/change_response_trial-{{trial}}.tsv"
+    conda:
+        "../envs/stats.yaml"
+    threads: 1
+    params:
+        visits=lambda w: PLAN.change_response_visits(w.trial),
+        connectivity=config["metrics"]["connectivity"],
+    script:
+        "../workflow_scripts/validation_study_change_response.py"
+
+
 rule validation_study_document:
     input:
         copies=lambda w: list(PLAN.validation_copies().values()),

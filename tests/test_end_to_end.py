@@ -444,13 +444,14 @@ def test_validation_document_from_the_tiny_run(tiny_run, tmp_path):
     assert res.returncode == 0, res.stdout[-5000:] + res.stderr[-5000:]
     ran = set(re.findall(r"^(?:local)?rule (\w+):", res.stdout + res.stderr, flags=re.M))
     assert ran == {"validation_study_agreement", "validation_study_uncertainty", "validation_study_detection",
-                   "validation_study_truth", "validation_study_new_lesion_truth", "validation_study_document"}, ran
+                   "validation_study_truth", "validation_study_new_lesion_truth", "validation_study_change_response",
+                   "validation_study_document"}, ran
     doc = work / "docs/VALIDATION.md"
     text = doc.read_text()
     assert f"* commit: `{git_commit(REPO)}`" in text and "* config: `config.yaml`" in text
     folder = work / "docs/validation"
     for key in ("table2", "tlv_agreement", "uncertainty", "detection", "ancova", "cox", "nb", "truth",
-                "new_lesion_sizes", "new_lesion_floors", "enlarge_floors"):
+                "new_lesion_sizes", "new_lesion_floors", "enlarge_floors", "change_response"):
         assert (folder / FILES[key]).is_file(), key
     assert "Not available" not in text
     rows = evaluate_targets(read_tables(folder), Targets())
@@ -480,6 +481,10 @@ def test_validation_document_from_the_tiny_run(tiny_run, tmp_path):
     assert enl["n_followups"].iloc[0] == first["n_followups"] and (enl["n_masks"].diff().dropna() <= 0).all()
     assert enl["n_truth"].iloc[0] == (les["truth_class"] == "enlarging").sum()
     assert "## Gain floor for counting an enlarging lesion" in text
+    # lesion-volume change: GT follows the truth's change, every source gets its rows
+    cr = pd.read_csv(folder / FILES["change_response"], sep="\t")
+    assert set(cr["source"]) == {"classical", "unet"} and set(cr["class"]) >= {"all"}
+    assert (cr["n_lesions"] > 0).all() and "## Does each source follow the truth's lesion-volume change?" in text
     # from the folder alone (make validation-doc), elsewhere: the same text but the figures' links
     import subprocess
     import sys

@@ -84,7 +84,7 @@ def test_dry_run_reaches_the_document_and_rule_all_never_asks_for_it(tmp_path):
     out = res.stdout + res.stderr
     for rule in ("validation_study_agreement", "validation_study_uncertainty", "validation_study_detection",
                  "validation_study_truth", "validation_study_new_lesion_truth", "validation_study_lesion_types",
-                 "validation_study_document"):
+                 "validation_study_change_response", "validation_study_document"):
         assert rule in out, rule
     res = snakemake(tmp_path, "-n", "--quiet", "rules")
     assert res.returncode == 0, res.stderr[-3000:]
@@ -95,8 +95,10 @@ def test_truth_checks_are_planned_where_their_truth_exists():
     val, demo = plan_of(VALIDATE), plan_of(DEMO)
     copies = val.validation_copies("valtest")
     for name in ("new_lesion_truth_sizes.tsv", "new_lesion_truth_floors.tsv", "new_lesion_truth_enlarge_floors.tsv",
-                 "lesion_types.tsv"):
+                 "lesion_types.tsv", "change_response.tsv"):
         assert name in copies, name
+    assert val.change_response_visits("valtest") == val.lesion_type_visits("valtest")
+    assert val.change_response_inputs("valtest")["participants"].endswith("trial-valtest/bids/participants.tsv")
     visits = val.lesion_type_visits("valtest")
     assert len(visits) == 120 and set(visits[0]["masks"]) == {"gt", "classical", "unet"}
     nl = val.new_lesion_truth_visits("valtest")

@@ -39,7 +39,9 @@ class ValidationPlan:
                 "detection": f"{v}/new_lesion_detection.tsv", "truth": f"{v}/truth.tsv",
                 **{f"new_lesion_truth_{k}": f"{v}/new_lesion_truth_{k}.tsv"
                    for k in NEW_LESION_TRUTH_TABLES},
-                "lesion_types": f"{v}/lesion_types.tsv", "lesion_types_lesions": f"{v}/lesion_types_lesions.tsv"}
+                "lesion_types": f"{v}/lesion_types.tsv", "lesion_types_lesions": f"{v}/lesion_types_lesions.tsv",
+                "change_response": f"{v}/change_response.tsv",
+                "change_response_lesions": f"{v}/change_response_lesions.tsv"}
 
     def uncertainty_visits(self, trial: str) -> list[dict]:
         """Per GT visit of ``trial``: the U-Net's MI map and mask, the GT mask and brain mask on
@@ -113,10 +115,31 @@ class ValidationPlan:
         t = self.trials[trial]
         if t.synthetic is None or t.synthetic.get("profile", "default") != "clinical":
             return []
+        return self._placement_visits(trial)
+
+    def _placement_visits(self, trial: str) -> list[dict]:
+        """Per GT visit: its FLAIR -> MNI transform and the masks of GT and every source in MNI."""
         return [{"participant_id": f"sub-{v.sub}", "session": f"ses-{v.ses}",
                  "xfm": FLAIR_XFM.format(trial=trial, sub=v.sub, ses=v.ses),
                  "masks": {s: mask_path(trial, v.sub, v.ses, s) for s in ["gt", *self.sources]}}
-                for v in t.gt_visits]
+                for v in self.trials[trial].gt_visits]
+
+    def change_response_visits(self, trial: str) -> list[dict]:
+        """Rule validation_study_change_response's visits: those of a synthetic trial with follow-ups
+        and at least one prediction source (as :meth:`lesion_type_visits`); empty otherwise."""
+        t = self.trials[trial]
+        if t.synthetic is None or not self.has_new_lesions(trial) or not len(self.sources):
+            return []
+        return self._placement_visits(trial)
+
+    def change_response_inputs(self, trial: str) -> dict[str, object]:
+        visits = self.change_response_visits(trial)
+        if not visits:
+            raise InputError(f"validation: trial {trial!r} has no synthetic truth of lesion change (a synthetic "
+                             "trial with >= 2 visits per subject and a prediction source)")
+        t = self.trials[trial]
+        return {"truth": f"{t.root}/truth/lesions.tsv", "participants": self.bids_file(trial, "participants.tsv"),
+                "xfm": [v["xfm"] for v in visits], "masks": [m for v in visits for m in v["masks"].values()]}
 
     def lesion_type_inputs(self, trial: str) -> dict[str, object]:
         visits = self.lesion_type_visits(trial)
@@ -160,6 +183,8 @@ class ValidationPlan:
                     out[f"new_lesion_truth_{k}.tsv"] = val[f"new_lesion_truth_{k}"]
             if self.lesion_type_visits(trial):
                 out["lesion_types.tsv"] = val["lesion_types"]
+            if self.change_response_visits(trial):
+                out["change_response.tsv"] = val["change_response"]
         for heading, paths in self.summary_figures(trial).items():
             if heading.startswith("Preprocessing QC"):
                 continue

@@ -44,6 +44,7 @@ FILES = {
     "new_lesion_floors": "new_lesion_truth_floors.tsv",  # t2lesion.validation.new_lesion_truth.floor_table
     "enlarge_floors": "new_lesion_truth_enlarge_floors.tsv",  # ...new_lesion_truth.enlarge_floor_table
     "lesion_types": "lesion_types.tsv",  # t2lesion.validation.lesion_types.type_table
+    "change_response": "change_response.tsv",  # t2lesion.validation.change_response.response_table
 }
 
 
@@ -311,6 +312,38 @@ def _enlarge_floors(t: pd.DataFrame) -> list[str]:
                          "native grid equal", "enlarging in native grid"], rows))
 
 
+def _signed(x, spec: str, scale: float = 1.0) -> str:
+    x = as_number(x)
+    return "n/a" if x is None else format(scale * x, spec)
+
+
+def _change_response(t: pd.DataFrame) -> list[str]:
+    sources = list(dict.fromkeys(t["source"]))
+    rows = []
+    for (week, arm, cls), g in t.groupby(["week", "arm", "class"], sort=False):
+        by = g.set_index("source")
+        first = g.iloc[0]
+        cells = []
+        for s in sources:
+            if s not in by.index:
+                cells.append("n/a")
+                continue
+            r = by.loc[s]
+            ratio = "–" if pd.isna(r["over_gt"]) else fmt_num(r["over_gt"])
+            cells.append(f"{ratio} ({_signed(r['excess_ml_mean'], '+.3f')} ± {fmt_num(r['excess_ml_se'])} mL)")
+        rows.append([str(int(week)), str(arm), str(cls),
+                     f"{int(first['n_lesions'])} ({int(first['n_participants'])})",
+                     f"{_signed(first['mean_relative_change'], '+.1f', 100.0)} %",
+                     _signed(first["nominal_voxels"], "+.0f"), _signed(first["gt_voxels"], "+.0f"), *cells])
+    return (["Each truth lesion alone in its GT component at baseline and at the follow-up, by the truth's "
+             "change of volume since baseline: lesions (participants), their mean relative change, the summed "
+             "change of the nominal volume and of GT (voxels), and per source its change over GT's (– where "
+             "GT's is under 50 voxels) with its excess over GT per participant (mean ± SE). A source that "
+             "follows change as GT does has ratios near 1; a TLV endpoint inherits what it misses."] + [""]
+            + _md_table(["week", "arm", "truth's change", "lesions (participants)", "mean change", "nominal",
+                         "GT", *sources], rows))
+
+
 def _lesion_types(t: pd.DataFrame) -> list[str]:
     sources = list(dict.fromkeys(t["source"]))
     rows = []
@@ -360,6 +393,9 @@ def build_document(folder, *, commit: str, config: str, targets: Targets = Targe
     if "lesion_types" in tables:
         lines += _section("Which lesions are found: contrast type and location", tables["lesion_types"],
                           "lesion_types", _lesion_types)
+    if "change_response" in tables:
+        lines += _section("Does each source follow the truth's lesion-volume change?", tables["change_response"],
+                          "change_response", _change_response)
     lines += _section("New lesions of the GT masks against the generator's truth", tables.get("new_lesion_sizes"),
                       "new_lesion_sizes", _new_lesion_sizes)
     lines += _section("Size floor for counting a new lesion", tables.get("new_lesion_floors"), "new_lesion_floors",
