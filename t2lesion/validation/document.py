@@ -313,8 +313,12 @@ def _enlarge_floors(t: pd.DataFrame) -> list[str]:
 
 
 def _signed(x, spec: str, scale: float = 1.0) -> str:
+    """``scale * x`` formatted by ``spec`` (a signed format), 0 without a sign; n/a when missing."""
     x = as_number(x)
-    return "n/a" if x is None else format(scale * x, spec)
+    if x is None:
+        return "n/a"
+    text = format(scale * x, spec)
+    return text.lstrip("+-") if float(text) == 0 else text
 
 
 def _change_response(t: pd.DataFrame) -> list[str]:
