@@ -28,8 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from t2lesion.io import read_array, voxel_volume_ml  # noqa: E402
 from t2lesion.tracking import _ses  # noqa: E402
-from t2lesion.validation.change_response import lesion_changes, response_table, visit_lesions  # noqa: E402
-from t2lesion.validation.new_lesion_truth import native_to_grid  # noqa: E402
+from t2lesion.validation.change_response import lesion_changes, place_visit, response_table  # noqa: E402
 
 
 def source_mask(results: Path, trial: str, gt_path: Path, source: str) -> np.ndarray:
@@ -61,12 +60,8 @@ def placed_lesions(results: Path, trial: str, sources: list[str]) -> tuple[pd.Da
             gt, grid = read_array(gt_path)
             voxel_ml = voxel_volume_ml(grid)
             tx = sitk.ReadTransform(str(pre / ses / f"{pid}_{ses}_from-FLAIR_to-MNI1x1x3_xfm.tfm"))
-            idx = native_to_grid(sel[["x_native", "y_native", "z_native"]].to_numpy(float), tx, grid)
-            les = visit_lesions(sel, gt, {s: source_mask(results, trial, gt_path, s) for s in sources}, idx,
-                                grid.GetSpacing()[::-1])
-            les.insert(1, "arm", arm)
-            les.insert(3, "nominal_voxels", sel["nominal_volume_ml"].to_numpy(float) / voxel_ml)
-            parts.append(les)
+            parts.append(place_visit(sel, arm, gt, {s: source_mask(results, trial, gt_path, s) for s in sources},
+                                     grid, tx))
     if not parts:
         raise SystemExit(f"{results}/preproc/trial-{trial}: no GT masks with truth lesions")
     return pd.concat(parts, ignore_index=True), voxel_ml

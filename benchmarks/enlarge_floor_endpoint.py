@@ -34,16 +34,17 @@ from t2lesion.config import check_config  # noqa: E402
 from t2lesion.io import read_image, voxel_volume_ml  # noqa: E402
 from t2lesion.plan.paths import mask_path  # noqa: E402
 from t2lesion.stats.counts import count_endpoint, run_new_lesions  # noqa: E402
-from t2lesion.tracking import run_tracking  # noqa: E402
+from t2lesion.tracking import run_tracking, week_from_session  # noqa: E402
 from t2lesion.validation.new_lesion_truth import truth_lesions  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = ("gt", "classical", "unet")
 
 
-def track_and_fit(results: Path, trial: str, enlarge_voxels: int, control_arm: str, work: Path) -> pd.DataFrame:
+def track_and_fit(results: Path, trial: str, enlarge_voxels: int, control_arm: str,
+                  work: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One gain floor: tracking of every source and subject into ``work``, then the endpoint; returns
-    the per-subject counts table with the rate-ratio rows appended under ``model``."""
+    the per-subject counts and the endpoint's results, each with the ``truth`` source added."""
     cfg = check_config(yaml.safe_load((REPO / "config.yaml").read_text()))
     les, met = cfg["lesions"], cfg["metrics"]
     params = {"new_overlap": les["new_overlap"], "enlarge_relative": les["enlarge_relative"],
@@ -54,11 +55,13 @@ def track_and_fit(results: Path, trial: str, enlarge_voxels: int, control_arm: s
         for sub_dir in sorted((results / "lesions" / src / f"trial-{trial}").glob("sub-*")):
             sub = sub_dir.name.removeprefix("sub-")
             run = pd.read_csv(sub_dir / f"{sub_dir.name}_visits.tsv", sep="\t", dtype=str)
-            sessions = list(dict.fromkeys([*run["reference_session"].dropna(), *run["session"]]))
-            sessions = sorted((s for s in sessions if s and s != "n/a"), key=lambda s: int(s.removeprefix("ses-w")))
+            sessions = sorted(run["session"], key=week_from_session)  # every tracked visit, baseline included
             out = work / src / sub_dir.name
             out.mkdir(parents=True, exist_ok=True)
-            run_tracking([mask_path(trial, sub, s.removeprefix("ses-"), src) for s in sessions], sessions,
+            # the run's masks under --results (mask_path names them relative to the checkout)
+            masks = [results / Path(mask_path(trial, sub, s.removeprefix("ses-"), src)).relative_to("results")
+                     for s in sessions]
+            run_tracking(masks, sessions,
                          out / "lesions.tsv", out / "visits.tsv", out / "qc", participant_id=sub_dir.name,
                          reference=les["reference"], **params)
             visits.setdefault(src, []).append(out / "visits.tsv")

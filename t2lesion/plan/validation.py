@@ -66,6 +66,10 @@ class ValidationPlan:
         t = self.trials[trial]
         return f"{t.root}/truth/params.json" if t.synthetic is not None else None
 
+    def truth_lesions(self, trial: str) -> str:
+        """A synthetic trial's lesion truth, ``truth/lesions.tsv`` (the truth checks' input)."""
+        return f"{self.trials[trial].root}/truth/lesions.tsv"
+
     def truth_inputs(self, trial: str) -> dict[str, str]:
         """Rule validation_truth's inputs: the truth and the effect tables it compares with."""
         truth = self.synthetic_truth(trial)
@@ -97,7 +101,7 @@ class ValidationPlan:
                 followups.append({"participant_id": pid, "session": f"ses-{v.ses}",
                                   "qc": f"{qc}/{qc_name(pid, f'ses-{v.ses}')}",
                                   "xfm": FLAIR_XFM.format(trial=trial, sub=sub, ses=v.ses)})
-        return {"truth": f"{t.root}/truth/lesions.tsv", "qc_dirs": qc_dirs, "followups": followups,
+        return {"truth": self.truth_lesions(trial), "qc_dirs": qc_dirs, "followups": followups,
                 "sessions": sessions, "tracked": tracked}
 
     def new_lesion_truth_inputs(self, trial: str) -> dict[str, object]:
@@ -137,17 +141,20 @@ class ValidationPlan:
         if not visits:
             raise InputError(f"validation: trial {trial!r} has no synthetic truth of lesion change (a synthetic "
                              "trial with >= 2 visits per subject and a prediction source)")
-        t = self.trials[trial]
-        return {"truth": f"{t.root}/truth/lesions.tsv", "participants": self.bids_file(trial, "participants.tsv"),
-                "xfm": [v["xfm"] for v in visits], "masks": [m for v in visits for m in v["masks"].values()]}
+        return {**self._placement_inputs(trial, visits), "participants": self.bids_file(trial, "participants.tsv")}
 
     def lesion_type_inputs(self, trial: str) -> dict[str, object]:
         visits = self.lesion_type_visits(trial)
         if not visits:
             raise InputError(f"validation: trial {trial!r} is not a synthetic trial of the clinical profile "
                              "(its lesions have no contrast type or location)")
-        return {"truth": f"{self.trials[trial].root}/truth/lesions.tsv",
-                "xfm": [v["xfm"] for v in visits], "masks": [m for v in visits for m in v["masks"].values()]}
+        return self._placement_inputs(trial, visits)
+
+    def _placement_inputs(self, trial: str, visits: list[dict]) -> dict[str, object]:
+        """The input files of the rules over :meth:`_placement_visits`: the lesion truth, the
+        visits' transforms and masks."""
+        return {"truth": self.truth_lesions(trial), "xfm": [v["xfm"] for v in visits],
+                "masks": [m for v in visits for m in v["masks"].values()]}
 
     def validation_discussion(self) -> list[str]:
         """The hand-written discussion (``validation.discussion``) as the document rule's input, when it exists."""

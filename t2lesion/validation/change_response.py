@@ -74,6 +74,20 @@ def visit_lesions(truth: pd.DataFrame, gt: np.ndarray, masks: dict[str, np.ndarr
     return out
 
 
+def place_visit(truth: pd.DataFrame, arm: str, gt: np.ndarray, masks: dict[str, np.ndarray], grid: sitk.Image,
+                transform: sitk.Transform, *, connectivity: int = CONNECTIVITY,
+                radius_mm: float = RADIUS_MM) -> pd.DataFrame:
+    """:func:`visit_lesions` of one visit whose truth lesions (``truth``, native centroids) reach
+    the MNI ``grid`` through the visit's FLAIR -> MNI ``transform``; with the participant's
+    ``arm`` and each lesion's nominal volume in voxels of the grid."""
+    idx = native_to_grid(truth[["x_native", "y_native", "z_native"]].to_numpy(float), transform, grid)
+    out = visit_lesions(truth, gt, masks, idx, grid.GetSpacing()[::-1], connectivity=connectivity,
+                        radius_mm=radius_mm)
+    out.insert(1, "arm", arm)
+    out.insert(3, "nominal_voxels", truth["nominal_volume_ml"].to_numpy(float) / io.voxel_volume_ml(grid))
+    return out
+
+
 def lesion_changes(lesions: pd.DataFrame, sources, unchanged_voxels: float = UNCHANGED_VOXELS) -> pd.DataFrame:
     """Per kept lesion (alone in its GT component at baseline and at the follow-up) and follow-up:
     the change from the subject's first visit of ``nominal_voxels``, ``gt`` and each source, the
@@ -162,14 +176,9 @@ def run_change_response(truth_tsv, participants_tsv, visits: list[dict], out_les
             if not io.same_geometry(grid, img):
                 raise InputError(f"{v['masks'][src]}: not in the grid of {v['masks']['gt']}")
             masks[src] = m > 0
-        idx = native_to_grid(sel[["x_native", "y_native", "z_native"]].to_numpy(float),
-                             sitk.ReadTransform(str(v["xfm"])), grid)
         voxel_ml = io.voxel_volume_ml(grid)
-        les = visit_lesions(sel, gt, masks, idx, grid.GetSpacing()[::-1], connectivity=connectivity,
-                            radius_mm=radius_mm)
-        les.insert(1, "arm", arm[v["participant_id"]])
-        les.insert(3, "nominal_voxels", sel["nominal_volume_ml"].to_numpy(float) / voxel_ml)
-        parts.append(les)
+        parts.append(place_visit(sel, arm[v["participant_id"]], gt, masks, grid, sitk.ReadTransform(str(v["xfm"])),
+                                 connectivity=connectivity, radius_mm=radius_mm))
     if not parts:
         raise InputError(f"{truth_tsv}: no truth lesion at the visits given")
     lesions = pd.concat(parts, ignore_index=True)
@@ -184,4 +193,4 @@ def run_change_response(truth_tsv, participants_tsv, visits: list[dict], out_les
     return table
 
 
-__all__ = ["lesion_changes", "response_table", "run_change_response", "visit_lesions"]
+__all__ = ["lesion_changes", "place_visit", "response_table", "run_change_response", "visit_lesions"]
