@@ -3,6 +3,8 @@ known answers on hand-built truth tables and QC maps."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -168,5 +170,12 @@ def test_path_entry_point_writes_the_tables(tmp_path):
         [3, 2, 1, False], [5, 1, 1, True]]
     with pytest.raises(ValueError, match="give both tracked"):
         run_new_lesion_truth(tpath, {key: str(qpath)}, {key: str(xpath)}, sessions, *outs, tracked=[tracked])
+    # a tracking table without its reference volumes: one line naming it, and no table written
+    _tracked().drop(columns="reference_voxels").to_csv(tracked, sep="\t", index=False)
+    fresh = [tmp_path / "again" / p.name for p in (*outs, enl)]
+    with pytest.raises(InputError, match=re.escape(f"{tracked}: lacks column(s) ['reference_voxels']")):
+        run_new_lesion_truth(tpath, {key: str(qpath)}, {key: str(xpath)}, sessions, *fresh[:4], tracked=[tracked],
+                             out_enlarge_floors_tsv=fresh[4])
+    assert not any(p.exists() for p in fresh)
     back = pd.read_csv(outs[0], sep="\t").set_index("lesion_id")
     assert back.loc[[5, 2, 4, 1, 3], "mask_class"].tolist() == ["new", "new", "enlarging", "other", "missed"]

@@ -83,6 +83,8 @@ FLOOR_COLUMNS = ["floor", "n_followups", "n_equal", "share_equal", "n_masks", "n
 ENLARGE_FLOOR_COLUMNS = ["floor", "n_followups", "n_equal", "share_equal", "n_masks", "n_truth", "n_native",
                          "n_equal_native", "share_equal_native", "chosen"]
 _KEY = ["participant_id", "session"]
+#: What :func:`enlarge_floor_table` reads of the GT tracking's lesion tables.
+TRACKED_COLUMNS = {"participant_id", "session", "class", "n_voxels", "reference_voxels"}
 
 
 def truth_lesions(truth: pd.DataFrame, sessions_by_subject: dict[str, Sequence[str]], *,
@@ -288,8 +290,7 @@ def enlarge_floor_table(lesions: pd.DataFrame, tracked: pd.DataFrame, followups:
     identities, native voxels). The relative rule (``enlarge_relative``) and the configured
     ``enlarge_voxels`` apply to all three already, so a floor below the configured one counts as
     it does. ``chosen`` marks :func:`choose_floor`'s floor (the new-lesion rule)."""
-    need = {"participant_id", "session", "class", "n_voxels", "reference_voxels"}
-    if missing := sorted(need - set(tracked.columns)):
+    if missing := sorted(TRACKED_COLUMNS - set(tracked.columns)):
         raise InputError(f"GT tracking lesion table lacks column(s) {missing}")
     enl = tracked[tracked["class"] == "enlarging"]
     m_gain = enl["n_voxels"].astype(float) - enl["reference_voxels"].astype(float)
@@ -310,6 +311,15 @@ def choose_floor(table: pd.DataFrame, min_equal: float = MIN_EQUAL) -> int | Non
     return int(ok["floor"].min()) if len(ok) else None
 
 
+def _read_tracked(path) -> pd.DataFrame:
+    """One GT tracking lesion table (:func:`t2lesion.tracking.run_tracking`), its columns checked."""
+    tab = pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False,
+                      dtype={"participant_id": str, "session": str})
+    if missing := sorted(TRACKED_COLUMNS - set(tab.columns)):
+        raise InputError(f"{path}: lacks column(s) {missing} (a GT tracking lesion table)")
+    return tab
+
+
 def run_new_lesion_truth(truth_tsv, qc_maps: dict[tuple[str, str], str], transforms: dict[tuple[str, str], str],
                          sessions_by_subject: dict[str, Sequence[str]], out_lesions_tsv, out_masks_tsv, out_sizes_tsv,
                          out_floors_tsv, *, tracked=None, out_enlarge_floors_tsv=None, reference: str = "previous",
@@ -325,6 +335,7 @@ def run_new_lesion_truth(truth_tsv, qc_maps: dict[tuple[str, str], str], transfo
     floor table."""
     if (tracked is None) != (out_enlarge_floors_tsv is None) or (tracked is not None and not len(tracked)):
         raise ValueError("run_new_lesion_truth: give both tracked (>= 1 table) and out_enlarge_floors_tsv, or neither")
+    tracked_tab = None if tracked is None else pd.concat([_read_tracked(t) for t in tracked], ignore_index=True)
     truth = pd.read_csv(truth_tsv, sep="\t", dtype={"participant_id": str, "session": str})
     first = next(iter(qc_maps.values()), None)
     if first is None:
@@ -356,15 +367,13 @@ def run_new_lesion_truth(truth_tsv, qc_maps: dict[tuple[str, str], str], transfo
     masks = pd.concat(mparts, ignore_index=True).reindex(columns=MASK_COLUMNS)
     sizes = size_table(lesions, masks)
     floors_tab = floor_table(lesions, masks, pd.DataFrame(followups), floors, min_equal)
-    for tab, path in ((lesions, out_lesions_tsv), (masks, out_masks_tsv), (sizes, out_sizes_tsv),
-                      (floors_tab, out_floors_tsv)):
+    tables = [(lesions, out_lesions_tsv), (masks, out_masks_tsv), (sizes, out_sizes_tsv), (floors_tab, out_floors_tsv)]
+    if tracked_tab is not None:
+        enl = enlarge_floor_table(lesions, tracked_tab, pd.DataFrame(followups), enlarge_floors, min_equal)
+        tables.append((enl, out_enlarge_floors_tsv))
+    for tab, path in tables:  # every table computed before any is written
         io.write_tsv(tab, path, na_rep="n/a", float_format="%.6g")
-    if tracked is not None:
-        tab = pd.concat([pd.read_csv(t, sep="\t", na_values=["n/a"], keep_default_na=False,
-                                     dtype={"participant_id": str, "session": str}) for t in tracked],
-                        ignore_index=True)
-        enl = enlarge_floor_table(lesions, tab, pd.DataFrame(followups), enlarge_floors, min_equal)
-        io.write_tsv(enl, out_enlarge_floors_tsv, na_rep="n/a", float_format="%.6g")
+    if tracked_tab is not None:
         log.info("enlarging lesions: GT masks %d, truth %d at the configured rule; gain floor by the %.0f %% rule: %s",
                  int(enl["n_masks"].iloc[0]), int(enl["n_truth"].iloc[0]), 100 * min_equal,
                  choose_floor(enl, min_equal))
