@@ -6,7 +6,10 @@ Compares, in one run on the same machine and the same windows, per fold and visi
   features (``FoldPredictor``, what ``predict_visit`` uses);
 * ``naive``: the whole model (encoder included) on the n-fold repeated windows
   (``FoldPredictor(cache_encoder=False)``; the same dropout draws, so the same maps);
-* ``loop``: n separate calls of the whole MC model per window batch (one pass each).
+* ``loop``: n separate calls of the whole MC model per window batch (one pass each);
+* ``padded``: ``cached`` with every batch filled up to ``--batch`` with empty windows, as
+  ``sliding_window_moments`` did before it split the remainder into power-of-two batches
+  (``windows.window_batches``; the cost of the old last batch, other dropout draws).
 
 and reports seconds per visit (steady state, after one warm-up visit that compiles the
 graphs; reading/writing NIfTI not included), windows per second and the ratios. Default: a
@@ -14,6 +17,10 @@ tiny-width multi-arm model on CPU. Run standalone:
 
     KERAS_BACKEND=tensorflow .venv/bin/python benchmarks/bench_infer.py [--mc 10] [--folds 1] \
         [--widths 8 16 32 64] [--patch 16 48 48] [--shape 40 120 100] [--batch 4] [--json out.json]
+
+The paper's window on the MNI grid (12 windows a visit; 8 + 4 against 8 + 8 padded):
+
+    ... bench_infer.py --patch 32 96 96 --shape 63 233 197 --batch 8 --kinds cached padded
 """
 
 from __future__ import annotations
@@ -56,6 +63,20 @@ class LoopPredictor(I.FoldPredictor):
         return acc / np.float32(self.mc_samples)
 
 
+class PaddedPredictor(I.FoldPredictor):
+    """``cached``, each call filled up to ``batch`` windows with zeros (the old last batch)."""
+
+    def __init__(self, model, mc_samples: int, batch: int):
+        super().__init__(model, mc_samples)
+        self.batch = int(batch)
+
+    def moments(self, x, seed):
+        n = len(x)
+        if n < self.batch:
+            x = np.concatenate([x, np.zeros((self.batch - n,) + x.shape[1:], x.dtype)])
+        return super().moments(x, seed)[:n]
+
+
 def make_visit(shape, seed=0):
     rng = np.random.default_rng(seed)
     img = rng.normal(0, 1, size=tuple(shape) + (3,)).astype(np.float32)
@@ -75,6 +96,7 @@ def run(args) -> dict:
         "cached": lambda m: I.FoldPredictor(m, args.mc),
         "naive": lambda m: I.FoldPredictor(m, args.mc, cache_encoder=False),
         "loop": lambda m: LoopPredictor(m, args.mc),
+        "padded": lambda m: PaddedPredictor(m, args.mc, args.batch),
     }
     common = dict(overlap=args.overlap, blending="gaussian", mc_samples=args.mc, batch_size=args.batch, seed=0)
     rep = {
@@ -96,14 +118,14 @@ def run(args) -> dict:
             maps[kind] = I.predict_visit(preds, img, brain, **common)
             times.append(time.perf_counter() - t0)
         s = float(np.median(times))
-        rep["windows"] = st["windows"]
+        rep["windows"], rep["batches"] = st["windows"], st["batches"]
         rep["kinds"][kind] = {"s_per_visit": s, "first_visit_s": first,
                               "windows_per_s": st["windows"] / s}
         print(f"{kind:7s} {s:8.2f} s/visit  {st['windows'] / s:7.2f} windows/s  "
               f"(first visit, compiling: {first:.1f} s)", flush=True)
     k = rep["kinds"]
     if "cached" in k:
-        for other in ("naive", "loop"):
+        for other in ("naive", "loop", "padded"):
             if other in k:
                 rep[f"ratio_{other}_over_cached"] = k[other]["s_per_visit"] / k["cached"]["s_per_visit"]
                 print(f"{other}/cached = {rep[f'ratio_{other}_over_cached']:.2f}x")
@@ -122,7 +144,7 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--overlap", type=float, default=0.2)
     ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--kinds", nargs="+", default=["cached", "naive", "loop"], choices=["cached", "naive", "loop"])
+    ap.add_argument("--kinds", nargs="+", default=["cached", "naive", "loop"], choices=["cached", "naive", "loop", "padded"])
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     rep = run(args)

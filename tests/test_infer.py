@@ -11,6 +11,8 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hst
 import SimpleITK as sitk
 
 from t2lesion.errors import InputError
@@ -18,6 +20,7 @@ from t2lesion.io import same_geometry
 from t2lesion.preprocess._common import matrix_to_transform, write_transform
 from t2lesion.unet import infer as I
 from t2lesion.unet import model as M
+from t2lesion.unet.windows import bounding_box, window_batches
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _backend_check as BC  # noqa: E402
@@ -91,6 +94,54 @@ def test_box_smaller_than_a_window_and_volume_smaller_on_every_axis():
     exp[2:4, 3:9, 30:35] = img[2:4, 3:9, 30:35, FLAIR]
     np.testing.assert_allclose(out["prob"], exp, atol=2e-6, rtol=0)
     assert st["windows"] == 1
+
+
+@given(n=hst.integers(0, 200), b=hst.integers(1, 40))
+@settings(max_examples=300, deadline=None)
+def test_window_batches_cover_every_window_once_with_few_shapes(n, b):
+    plan = window_batches(n, b)
+    assert [s for s, _ in plan] == list(np.cumsum([0] + [k for _, k in plan])[:-1])  # contiguous
+    assert sum(k for _, k in plan) == n
+    full = [k for _, k in plan if k == b]
+    rest = [k for _, k in plan][len(full):]
+    assert len(full) == n // b and all(k < b for k in rest)
+    assert rest == sorted(rest, reverse=True) and len(set(rest)) == len(rest)  # distinct, largest first
+    assert all(k & (k - 1) == 0 for k in rest)  # powers of two
+    assert len({k for _, k in plan}) <= 1 + int(math.log2(b))
+
+
+def test_window_batches_known_plans_and_errors():
+    assert window_batches(12, 8) == [(0, 8), (8, 4)]
+    assert window_batches(13, 8) == [(0, 8), (8, 4), (12, 1)]
+    assert window_batches(80, 8) == [(s, 8) for s in range(0, 80, 8)]
+    assert window_batches(7, 6) == [(0, 6), (6, 1)] and window_batches(0, 8) == []
+    with pytest.raises(ValueError, match="batch_size"):
+        window_batches(3, 0)
+
+
+def test_no_empty_window_is_computed_and_the_maps_do_not_depend_on_batch_size():
+    """The model is called with exactly the planned batches (12 windows at 8: 8 + 4, not 16),
+    and a deterministic model's maps are the same at every batch size."""
+    rng = np.random.default_rng(5)
+    img = rng.uniform(0, 1, size=(14, 30, 20, 3)).astype(np.float32)  # 2 x 3 x 2 windows of 8 x 16 x 16
+    brain = np.ones(img.shape[:3], bool)
+    sizes = []
+
+    def recording(x):
+        sizes.append(len(x))
+        assert np.abs(x).sum(axis=(1, 2, 3, 4)).min() > 0  # no empty (all-zero) window
+        return x[..., FLAIR] * x[..., 0]
+
+    args = dict(patch_size=(8, 16, 16), overlap=0.3, blending="gaussian", mc_samples=1)
+    st_ = {}
+    ref = I.predict_visit([recording], img, brain, batch_size=8, stats=st_, **args)
+    assert st_["windows"] == 12 and sizes == [8, 4] and st_["batches"] == 2
+    for b in (1, 3, 5, 12, 32):
+        sizes.clear()
+        out = I.predict_visit([recording], img, brain, batch_size=b, **args)
+        assert sizes == [k for _, k in window_batches(12, b)]
+        for k in ("prob", "sd", "entropy", "mi"):
+            np.testing.assert_allclose(out[k], ref[k], atol=1e-6, rtol=0, err_msg=f"{k} at batch {b}")
 
 
 def test_gaussian_blending_weights_overlapping_windows():
@@ -238,6 +289,64 @@ def test_cached_encoder_path_equals_full_model_path_for_the_same_seeds(tiny):
     assert a["sd"].mean() > 0.01
     for k in ("prob", "sd", "entropy", "mi"):
         np.testing.assert_allclose(a[k], b[k], atol=2e-5, err_msg=k)
+
+
+def test_prefetched_model_calls_give_the_same_maps_bit_for_bit_from_one_worker_thread(tiny):
+    """With prefetch (the default) every model call runs in one worker thread, in batch order
+    with the same seeds, and the maps equal those of calls in the caller's thread bit for bit;
+    a model's error reaches the caller unchanged."""
+    import threading
+
+    models, img, _ = tiny
+    brain = np.zeros(img.shape[:3], bool)
+    brain[2:15, 5:60, 3:50] = True
+
+    class Recording(I.FoldPredictor):
+        def __init__(self, model, calls):
+            super().__init__(model, 3)
+            self.calls = calls
+
+        def moments(self, x, seed):
+            self.calls.append((threading.get_ident(), len(x), seed))
+            return super().moments(x, seed)
+
+    args = dict(overlap=0.3, blending="gaussian", mc_samples=3, batch_size=4, seed=9)
+    runs = {}
+    for prefetch in (False, True):
+        calls = []
+        st_ = {}
+        out = I.predict_visit([Recording(m, calls) for m in models], img, brain, prefetch=prefetch, stats=st_,
+                              **args)
+        runs[prefetch] = (out, calls)
+    (a, calls_a), (b, calls_b) = runs[False], runs[True]
+    assert st_["batches"] >= 3 and a["sd"].max() > 0.01
+    assert [c[1:] for c in calls_a] == [c[1:] for c in calls_b]  # same sizes and seeds, same order
+    assert {c[0] for c in calls_a} == {threading.get_ident()}
+    assert len({c[0] for c in calls_b}) == 1 and calls_b[0][0] != threading.get_ident()
+    for k in ("prob", "sd", "entropy", "mi", "mask"):
+        assert np.array_equal(a[k], b[k]), k
+
+    class Failing(I.FoldPredictor):
+        def moments(self, x, seed):
+            raise RuntimeError("device lost")
+
+    with pytest.raises(RuntimeError, match="device lost"):
+        I.predict_visit([Failing(models[0], 3)], img, brain, **args)
+
+
+@given(hst.lists(hst.tuples(hst.integers(0, 6), hst.integers(0, 9), hst.integers(0, 7)), max_size=6),
+       hst.sampled_from([bool, np.uint8, np.float32]))
+@settings(max_examples=200, deadline=None)
+def test_bounding_box_equals_the_extent_of_the_nonzero_voxels(points, dtype):
+    mask = np.zeros((7, 10, 8), dtype)
+    for p in points:
+        mask[p] = 1
+    lo, hi = bounding_box(mask)
+    if not points:
+        assert (lo, hi) == ((0, 0, 0), (7, 10, 8))
+    else:
+        idx = np.argwhere(mask)
+        assert lo == tuple(int(v) for v in idx.min(0)) and hi == tuple(int(v) + 1 for v in idx.max(0))
 
 
 # --------------------------------------------------------------------------- files: MNI and native grids

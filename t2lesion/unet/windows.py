@@ -54,11 +54,20 @@ def window_corners(shape: Sequence[int], window: Sequence[int], overlap: float,
 
 
 def bounding_box(mask: np.ndarray) -> tuple[Triple, Triple]:
-    """``(lo, hi)`` of the non-zero voxels of ``mask`` (hi exclusive); the whole array if empty."""
-    idx = np.nonzero(mask)
-    if len(idx[0]) == 0:
-        return (0, 0, 0), tuple(int(s) for s in mask.shape)
-    return tuple(int(i.min()) for i in idx), tuple(int(i.max()) + 1 for i in idx)
+    """``(lo, hi)`` of the non-zero voxels of ``mask`` (hi exclusive); the whole array if empty.
+
+    From projections, each over the box found so far (no voxel index list is built)."""
+    mask = np.asarray(mask)
+    lo, hi = [], []
+    box = mask
+    for ax in range(3):
+        proj = np.flatnonzero(box.any(axis=tuple(a for a in range(3) if a != ax)))
+        if proj.size == 0:
+            return (0, 0, 0), tuple(int(s) for s in mask.shape)
+        lo.append(int(proj[0]))
+        hi.append(int(proj[-1]) + 1)
+        box = box[(slice(None),) * ax + (slice(lo[-1], hi[-1]),)]
+    return tuple(lo), tuple(hi)
 
 
 def pad_to(array: np.ndarray, shape: Sequence[int]) -> tuple[np.ndarray, Triple]:
@@ -75,4 +84,25 @@ def pad_to(array: np.ndarray, shape: Sequence[int]) -> tuple[np.ndarray, Triple]
     return np.pad(array, widths), tuple(before)
 
 
-__all__ = ["axis_starts", "bounding_box", "pad_to", "window_corners"]
+def window_batches(n_windows: int, batch_size: int) -> list[tuple[int, int]]:
+    """``(start, size)`` of the batches that send ``n_windows`` windows to the model: full
+    batches of ``batch_size``, then the remainder split into powers of two, largest first
+    (12 windows at 8: 8 + 4; 13: 8 + 4 + 1). No empty window is computed, and a model sees at
+    most ``1 + floor(log2(batch_size))`` batch shapes (one compiled graph each), whatever the
+    visit; the batches depend on ``n_windows`` and ``batch_size`` only.
+    """
+    n, b = int(n_windows), int(batch_size)
+    if b < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if n < 0:
+        raise ValueError(f"n_windows must be >= 0, got {n_windows}")
+    out = [(s, b) for s in range(0, n - n % b, b)]
+    start, rest = n - n % b, n % b
+    while rest:
+        size = 1 << (rest.bit_length() - 1)
+        out.append((start, size))
+        start, rest = start + size, rest - size
+    return out
+
+
+__all__ = ["axis_starts", "bounding_box", "pad_to", "window_batches", "window_corners"]
