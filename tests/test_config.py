@@ -13,7 +13,7 @@ TRIAL = {"role": "test", "bids": "x", "control_arm": "PLA", "treatment_arms": ["
 
 KEYWORDS = {"type", "default", "description", "enum", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
             "items", "minItems", "maxItems", "minLength", "properties", "additionalProperties", "required", "pattern",
-            "propertyNames", "minProperties", "oneOf", "$schema"}
+            "propertyNames", "minProperties", "oneOf", "uniqueItems", "$schema"}
 
 
 def test_every_schema_node_uses_json_schema_keywords_only():

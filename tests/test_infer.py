@@ -503,6 +503,13 @@ def test_workflow_script_calls_predict_visits_inside_the_rule_log(tmp_path, monk
     for k in ("out_prob", "out_mask", "out_sd", "out_entropy", "out_mi", "out_native_mask"):
         assert Path(visit[k]).is_file(), k
     text = log_path.read_text()
+    # a visit without the optional maps (inference.uncertainty_maps: []) gets the others only
+    lean = {k: (v.replace("sub-03", "sub-04") if k.startswith("out_") else v) for k, v in visit.items()
+            if k not in ("out_sd", "out_entropy")}
+    I.predict_visits([lean], [str(model_path)], {"mc_samples": 1, "overlap": 0.5}, seed=3)
+    assert all(Path(lean[k]).is_file() for k in ("out_prob", "out_mask", "out_mi", "out_native_mask"))
+    written = sorted(p.name for p in Path(lean["out_prob"]).parent.glob("sub-04*"))
+    assert len(written) == 4 and not any("desc-sd" in p or "desc-entropy" in p for p in written), written
     assert "visit 1/1 sub-03_ses-w024" in text and "overlap 0.50" in text
     # the predicted mask's lesion load, for the endpoint statistics: the mask's own voxels
     row = pd.read_csv(volume, sep="\t").iloc[0]

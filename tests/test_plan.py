@@ -111,6 +111,26 @@ def test_infer_batches_split_visits_and_only_when_unet_is_a_source(tmp_path, dem
     assert plan_of(cfg).infer_batches() == []
 
 
+def test_uncertainty_maps_left_out_are_no_outputs_and_mi_stays(tmp_path, demo):
+    from t2lesion.plan.paths import OPTIONAL_UNET_MAPS
+    from t2lesion.unet.infer import OPTIONAL_MAPS, VISIT_KEYS
+
+    assert OPTIONAL_UNET_MAPS == OPTIONAL_MAPS  # the plan's copy (no unet import in the DAG)
+    assert {f"out_{k}" for k in OPTIONAL_MAPS} <= set(VISIT_KEYS["optional"])
+    cfg = copy.deepcopy(DEMO)
+    every = plan_of(cfg).infer_batches()[0]
+    cfg["inference"]["uncertainty_maps"] = ["entropy"]
+    some = plan_of(cfg).infer_batches()[0]
+    cfg["inference"]["uncertainty_maps"] = []
+    none = plan_of(cfg).infer_batches()[0]
+    n = len(every.visits)
+    assert len(every.masks) == 6 * n and len(some.masks) == 5 * n and len(none.masks) == 4 * n
+    assert set(none.masks) | {v["out_sd"] for v in every.visits} | {v["out_entropy"] for v in every.visits} \
+        == set(every.masks)
+    assert not any("desc-sd_uncertainty" in m for m in some.masks) and any("entropy" in m for m in some.masks)
+    assert all(any("desc-mi_uncertainty" in m for m in b.masks) for b in (some, none))
+
+
 def test_tracking_by_subject_in_week_order(tmp_path):
     bids = make_bids(tmp_path / "bids", weeks=(48, 0, 24))
     plan = plan_of(real_trial(bids))

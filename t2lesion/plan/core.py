@@ -22,7 +22,8 @@ import functools
 from t2lesion.bids import MODALITIES, Visit
 from t2lesion.config import Trial, fold_models, fold_thresholds, source_warnings, trials_from_config, visit_inputs
 from t2lesion.plan.paths import (
-    FIG2, FLAIR_XFM, MNI, PRE, PRE_BASELINE, PRED, QC_PNG, STATS, TRACK, TRAIN, UNET_OUTPUTS, VALIDATED, VISIT_TABLE, VOLUME,
+    FIG2, FLAIR_XFM, MNI, OPTIONAL_UNET_MAPS, PRE, PRE_BASELINE, PRED, QC_PNG, STATS, TRACK, TRAIN, UNET_OUTPUTS, VALIDATED,
+    VISIT_TABLE, VOLUME,
     InferBatch, mask_path, visit_paths, wildcard_alternatives,
 )
 from t2lesion.plan.review import ReviewPlan
@@ -199,6 +200,8 @@ class Plan(ReviewPlan, ValidationPlan):
         """Input and output paths of one visit (the keys t2lesion.unet.infer.predict_visits reads)."""
         pre = PRE.format(trial=trial, sub=v.sub, ses=v.ses)
         pred = PRED.format(source="unet", trial=trial, sub=v.sub, ses=v.ses)
+        left_out = set(OPTIONAL_UNET_MAPS) - set(self.config.get("inference", {}).get("uncertainty_maps",
+                                                                                     OPTIONAL_UNET_MAPS))
         return {
             "id": f"sub-{v.sub}_ses-{v.ses}",
             "T2w": f"{pre}_{MNI}_desc-preproc_T2w.nii.gz",
@@ -207,7 +210,7 @@ class Plan(ReviewPlan, ValidationPlan):
             "brain_mask": f"{pre}_{MNI}_desc-brain_mask.nii.gz",
             "native_flair": str(self.trials[trial].image(v, "FLAIR")),
             "flair_xfm": FLAIR_XFM.format(trial=trial, sub=v.sub, ses=v.ses),
-            **{f"out_{key}": f"{pred}_{suffix}" for key, suffix in UNET_OUTPUTS.items()},
+            **{f"out_{key}": f"{pred}_{suffix}" for key, suffix in UNET_OUTPUTS.items() if key not in left_out},
         }
 
     def infer_batches(self) -> list[InferBatch]:

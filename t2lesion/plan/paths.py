@@ -48,6 +48,8 @@ UNET_OUTPUTS = {
     "mi": f"{MNI}_desc-mi_uncertainty.nii.gz",
     "native_mask": "space-FLAIR_desc-lesion_mask.nii.gz",
 }
+#: the maps config inference.uncertainty_maps may leave out (t2lesion.unet.infer.OPTIONAL_MAPS)
+OPTIONAL_UNET_MAPS = ("sd", "entropy")
 #: the per-visit inputs of an inference batch, in the order the rule lists them
 UNET_INPUTS = ("T2w", "FLAIR", "T1w", "brain_mask", "flair_xfm")
 
@@ -89,7 +91,7 @@ class InferBatch:
 
     @property
     def masks(self) -> list[str]:
-        return [d[f"out_{k}"] for d in self.visits for k in UNET_OUTPUTS]
+        return [d[f"out_{k}"] for d in self.visits for k in UNET_OUTPUTS if f"out_{k}" in d]
 
     @property
     def log(self) -> str:

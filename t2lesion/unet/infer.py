@@ -65,18 +65,20 @@ MAX_SEED = 2**21
 BLENDINGS = ("gaussian", "uniform")
 UNCERTAINTIES = ("within", "mixture")
 MAPS = ("prob", "mask", "sd", "entropy", "mi")
+#: The maps a visit may go without (config ``inference.uncertainty_maps``).
+OPTIONAL_MAPS = ("sd", "entropy")
 
 #: Keys of a visit dict for :func:`predict_visits` (values: paths). Inputs: the preprocessed
 #: contrasts and brain mask on the MNI grid, and (only for ``out_native_mask``) the native
 #: FLAIR and the composed ``from-FLAIR_to-MNI1x1x3`` transform. Outputs: the maps on the MNI
-#: grid (float32; the mask uint8) and the mask on the native FLAIR grid.
+#: grid (float32; the mask uint8), those of :data:`OPTIONAL_MAPS` only where named, and the
+#: mask on the native FLAIR grid.
 VISIT_KEYS = {
-    "required": ("id", "T2w", "FLAIR", "T1w", "brain_mask", "out_prob", "out_mask", "out_sd",
-                 "out_entropy", "out_mi"),
-    "optional": ("out_native_mask", "native_flair", "flair_xfm"),
+    "required": ("id", "T2w", "FLAIR", "T1w", "brain_mask", "out_prob", "out_mask", "out_mi"),
+    "optional": ("out_sd", "out_entropy", "out_native_mask", "native_flair", "flair_xfm"),
 }
 CFG_DEFAULTS = {"mc_samples": 10, "overlap": 0.2, "blending": "gaussian", "batch_size": 8, "threshold": 0.5}
-CFG_IGNORED = ("models", "threads", "visits_per_job")  # used by the workflow, not here
+CFG_IGNORED = ("models", "threads", "visits_per_job", "uncertainty_maps")  # used by the workflow, not here
 
 
 # --------------------------------------------------------------------------- numerics
@@ -639,7 +641,8 @@ def predict_visits(visits: Sequence[dict], model_paths: Sequence[str | Path], cf
 
 
 def write_maps(maps: dict[str, np.ndarray], ref, visit: dict, threads: int | None = None) -> None:
-    """Write a visit's :data:`MAPS` on the grid of ``ref`` to ``visit["out_<name>"]`` and, where
+    """Write each of a visit's :data:`MAPS` that ``visit`` names (``visit["out_<name>"]``; those
+    of :data:`OPTIONAL_MAPS` may be left out) on the grid of ``ref`` and, where
     ``visit`` has ``out_native_mask``, the mask resampled to its native FLAIR, each file on its
     own thread (at most ``threads``; default: ITK's global thread count, which
     :func:`t2lesion.logs.rule_log` sets to the job's ``threads``). ITK releases the GIL while
@@ -655,7 +658,8 @@ def write_maps(maps: dict[str, np.ndarray], ref, visit: dict, threads: int | Non
         mask_img = _as_image(maps["mask"], ref)
         write_image(mask_to_native(mask_img, native, Path(visit["flair_xfm"])), visit["out_native_mask"])
 
-    jobs = [(lambda name=name: write_array(maps[name], ref, visit[f"out_{name}"])) for name in MAPS]
+    jobs = [(lambda name=name: write_array(maps[name], ref, visit[f"out_{name}"])) for name in MAPS
+            if visit.get(f"out_{name}") is not None]
     if visit.get("out_native_mask") is not None:
         jobs.append(native_mask)
     n = max(1, min(len(jobs), threads or sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()))
@@ -680,6 +684,7 @@ __all__ = [
     "BLENDINGS",
     "FoldPredictor",
     "MAX_SEED",
+    "OPTIONAL_MAPS",
     "VISIT_KEYS",
     "binary_entropy",
     "blend_weights",

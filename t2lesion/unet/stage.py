@@ -25,9 +25,11 @@ log = logging.getLogger(__name__)
 #: the CPU threads of a training job (a fold's batches are the same whatever they are,
 #: :mod:`t2lesion.unet.data`); an inference job's threads and its share of the visits. They
 #: stay out of the train, calibrate and infer rules' params and out of the checkpoint folder's
-#: settings key: changing them never retrains a finished fold nor repredicts a visit.
+#: settings key: changing them never retrains a finished fold nor repredicts a visit. The
+#: optional uncertainty maps an inference job writes are with them: they are its outputs, not
+#: its numbers (a map added back is missing, and only then its job reruns).
 TRAINING_SPEED_KEYS = ("workers", "threads")
-INFERENCE_SPEED_KEYS = ("threads", "visits_per_job")
+INFERENCE_SPEED_KEYS = ("threads", "visits_per_job", "uncertainty_maps")
 
 
 def training_params(training: Mapping) -> dict:
