@@ -503,13 +503,19 @@ def test_workflow_script_calls_predict_visits_inside_the_rule_log(tmp_path, monk
     for k in ("out_prob", "out_mask", "out_sd", "out_entropy", "out_mi", "out_native_mask"):
         assert Path(visit[k]).is_file(), k
     text = log_path.read_text()
-    # a visit without the optional maps (inference.uncertainty_maps: []) gets the others only
-    lean = {k: (v.replace("sub-03", "sub-04") if k.startswith("out_") else v) for k, v in visit.items()
-            if k not in ("out_sd", "out_entropy")}
-    I.predict_visits([lean], [str(model_path)], {"mc_samples": 1, "overlap": 0.5}, seed=3)
-    assert all(Path(lean[k]).is_file() for k in ("out_prob", "out_mask", "out_mi", "out_native_mask"))
-    written = sorted(p.name for p in Path(lean["out_prob"]).parent.glob("sub-04*"))
-    assert len(written) == 4 and not any("desc-sd" in p or "desc-entropy" in p for p in written), written
+    # the same visit dict (the rule's params do not change), the optional maps not among the
+    # job's declared outputs (inference.uncertainty_maps: []): they are not written
+    for k in ("out_prob", "out_mask", "out_sd", "out_entropy", "out_mi", "out_native_mask"):
+        Path(visit[k]).unlink()
+    smk.output.masks = [visit[k] for k in ("out_prob", "out_mask", "out_mi", "out_native_mask")]
+    runpy.run_path(str(Path(__file__).resolve().parents[1] / "workflow_scripts" / "infer.py"),
+                   init_globals={"snakemake": smk})
+    assert all(Path(p).is_file() for p in smk.output.masks)
+    assert not Path(visit["out_sd"]).exists() and not Path(visit["out_entropy"]).exists()
+    assert I.declared_maps([visit], None) == [visit]
+    with pytest.raises(ValueError, match=r"lacks \['out_mi'\]"):  # MI is no optional map
+        I.predict_visits(I.declared_maps([{k: v for k, v in visit.items() if k != "out_mi"}], []),
+                         [str(model_path)], {"mc_samples": 1}, seed=3)
     assert "visit 1/1 sub-03_ses-w024" in text and "overlap 0.50" in text
     # the predicted mask's lesion load, for the endpoint statistics: the mask's own voxels
     row = pd.read_csv(volume, sep="\t").iloc[0]

@@ -124,6 +124,7 @@ def test_uncertainty_maps_left_out_are_no_outputs_and_mi_stays(tmp_path, demo):
     cfg["inference"]["uncertainty_maps"] = []
     none = plan_of(cfg).infer_batches()[0]
     n = len(every.visits)
+    assert every.visits == some.visits == none.visits  # the rule's params: no rerun
     assert len(every.masks) == 6 * n and len(some.masks) == 5 * n and len(none.masks) == 4 * n
     assert set(none.masks) | {v["out_sd"] for v in every.visits} | {v["out_entropy"] for v in every.visits} \
         == set(every.masks)

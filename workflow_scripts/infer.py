@@ -7,7 +7,9 @@ predicted mask's lesion load (rules infer_<trial>_<batch>).
 whose ``threshold`` (``auto`` or a number) ``t2lesion.unet.threshold.resolve_threshold``
 turns into the value applied (logged in one line, and a ``threshold`` column in each visit's
 volume table); ``params.seed``: base seed; ``params.channel_order``: the model's;
-``output.volumes``: one lesion-load table per visit, in the visits' order. The GPU is leased
+``output.volumes``: one lesion-load table per visit, in the visits' order; ``output.masks``:
+the maps written (the optional ones config ``inference.uncertainty_maps`` leaves out are not
+among them, and are not written). The GPU is leased
 and the Keras backend chosen (config ``dl.backend``: t2lesion.unet.backend) before Keras is
 imported.
 """
@@ -20,7 +22,7 @@ from t2lesion.unet import backend
 with rule_log(snakemake.log[0], snakemake.threads):
     backend.start_job(getattr(snakemake, "config", {}))
     from t2lesion.evaluation.files import run_volume
-    from t2lesion.unet.infer import predict_visits
+    from t2lesion.unet.infer import declared_maps, predict_visits
     from t2lesion.unet.threshold import resolve_threshold
 
     p = snakemake.params
@@ -31,7 +33,7 @@ with rule_log(snakemake.log[0], snakemake.threads):
                                len(models), cfg.get("models"))
     (log.warning if choice.rule == "fallback" else log.info)("%s", choice.line())
     cfg["threshold"] = choice.value
-    visits = list(p.visits)
+    visits = declared_maps(p.visits, getattr(snakemake.output, "masks", None))
     predict_visits(visits, models, cfg, int(p.seed), log, channel_order=getattr(p, "channel_order", None))
     for visit, volume in zip(visits, snakemake.output.volumes, strict=True):
         participant_id, session = visit["id"].split("_", 1)

@@ -200,8 +200,6 @@ class Plan(ReviewPlan, ValidationPlan):
         """Input and output paths of one visit (the keys t2lesion.unet.infer.predict_visits reads)."""
         pre = PRE.format(trial=trial, sub=v.sub, ses=v.ses)
         pred = PRED.format(source="unet", trial=trial, sub=v.sub, ses=v.ses)
-        left_out = set(OPTIONAL_UNET_MAPS) - set(self.config.get("inference", {}).get("uncertainty_maps",
-                                                                                     OPTIONAL_UNET_MAPS))
         return {
             "id": f"sub-{v.sub}_ses-{v.ses}",
             "T2w": f"{pre}_{MNI}_desc-preproc_T2w.nii.gz",
@@ -210,7 +208,7 @@ class Plan(ReviewPlan, ValidationPlan):
             "brain_mask": f"{pre}_{MNI}_desc-brain_mask.nii.gz",
             "native_flair": str(self.trials[trial].image(v, "FLAIR")),
             "flair_xfm": FLAIR_XFM.format(trial=trial, sub=v.sub, ses=v.ses),
-            **{f"out_{key}": f"{pred}_{suffix}" for key, suffix in UNET_OUTPUTS.items() if key not in left_out},
+            **{f"out_{key}": f"{pred}_{suffix}" for key, suffix in UNET_OUTPUTS.items()},
         }
 
     def infer_batches(self) -> list[InferBatch]:
@@ -219,6 +217,8 @@ class Plan(ReviewPlan, ValidationPlan):
         if "unet" not in self.sources:
             return []
         n = self.config["inference"]["visits_per_job"]
+        written = self.config["inference"].get("uncertainty_maps", OPTIONAL_UNET_MAPS)
+        left_out = tuple(k for k in OPTIONAL_UNET_MAPS if k not in written)
         batches = []
         for trial in self.test_trials:
             if self.trials[trial].problems:
@@ -233,6 +233,7 @@ class Plan(ReviewPlan, ValidationPlan):
                         index=index,
                         visits=[self.infer_visit(trial, v) for v in chunk],
                         volumes=visit_paths(VOLUME, trial, chunk, source="unet"),
+                        left_out=left_out,
                     )
                 )
         return batches

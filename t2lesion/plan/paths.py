@@ -73,13 +73,18 @@ def wildcard_alternatives(names) -> str:
 
 @dataclass(frozen=True)
 class InferBatch:
-    """One inference job: a batch of a trial's visits (``inference.visits_per_job``)."""
+    """One inference job: a batch of a trial's visits (``inference.visits_per_job``).
+
+    ``visits`` name every map (the rule's params: the same whatever ``inference.uncertainty_maps``
+    says, so changing it reruns nothing); ``left_out``: the optional maps that are no outputs
+    (the job writes only its declared outputs: ``t2lesion.unet.infer.declared_maps``)."""
 
     name: str
     trial: str
     index: int
     visits: list[dict]
     volumes: list[str]
+    left_out: tuple[str, ...] = ()
 
     @property
     def images(self) -> list[str]:
@@ -91,7 +96,7 @@ class InferBatch:
 
     @property
     def masks(self) -> list[str]:
-        return [d[f"out_{k}"] for d in self.visits for k in UNET_OUTPUTS if f"out_{k}" in d]
+        return [d[f"out_{k}"] for d in self.visits for k in UNET_OUTPUTS if k not in self.left_out]
 
     @property
     def log(self) -> str:

@@ -523,6 +523,17 @@ def check_visit(visit: dict) -> None:
         raise ValueError(f"inference visit {name}: " + "; ".join(problems))
 
 
+def declared_maps(visits: Sequence[dict], outputs: Sequence[str] | None) -> list[dict]:
+    """The visits without the :data:`OPTIONAL_MAPS` whose paths are not in ``outputs`` (an
+    inference job's declared outputs: config ``inference.uncertainty_maps`` leaves maps out of
+    them, not out of the visits, so the rule's params stay the same). ``None``: all kept."""
+    if outputs is None:
+        return [dict(d) for d in visits]
+    declared = {str(o) for o in outputs}
+    drop = {f"out_{k}" for k in OPTIONAL_MAPS}
+    return [{k: v for k, v in d.items() if k not in drop or str(v) in declared} for d in visits]
+
+
 def read_visit(visit: dict, channel_order: Sequence[str]):
     """(images (z, y, x, C) float32, brain (z, y, x) bool, reference sitk.Image) of a visit."""
     import SimpleITK as sitk
@@ -690,6 +701,7 @@ __all__ = [
     "blend_weights",
     "box_moments",
     "derive_maps",
+    "declared_maps",
     "derive_seed",
     "inference_settings",
     "load_fold_models",
