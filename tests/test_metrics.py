@@ -564,3 +564,20 @@ def test_run_compare_puts_every_source_side_by_side(tmp_path):
     per_source = [pd.read_csv(dirs[s] / "table2.tsv", sep="\t") for s in dirs]
     pd.testing.assert_frame_equal(back, pd.concat(per_source, ignore_index=True))
     assert (out / "size_groups.png").stat().st_size > 1000 and (out / "tlv.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("connectivity", [6, 18, 26])
+def test_connectivity_structure_labels_as_cc3d_does(connectivity):
+    """The SciPy element that alpha_map and the change check dilate or label with gives cc3d's
+    components (the pipeline's lesions) on a speckled mask with every kind of contact."""
+    import cc3d
+    from scipy import ndimage
+
+    m = np.random.default_rng(connectivity).random((12, 14, 16)) < 0.3
+    labels, n = ndimage.label(m, structure=S.connectivity_structure(connectivity))
+    ref = cc3d.connected_components(m, connectivity=connectivity)
+    assert n == ref.max() > 1
+    pairs = set(zip(labels[m].tolist(), ref[m].tolist()))
+    assert len(pairs) == n  # the same partition of the voxels
+    with pytest.raises(ValueError, match="6, 18 or 26"):
+        S.connectivity_structure(8)

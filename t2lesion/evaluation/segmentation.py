@@ -100,6 +100,17 @@ LESION_COLUMNS = [
 # --------------------------------------------------------------------------- parameters
 
 
+def connectivity_structure(connectivity: int) -> np.ndarray:
+    """SciPy's structuring element of a 3-D ``connectivity``: 6, 18 or 26 neighbours (faces,
+    edges, corners), for ``ndimage.label`` or ``binary_dilation`` to agree with cc3d's."""
+    rank = {6: 1, 18: 2, 26: 3}.get(int(connectivity))
+    if rank is None:
+        raise ValueError(f"connectivity must be 6, 18 or 26, got {connectivity}")
+    from scipy import ndimage
+
+    return ndimage.generate_binary_structure(3, rank)
+
+
 def _check_params(connectivity, min_size, overlap, fp_overlap) -> None:
     problems = []
     if connectivity not in CONNECTIVITIES:

@@ -406,11 +406,10 @@ def box_moments(predictors: Sequence[FoldPredictor], images: np.ndarray, brain: 
     else:
         for b in range(len(plan)):
             blend(b, ensemble(b))
-    n_batches = len(plan)
     in_region = tuple(slice(a - int(o), b - int(o)) for a, b, o in zip(lo_p, hi_p, r0))
     box_stats = acc[in_region] / wsum[in_region][..., None]
     if stats is not None:
-        stats.update(windows=int(len(corners)), batches=n_batches)
+        stats.update(windows=int(len(corners)), batches=len(plan))
     return box_stats, tuple(slice(a, b) for a, b in zip(lo, hi))
 
 
@@ -700,8 +699,8 @@ __all__ = [
     "binary_entropy",
     "blend_weights",
     "box_moments",
-    "derive_maps",
     "declared_maps",
+    "derive_maps",
     "derive_seed",
     "inference_settings",
     "load_fold_models",

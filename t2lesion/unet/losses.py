@@ -88,13 +88,12 @@ def alpha_map(mask: np.ndarray, connectivity: int = 18, max_weight: float = 100.
     """
     from scipy import ndimage
 
+    from t2lesion.evaluation.segmentation import connectivity_structure
+
     m = np.asarray(mask) > 0
     if m.ndim != 3:
         raise ValueError(f"alpha_map expects a 3-D mask, got shape {m.shape}")
-    rank = {6: 1, 18: 2, 26: 3}.get(int(connectivity))
-    if rank is None:
-        raise ValueError(f"connectivity must be 6, 18 or 26, got {connectivity}")
-    labels, n = ndimage.label(m, structure=ndimage.generate_binary_structure(3, rank))
+    labels, n = ndimage.label(m, structure=connectivity_structure(connectivity))
     out = np.zeros(m.shape, dtype=np.float32)
     if n == 0:
         return out

@@ -30,7 +30,7 @@ from scipy import ndimage
 
 from t2lesion import io
 from t2lesion.errors import InputError
-from t2lesion.evaluation.segmentation import CONNECTIVITY, _label
+from t2lesion.evaluation.segmentation import CONNECTIVITY, _label, connectivity_structure
 from t2lesion.tracking import _ses, week_from_session
 from t2lesion.validation.new_lesion_truth import RADIUS_MM, native_to_grid, nearest_component
 
@@ -41,7 +41,6 @@ UNCHANGED_VOXELS = 0.01
 #: A source's change over GT's is given only where GT's is at least this many voxels.
 MIN_RATIO_VOXELS = 50
 CLASSES = ("shrinking", "unchanged", "growing", "all")
-_STRUCTURE = {6: 1, 18: 2, 26: 3}
 
 
 def visit_lesions(truth: pd.DataFrame, gt: np.ndarray, masks: dict[str, np.ndarray], index_zyx: np.ndarray,
@@ -55,7 +54,7 @@ def visit_lesions(truth: pd.DataFrame, gt: np.ndarray, masks: dict[str, np.ndarr
     k, _ = nearest_component(comp.labels, index_zyx, spacing_zyx, radius_mm)
     shared = np.bincount(k, minlength=comp.sizes.size + 1)
     boxes = ndimage.find_objects(comp.labels)
-    structure = ndimage.generate_binary_structure(3, _STRUCTURE[connectivity])
+    structure = connectivity_structure(connectivity)
     out = truth[["participant_id", "session", "lesion_id"]].copy()
     out["component"] = k
     out["shared"] = np.where(k > 0, shared[k], 0)
