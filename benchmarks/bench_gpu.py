@@ -21,8 +21,10 @@ time budget. Parts, in order:
                 precision ``auto``, ``jit_compile="auto"``), batch 10 of 32 × 96 × 96 drawn
                 by the pipeline's loader: first step (compiling) and steady-state seconds per step.
 ``loader``      (Keras' NumPy backend, CPU only) ``PatchDataset`` batches of 10 at 32 × 96 × 96:
-                one core, then 4 and 16 threads (the pipeline's ``workers``, threads) and 16
-                processes, augmented patches per second.
+                one core, then 4 and 16 threads (``training.loader: threads``), 16 processes of a
+                forked pool sending batches through pipes (as Keras' own process workers do),
+                and 4 and 16 worker processes over shared memory (``training.loader:
+                processes``), augmented patches per second.
 ``trainfold``   (JAX, only if time is left) ``train.train_fold`` itself for 2 short epochs
                 on the pipeline's loader with 4 worker threads (stage.run_train's setup).
 ``torchpeer``   (plain PyTorch, no Keras; only when named in ``--parts``) the same network
@@ -481,6 +483,17 @@ def part_loader(work: Path, tiny: bool, n_single: int, pools: list[tuple[str, in
                 t0 = time.perf_counter()
                 list(ex.map(_get_full, range(workers, workers + nb)))
                 wall = time.perf_counter() - t0
+        elif kind == "shared memory":  # training.loader: processes
+            ds = PatchDataset(windows, patch, batch_size=bs, augment_fraction=frac, seed=0, steps=10_000,
+                              workers=workers, use_multiprocessing=True)
+            try:
+                with ThreadPoolExecutor(ds.workers) as ex:
+                    list(ex.map(lambda i: ds[i][0].shape, range(ds.workers)))  # warm: start the workers
+                    t0 = time.perf_counter()
+                    list(ex.map(lambda i: ds[i][0].shape, range(ds.workers, ds.workers + nb)))
+                    wall = time.perf_counter() - t0
+            finally:
+                ds.close()
         else:
             with mp.get_context("fork").Pool(workers) as pool:
                 pool.map(_get, range(workers), chunksize=1)  # warm: each worker opens the map
@@ -568,8 +581,9 @@ def child(args) -> int:
         res = part_torchpeer(work, args.tiny, 3 if args.tiny else args.steps)
     elif args.part == "loader":
         n = 2 if args.tiny else 6
-        pools = [("threads", 2, 0.5), ("processes", 2, 0.5)] if args.tiny else \
-            [("threads", 4, 0.5), ("threads", 16, 0.5), ("processes", 16, 0.5), ("processes", 16, 1.0)]
+        pools = [("threads", 2, 0.5), ("processes", 2, 0.5), ("shared memory", 2, 0.5)] if args.tiny else \
+            [("threads", 4, 0.5), ("threads", 16, 0.5), ("processes", 16, 0.5), ("shared memory", 4, 0.5),
+             ("shared memory", 16, 0.5), ("shared memory", 16, 1.0)]
         res = part_loader(work, args.tiny, n, pools)
     else:
         raise SystemExit(f"unknown part {args.part}")

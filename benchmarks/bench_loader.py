@@ -3,12 +3,17 @@
 One synthetic visit the size of the MNI 1x1x3 grid (t2lesion.preprocess._common.target_grid,
 63 × 233 × 197 z, y, x) with a brain ellipsoid and ~40 lesions is stored in the training layout
 (patches.store_visit's .npy: 3 contrasts, mask, α) and memory-mapped; batches of 10 are drawn
-in one thread (BLAS limited to one thread), so patches/s is per core. A GPU node's loader
-capacity is this number times the cores given to loader workers (workers scale as processes;
-threads share the GIL for the Python parts). Reported per patch size and augmentation share:
-wall-clock rate and the rate per CPU-second (robust when other jobs share the machine).
+in one thread (BLAS limited to one thread), so patches/s is per core. Reported per patch size
+and augmentation share: wall-clock rate and the rate per CPU-second (robust when other jobs
+share the machine).
 
-    .venv/bin/python benchmarks/bench_loader.py [--batches 6] [--seed 0]
+``--workers N`` then times the loader as training runs it, at the paper's window: N batches at
+once from as many threads as Keras gives the dataset, in Keras-style worker threads
+(``training.loader: threads``) and in worker processes over shared memory (``processes``),
+wall-clock patches/s and the training process's own CPU-seconds per patch (the processes'
+work is not in it). Threads share the interpreter lock for the Python parts; processes do not.
+
+    .venv/bin/python benchmarks/bench_loader.py [--batches 6] [--seed 0] [--workers 2 [--rounds 4]]
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 import platform  # noqa: E402
+import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -74,6 +81,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", type=int, default=6, help="timed batches of 10 per setting")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workers", type=int, default=0, help="also time N threads against N worker processes")
+    ap.add_argument("--rounds", type=int, default=4, help="alternated rounds of --workers timings")
     args = ap.parse_args(argv)
 
     shape = grid_shape()
@@ -100,7 +109,41 @@ def main(argv=None) -> int:
                 n = 10 * args.batches
                 print(f"{'×'.join(map(str, patch)):>12} {frac:>9.1f} {len(windows):>7d} {1000 * wall / n:>9.1f} "
                       f"{n / wall:>9.1f} {n / cpu:>9.1f}")
+        if args.workers:
+            time_workers(npy, args.workers, max(2 * args.batches, 2 * args.workers), args.seed, args.rounds)
     return 0
+
+
+def time_workers(npy: Path, workers: int, batches: int, seed: int, rounds: int, patch=(32, 96, 96)) -> None:
+    """N batches at once, as Keras' threads ask for them: threads against worker processes,
+    alternated ``rounds`` times (a shared machine's speed drifts); median and range."""
+    windows = index_windows(npy, patch, 0.2)
+    windows.insert(0, "path", str(npy))
+    windows.insert(0, "session", "w000")
+    windows.insert(0, "participant_id", "sub-bench")
+    print(f"\n{workers} workers, batches of 10 of {'×'.join(map(str, patch))}, {batches} timed batches, "
+          f"{rounds} rounds alternated")
+    rates: dict[tuple[float, str], list[float]] = {}
+    parent: dict[tuple[float, str], list[float]] = {}
+    for _ in range(rounds):
+        for frac in (0.5, 1.0):
+            for kind in ("threads", "processes"):
+                ds = PatchDataset(windows, patch, batch_size=10, augment_fraction=frac, seed=seed, steps=10_000,
+                                  workers=workers, use_multiprocessing=kind == "processes")
+                try:
+                    with ThreadPoolExecutor(ds.workers) as pool:
+                        list(pool.map(lambda i: ds[i][0].shape, range(ds.workers)))  # warm: start, map the visit
+                        w0, c0 = time.perf_counter(), time.process_time()
+                        list(pool.map(lambda i: ds[i][0].shape, range(ds.workers, ds.workers + batches)))
+                        wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+                finally:
+                    ds.close()
+                rates.setdefault((frac, kind), []).append(10 * batches / wall)
+                parent.setdefault((frac, kind), []).append(1000 * cpu / (10 * batches))
+    print(f"{'loader':>10} {'augmented':>9} {'patches/s (median, range)':>26} {'parent CPU-ms/patch':>19}")
+    for (frac, kind), r in rates.items():
+        print(f"{kind:>10} {frac:>9.1f} {statistics.median(r):>10.1f} ({min(r):.1f}–{max(r):.1f}){'':>3} "
+              f"{statistics.median(parent[frac, kind]):>19.1f}")
 
 
 if __name__ == "__main__":

@@ -9,9 +9,9 @@ modules mirror the Snakemake rules (docs/DESIGN.md says what each stage does and
 ``synth/``      the synthetic trial with known truth (anatomy, lesions, acquisition, clinical)
 ``preprocess/`` N4, registration, skull stripping, resampling, normalisation
 ``classical``   the classical FLAIR segmenter (source ``classical``)
-``unet/``       the multi-arm U-Net: hyper-parameters, layers, model, losses, patches, data,
-                training, the decision threshold, ensembled MC-dropout inference, the Keras
-                backend of its jobs
+``unet/``       the multi-arm U-Net: hyper-parameters, layers, model, losses, patches,
+                augmentation, batches and their worker processes, data, training, the
+                decision threshold, ensembled MC-dropout inference, the Keras backend of its jobs
 ``gpu``         the GPU lease every GPU job shares
 ``evaluation/`` lesion metrics (Table 2, Fig. 3a-c)
 ``tracking``    new and enlarging T2 lesions between visits

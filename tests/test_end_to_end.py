@@ -59,8 +59,9 @@ def tiny_run(tmp_path_factory):
         },
         "sources": ["classical", "unet"],
         "model": {"patch_size": [8, 32, 32], "widths": [4, 8, 8, 8], "bn_momentum": 0.9, "output_prior": 0.01},
-        "training": {"folds": 2, "epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "workers": 1, "threads": 1,
-                     "mixed_precision": "off"},
+        # the loader's worker processes, as a GPU user runs them (configs/paper.yaml)
+        "training": {"folds": 2, "epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "workers": 2,
+                     "loader": "processes", "threads": 1, "mixed_precision": "off"},
         "inference": {"mc_samples": 2, "threads": 1},
         # No preprocess override: the default extractor (deepbet, ~5 CPU-s per visit) runs
         # end to end; ROBEX (about a minute per visit) is tested in test_preprocess.
@@ -91,6 +92,8 @@ def test_every_stage_wrote_its_outputs(tiny_run):
             assert (r / f"train/fold-{fold}/{name}").is_file(), (fold, name)
         history = pd.read_csv(r / f"train/fold-{fold}/history.tsv", sep="\t")
         assert history["iterations"].tolist() == [2] and history["val_dice"].between(0, 1).all()
+        # the batches came from the loader's worker processes (test_unet_data: the same bits as threads)
+        assert "2 batch(es) at once, in worker processes" in (r / f"logs/train/fold-{fold}.log").read_text()
     # each fold's threshold, chosen on its held-out visit (one subject per fold); inference cuts at their mean
     import json
 
@@ -222,8 +225,8 @@ def test_rerun_does_nothing(tiny_run):
 
 
 def test_loader_and_cpu_threads_rerun_nothing(tiny_run, tmp_path):
-    """A finished run with more loader workers and job threads: no fold is retrained and no
-    visit predicted again; a setting of what the folds learn retrains them."""
+    """A finished run with more loader workers, in threads, and more job threads: no fold is
+    retrained and no visit predicted again; a setting of what the folds learn retrains them."""
     def dry_run(overlay_config: dict):
         overlay = tmp_path / "overlay.yaml"
         overlay.write_text(yaml.safe_dump(overlay_config))
@@ -231,7 +234,7 @@ def test_loader_and_cpu_threads_rerun_nothing(tiny_run, tmp_path):
         assert res.returncode == 0, res.stdout + res.stderr
         return res.stdout + res.stderr
 
-    faster = {"training": {"workers": 3, "threads": 2}, "inference": {"threads": 2}}
+    faster = {"training": {"workers": 3, "loader": "threads", "threads": 2}, "inference": {"threads": 2}}
     assert "Nothing to be done" in dry_run(faster)
     assert re.search(r"\btrain\b", dry_run({**faster, "training": {"workers": 3, "epochs": 2}}))
 

@@ -298,16 +298,16 @@ def test_device_query_errors_are_not_taken_for_a_cpu(monkeypatch):
 
 
 def test_loader_and_cpu_threads_never_reset_a_folds_checkpoints(tmp_path):
-    """training.workers and threads set speed only: the checkpoint folder survives a change of
-    them (and the train rule's params leave them out), any other training key resets it."""
+    """training.workers, loader and threads set speed only: the checkpoint folder survives a
+    change of them (and the train rule's params leave them out), any other training key resets it."""
     from t2lesion.unet.stage import TRAINING_SPEED_KEYS, prepare_resume_dir, training_params
 
-    training = {"epochs": 3, "learning_rate": 1e-4, "workers": 4, "threads": 4}
+    training = {"epochs": 3, "learning_rate": 1e-4, "workers": 4, "loader": "threads", "threads": 4}
     assert training_params(training) == {"epochs": 3, "learning_rate": 1e-4}
-    assert set(TRAINING_SPEED_KEYS) == {"workers", "threads"}
+    assert set(TRAINING_SPEED_KEYS) == {"workers", "loader", "threads"}
     folder = prepare_resume_dir(tmp_path / "ckpt", training=training_params(training), seed=1)
     (folder / "last.keras").write_text("a checkpoint")
-    faster = {**training, "workers": 16, "threads": 8}
+    faster = {**training, "workers": 16, "loader": "processes", "threads": 8}
     prepare_resume_dir(tmp_path / "ckpt", training=training_params(faster), seed=1)
     assert (folder / "last.keras").is_file()
     prepare_resume_dir(tmp_path / "ckpt", training=training_params({**faster, "epochs": 4}), seed=1)

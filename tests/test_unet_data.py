@@ -14,7 +14,8 @@ import pytest
 import SimpleITK as sitk
 
 from t2lesion.errors import InputError
-from t2lesion.unet.data import PatchDataset, augment, draw_augmentation, resample_region, warp, warp_batch
+from t2lesion.unet.augment import augment, draw_augmentation, resample_region, warp, warp_batch
+from t2lesion.unet.data import PatchDataset
 from t2lesion.unet.folds import read_folds, split_folds, write_folds
 from t2lesion.unet.losses import LossConfig, alpha_map
 from t2lesion.unet.patches import (
@@ -419,6 +420,76 @@ def test_dataset_deterministic_per_seed_and_epoch(stored, tmp_path):
     a.set_epoch(0)
     np.testing.assert_array_equal(a[2][0], first[2][0])
     assert not np.array_equal(PatchDataset(index, **{**kw, "seed": 12})[0][0], first[0][0])
+
+
+def test_worker_processes_give_the_same_batches(stored, tmp_path):
+    """Batches built by worker processes in shared memory are those built in the training
+    thread, bit for bit: every epoch, concurrent calls, a pickled copy; the shared file is
+    gone once the workers have mapped it, and the workers exit at close."""
+    _, index = stored
+    kw = dict(patch_size=PATCH, batch_size=3, augment_fraction=0.5, seed=7, steps=5)
+    ref = PatchDataset(index, **kw)
+    ds = PatchDataset(index, **kw, workers=2, use_multiprocessing=True, shm_dir=tmp_path)
+    assert ds.workers == 2 and ds.use_multiprocessing is False  # Keras' threads wait on the processes
+    for epoch in (0, 3):
+        ref.set_epoch(epoch)
+        ds.set_epoch(epoch)
+        with ThreadPoolExecutor(3) as pool:
+            got = list(pool.map(ds.__getitem__, range(5)))
+        for i, (x, ts) in enumerate(got):
+            rx, rts = ref[i]
+            np.testing.assert_array_equal(x, rx)
+            assert len(ts) == 3 and all(a is ts[0] for a in ts)
+            np.testing.assert_array_equal(ts[0], rts[0])
+    assert list(tmp_path.iterdir()) == []
+    procs = list(ds.batch_workers()._procs)
+    assert len(procs) == 2 and all(p.poll() is None for p in procs)
+    copy = pickle.loads(pickle.dumps(ds))  # a copy starts its own workers, if any
+    assert copy._batch_workers is None and copy.processes == 2
+    ds.close()
+    assert all(p.poll() == 0 for p in procs)
+    with pytest.raises(IndexError, match="out of range"):
+        ds[5]
+    np.testing.assert_array_equal(ds[4][0], ref[4][0])  # started again after close
+    ds.close()
+    ref.set_epoch(0)
+    one = PatchDataset(index, **kw, workers=1, use_multiprocessing=True)
+    assert one.workers == 2 and one.processes == 1  # a second thread keeps the process busy
+    np.testing.assert_array_equal(one[1][0], ref[1][0])
+    one.close()
+
+
+def test_worker_process_errors(stored, tmp_path):
+    """A worker's input error reaches the caller as that InputError and the workers go on; a
+    worker that dies is reported with its exit code; too little shared memory is said first."""
+    _, index = stored
+    bad = index.copy()
+    bad.loc[1, "path"] = str(tmp_path / "gone.npy")
+    ds = PatchDataset(bad, PATCH, batch_size=1, augment_fraction=0, shuffle=False, workers=1,
+                      use_multiprocessing=True)
+    with pytest.raises(InputError, match="gone.npy: stored visit not found"):
+        ds[1]
+    np.testing.assert_array_equal(ds[0][0], PatchDataset(index, PATCH, batch_size=1, augment_fraction=0,
+                                                         shuffle=False)[0][0])
+    ds.batch_workers()._procs[0].kill()
+    ds.batch_workers()._procs[0].wait()
+    with pytest.raises(RuntimeError, match=r"loader worker process 0 \(pid \d+\) exited with code -9"):
+        ds[2]
+    with pytest.raises(RuntimeError, match="exited with code -9"):
+        ds[0]  # no further batches from a broken pool
+    ds.close()
+    with pytest.raises(RuntimeError, match=r"need \d+ MiB of shared memory in .*nowhere, which has 0 MiB free"):
+        PatchDataset(index, PATCH, workers=2, use_multiprocessing=True, shm_dir=tmp_path / "nowhere")[0]
+
+
+def test_worker_modules_import_no_keras():
+    """A loader worker process imports the batch source and augmentation, not Keras."""
+    import subprocess
+    import sys
+
+    code = "import sys, t2lesion.unet.batches; print(sorted(m for m in ('keras', 'tensorflow', 'jax') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_dataset_order_cycles_and_augments_a_fraction(stored):

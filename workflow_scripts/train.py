@@ -9,8 +9,9 @@ with rule_log(snakemake.log[0], snakemake.threads):
     from t2lesion.unet.stage import run_train
 
     p, o = snakemake.params, snakemake.output
-    # training.workers from the config, not the params: it sets speed only (stage.training_params)
-    workers = (getattr(snakemake, "config", {}) or {}).get("training", {}).get("workers")
+    # training.workers and loader from the config, not the params: they set speed only
+    # (stage.training_params)
+    speed = (getattr(snakemake, "config", {}) or {}).get("training", {})
     run_train(snakemake.input.index, int(snakemake.wildcards.fold), p.resume_dir,
               {"model": o.model, "last": o.last, "history": o.history, "curve": o.curve},
-              p.model, p.loss, p.training, p.seed, workers=workers)
+              p.model, p.loss, p.training, p.seed, workers=speed.get("workers"), loader=speed.get("loader"))

@@ -31,7 +31,7 @@ import SimpleITK as sitk
 
 from t2lesion.errors import InputError
 from t2lesion.io import atomic_output, read_image, same_geometry, write_tsv
-from t2lesion.unet.losses import LossConfig, alpha_map
+from t2lesion.unet.hparams import LossConfig
 from t2lesion.unet.windows import bounding_box, pad_to, window_corners
 
 IMAGE_CHANNELS = ("T2w", "FLAIR", "T1w")
@@ -69,6 +69,8 @@ def store_visit(images: Mapping[str, str | Path], brain_mask: str | Path, gt_mas
     them, the brain mask and the GT mask must share one grid, else an InputError names the files
     that differ. ``gt_mask=None`` (a visit without GT) stores an empty mask and α.
     """
+    from t2lesion.unet.losses import alpha_map  # Keras: not at import, loader worker processes import this module
+
     cfg = loss_cfg or LossConfig()
     patch = _check_patch_size(patch_size)
     missing = [c for c in IMAGE_CHANNELS if c not in images]

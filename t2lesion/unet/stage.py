@@ -21,14 +21,14 @@ from t2lesion.errors import InputError
 log = logging.getLogger(__name__)
 
 
-#: Config keys that set how fast a job runs, not what it computes: the loader's threads and
-#: the CPU threads of a training job (a fold's batches are the same whatever they are,
-#: :mod:`t2lesion.unet.data`); an inference job's threads and its share of the visits. They
+#: Config keys that set how fast a job runs, not what it computes: the loader's workers, threads
+#: or processes, and the CPU threads of a training job (a fold's batches are the same whatever
+#: they are, :mod:`t2lesion.unet.batches`); an inference job's threads and its share of the visits. They
 #: stay out of the train, calibrate and infer rules' params and out of the checkpoint folder's
 #: settings key: changing them never retrains a finished fold nor repredicts a visit. The
 #: optional uncertainty maps an inference job writes are with them: they are its outputs, not
 #: its numbers (a map added back is missing, and only then its job reruns).
-TRAINING_SPEED_KEYS = ("workers", "threads")
+TRAINING_SPEED_KEYS = ("workers", "loader", "threads")
 INFERENCE_SPEED_KEYS = ("threads", "visits_per_job", "uncertainty_maps")
 
 
@@ -112,12 +112,14 @@ def prepare_resume_dir(resume_dir: str | Path, **settings) -> Path:
 
 
 def run_train(index: Sequence[str | Path], fold: int, resume_dir, outputs: dict, model: dict, loss: dict,
-              training: dict, seed: int, workers: int | None = None) -> dict:
+              training: dict, seed: int, workers: int | None = None, loader: str | None = None) -> dict:
     """Train fold ``fold``: validate on every index file of that fold, train on the others.
 
     Writes ``outputs`` (model, last, history, curve) by copying from ``resume_dir``, where
-    :func:`t2lesion.unet.train.train_fold` keeps its per-epoch checkpoints. ``workers``: the
-    loader's threads (config ``training.workers``; None: ``training["workers"]``, else 0).
+    :func:`t2lesion.unet.train.train_fold` keeps its per-epoch checkpoints. ``workers``: how
+    many batches the loader builds at once (config ``training.workers``; None:
+    ``training["workers"]``, else 0); ``loader``: in ``threads`` or worker ``processes``
+    (config ``training.loader``; None: ``training["loader"]``, else threads).
     :data:`TRAINING_SPEED_KEYS` in ``training`` are left out of the checkpoints' settings key.
     """
     from t2lesion.unet.data import PatchDataset
@@ -135,15 +137,23 @@ def run_train(index: Sequence[str | Path], fold: int, resume_dir, outputs: dict,
     log.info("fold %s: %d training windows (%d participants), %d validation windows (%d participants); seed %d",
              fold, len(trn), trn["participant_id"].nunique(), len(val), val["participant_id"].nunique(), fseed)
     workers = int(training.get("workers", 0) if workers is None else workers)
+    loader = str(training.get("loader", "threads") if loader is None else loader)
+    if loader not in ("threads", "processes"):
+        raise InputError(f"training.loader must be threads or processes, got {loader!r}")
+    log.info("loader: %d batch(es) at once, in %s", max(1, workers),
+             "worker processes over shared memory" if loader == "processes" else "threads")
     heads = split_model_section(model)[1].supervision_levels  # one target per supervised output
     train_ds = PatchDataset(trn, patch, batch_size=training["batch_size"], augment_fraction=training["augment_fraction"],
                             seed=fseed, shuffle=True, steps=training.get("steps_per_epoch"), n_outputs=heads,
-                            workers=max(1, workers), use_multiprocessing=False)
+                            workers=max(1, workers), use_multiprocessing=loader == "processes")
     val_ds = PatchDataset(val, patch, batch_size=training["batch_size"], augment_fraction=0.0, seed=fseed,
                           shuffle=False, n_outputs=heads)
     folder = prepare_resume_dir(resume_dir, model=model, loss=loss, training=training_params(training), seed=fseed,
                                 index=[str(p) for p in index])
-    result = train_fold(train_ds, val_ds, folder, model, loss, training, seed=fseed, log=log)
+    try:
+        result = train_fold(train_ds, val_ds, folder, model, loss, training, seed=fseed, log=log)
+    finally:
+        train_ds.close()
     for key, name in (("model", "model.keras"), ("last", "last.keras"), ("history", "history.tsv"),
                       ("curve", "training_curve.png")):
         shutil.copyfile(folder / name, outputs[key])
