@@ -2,7 +2,7 @@
 # visit stored once as a memory-mappable array, an index of lesion windows per fold, and
 # one resumable GPU job per fold. Fold k's model is validated on fold k of every training
 # trial and trained on the others.
-from t2lesion.unet.stage import inference_params, training_params
+from t2lesion.unet.stage import inference_params, train_job_threads, training_params
 
 TR = config["training"]
 
@@ -136,7 +136,8 @@ rule train:
     priority: PLAN.TRAINING_PATH_PRIORITY
     conda:
         "../envs/dl.yaml"
-    threads: TR["threads"]
+    # training.threads for the model, and a core per loader worker process
+    threads: train_job_threads(TR)
     resources:
         gpu=1,
     params:

@@ -314,6 +314,18 @@ def test_loader_and_cpu_threads_never_reset_a_folds_checkpoints(tmp_path):
     assert not (folder / "last.keras").exists()
 
 
+def test_a_train_job_reserves_a_core_per_loader_process():
+    """The train rule's threads: training.threads for the model, plus one core per loader
+    worker process (threads share the model's cores); the workflow script caps the model's
+    libraries at training.threads."""
+    from t2lesion.unet.stage import train_job_threads
+
+    assert train_job_threads({"threads": 4, "workers": 4, "loader": "threads"}) == 4
+    assert train_job_threads({"threads": 4, "workers": 4}) == 4
+    assert train_job_threads({"threads": 4, "workers": 4, "loader": "processes"}) == 8
+    assert train_job_threads({"threads": 2, "workers": 0, "loader": "processes"}) == 3  # one process at least
+
+
 def test_inference_speed_keys_are_keys_the_predictor_ignores():
     """The infer and calibrate rules leave stage.INFERENCE_SPEED_KEYS out of their params, and
     infer.predict_visits ignores infer.CFG_IGNORED; two lists (one import would be a cycle) kept

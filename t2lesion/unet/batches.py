@@ -286,9 +286,14 @@ class BatchWorkers:
             env.setdefault(var, value)
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+        try:  # a worker's messages go where this process's stderr goes now (a rule's log)
+            stderr = sys.stderr.fileno()
+        except (AttributeError, OSError, ValueError):
+            stderr = None
         proc = subprocess.Popen([sys.executable, "-c", "from t2lesion.unet.batches import serve; serve()",
                                  str(to_child[0]), str(from_child[1]), str(k)],
-                                pass_fds=(to_child[0], from_child[1]), env=env, stdin=subprocess.DEVNULL)
+                                pass_fds=(to_child[0], from_child[1]), env=env, stdin=subprocess.DEVNULL,
+                                stderr=stderr)
         os.close(to_child[0])
         os.close(from_child[1])
         self._procs.append(proc)

@@ -37,6 +37,16 @@ def training_params(training: Mapping) -> dict:
     return {k: v for k, v in training.items() if k not in TRAINING_SPEED_KEYS}
 
 
+def train_job_threads(training: Mapping) -> int:
+    """Cores a train job takes: ``training.threads`` for the model, and one per loader worker
+    process (``training.workers`` with ``loader: processes``), so that Snakemake and SLURM
+    reserve the cores the processes use."""
+    threads = int(training.get("threads", 1))
+    if training.get("loader", "threads") == "processes":
+        threads += max(1, int(training.get("workers", 1)))
+    return threads
+
+
 def inference_params(inference: Mapping) -> dict:
     """The ``inference:`` section without :data:`INFERENCE_SPEED_KEYS` (the calibrate and infer
     rules' params)."""
