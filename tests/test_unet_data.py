@@ -459,9 +459,12 @@ def test_worker_processes_give_the_same_batches(stored, tmp_path):
     one.close()
 
 
-def test_worker_process_errors(stored, tmp_path):
+def test_worker_process_errors(stored, tmp_path, monkeypatch):
     """A worker's input error reaches the caller as that InputError and the workers go on; a
-    worker that dies is reported with its exit code; too little shared memory is said first."""
+    worker that dies is reported with its exit code, also one that never starts (and nothing
+    is left in shared memory); too little shared memory is said first."""
+    import sys
+
     _, index = stored
     bad = index.copy()
     bad.loc[1, "path"] = str(tmp_path / "gone.npy")
@@ -480,6 +483,12 @@ def test_worker_process_errors(stored, tmp_path):
     ds.close()
     with pytest.raises(RuntimeError, match=r"need \d+ MiB of shared memory in .*nowhere, which has 0 MiB free"):
         PatchDataset(index, PATCH, workers=2, use_multiprocessing=True, shm_dir=tmp_path / "nowhere")[0]
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    monkeypatch.setattr(sys, "executable", "/bin/false")  # a worker that exits at once
+    with pytest.raises(RuntimeError, match=r"loader worker process 0 \(pid \d+\) exited with code 1 while starting"):
+        PatchDataset(index, PATCH, workers=1, use_multiprocessing=True, shm_dir=shm)[0]
+    assert list(shm.iterdir()) == []
 
 
 def test_worker_modules_import_no_keras():

@@ -298,10 +298,17 @@ class BatchWorkers:
         os.close(from_child[1])
         self._procs.append(proc)
         self._pipes.append((os.fdopen(to_child[1], "wb"), os.fdopen(from_child[0], "rb")))
-        _send(self._pipes[k][0], setup)
+        try:
+            _send(self._pipes[k][0], setup)
+        except OSError:  # it died before reading its setup
+            raise self._died(k, "starting") from None
 
     def _died(self, k: int, doing: str) -> RuntimeError:
-        code = self._procs[k].wait()
+        try:
+            code = self._procs[k].wait(timeout=10)
+        except subprocess.TimeoutExpired:  # its pipe broke, yet it runs: stop it
+            self._procs[k].kill()
+            code = self._procs[k].wait()
         return RuntimeError(f"loader worker process {k} (pid {self._procs[k].pid}) exited with code {code} "
                             f"while {doing}; its messages are in this job's log above")
 
