@@ -26,7 +26,8 @@ time budget. Parts, in order:
                 and 4 and 16 worker processes over shared memory (``training.loader:
                 processes``), augmented patches per second.
 ``trainfold``   (JAX, only if time is left) ``train.train_fold`` itself for 2 short epochs
-                on the pipeline's loader with 4 worker threads (stage.run_train's setup).
+                on the pipeline's loader as configs/paper.yaml sets it (4 worker processes
+                over shared memory; stage.run_train's setup).
 ``torchpeer``   (plain PyTorch, no Keras; only when named in ``--parts``) the same network
                 written in torch (benchmarks/torch_unet.py, copied beside this script): training
                 steps (Adam, BCE on the finest head, bf16 autocast on a GPU) at the train part's
@@ -411,8 +412,10 @@ def part_trainfold(work: Path, tiny: bool, steps: int) -> dict:
     patch = tuple(model_sec["patch_size"])
     bs = int(training["batch_size"])
     workers = int(training["workers"])
+    loader = training.get("loader", "threads")  # configs/paper.yaml: processes
     trn = PatchDataset(windows, patch, batch_size=bs, augment_fraction=float(training["augment_fraction"]),
-                       seed=seed, shuffle=True, steps=steps, workers=max(1, workers), use_multiprocessing=False)
+                       seed=seed, shuffle=True, steps=steps, workers=max(1, workers),
+                       use_multiprocessing=loader == "processes")
     val = PatchDataset(windows.iloc[:bs].reset_index(drop=True), patch, batch_size=bs, augment_fraction=0.0,
                        seed=seed, shuffle=False)
     lg = logging.getLogger("bench.trainfold")
@@ -423,13 +426,17 @@ def part_trainfold(work: Path, tiny: bool, steps: int) -> dict:
     tr = {"epochs": 2, "steps_per_epoch": steps, "learning_rate": float(training["learning_rate"]),
           "mixed_precision": training["mixed_precision"]}
     t0 = time.perf_counter()
-    summary = train_fold(trn, val, work / "trainfold", model_sec, loss_sec, tr, seed, log=lg)
+    try:
+        summary = train_fold(trn, val, work / "trainfold", model_sec, loss_sec, tr, seed, log=lg)
+    finally:
+        trn.close()
     total = time.perf_counter() - t0
     rows = [{k: r[k] for k in ("epoch", "seconds", "iterations", "loss")} for r in summary["history"]]
     for r in rows:
         emit(f"  epoch {r['epoch']}: {r['seconds']:.1f} s for {steps} steps + validation ({bs} windows) + "
              f"checkpoints")
-    return {**info, "steps_per_epoch": steps, "workers": workers, "batch": bs, "epochs": rows, "total_s": total,
+    return {**info, "steps_per_epoch": steps, "workers": workers, "loader": loader, "batch": bs, "epochs": rows,
+            "total_s": total,
             "precision": summary.get("precision")}
 
 
@@ -663,7 +670,8 @@ def summary(results: dict, emit_) -> None:
                   f"{r['step_median_s']:.3f} s/step; MC {r['mc_windows']} windows × {r['mc']}: {r['mc_batch_s']:.3f} s")
         if k.startswith("trainfold-"):
             ep = ", ".join(f"epoch {e['epoch']} {e['seconds']:.1f} s" for e in r["epochs"])
-            emit_(f"train_fold: {r['steps_per_epoch']} steps/epoch, {r['workers']} loader threads: {ep}")
+            emit_(f"train_fold: {r['steps_per_epoch']} steps/epoch, {r['workers']} loader "
+                  f"{r.get('loader', 'threads')}: {ep}")
 
 
 def _fmt(v) -> str:
