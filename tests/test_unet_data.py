@@ -14,7 +14,7 @@ import pytest
 import SimpleITK as sitk
 
 from t2lesion.errors import InputError
-from t2lesion.unet.augment import augment, draw_augmentation, resample_region, warp, warp_batch
+from t2lesion.unet.augment import augment, copy_channels, draw_augmentation, resample_region, warp, warp_batch
 from t2lesion.unet.data import PatchDataset
 from t2lesion.unet.folds import read_folds, split_folds, write_folds
 from t2lesion.unet.losses import LossConfig, alpha_map
@@ -363,6 +363,20 @@ def test_warp_batch_is_warp_per_sample():
         np.testing.assert_allclose(o[..., :2], img, atol=1e-5, rtol=0)
         np.testing.assert_array_equal(o[..., 2:], lab)
     assert not out[2].any() and out[0].any() and out[1].any()
+
+
+def test_copy_channels_copies_any_layout():
+    """copy_channels equals a plain assignment from a strided window, channel planes and a
+    transposed view; it refuses another shape."""
+    rng = np.random.default_rng(2)
+    vol = rng.normal(size=(9, 12, 11, 5)).astype(np.float32)
+    planes = rng.normal(size=(3, 4, 6, 5)).astype(np.float32)
+    for src in (vol[1:5, 2:8, 3:8, :3], vol[1:5, 2:8, 3:8, 3:], np.moveaxis(planes, 0, -1)):
+        dst = np.empty(src.shape, np.float32)
+        copy_channels(dst, src)
+        np.testing.assert_array_equal(dst, src)
+    with pytest.raises(ValueError, match="into"):
+        copy_channels(np.empty((4, 6, 5, 2), np.float32), np.moveaxis(planes, 0, -1))
 
 
 # --------------------------------------------------------------------------- loader

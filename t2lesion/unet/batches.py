@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from t2lesion.errors import InputError
-from t2lesion.unet.augment import SPACING_ZYX, draw_augmentation, warp, warp_batch
+from t2lesion.unet.augment import SPACING_ZYX, copy_channels, draw_augmentation, warp, warped_samples
 from t2lesion.unet.patches import ALPHA, INDEX_COLUMNS, MASK, open_visit, read_index
 
 #: entropy tag that keeps the order streams apart from the per-sample streams
@@ -186,9 +186,9 @@ class WindowBatches:
 
     def fill(self, i: int, x: np.ndarray, t: np.ndarray) -> None:
         """Write batch ``i`` into ``x`` and ``t`` (:attr:`batch_shapes`): the samples of
-        :meth:`sample` (the same draws), its augmented ones warped together (:func:`warp_batch`,
-        NumPy resampling instead of SciPy's per channel: the same windows to float32 rounding,
-        about twice the patches per CPU-second)."""
+        :meth:`sample` (the same draws), its augmented ones warped as :func:`warp_batch` warps
+        them (NumPy resampling instead of SciPy's per channel: the same windows to float32
+        rounding, about twice the patches per CPU-second), each copied channel by channel."""
         self.check_batch(i)
         warped: list[tuple[int, np.ndarray, np.ndarray, dict]] = []
         for b in range(self.batch_size):
@@ -196,14 +196,15 @@ class WindowBatches:
             if draw is None:
                 box = tuple(slice(int(c), int(c) + p) for c, p in zip(corner, self.patch_size))
                 window = arr[box]
-                x[b], t[b] = window[..., :MASK], window[..., MASK:ALPHA + 1]
+                copy_channels(x[b], window[..., :MASK])
+                copy_channels(t[b], window[..., MASK:ALPHA + 1])
             else:
                 warped.append((b, arr, corner + (np.array(self.patch_size) - 1) / 2.0, draw))
-        if warped:
-            out = warp_batch([w[1] for w in warped], MASK, [w[3] for w in warped], [w[2] for w in warped],
-                             self.patch_size, self.spacing)
-            for k, (b, *_) in enumerate(warped):
-                x[b], t[b] = out[k, ..., :MASK], out[k, ..., MASK:ALPHA + 1]
+        samples = warped_samples([w[1] for w in warped], MASK, [w[3] for w in warped], [w[2] for w in warped],
+                                 self.patch_size, self.spacing)
+        for (b, *_), sample in zip(warped, samples):
+            copy_channels(x[b], sample[..., :MASK])
+            copy_channels(t[b], sample[..., MASK:ALPHA + 1])
 
     def _draw(self, position: int):
         """Sample ``position``'s visit array, window corner and augmentation draw (None: the
