@@ -14,7 +14,7 @@ import pytest
 import SimpleITK as sitk
 
 from t2lesion.errors import InputError
-from t2lesion.unet.augment import augment, copy_channels, draw_augmentation, resample_region, warp, warp_batch
+from t2lesion.unet.augment import augment, copy_channels, draw_augmentation, resample_region, warp, warp_sample
 from t2lesion.unet.data import PatchDataset
 from t2lesion.unet.folds import read_folds, split_folds, write_folds
 from t2lesion.unet.losses import LossConfig, alpha_map
@@ -350,19 +350,23 @@ def test_loader_batches_equal_the_per_sample_reference(stored):
         assert 10 <= augmented < 30, augmented
 
 
-def test_warp_batch_is_warp_per_sample():
+def test_warp_sample_is_warp():
+    """The loader's NumPy warp of one stored array (image and labels as channels) gives warp's
+    numbers: images to float32 rounding, labels exactly; inside, at a corner, outside."""
     rng = np.random.default_rng(9)
     vols = [rng.normal(size=(9, 27, 27, 4)).astype(np.float32) for _ in range(3)]
     for v in vols:
         v[..., 2:] = rng.random((9, 27, 27, 2)) > 0.6
     draws = [draw_augmentation(np.random.default_rng(s), (5, 11, 11), rotation_inplane_deg=30) for s in range(3)]
     centers = [(4, 13, 13), (0.5, 2, 25), (30, 40, 40)]  # inside, at a corner, outside the volume
-    out = warp_batch(vols, 2, draws, centers, (5, 11, 11))
+    out = [warp_sample(v, 2, d, c, (5, 11, 11)) for v, d, c in zip(vols, draws, centers)]
     for v, d, c, o in zip(vols, draws, centers, out):
         img, lab = warp(v[..., :2], v[..., 2:], out_shape=(5, 11, 11), center=c, **d)
         np.testing.assert_allclose(o[..., :2], img, atol=1e-5, rtol=0)
         np.testing.assert_array_equal(o[..., 2:], lab)
     assert not out[2].any() and out[0].any() and out[1].any()
+    with pytest.raises(ValueError, match="does not match"):
+        warp_sample(vols[0], 2, draws[0], centers[0], (5, 11, 12))
 
 
 def test_copy_channels_copies_any_layout():

@@ -10,11 +10,10 @@ the visit's array around the window where the array has it and zero outside (the
 are 0 outside the brain). Default ranges are interpretations (the paper names the transform
 types only); ``training.augment_fraction`` sets the share of augmented samples.
 
-The loader warps a batch's augmented samples together (:func:`warp_batch`): the same draws and
-numbers as :func:`augment` per sample, resampled in NumPy with one set of indices and weights
-for all five channels, gathered straight from the memory-mapped visit, instead of SciPy's one
-pass per channel over a copied region (1.7–2.5× the augmented patches per CPU-second,
-BENCHMARKS.md).
+The loader warps its augmented samples with :func:`warp_sample`: the same draws and numbers
+as :func:`augment`, resampled in NumPy with one set of indices and weights for all five
+channels, gathered straight from the memory-mapped visit, instead of SciPy's one pass per
+channel over a copied region (1.7–2.5× the augmented patches per CPU-second, BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -111,7 +110,7 @@ def draw_augmentation(rng: np.random.Generator, out_shape: Sequence[int], spacin
                       translation_mm: Sequence[float] = (3.0, 8.0, 8.0),
                       elastic_sigma_mm: Sequence[float] = (1.0, 2.0, 2.0), elastic_node_mm: float = 24.0) -> dict:
     """The random half of :func:`augment` (same ranges): ``rotation``, ``scale``, ``shift_mm``
-    and ``displacement_mm`` for :func:`warp` / :func:`warp_batch`, drawn in a fixed order, so
+    and ``displacement_mm`` for :func:`warp` / :func:`warp_sample`, drawn in a fixed order, so
     they are a function of the generator's state only."""
     sp = np.asarray(spacing, dtype=np.float64)
     shape = tuple(int(n) for n in out_shape)
@@ -276,40 +275,23 @@ def copy_channels(dst: np.ndarray, src: np.ndarray) -> None:
         dst[..., k] = src[..., k]
 
 
-def warped_samples(arrays: Sequence[np.ndarray], n_image: int, draws: Sequence[dict], centers: Sequence,
-                   out_shape: Sequence[int], spacing: Sequence[float] = SPACING_ZYX):
-    """The samples of :func:`warp_batch` one at a time, each a (*out_shape, C) float32 view of
-    channel planes (:func:`resample_region`), to copy where they belong (:func:`copy_channels`)."""
+def warp_sample(array: np.ndarray, n_image: int, draw: dict, center: Sequence[float], out_shape: Sequence[int],
+                spacing: Sequence[float] = SPACING_ZYX) -> np.ndarray:
+    """:func:`warp` for one sample stored as one array, as the loader stores a visit: ``array``
+    (z, y, x, C; channels ``:n_image`` linearly, the rest by nearest neighbour) through the map
+    of ``draw`` (:func:`draw_augmentation`) about ``center``, resampled by
+    :func:`resample_region` straight from the (memory-mapped) array. Returns a (*out_shape, C)
+    float32 view of channel planes (copy it with :func:`copy_channels`): the numbers
+    :func:`warp` gives (to float32 rounding in the linear channels, identical in the nearest
+    ones)."""
     out_shape = tuple(int(k) for k in out_shape)
-    for d in draws:
-        field = d.get("displacement_mm")
-        if field is not None and field.shape != (3,) + out_shape:
-            raise ValueError(f"displacement field {field.shape} does not match (3, *{out_shape})")
-    for arr, d, center in zip(arrays, draws, centers):
-        # one sample's map at a time (the same bits as the batch's, :func:`_coordinates`): a
-        # batch's maps at once were a 35 MB temporary at the paper's window
-        coords = _coordinates([d.get("rotation", (0.0, 0.0, 0.0))], [d.get("scale", 1.0)], [center],
-                              [d.get("shift_mm", (0.0, 0.0, 0.0))], [d.get("displacement_mm")], out_shape, spacing)
-        yield resample_region(arr, n_image, coords[0])
-
-
-def warp_batch(arrays: Sequence[np.ndarray], n_image: int, draws: Sequence[dict], centers: Sequence,
-               out_shape: Sequence[int], spacing: Sequence[float] = SPACING_ZYX) -> np.ndarray:
-    """:func:`warp` for a batch: sample b resamples ``arrays[b]`` (z, y, x, C; channels
-    ``:n_image`` linearly, the rest by nearest neighbour: image and labels in one array, as
-    the loader stores them) through the map of ``draws[b]`` (:func:`draw_augmentation`) about
-    ``centers[b]``, each sample resampled by :func:`resample_region` straight from its
-    (memory-mapped) array (:func:`warped_samples`). Returns (B, *out_shape, C) float32: the
-    numbers :func:`warp` gives per sample (to float32 rounding in the linear channels,
-    identical in the nearest ones)."""
-    n_ch = {int(a.shape[3]) for a in arrays}
-    if len(n_ch) != 1:
-        raise ValueError(f"warp_batch expects arrays with one channel count, got {sorted(n_ch)}")
-    out = np.empty((len(arrays),) + tuple(int(k) for k in out_shape) + (n_ch.pop(),), np.float32)
-    for b, sample in enumerate(warped_samples(arrays, n_image, draws, centers, out_shape, spacing)):
-        copy_channels(out[b], sample)
-    return out
+    field = draw.get("displacement_mm")
+    if field is not None and field.shape != (3,) + out_shape:
+        raise ValueError(f"displacement field {field.shape} does not match (3, *{out_shape})")
+    coords = _coordinates([draw.get("rotation", (0.0, 0.0, 0.0))], [draw.get("scale", 1.0)], [center],
+                          [draw.get("shift_mm", (0.0, 0.0, 0.0))], [field], out_shape, spacing)
+    return resample_region(array, n_image, coords[0])
 
 
 __all__ = ["SPACING_ZYX", "augment", "copy_channels", "draw_augmentation", "elastic_field", "resample_region", "warp",
-           "warp_batch", "warped_samples"]
+           "warp_sample"]

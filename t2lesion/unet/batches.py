@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from t2lesion.errors import InputError
-from t2lesion.unet.augment import SPACING_ZYX, copy_channels, draw_augmentation, warp, warped_samples
+from t2lesion.unet.augment import SPACING_ZYX, copy_channels, draw_augmentation, warp, warp_sample
 from t2lesion.unet.patches import ALPHA, INDEX_COLUMNS, MASK, open_visit, read_index
 
 #: entropy tag that keeps the order streams apart from the per-sample streams
@@ -166,12 +166,16 @@ class WindowBatches:
         the per-sample reference (SciPy's resampling, :func:`warp` of the same draw) of a batch's samples."""
         arr, corner, draw = self._draw(position)
         if draw is not None:
-            center = corner + (np.array(self.patch_size) - 1) / 2.0
-            return warp(arr[..., :MASK], arr[..., MASK:], out_shape=self.patch_size, center=center,
+            return warp(arr[..., :MASK], arr[..., MASK:], out_shape=self.patch_size, center=self._center(corner),
                         spacing=self.spacing, **draw)
-        box = tuple(slice(int(c), int(c) + p) for c, p in zip(corner, self.patch_size))
-        window = np.asarray(arr[box], dtype=np.float32)
+        window = np.asarray(arr[self._box(corner)], dtype=np.float32)
         return window[..., :MASK], window[..., MASK:ALPHA + 1]
+
+    def _box(self, corner: np.ndarray) -> tuple[slice, ...]:
+        return tuple(slice(int(c), int(c) + p) for c, p in zip(corner, self.patch_size))
+
+    def _center(self, corner: np.ndarray) -> np.ndarray:
+        return corner + (np.array(self.patch_size) - 1) / 2.0
 
     def check_batch(self, i: int) -> None:
         """IndexError unless ``i`` is a batch of the epoch."""
@@ -186,25 +190,18 @@ class WindowBatches:
 
     def fill(self, i: int, x: np.ndarray, t: np.ndarray) -> None:
         """Write batch ``i`` into ``x`` and ``t`` (:attr:`batch_shapes`): the samples of
-        :meth:`sample` (the same draws), its augmented ones warped as :func:`warp_batch` warps
-        them (NumPy resampling instead of SciPy's per channel: the same windows to float32
-        rounding, about twice the patches per CPU-second), each copied channel by channel."""
+        :meth:`sample` (the same draws), the augmented ones by :func:`warp_sample` (NumPy
+        resampling instead of SciPy's per channel: the same windows to float32 rounding, about
+        twice the patches per CPU-second), each copied channel by channel."""
         self.check_batch(i)
-        warped: list[tuple[int, np.ndarray, np.ndarray, dict]] = []
         for b in range(self.batch_size):
             arr, corner, draw = self._draw(i * self.batch_size + b)
             if draw is None:
-                box = tuple(slice(int(c), int(c) + p) for c, p in zip(corner, self.patch_size))
-                window = arr[box]
-                copy_channels(x[b], window[..., :MASK])
-                copy_channels(t[b], window[..., MASK:ALPHA + 1])
+                window = arr[self._box(corner)]
             else:
-                warped.append((b, arr, corner + (np.array(self.patch_size) - 1) / 2.0, draw))
-        samples = warped_samples([w[1] for w in warped], MASK, [w[3] for w in warped], [w[2] for w in warped],
-                                 self.patch_size, self.spacing)
-        for (b, *_), sample in zip(warped, samples):
-            copy_channels(x[b], sample[..., :MASK])
-            copy_channels(t[b], sample[..., MASK:ALPHA + 1])
+                window = warp_sample(arr, MASK, draw, self._center(corner), self.patch_size, self.spacing)
+            copy_channels(x[b], window[..., :MASK])
+            copy_channels(t[b], window[..., MASK:ALPHA + 1])
 
     def _draw(self, position: int):
         """Sample ``position``'s visit array, window corner and augmentation draw (None: the

@@ -77,12 +77,12 @@ class PatchDataset(WindowBatches, keras.utils.PyDataset):
 
     def __getitem__(self, i: int):
         """Batch ``i`` of the current epoch (:meth:`~t2lesion.unet.batches.WindowBatches.fill`)."""
-        if not self.processes:
+        if self.processes:
+            self.check_batch(i)
+            x, t = (np.empty(s, np.float32) for s in self.batch_shapes)
+            self.batch_workers().fill(self.epoch, i, x, t)
+        else:
             x, t = self.batch(i)
-            return x, (t,) * self.n_outputs
-        self.check_batch(i)
-        x, t = (np.empty(s, np.float32) for s in self.batch_shapes)
-        self.batch_workers().fill(self.epoch, i, x, t)
         return x, (t,) * self.n_outputs
 
     def batch_workers(self) -> BatchWorkers:
