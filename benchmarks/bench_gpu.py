@@ -163,17 +163,13 @@ def part_prep(work: Path, tiny: bool) -> dict:
     sitk.WriteTransform(sitk.AffineTransform(3), str(nii / "from-FLAIR_to-MNI1x1x3_xfm.tfm"))
 
     # the training store: one stored visit with lesions (bench_loader's), and its window index
-    from benchmarks.bench_loader import synthetic_visit
-    from t2lesion.unet.patches import index_windows
+    from benchmarks.bench_loader import synthetic_visit, visit_windows
 
     model, _, _ = paper_sections(tiny)
     npy = work / "store" / "sub-bench_ses-w000.npy"
     npy.parent.mkdir(parents=True, exist_ok=True)
     synthetic_visit(npy, shape, 0)
-    windows = index_windows(npy, tuple(model["patch_size"]), 0.2)
-    windows.insert(0, "path", str(npy))
-    windows.insert(0, "session", "w000")
-    windows.insert(0, "participant_id", "sub-bench")
+    windows = visit_windows(npy, tuple(model["patch_size"]))
     windows["fold"] = 0
     windows.to_csv(work / "store" / "index.tsv", sep="\t", index=False)
     stored = np.load(npy, mmap_mode="r").shape

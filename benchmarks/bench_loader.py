@@ -77,6 +77,15 @@ def synthetic_visit(path: Path, shape, seed: int) -> None:
     np.save(path, arr)
 
 
+def visit_windows(npy: Path, patch):
+    """The stored visit's window index (20 % overlap), as the loader reads it."""
+    windows = index_windows(npy, patch, 0.2)
+    windows.insert(0, "path", str(npy))
+    windows.insert(0, "session", "w000")
+    windows.insert(0, "participant_id", "sub-bench")
+    return windows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", type=int, default=6, help="timed batches of 10 per setting")
@@ -94,10 +103,7 @@ def main(argv=None) -> int:
               f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
         print(f"{'patch':>12} {'augmented':>9} {'windows':>7} {'ms/patch':>9} {'patches/s':>9} {'per CPU-s':>9}")
         for patch in ((32, 96, 96), (16, 48, 48)):
-            windows = index_windows(npy, patch, 0.2)
-            windows.insert(0, "path", str(npy))
-            windows.insert(0, "session", "w000")
-            windows.insert(0, "participant_id", "sub-bench")
+            windows = visit_windows(npy, patch)
             for frac in (0.0, 0.5, 1.0):
                 ds = PatchDataset(windows, patch, batch_size=10, augment_fraction=frac, seed=args.seed,
                                   steps=args.batches + 1)
@@ -117,10 +123,7 @@ def main(argv=None) -> int:
 def time_workers(npy: Path, workers: int, batches: int, seed: int, rounds: int, patch=(32, 96, 96)) -> None:
     """N batches at once, as Keras' threads ask for them: threads against worker processes,
     alternated ``rounds`` times (a shared machine's speed drifts); median and range."""
-    windows = index_windows(npy, patch, 0.2)
-    windows.insert(0, "path", str(npy))
-    windows.insert(0, "session", "w000")
-    windows.insert(0, "participant_id", "sub-bench")
+    windows = visit_windows(npy, patch)
     print(f"\n{workers} workers, batches of 10 of {'×'.join(map(str, patch))}, {batches} timed batches, "
           f"{rounds} rounds alternated")
     rates: dict[tuple[float, str], list[float]] = {}
