@@ -1,25 +1,35 @@
-"""The U-Net on a GPU machine: per-visit inference, training steps and the loader (issues 13, 14).
+"""The U-Net on a GPU machine: per-visit inference, compile once, training steps beside a plain
+PyTorch peer, and the loader (issues 13, 14, 27).
 
 One script for one device run; each part runs in its own process (one Keras backend per
 process, a failure or a time-out in one part still lets the others print) under a shared
-time budget. Parts, in order:
+time budget. The JAX parts share one persistent compilation cache, set as every pipeline job
+sets ``dl.compile_cache`` (``t2lesion.unet.backend.compile_cache``). Parts, in the default order:
 
 ``prep``        synthetic inputs (NumPy/SimpleITK only): a visit on the MNI 1×1×3 mm grid
                 (63 × 233 × 197, z, y, x) with random intensities inside a brain ellipsoid,
                 written as the preprocessed .nii.gz the ``infer`` rule reads (3 contrasts, brain
                 mask, a native FLAIR and an identity FLAIR → MNI transform), and the same grid
                 stored for training (``patches`` layout, ~40 lesions, α) with its window index.
-``infer``       (JAX, then torch) ``t2lesion.unet.infer.predict_visits``, the function the
-                ``infer`` rule calls (workflow_scripts/infer.py), at the paper's settings
-                (configs/paper.yaml model, the schema's ``inference:`` defaults: 10 MC passes per
-                fold, 20 % overlap, Gaussian blending, batch 8): 3 untrained fold models built,
-                compiled and saved as ``.keras`` as ``train.train_fold`` writes them (mixed bf16
-                on a GPU, optimizer state included), several visits in one call. Reports the
-                models' load time, the first visit (compiling) and the steady-state visits
-                (read / predict / write seconds; write includes the native-space mask).
+``infer``       (JAX) ``t2lesion.unet.infer.predict_visits``, the function the ``infer`` rule
+                calls (workflow_scripts/infer.py), at the paper's settings (configs/paper.yaml
+                model, the schema's ``inference:`` defaults: 10 MC passes per fold, 20 % overlap,
+                Gaussian blending, batch 8): 3 untrained fold models built, compiled and saved as
+                ``.keras`` as ``train.train_fold`` writes them (mixed bf16 on a GPU, optimizer
+                state included), several visits in one call. Reports the models' load time, the
+                first visit (compiling) and the steady-state visits (read / predict / write
+                seconds; write includes the native-space mask).
+``infer_cached`` (JAX) the same job again in a fresh process, with the same models and the
+                compilation cache ``infer`` filled: what a second inference job's first visit
+                costs (issue 27: compile once per model, not per job).
 ``train``       (JAX) the training step as ``train_fold`` builds it (paper loss, Adam 1e-4,
                 precision ``auto``, ``jit_compile="auto"``), batch 10 of 32 × 96 × 96 drawn
                 by the pipeline's loader: first step (compiling) and steady-state seconds per step.
+``torchpeer``   (plain PyTorch, no Keras) the same network written in torch
+                (benchmarks/torch_unet.py): training steps (Adam, BCE on the finest head, bf16
+                autocast on a GPU) at the train part's batch and MC-dropout inference of 8 windows
+                × 10 passes, to set the pipeline's Keras figures beside hand-written torch on the
+                same device.
 ``loader``      (Keras' NumPy backend, CPU only) ``PatchDataset`` batches of 10 at 32 × 96 × 96:
                 one core, then 4 and 16 threads (``training.loader: threads``), 16 processes of a
                 forked pool sending batches through pipes (as Keras' own process workers do),
@@ -28,29 +38,30 @@ time budget. Parts, in order:
 ``trainfold``   (JAX, only if time is left) ``train.train_fold`` itself for 2 short epochs
                 on the pipeline's loader as configs/paper.yaml sets it (4 worker processes
                 over shared memory; stage.run_train's setup).
-``torchpeer``   (plain PyTorch, no Keras; only when named in ``--parts``) the same network
-                written in torch (benchmarks/torch_unet.py, copied beside this script): training
-                steps (Adam, BCE on the finest head, bf16 autocast on a GPU) at the train part's
-                batch and MC-dropout inference of 8 windows × 10 passes, to set the pipeline's
-                Keras figures beside hand-written torch on the same device.
+``infer2``      (torch, if time is left) ``infer`` on Keras' torch backend.
 
-On the device machine (wheels of keras, namex, optree, simpleitk and nibabel carried in
-.whl; this script, benchmarks/bench_loader.py, benchmarks/torch_unet.py, configs/paper.yaml
-and the worktree's t2lesion/ copied into the carried, git-ignored folder .gpu, so
-.gpu/benchmarks/bench_gpu.py imports them):
+On the device machine: first, here, ``benchmarks/device_wheels.sh`` downloads the wheels its
+image lacks (keras, namex, optree, simpleitk, nibabel at the lock's pins) into .whl, then one
+run that carries .whl, from the repository root (the working tree travels; this script puts
+its checkout's ``t2lesion`` first on the path):
 
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit; \
-    PYTHONUNBUFFERED=1 python3 .gpu/benchmarks/bench_gpu.py --out $OUT
+    PYTHONUNBUFFERED=1 python3 benchmarks/bench_gpu.py --out $OUT
 
-All parts take about 330 s on an H200 machine (JAX compiles: ~45 s for the first visit,
-~90 s for the first training step); give the run 420 s. ``--parts`` picks some
-(BENCHMARKS.md's figures: ``--parts prep,infer,train,infer2`` in one run, the loader in another).
+with ``timeout_s`` 590: the default budget (540 s) lets the parts run to the end in order and
+skips those the time left cannot hold. On an H200 (2026-11-29) the first JAX visit took ~48 s
+(compiling) and the first training step ~90 s. ``--parts`` picks some.
 
 Locally, tiny sizes on one core (a smoke test, not a benchmark):
 
     OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/bench_gpu.py --tiny \
-        --backends torch --out /tmp/bench_gpu
+        --backends torch --parts prep,infer,train,torchpeer,loader --out /tmp/bench_gpu
+
+and every part as the GPU run goes (about 20 min on 2 cores: JAX compiles slowly on a CPU):
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_gpu.py --tiny --cap-scale 10 --budget 3000 \
+        --out /tmp/bench_gpu
 
 Prints Markdown-ready lines (``| ... |``) and writes ``bench_gpu.log`` and ``bench_gpu.json``
 under ``--out``.
@@ -62,6 +73,7 @@ import argparse
 import importlib.metadata as md
 import importlib.util
 import json
+import math
 import os
 import platform
 import shutil
@@ -412,6 +424,7 @@ def part_trainfold(work: Path, tiny: bool, steps: int) -> dict:
     trn = PatchDataset(windows, patch, batch_size=bs, augment_fraction=float(training["augment_fraction"]),
                        seed=seed, shuffle=True, steps=steps, workers=max(1, workers),
                        use_multiprocessing=loader == "processes")
+    trn.shm_dir = shared_memory_dir(trn, work) if trn.processes else trn.shm_dir
     val = PatchDataset(windows.iloc[:bs].reset_index(drop=True), patch, batch_size=bs, augment_fraction=0.0,
                        seed=seed, shuffle=False)
     lg = logging.getLogger("bench.trainfold")
@@ -437,6 +450,23 @@ def part_trainfold(work: Path, tiny: bool, steps: int) -> dict:
 
 
 # --------------------------------------------------------------------------- part: loader
+
+
+def shared_memory_dir(ds, work: Path) -> str:
+    """Where ``ds``'s worker processes hand batches over: /dev/shm if it has room for a batch
+    per process (a container's default is 64 MiB), else a folder of the work directory (on
+    disk, through the page cache), said in a line."""
+    from t2lesion.unet.batches import SHARED_MEMORY_DIR
+
+    need = ds.processes * sum(math.prod(s) for s in ds.batch_shapes) * 4
+    free = shutil.disk_usage(SHARED_MEMORY_DIR).free if os.path.isdir(SHARED_MEMORY_DIR) else 0
+    if free >= need:
+        return SHARED_MEMORY_DIR
+    folder = work / "shm"
+    folder.mkdir(exist_ok=True)
+    emit(f"  ({SHARED_MEMORY_DIR} has {free / 2**20:.0f} MiB free, {need / 2**20:.0f} MiB needed: the worker "
+         f"processes hand batches over in {folder} instead)")
+    return str(folder)
 
 
 _DS = None
@@ -489,6 +519,7 @@ def part_loader(work: Path, tiny: bool, n_single: int, pools: list[tuple[str, in
         elif kind == "shared memory":  # training.loader: processes
             ds = PatchDataset(windows, patch, batch_size=bs, augment_fraction=frac, seed=0, steps=10_000,
                               workers=workers, use_multiprocessing=True)
+            ds.shm_dir = shared_memory_dir(ds, work)
             try:
                 with ThreadPoolExecutor(ds.workers) as ex:
                     list(ex.map(lambda i: ds[i][0].shape, range(ds.workers)))  # warm: start the workers
@@ -510,7 +541,7 @@ def part_loader(work: Path, tiny: bool, n_single: int, pools: list[tuple[str, in
     return {"cpus": os.cpu_count(), "patch": list(patch), "batch": bs, "rows": rows}
 
 
-# --------------------------------------------------------------------------- the driver
+# --------------------------------------------------------------------------- part: torchpeer
 
 
 def part_torchpeer(work: Path, tiny: bool, steps: int) -> dict:
@@ -569,12 +600,21 @@ def part_torchpeer(work: Path, tiny: bool, steps: int) -> dict:
             "mc_batch_s": float(np.median(inf)), "peak_gib": peak}
 
 
+# --------------------------------------------------------------------------- the driver
+
+
 def child(args) -> int:
     work = Path(args.work)
     t0 = time.perf_counter()
+    if os.environ.get("KERAS_BACKEND") == "jax" and args.part != "loader" and args.compile_cache == "on":
+        # as every pipeline job starts (backend.start_job): one persistent compilation cache,
+        # shared by the run's JAX parts, as dl.compile_cache shares it between jobs
+        from t2lesion.unet.backend import compile_cache
+
+        compile_cache(work / "jax_cache", "jax", _EmitLog())
     if args.part == "prep":
         res = part_prep(work, args.tiny)
-    elif args.part == "infer":
+    elif args.part in ("infer", "infer_cached"):
         res = part_infer(work, args.tiny, args.visits)
     elif args.part == "train":
         res = part_train(work, args.tiny, args.steps)
@@ -595,6 +635,13 @@ def child(args) -> int:
     (work / "results").mkdir(exist_ok=True)
     (work / "results" / name).write_text(json.dumps(res, indent=1, default=str))
     return 0
+
+
+class _EmitLog:
+    """A stand-in logger for :func:`t2lesion.unet.backend.compile_cache`: its line, printed."""
+
+    def info(self, msg, *args):
+        emit(f"  [log] {msg % args}")
 
 
 def run_part(cmd: list[str], env: dict, timeout: float, sink) -> tuple[int | None, float]:
@@ -654,6 +701,13 @@ def summary(results: dict, emit_) -> None:
                   f"{r['first_visit_s']:.1f} ({r['first_predict_s']:.1f}) | {r['steady_predict_s']:.2f} | "
                   f"{r['steady_total_s']:.2f} ({r['steady_read_s']:.2f}, {r['steady_write_s']:.2f}) | "
                   f"1 + {len(r['visits']) - 1} | {_fmt(r.get('peak_gib'))} |")
+    again, cold = results.get("infer_cached-jax"), results.get("infer-jax")
+    if again and cold:
+        emit_("| JAX inference job | load 3 folds s | first visit s (predict) | steady predict s/visit |")
+        emit_("|---|---:|---:|---:|")
+        for label, r in (("first, empty compilation cache", cold), ("second, same models and cache", again)):
+            emit_(f"| {label} | {r['load_s']:.2f} | {r['first_visit_s']:.1f} ({r['first_predict_s']:.1f}) | "
+                  f"{r['steady_predict_s']:.2f} |")
     for k, r in results.items():
         if k.startswith("train-"):
             emit_("| backend | policy | batch | first step s | steady s/step (median; min–max) | patches/s |")
@@ -677,12 +731,16 @@ def _fmt(v) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.environ.get("OUT") or "bench_gpu_out")
-    ap.add_argument("--budget", type=float, default=360.0, help="seconds for all parts together")
+    ap.add_argument("--budget", type=float, default=540.0, help="seconds for all parts together")
     ap.add_argument("--tiny", action="store_true", help="CPU smoke-test sizes")
     ap.add_argument("--backends", default="jax,torch", help="inference backends in order; training uses the first")
-    ap.add_argument("--parts", default="prep,infer,train,loader,infer2,trainfold")
+    ap.add_argument("--parts", default="prep,infer,infer_cached,train,torchpeer,loader,trainfold,infer2")
     ap.add_argument("--part", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
+    ap.add_argument("--cap-scale", type=float, default=1.0,
+                    help="multiply each part's time cap (sized for a GPU machine): 10 for a --tiny JAX smoke test on a CPU")
+    ap.add_argument("--compile-cache", choices=("on", "off"), default="on",
+                    help="the JAX parts' shared persistent compilation cache (on: as the pipeline's jobs run)")
     ap.add_argument("--visits", type=int, default=4)
     ap.add_argument("--steps", type=int, default=15)
     args = ap.parse_args(argv)
@@ -705,13 +763,15 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench_gpu_"))
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     header = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "host": platform.node(), "cpus": os.cpu_count(),
-              "gpu": gpu_name(), "versions": versions(), "tiny": args.tiny, "work": str(work)}
+              "gpu": gpu_name(), "versions": versions(), "tiny": args.tiny, "work": str(work),
+              "dev_shm_free_mib": round(shutil.disk_usage("/dev/shm").free / 2**20) if os.path.isdir("/dev/shm") else None}
     sink(f"# bench_gpu {json.dumps(header)}")
     sink(f"command: {' '.join([sys.executable] + sys.argv)}")
     # part -> (backend, cap seconds, minimum seconds to start it)
     plan = {
         "prep": ("numpy", 60, 10),
         "infer": (backends[0] if backends else "jax", 170, 40),
+        "infer_cached": ("jax" if "jax" in backends else None, 120, 40),
         "train": (backends[0] if backends else "jax", 190, 60),
         "loader": ("numpy", 75, 20),
         "infer2": (backends[1] if len(backends) > 1 else None, 90, 40),
@@ -721,6 +781,7 @@ def main(argv=None) -> int:
     status = {}
     for name in [p.strip() for p in args.parts.split(",") if p.strip()]:
         backend, cap, need = plan[name]
+        cap, need = cap * args.cap_scale, need * args.cap_scale
         if backend is None:
             continue
         left = deadline - time.perf_counter()
@@ -729,15 +790,19 @@ def main(argv=None) -> int:
             status[name] = "skipped"
             continue
         part = "infer" if name == "infer2" else name
+        if name == "infer_cached" and status.get("infer") != "ok":
+            sink("## part infer_cached: SKIPPED, part infer did not finish (it saves the models and fills the cache)")
+            status[name] = "skipped"
+            continue
         env = dict(os.environ, KERAS_BACKEND=backend, PYTHONUNBUFFERED="1")
         if backend == "numpy":  # CPU-only parts: Keras' NumPy backend (it imports JAX: keep JAX off the GPU)
             env.update(JAX_PLATFORMS="cpu")
             env.setdefault("OMP_NUM_THREADS", "1")
             if importlib.util.find_spec("jax") is None:
                 env["KERAS_BACKEND"] = "torch"
-        visits = args.visits if name != "infer2" else max(4, args.visits - 1)
+        visits = {"infer2": max(4, args.visits - 1), "infer_cached": 2}.get(name, args.visits)
         cmd = [sys.executable, str(HERE), "--part", part, "--work", str(work), "--visits", str(visits),
-               "--steps", str(args.steps)] + (["--tiny"] if args.tiny else [])
+               "--steps", str(args.steps), "--compile-cache", args.compile_cache] + (["--tiny"] if args.tiny else [])
         sink(f"## part {name} ({backend}), at most {min(cap, left):.0f} s")
         rc, secs = run_part(cmd, env, min(cap, left), sink)
         state = "ok" if rc == 0 else ("TIMED OUT" if rc is None else f"FAILED rc={rc}")
