@@ -738,7 +738,8 @@ def main(argv=None) -> int:
     ap.add_argument("--part", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     ap.add_argument("--cap-scale", type=float, default=1.0,
-                    help="multiply each part's time cap (sized for a GPU machine): 10 for a --tiny JAX smoke test on a CPU")
+                    help="multiply each part's time cap (sized for a GPU machine): 10 for a --tiny JAX smoke "
+                         "test on a CPU")
     ap.add_argument("--compile-cache", choices=("on", "off"), default="on",
                     help="the JAX parts' shared persistent compilation cache (on: as the pipeline's jobs run)")
     ap.add_argument("--visits", type=int, default=4)
@@ -764,7 +765,8 @@ def main(argv=None) -> int:
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     header = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "host": platform.node(), "cpus": os.cpu_count(),
               "gpu": gpu_name(), "versions": versions(), "tiny": args.tiny, "work": str(work),
-              "dev_shm_free_mib": round(shutil.disk_usage("/dev/shm").free / 2**20) if os.path.isdir("/dev/shm") else None}
+              "dev_shm_free_mib": (round(shutil.disk_usage("/dev/shm").free / 2**20)
+                                   if os.path.isdir("/dev/shm") else None)}
     sink(f"# bench_gpu {json.dumps(header)}")
     sink(f"command: {' '.join([sys.executable] + sys.argv)}")
     # part -> (backend, cap seconds, minimum seconds to start it)

@@ -229,26 +229,43 @@ def test_train_and_infer_jobs_on_jax_and_the_model_predicts_the_same_on_tensorfl
 
 # --------------------------------------------------------------------------- compile once
 
-#: a fresh job's first prediction on JAX: the cache set as start_job sets it (dl.compile_cache),
-#: a small multi-arm model built and the pipeline's MC predictor called twice
-CACHED = """
+#: a job on JAX: the cache set as start_job sets it (dl.compile_cache, folder argv[1]), a small
+#: multi-arm model of a given seed, and a batch of windows for the pipeline's MC predictor
+JOB = """
 import logging, sys, time
+from pathlib import Path
 logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
 from t2lesion.unet import backend
 backend.compile_cache(sys.argv[1], "jax")
 import numpy as np
 from t2lesion.unet.infer import FoldPredictor
 from t2lesion.unet.model import ModelConfig, build_model
-cfg = ModelConfig.from_dict({"patch_size": (8, 16, 16), "widths": (4, 8), "strides": ((1, 2, 2),),
-                             "block_kernels": (((1, 3, 3), (3, 3, 3)),) * 2, "supervision_levels": 1, "seed": 3})
-model = build_model(cfg)
+def small_model(seed):
+    return build_model(ModelConfig.from_dict({
+        "patch_size": (8, 16, 16), "widths": (4, 8), "strides": ((1, 2, 2),),
+        "block_kernels": (((1, 3, 3), (3, 3, 3)),) * 2, "supervision_levels": 1, "seed": seed}))
 x = np.random.default_rng(0).normal(size=(2, 8, 16, 16, 3)).astype("float32")
+"""
+
+#: a fresh job's first prediction (the predictor called twice), saved to argv[2]
+CACHED = JOB + """
+model = small_model(3)
 t0 = time.perf_counter()
 pred = FoldPredictor(model, mc_samples=2)
 m = pred.moments(x, 5)
 print(f"FIRST {time.perf_counter() - t0:.3f}")
 np.save(sys.argv[2], m)
 """
+
+
+def _jax_job(script: str, *args) -> str:
+    """Run ``script`` as a fresh JAX job on the CPU; its stdout."""
+    res = subprocess.run(
+        [sys.executable, "-c", script, *map(str, args)],
+        env={**os.environ, "PYTHONPATH": str(REPO), "KERAS_BACKEND": "jax", "CUDA_VISIBLE_DEVICES": ""},
+        capture_output=True, text=True, timeout=600, cwd=REPO, check=False)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res.stdout
 
 
 def test_jax_compiles_once_and_a_second_job_loads_from_the_cache_folder(tmp_path):
@@ -258,12 +275,7 @@ def test_jax_compiles_once_and_a_second_job_loads_from_the_cache_folder(tmp_path
     cache = tmp_path / "jax-cache"
     runs = []
     for i in (1, 2):
-        res = subprocess.run(
-            [sys.executable, "-c", CACHED, str(cache), str(tmp_path / f"m{i}.npy")],
-            env={**os.environ, "PYTHONPATH": str(REPO), "KERAS_BACKEND": "jax", "CUDA_VISIBLE_DEVICES": ""},
-            capture_output=True, text=True, timeout=600, cwd=REPO, check=False)
-        assert res.returncode == 0, res.stderr[-3000:]
-        runs.append(res.stdout)
+        runs.append(_jax_job(CACHED, cache, tmp_path / f"m{i}.npy"))
     assert f"JAX compilation cache: {cache} (dl.compile_cache), 0 entries there, in use" in runs[0]
     entries = [p for p in cache.iterdir() if not p.name.startswith(".")]
     assert entries, "the first job left nothing in the cache folder"
@@ -271,6 +283,38 @@ def test_jax_compiles_once_and_a_second_job_loads_from_the_cache_folder(tmp_path
     first, second = (float(out.split("FIRST ")[1].split()[0]) for out in runs)
     assert second < 0.5 * first, f"compile + first call: {first:.2f} s, then {second:.2f} s with the cache"
     np.testing.assert_array_equal(np.load(tmp_path / "m1.npy"), np.load(tmp_path / "m2.npy"))
+
+
+#: one inference job's folds: two models of one config and different seeds (as the three fold
+#: models are), the MC predictor on each in turn, the cache's entries counted around each
+#: fold's first prediction
+FOLDS = JOB + """
+cache = Path(sys.argv[1])
+def entries():
+    return sum(1 for p in cache.iterdir() if not p.name.startswith("."))
+for seed in (3, 4):
+    model = small_model(seed)
+    before = entries()
+    t0 = time.perf_counter()
+    m = FoldPredictor(model, mc_samples=2).moments(x, 5)
+    print(f"FOLD {seed} {time.perf_counter() - t0:.3f} {entries() - before} {float(np.asarray(m).std()):.6f}")
+"""
+
+
+def test_jax_folds_of_one_job_share_their_compilations(tmp_path):
+    """dl.compile_cache within one job: the fold models differ only in their weights, so the
+    second fold's first prediction compiles nothing (no new cache entries: it loads the first
+    fold's executables) and takes a fraction of the first's (0.08× here, 0.77× with the cache
+    off; asserted < 0.5×); its predictions are its own (other weights, other maps)."""
+    cache = tmp_path / "jax-cache"
+    out = _jax_job(FOLDS, cache)
+    folds = [line.split()[1:] for line in out.splitlines() if line.startswith("FOLD ")]
+    assert [f[0] for f in folds] == ["3", "4"], out
+    (_, t1, new1, sd1), (_, t2, new2, sd2) = folds
+    assert int(new1) > 0, "the first fold's prediction compiled nothing into the cache"
+    assert int(new2) == 0, f"the second fold compiled {new2} new program(s)"
+    assert float(t2) < 0.5 * float(t1), f"first prediction: fold 1 {t1} s, fold 2 {t2} s"
+    assert sd1 != sd2  # two models' predictions, not one model's twice
 
 
 def test_compile_cache_is_off_for_null_and_unused_on_other_backends(caplog):
