@@ -229,92 +229,70 @@ def test_train_and_infer_jobs_on_jax_and_the_model_predicts_the_same_on_tensorfl
 
 # --------------------------------------------------------------------------- compile once
 
-#: a job on JAX: the cache set as start_job sets it (dl.compile_cache, folder argv[1]), a small
-#: multi-arm model of a given seed, and a batch of windows for the pipeline's MC predictor
+#: a job on JAX: the cache set as start_job sets it (dl.compile_cache, folder argv[1]); for each
+#: seed in argv[3:] a small multi-arm model (the folds of a job: one config, other seeds, so
+#: other weights) and the pipeline's MC predictor's first prediction on a batch of windows:
+#: its seconds, the cache entries it added and its maps' SD; the first fold's maps saved to argv[2]
 JOB = """
 import logging, sys, time
 from pathlib import Path
 logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
 from t2lesion.unet import backend
-backend.compile_cache(sys.argv[1], "jax")
+cache = Path(sys.argv[1])
+backend.compile_cache(cache, "jax")
 import numpy as np
 from t2lesion.unet.infer import FoldPredictor
 from t2lesion.unet.model import ModelConfig, build_model
-def small_model(seed):
-    return build_model(ModelConfig.from_dict({
-        "patch_size": (8, 16, 16), "widths": (4, 8), "strides": ((1, 2, 2),),
-        "block_kernels": (((1, 3, 3), (3, 3, 3)),) * 2, "supervision_levels": 1, "seed": seed}))
 x = np.random.default_rng(0).normal(size=(2, 8, 16, 16, 3)).astype("float32")
-"""
-
-#: a fresh job's first prediction (the predictor called twice), saved to argv[2]
-CACHED = JOB + """
-model = small_model(3)
-t0 = time.perf_counter()
-pred = FoldPredictor(model, mc_samples=2)
-m = pred.moments(x, 5)
-print(f"FIRST {time.perf_counter() - t0:.3f}")
-np.save(sys.argv[2], m)
-"""
-
-
-def _jax_job(script: str, *args) -> str:
-    """Run ``script`` as a fresh JAX job on the CPU; its stdout."""
-    res = subprocess.run(
-        [sys.executable, "-c", script, *map(str, args)],
-        env={**os.environ, "PYTHONPATH": str(REPO), "KERAS_BACKEND": "jax", "CUDA_VISIBLE_DEVICES": ""},
-        capture_output=True, text=True, timeout=600, cwd=REPO, check=False)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return res.stdout
-
-
-def test_jax_compiles_once_and_a_second_job_loads_from_the_cache_folder(tmp_path):
-    """dl.compile_cache: two jobs (fresh processes) with the same model and window shapes; the
-    second finds the first's executables in the folder, so its compile-and-first-call takes a
-    fraction of the first's (here ~0.1×; asserted < 0.5×), and predicts the same."""
-    cache = tmp_path / "jax-cache"
-    runs = []
-    for i in (1, 2):
-        runs.append(_jax_job(CACHED, cache, tmp_path / f"m{i}.npy"))
-    assert f"JAX compilation cache: {cache} (dl.compile_cache), 0 entries there, in use" in runs[0]
-    entries = [p for p in cache.iterdir() if not p.name.startswith(".")]
-    assert entries, "the first job left nothing in the cache folder"
-    assert f"JAX compilation cache: {cache} (dl.compile_cache), {len(entries)} entries there, in use" in runs[1]
-    first, second = (float(out.split("FIRST ")[1].split()[0]) for out in runs)
-    assert second < 0.5 * first, f"compile + first call: {first:.2f} s, then {second:.2f} s with the cache"
-    np.testing.assert_array_equal(np.load(tmp_path / "m1.npy"), np.load(tmp_path / "m2.npy"))
-
-
-#: one inference job's folds: two models of one config and different seeds (as the three fold
-#: models are), the MC predictor on each in turn, the cache's entries counted around each
-#: fold's first prediction
-FOLDS = JOB + """
-cache = Path(sys.argv[1])
 def entries():
     return sum(1 for p in cache.iterdir() if not p.name.startswith("."))
-for seed in (3, 4):
-    model = small_model(seed)
+for k, seed in enumerate(sys.argv[3:]):
+    model = build_model(ModelConfig.from_dict({
+        "patch_size": (8, 16, 16), "widths": (4, 8), "strides": ((1, 2, 2),),
+        "block_kernels": (((1, 3, 3), (3, 3, 3)),) * 2, "supervision_levels": 1, "seed": int(seed)}))
     before = entries()
     t0 = time.perf_counter()
     m = FoldPredictor(model, mc_samples=2).moments(x, 5)
     print(f"FOLD {seed} {time.perf_counter() - t0:.3f} {entries() - before} {float(np.asarray(m).std()):.6f}")
+    if k == 0:
+        np.save(sys.argv[2], m)
 """
 
 
-def test_jax_folds_of_one_job_share_their_compilations(tmp_path):
-    """dl.compile_cache within one job: the fold models differ only in their weights, so the
-    second fold's first prediction compiles nothing (no new cache entries: it loads the first
-    fold's executables) and takes a fraction of the first's (0.08× here, 0.77× with the cache
-    off; asserted < 0.5×); its predictions are its own (other weights, other maps)."""
+def _jax_job(cache: Path, maps: Path, *seeds: int) -> tuple[str, list[tuple[float, int, float]]]:
+    """Run :data:`JOB` as a fresh JAX job on the CPU: its stdout and, per fold, (seconds of the
+    first prediction, cache entries added, SD of the maps)."""
+    res = subprocess.run(
+        [sys.executable, "-c", JOB, str(cache), str(maps), *map(str, seeds)],
+        env={**os.environ, "PYTHONPATH": str(REPO), "KERAS_BACKEND": "jax", "CUDA_VISIBLE_DEVICES": ""},
+        capture_output=True, text=True, timeout=600, cwd=REPO, check=False)
+    assert res.returncode == 0, res.stderr[-3000:]
+    folds = [line.split()[1:] for line in res.stdout.splitlines() if line.startswith("FOLD ")]
+    assert [int(f[0]) for f in folds] == list(seeds), res.stdout
+    return res.stdout, [(float(t), int(n), float(sd)) for _, t, n, sd in folds]
+
+
+def test_jax_compiles_once_per_model_for_every_fold_and_job(tmp_path):
+    """dl.compile_cache. Within a job: the second fold (another seed of one config) compiles
+    nothing, no new cache entries, since it loads the first fold's executables, and its first
+    prediction takes a fraction of the first fold's (0.08× here, 0.77× with the cache off;
+    asserted < 0.5×); its maps are its own. Across jobs: a second job (a fresh process) with
+    the same model finds the first's executables in the folder, so its compile-and-first-call
+    takes a fraction of the first's (~0.1×; asserted < 0.5×), and predicts the same."""
     cache = tmp_path / "jax-cache"
-    out = _jax_job(FOLDS, cache)
-    folds = [line.split()[1:] for line in out.splitlines() if line.startswith("FOLD ")]
-    assert [f[0] for f in folds] == ["3", "4"], out
-    (_, t1, new1, sd1), (_, t2, new2, sd2) = folds
-    assert int(new1) > 0, "the first fold's prediction compiled nothing into the cache"
-    assert int(new2) == 0, f"the second fold compiled {new2} new program(s)"
-    assert float(t2) < 0.5 * float(t1), f"first prediction: fold 1 {t1} s, fold 2 {t2} s"
+    out1, ((t1, new1, sd1), (t2, new2, sd2)) = _jax_job(cache, tmp_path / "m1.npy", 3, 4)
+    assert f"JAX compilation cache: {cache} (dl.compile_cache), 0 entries there, in use" in out1
+    assert new1 > 0, "the first fold's prediction compiled nothing into the cache"
+    assert new2 == 0, f"the second fold compiled {new2} new program(s)"
+    assert t2 < 0.5 * t1, f"first prediction: fold 1 {t1} s, fold 2 {t2} s"
     assert sd1 != sd2  # two models' predictions, not one model's twice
+
+    entries = [p for p in cache.iterdir() if not p.name.startswith(".")]
+    out2, ((t3, new3, _),) = _jax_job(cache, tmp_path / "m2.npy", 3)
+    assert f"JAX compilation cache: {cache} (dl.compile_cache), {len(entries)} entries there, in use" in out2
+    assert new3 == 0
+    assert t3 < 0.5 * t1, f"compile + first call: {t1:.2f} s, then {t3:.2f} s in a second job"
+    np.testing.assert_array_equal(np.load(tmp_path / "m1.npy"), np.load(tmp_path / "m2.npy"))
 
 
 def test_compile_cache_is_off_for_null_and_unused_on_other_backends(caplog):
