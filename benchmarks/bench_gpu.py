@@ -73,7 +73,6 @@ import argparse
 import importlib.metadata as md
 import importlib.util
 import json
-import math
 import os
 import platform
 import shutil
@@ -456,9 +455,9 @@ def shared_memory_dir(ds, work: Path) -> str:
     """Where ``ds``'s worker processes hand batches over: /dev/shm if it has room for a batch
     per process (a container's default is 64 MiB), else a folder of the work directory (on
     disk, through the page cache), said in a line."""
-    from t2lesion.unet.batches import SHARED_MEMORY_DIR
+    from t2lesion.unet.batches import SHARED_MEMORY_DIR, shared_memory_bytes
 
-    need = ds.processes * sum(math.prod(s) for s in ds.batch_shapes) * 4
+    need = shared_memory_bytes(ds.batch_shapes, ds.processes)
     free = shutil.disk_usage(SHARED_MEMORY_DIR).free if os.path.isdir(SHARED_MEMORY_DIR) else 0
     if free >= need:
         return SHARED_MEMORY_DIR

@@ -240,7 +240,7 @@ class BatchWorkers:
         self.shapes = source.batch_shapes
         sizes = [math.prod(s) for s in self.shapes]
         slot = sum(sizes)
-        need = self.processes * slot * 4
+        need = shared_memory_bytes(self.shapes, self.processes)
         folder = Path(shm_dir)
         free = shutil.disk_usage(folder).free if folder.is_dir() else 0
         if free < need:
@@ -356,6 +356,12 @@ class BatchWorkers:
         self.close()
 
 
+def shared_memory_bytes(shapes, processes: int) -> int:
+    """The shared memory that ``processes`` workers need for batches of ``shapes`` (x and t, as
+    :attr:`WindowBatches.batch_shapes`): one float32 batch each."""
+    return int(processes) * sum(math.prod(s) for s in shapes) * 4
+
+
 def _send(stream, payload: bytes) -> None:
     stream.write(len(payload).to_bytes(8, "little"))
     stream.write(payload)
@@ -419,4 +425,4 @@ def serve(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["BatchWorkers", "SHARED_MEMORY_DIR", "WindowBatches", "serve"]
+__all__ = ["BatchWorkers", "SHARED_MEMORY_DIR", "WindowBatches", "serve", "shared_memory_bytes"]
