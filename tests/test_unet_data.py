@@ -293,12 +293,14 @@ def test_warp_known_answers():
     np.testing.assert_allclose(out[..., 1, 1], 13 + 3 * oz, atol=1e-4)  # in y = centre + z mm
 
 
-def test_resample_region_is_scipys_per_channel_resampling():
+def test_resample_region_is_scipys_per_channel_resampling(monkeypatch):
     """The loader's NumPy resampling against map_coordinates (constant mode, cval 0, no
     prefilter): linear channels to float32 rounding, nearest ones exactly, at the edges of the
     region too (points just inside and outside, on the last voxel, halves), and on a region
-    one voxel thick."""
+    one voxel thick; the same bits whatever the chunks the points go in."""
     from scipy import ndimage
+
+    import t2lesion.unet.augment as augment_module
 
     rng = np.random.default_rng(5)
     for shape in ((7, 12, 10), (1, 9, 8)):
@@ -328,6 +330,11 @@ def test_resample_region_is_scipys_per_channel_resampling():
         assert not view.flags.c_contiguous
         np.testing.assert_array_equal(resample_region(view, 3, coords), got)
         np.testing.assert_array_equal(resample_region(region.astype(np.float64), 3, coords), got)
+        assert augment_module.RESAMPLE_CHUNK >= coords[0].size  # got: the points in one chunk
+        for chunk in (7, 1000):  # uneven: a short last chunk
+            monkeypatch.setattr(augment_module, "RESAMPLE_CHUNK", chunk)
+            np.testing.assert_array_equal(resample_region(region, 3, coords), got)
+        monkeypatch.undo()
 
 
 def test_loader_batches_equal_the_per_sample_reference(stored):

@@ -215,8 +215,10 @@ def resample_region(region: np.ndarray, n_linear: int, coords: np.ndarray) -> np
     view, so nothing is copied and only the pages the map reaches are read). A region that is
     not C-contiguous (a box of a larger array) is copied once. The loader gets 1.5–1.8× the
     augmented patches per CPU-second it got from gathering rows of all channels from a copied
-    box (``benchmarks/bench_loader.py``, BENCHMARKS.md)."""
-    n = region.shape[:3]
+    box (``benchmarks/bench_loader.py``, BENCHMARKS.md). The points go in chunks of
+    :data:`RESAMPLE_CHUNK` with the same arithmetic per point, so the result does not depend on
+    the chunk size."""
+    n = tuple(int(k) for k in region.shape[:3])
     n_ch = region.shape[3]
     region = np.ascontiguousarray(region, dtype=np.float32)  # no copy for a float32 memory map
     flat = region.reshape(-1)
@@ -224,25 +226,64 @@ def resample_region(region: np.ndarray, n_linear: int, coords: np.ndarray) -> np
     out_shape = coords.shape[1:]
     c = coords.reshape(3, -1)
     count = c.shape[1]
-    valid = np.ones(count, bool)
-    base = np.zeros(count, np.intp)
-    f = np.empty((3, count), np.float32)
-    t = np.empty(count, np.float32)
+    out = np.empty((n_ch, count), np.float32)
+    chunk = max(1, min(count, RESAMPLE_CHUNK))
+    scratch = _Scratch(chunk)
+    for a in range(0, count, chunk):
+        b = min(a + chunk, count)
+        _resample_points(channel, n, n_linear, c[:, a:b], out[:, a:b], scratch)
+    # a channels-last view of the channel planes (copy it with :func:`copy_channels`)
+    return np.moveaxis(out.reshape((n_ch,) + tuple(out_shape)), 0, -1)
+
+
+RESAMPLE_CHUNK = 32768
+"""Points per pass of :func:`resample_region` (the paper's window has 294,912): a chunk's
+temporaries (64 bytes a point, 2 MiB) stay in the CPU's caches from one pass to the next instead
+of streaming 19 MB through memory per pass. The fastest of 8,192–65,536 on the CPU machine
+(BENCHMARKS.md, "Loader augmentation")."""
+
+
+class _Scratch:
+    """The temporaries of :func:`_resample_points` for up to ``size`` points, reused by chunks."""
+
+    def __init__(self, size: int):
+        self.valid = np.empty(size, bool)
+        self.test = np.empty(size, bool)
+        self.base = np.empty(size, np.intp)
+        self.cell = np.empty(size, np.intp)
+        self.f = np.empty((3, size), np.float32)
+        self.g = np.empty((3, size), np.float32)
+        self.t, self.w, self.wzy = (np.empty(size, np.float32) for _ in range(3))
+        self.idx = np.empty(size, np.intp)
+
+
+def _resample_points(channel, n, n_linear: int, c: np.ndarray, out: np.ndarray, s: _Scratch) -> None:
+    """:func:`resample_region` for the points ``c`` (3, m) into ``out`` (C, m), with ``s``'s
+    arrays as temporaries. Elementwise: a point's value does not depend on its chunk."""
+    m = c.shape[1]
+    valid, test, base, cell, idx = s.valid[:m], s.test[:m], s.base[:m], s.cell[:m], s.idx[:m]
+    f, g, t, w, wzy = s.f[:, :m], s.g[:, :m], s.t[:m], s.w[:m], s.wzy[:m]
+    n_ch = len(channel)
     strides = (n[1] * n[2] * n_ch, n[2] * n_ch, n_ch)
     offs = []
+    valid.fill(True)
+    base.fill(0)
     for a in range(3):
         ca = c[a]
-        valid &= ca >= 0
-        valid &= ca <= n[a] - 1
+        np.greater_equal(ca, 0, out=test)
+        valid &= test
+        np.less_equal(ca, n[a] - 1, out=test)
+        valid &= test
         np.clip(ca, 0, max(n[a] - 2, 0), out=t)  # c = n − 1 takes the last cell with weight 1
         np.floor(t, out=t)
         np.subtract(ca, t, out=f[a])
-        base += t.astype(np.intp) * strides[a]
+        np.copyto(cell, t, casting="unsafe")
+        cell *= strides[a]
+        base += cell
         offs.append(strides[a] if n[a] > 1 else 0)
     f *= valid  # points outside read the clipped cell with weights in [0, 1], then are zeroed
-    g = 1.0 - f
-    out = np.zeros((n_ch, count), np.float32)
-    w, wzy, idx = np.empty(count, np.float32), np.empty(count, np.float32), np.empty(count, np.intp)
+    np.subtract(1.0, f, out=g)
+    out.fill(0.0)
     for dz in (0, 1):
         for dy in (0, 1):
             np.multiply(f[0] if dz else g[0], f[1] if dy else g[1], out=wzy)
@@ -250,18 +291,18 @@ def resample_region(region: np.ndarray, n_linear: int, coords: np.ndarray) -> np
                 np.multiply(wzy, f[2] if dx else g[2], out=w)
                 np.add(base, dz * offs[0] + dy * offs[1] + dx * offs[2], out=idx)
                 for k in range(n_linear):
-                    np.take(channel[k], idx, out=t)
+                    np.take(channel[k], idx, out=t, mode="clip")  # clip: no buffered out; idx is in range
                     t *= w
                     out[k] += t
     if n_linear < n_ch:
-        np.add(base, (f[0] >= 0.5) * offs[0], out=idx)
-        idx += (f[1] >= 0.5) * offs[1]
-        idx += (f[2] >= 0.5) * offs[2]
+        np.copyto(idx, base)
+        for a in range(3):
+            np.greater_equal(f[a], 0.5, out=test)
+            np.multiply(test, offs[a], out=cell)
+            idx += cell
         for k in range(n_linear, n_ch):
-            np.take(channel[k], idx, out=out[k])
+            np.take(channel[k], idx, out=out[k], mode="clip")
     out *= valid
-    # a channels-last view of the channel planes (copy it with :func:`copy_channels`)
-    return np.moveaxis(out.reshape((n_ch,) + tuple(out_shape)), 0, -1)
 
 
 def copy_channels(dst: np.ndarray, src: np.ndarray) -> None:
