@@ -240,7 +240,7 @@ RESAMPLE_CHUNK = 32768
 """Points per pass of :func:`resample_region` (the paper's window has 294,912): a chunk's
 temporaries (64 bytes a point, 2 MiB) stay in the CPU's caches from one pass to the next instead
 of streaming 19 MB through memory per pass. The fastest of 8,192–65,536 on the CPU machine
-(BENCHMARKS.md, "Loader augmentation")."""
+(BENCHMARKS.md, "Loader resampling in chunks")."""
 
 
 class _Scratch:
