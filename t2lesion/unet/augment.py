@@ -201,6 +201,13 @@ def _reach(coords: np.ndarray, in_shape) -> tuple[slice, ...] | None:
     return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
 
 
+RESAMPLE_CHUNK = 32768
+"""Points per pass of :func:`resample_region` (the paper's window has 294,912): a chunk's
+temporaries (64 bytes a point, 2 MiB) stay in the CPU's caches from one pass to the next instead
+of streaming 19 MB through memory per pass. The fastest of 8,192–65,536 on the CPU machine
+(BENCHMARKS.md, "Loader resampling in chunks")."""
+
+
 def resample_region(region: np.ndarray, n_linear: int, coords: np.ndarray) -> np.ndarray:
     """``region`` (z, y, x, C) at ``coords`` (3, *out): channels ``:n_linear`` linearly, the rest
     by nearest neighbour, all channels from one set of indices and weights; (*out, C) float32.
@@ -218,7 +225,7 @@ def resample_region(region: np.ndarray, n_linear: int, coords: np.ndarray) -> np
     box (``benchmarks/bench_loader.py``, BENCHMARKS.md). The points go in chunks of
     :data:`RESAMPLE_CHUNK` with the same arithmetic per point, so the result does not depend on
     the chunk size."""
-    n = tuple(int(k) for k in region.shape[:3])
+    n = region.shape[:3]
     n_ch = region.shape[3]
     region = np.ascontiguousarray(region, dtype=np.float32)  # no copy for a float32 memory map
     flat = region.reshape(-1)
@@ -234,13 +241,6 @@ def resample_region(region: np.ndarray, n_linear: int, coords: np.ndarray) -> np
         _resample_points(channel, n, n_linear, c[:, a:b], out[:, a:b], scratch)
     # a channels-last view of the channel planes (copy it with :func:`copy_channels`)
     return np.moveaxis(out.reshape((n_ch,) + tuple(out_shape)), 0, -1)
-
-
-RESAMPLE_CHUNK = 32768
-"""Points per pass of :func:`resample_region` (the paper's window has 294,912): a chunk's
-temporaries (64 bytes a point, 2 MiB) stay in the CPU's caches from one pass to the next instead
-of streaming 19 MB through memory per pass. The fastest of 8,192–65,536 on the CPU machine
-(BENCHMARKS.md, "Loader resampling in chunks")."""
 
 
 class _Scratch:
