@@ -69,14 +69,17 @@ def synthetic_batch(cfg, batch: int = 2, seed: int = 0):
 
 def train_steps(model, x, t, steps: int = 6, lr: float = 0.05):
     """Fixed-batch SGD steps through the compiled ``train_on_batch`` path; returns the losses.
-    (SGD rather than Adam and no XLA: graph tracing dominates the CPU test time.)"""
+    ``jit_compile`` as ``train_fold`` sets it on the CPU (``train.jit_setting``): no XLA on
+    TensorFlow, where graph tracing dominates the CPU test time; jitted on JAX, whose
+    un-jitted steps compile op by op (the JAX check took 2.5× as long, 2026-12-07)."""
     import keras
 
     from t2lesion.unet.losses import make_loss
+    from t2lesion.unet.train import jit_setting
 
     n_out = len(model.outputs)
     losses_fn, _ = make_loss(n_epochs=5, n_outputs=n_out, model=model)
-    model.compile(optimizer=keras.optimizers.SGD(lr, momentum=0.9), loss=losses_fn, jit_compile=False)
+    model.compile(optimizer=keras.optimizers.SGD(lr, momentum=0.9), loss=losses_fn, jit_compile=jit_setting(gpu=False))
     losses = []
     for _ in range(steps):
         out = model.train_on_batch(x, [t] * n_out, return_dict=True)
