@@ -69,10 +69,10 @@ def synthetic_batch(cfg, batch: int = 2, seed: int = 0):
 
 def train_steps(model, x, t, steps: int = 6, lr: float = 0.05):
     """Fixed-batch SGD steps through the compiled ``train_on_batch`` path; returns the losses.
-    ``jit_compile`` as ``train_fold`` sets it on the CPU (``train.jit_setting``): no XLA on
-    TensorFlow, where graph tracing dominates the CPU test time; jitted on JAX, whose
-    un-jitted steps compile op by op (the JAX check took 1.6× the wall time, 1.4× the CPU,
-    BENCHMARKS.md)."""
+    SGD rather than Adam: graph tracing dominates the CPU test time. ``jit_compile`` as
+    ``train_fold`` sets it on the CPU (``train.jit_setting``): no XLA on TensorFlow; jitted on
+    JAX, whose un-jitted steps compile op by op (the JAX check took 1.6× the wall time and
+    1.4× the CPU that way, BENCHMARKS.md)."""
     import keras
 
     from t2lesion.unet.losses import make_loss
