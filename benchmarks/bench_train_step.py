@@ -29,6 +29,7 @@ from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import t2lesion  # noqa: E402,F401  (TensorFlow CPU defaults, oneDNN on, before Keras imports it)
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 

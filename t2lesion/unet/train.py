@@ -301,20 +301,34 @@ def new_compiled_model(kind: str, mcfg, lcfg: LossConfig, n_epochs: int, learnin
                        lr_schedule: str = "constant", total_steps: int | None = None):
     """A freshly initialised model (seeded), compiled with the paper's loss and Adam, as
     :func:`train_fold` starts a fold (``lr_schedule``/``total_steps``: see
-    :func:`learning_rate_schedule`).
-
-    Adam's variables are built here, not lazily inside the first train step: TensorFlow
-    traces a function that creates variables twice, so this saves one trace of the whole
-    step (87 -> 52 s for the demo's first step on one CPU thread, BENCHMARKS.md). Same
-    zeros, same results.
+    :func:`learning_rate_schedule`), built for training (:func:`build_for_training`).
     """
     keras.utils.set_random_seed(int(seed))
     model = M.build_model(mcfg, kind)
     losses, _ = L.make_loss(lcfg, n_epochs, len(model.outputs), model=model)
     lr = learning_rate_schedule(learning_rate, lr_schedule, total_steps)
     model.compile(optimizer=keras.optimizers.Adam(lr), loss=losses, jit_compile=jit)
-    model.optimizer.build(model.trainable_variables)
+    build_for_training(model)
     return model
+
+
+def build_for_training(model) -> None:
+    """Create the variables a compiled model's first train step would otherwise create inside
+    its trace: Adam's, and the compiled loss's per-output means (Keras builds that loss lazily,
+    in the step, on TensorFlow). TensorFlow traces a step function that creates variables a
+    second time, the whole step again: building each here saves a trace of the step (on one
+    CPU thread, the demo's first step: Adam 87 -> 52 s by ``train_on_batch``; the loss
+    56 -> 35 s by ``fit``, as a fold trains; BENCHMARKS.md). The loss is built on one window
+    of constant targets and predictions (full-resolution targets for every output, as the
+    loader gives them), and the means it fed are reset; no random draw, so the same weights
+    and results."""
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    full = (1, *model.outputs[0].shape[1:])
+    y_true = tuple(np.zeros(full, "float32") for _ in model.outputs)
+    y_pred = [np.full((1, *o.shape[1:]), 0.5, "float32") for o in model.outputs]
+    model.compute_loss(y=y_true, y_pred=y_pred)
+    model.reset_metrics()
 
 
 def train_fold(train_data, val_data, out_dir, model_cfg: dict, loss_cfg: dict, training: dict, seed: int,
@@ -377,6 +391,7 @@ def train_fold(train_data, val_data, out_dir, model_cfg: dict, loss_cfg: dict, t
         if L.bind_losses(model) != len(model.outputs):
             raise RuntimeError(f"{out / 'last.keras'}: not a compiled checkpoint of this project's model")
         model.jit_compile = jit
+        build_for_training(model)
         start = int(cur["completed"])
         step = int(ops.convert_to_numpy(model.optimizer.iterations))
         if start < n_epochs:
@@ -390,8 +405,6 @@ def train_fold(train_data, val_data, out_dir, model_cfg: dict, loss_cfg: dict, t
         cur = {"settings": settings, "completed": 0, "best_epoch": None, "best_val_dice": None, "history": []}
         start = 0
         log.info("new model: %s, %s parameters, seed %d", kind, f"{M.count_params(model):,}", seed)
-    if not model.optimizer.built:  # a loaded checkpoint too: see new_compiled_model
-        model.optimizer.build(model.trainable_variables)
 
     state_layer = L.find_schedule_state(model)
     n_out = len(model.outputs)
@@ -455,5 +468,5 @@ def _diff(a: dict, b: dict) -> str:
 
 
 __all__ = ["HISTORY_COLUMNS", "HISTORY_DOC", "LR_SCHEDULES", "TRAINING_DEFAULTS", "TrainingSettingsChanged",
-           "fixed_validation_loss_values", "gpu_visible", "learning_rate_schedule", "plot_history", "train_fold",
-           "validate", "write_history"]
+           "build_for_training", "fixed_validation_loss_values", "gpu_visible", "learning_rate_schedule",
+           "plot_history", "train_fold", "validate", "write_history"]
