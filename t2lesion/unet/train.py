@@ -37,6 +37,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -440,9 +441,9 @@ def train_fold(train_data, val_data, out_dir, model_cfg: dict, loss_cfg: dict, t
         if is_best:
             nxt["best_epoch"], nxt["best_val_dice"] = epoch + 1, v["val_dice"]
         # commit: temporaries, next state, renames (last.keras first), state
-        if is_best:
-            _save_model_atomic(model, out / _TMP_BEST)
         _save_model_atomic(model, out / _TMP_LAST)
+        if is_best:  # the same model: a copy of the file, not a second serialisation
+            shutil.copyfile(out / _TMP_LAST, out / _TMP_BEST)
         _write_json_atomic(out / NEXT_STATE, nxt)
         os.replace(out / _TMP_LAST, out / "last.keras")
         if is_best:
