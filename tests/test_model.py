@@ -157,8 +157,8 @@ def test_no_tensorflow_or_torch_in_graph_code():
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 imported.add(node.module.split(".")[0])
         assert imported <= {"__future__", "collections", "dataclasses", "math", "typing", "keras", "numpy", "scipy",
-                            "t2lesion", "warnings", "hashlib", "json", "logging", "os", "time", "pathlib", "importlib",
-                            "matplotlib"}, (name, imported)
+                            "t2lesion", "warnings", "hashlib", "json", "logging", "os", "shutil", "time", "pathlib",
+                            "importlib", "matplotlib"}, (name, imported)
         names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
         assert not names & {"tf", "tensorflow", "torch", "jax"}, name
 

@@ -248,8 +248,8 @@ def test_learning_rate_schedule_names_its_problems():
 def test_a_model_has_every_training_variable_before_its_first_step(tmp_path):
     """TensorFlow traces a train step that creates variables twice (T.build_for_training).
     With deep supervision Keras' compiled loss keeps a mean per output, built lazily in the
-    step unless built before: a new model and a loaded checkpoint have all their variables
-    before fit, and a step creates none."""
+    step unless built before: a new model has all its variables before fit, and a step creates
+    none; a loaded checkpoint, built, has the same."""
     from t2lesion.unet.hparams import split_model_section
 
     kind, mcfg = split_model_section({**MODEL, "widths": [8, 16, 16], "strides": [[1, 2, 2]] * 2,
@@ -262,15 +262,13 @@ def test_a_model_has_every_training_variable_before_its_first_step(tmp_path):
     model = T.new_compiled_model(kind, mcfg, L.LossConfig(), 1, 1e-2, SEED, T.jit_setting(gpu=False))
     before = variables(model)
     assert [m.name for m in model.metrics] == ["loss", "p1_loss", "p2_loss"]  # the loss means of both outputs
-    data = Blobs(8, 4, seed=1, n_outputs=len(model.outputs))
-    model.fit(data, epochs=1, steps_per_epoch=1, verbose=0)
+    model.fit(Blobs(8, 4, seed=1, n_outputs=len(model.outputs)), epochs=1, steps_per_epoch=1, verbose=0)
     assert variables(model) == before
     model.save(tmp_path / "last.keras")
     loaded = M.load_model(tmp_path / "last.keras")
+    assert variables(loaded) != before  # Keras loads the model and Adam, not the loss's means
     T.build_for_training(loaded)
-    before = variables(loaded)
-    loaded.fit(data, epochs=1, steps_per_epoch=1, verbose=0)
-    assert variables(loaded) == before and int(np_(loaded.optimizer.iterations)) == 2
+    assert variables(loaded) == before
 
 
 def test_tensorflow_trained_fold_predicts_the_same_under_jax(reference, tmp_path):
