@@ -320,13 +320,13 @@ def build_for_training(model) -> None:
     second time, the whole step again: building each here saves a trace of the step (on one
     CPU thread, the demo's first step: Adam 87 -> 52 s by ``train_on_batch``; the loss
     56 -> 35 s by ``fit``, as a fold trains; BENCHMARKS.md). The loss is built on one window
-    of constant targets and predictions (full-resolution targets for every output, as the
-    loader gives them), and the means it fed are reset; no random draw, so the same weights
-    and results."""
+    of constant targets and predictions (every output gets the window's packed ``[mask, α]``
+    targets, as the loader gives them), and the means it fed are reset; no random draw, so
+    the same weights and results."""
     if not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
-    full = (1, *model.outputs[0].shape[1:])
-    y_true = tuple(np.zeros(full, "float32") for _ in model.outputs)
+    target = L.pack_targets(np.zeros((1, *model.inputs[0].shape[1:-1]), "float32"))
+    y_true = (target,) * len(model.outputs)
     y_pred = [np.full((1, *o.shape[1:]), 0.5, "float32") for o in model.outputs]
     model.compute_loss(y=y_true, y_pred=y_pred)
     model.reset_metrics()
