@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,21 @@ import SimpleITK as sitk
 import t2lesion  # noqa: F401  (sets the TensorFlow CPU defaults before any test imports Keras)
 
 REPO = Path(__file__).resolve().parent.parent
+
+#: XLA_FLAGS for the tests' JAX processes, in-process and every subprocess they start (unless
+#: the environment sets XLA_FLAGS itself). JAX on the CPU is a test-only path: on a user's CPU
+#: `dl.backend: auto` takes TensorFlow, and JAX runs on a GPU (t2lesion/unet/backend.py). On
+#: the CPU, LLVM's optimisation of the code XLA emits is most of each compile, and a test's few
+#: calls never win it back. The compile-cache test, which times compiles against cache reads as
+#: a user's jobs see them, runs JAX's default (:func:`default_xla_env`). The five JAX tests, one
+#: after another on 2 cores: 265 s before, 170-178 s with this (2026-12-07).
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+os.environ.setdefault("XLA_FLAGS", TEST_XLA_FLAGS)
+
+
+def default_xla_env(env: dict) -> dict:
+    """``env`` without the tests' :data:`TEST_XLA_FLAGS` (XLA_FLAGS a user set are kept)."""
+    return {k: v for k, v in env.items() if not (k == "XLA_FLAGS" and v == TEST_XLA_FLAGS)}
 
 
 def write_image(path: Path, arr: np.ndarray, spacing=(1.0, 1.0, 3.0)) -> None:

@@ -19,7 +19,7 @@ import SimpleITK as sitk
 
 from t2lesion.errors import InputError
 from t2lesion.unet import backend as B
-from tests.conftest import REPO
+from tests.conftest import REPO, default_xla_env
 
 # --------------------------------------------------------------------------- the decision
 
@@ -260,11 +260,12 @@ for k, seed in enumerate(sys.argv[3:]):
 
 
 def _jax_job(cache: Path, maps: Path, *seeds: int) -> tuple[str, list[tuple[float, int, float]]]:
-    """Run :data:`JOB` as a fresh JAX job on the CPU: its stdout and, per fold, (seconds of the
-    first prediction, cache entries added, SD of the maps)."""
+    """Run :data:`JOB` as a fresh JAX job on the CPU, with XLA's default optimisation (the
+    compiles a user's jobs make): its stdout and, per fold, (seconds of the first prediction,
+    cache entries added, SD of the maps)."""
     res = subprocess.run(
         [sys.executable, "-c", JOB, str(cache), str(maps), *map(str, seeds)],
-        env={**os.environ, "PYTHONPATH": str(REPO), "KERAS_BACKEND": "jax", "CUDA_VISIBLE_DEVICES": ""},
+        env=default_xla_env({**os.environ, "PYTHONPATH": str(REPO), "KERAS_BACKEND": "jax", "CUDA_VISIBLE_DEVICES": ""}),
         capture_output=True, text=True, timeout=600, cwd=REPO, check=False)
     assert res.returncode == 0, res.stderr[-3000:]
     folds = [line.split()[1:] for line in res.stdout.splitlines() if line.startswith("FOLD ")]
