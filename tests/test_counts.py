@@ -184,12 +184,63 @@ def test_exclusions_are_rows_never_silent(tmp_path):
 
 def test_degenerate_cohorts_are_skipped_with_a_reason():
     sim = simulate_counts(20, seed=1)
-    sim.loc[sim["arm"] == "OCR", "count"] = 0
+    sim[["count", "count_per_scan"]] = 0
     res, _ = count_endpoint(sim, "PLA", ["PLA", "OCR"])
     assert (res["status"] == "skipped").all() and res["note"].str.contains("no new or enlarging").all()
     small = simulate_counts(1, seed=1)
     res, _ = count_endpoint(small, "PLA", ["PLA", "OCR"])
     assert (res["status"] == "skipped").all() and res["note"].str.contains("min_n_per_arm").all()
+    one = simulate_counts(20, seed=1)
+    res, _ = count_endpoint(one[one["arm"] == "PLA"], "PLA")
+    assert (res["status"] == "skipped").all() and res["note"].str.startswith("one arm only (PLA)").all()
+
+
+def test_an_arm_without_lesions_skips_the_models_and_keeps_the_rank_sum_test():
+    """A highly effective arm: its rate ratio is 0 (not estimable), the rank-sum test is not.
+    R: wilcox.test(rep(0, 20), <the control arm's lesions per scan>): W = 40, p = 1.09030616320275e-06."""
+    sim = simulate_counts(20, seed=1)
+    sim.loc[sim["arm"] == "OCR", ["count", "count_per_scan"]] = 0
+    res, _ = count_endpoint(sim, "PLA", ["PLA", "OCR"])
+    models = res.set_index("model")
+    for m in ("negative_binomial", "poisson"):
+        assert models.at[m, "status"] == "skipped"
+        assert models.at[m, "note"].startswith("arm OCR has no new or enlarging lesion")
+    w = models.loc["wilcoxon"]
+    assert w["status"] == "ok" and w["statistic"] == 40.0
+    assert w["p"] == pytest.approx(1.09030616320275e-06, rel=1e-12)
+
+
+@pytest.mark.parametrize("confound", ["region", "age"])
+def test_arm_confounded_with_a_covariate_skips_the_models_naming_the_combination(confound):
+    """Every control subject in the US (or over 45): region_US (age_gt45) = Intercept - arm_OCR,
+    which R's glm.nb reports as an NA coefficient; a fit would hit a singular information."""
+    sim = simulate_counts(10, seed=3)
+    if confound == "region":
+        sim["region"] = np.where(sim["arm"] == "PLA", "US", "ROW")
+    else:
+        sim["age"] = np.where(sim["arm"] == "PLA", 60.0, 30.0)
+    res, _ = count_endpoint(sim, "PLA", ["PLA", "OCR"])
+    models = res.set_index("model")
+    col = {"region": "region_US", "age": "age_gt45"}[confound]
+    for m in ("negative_binomial", "poisson"):
+        assert models.at[m, "status"] == "skipped"
+        assert models.at[m, "note"].endswith(f"not identifiable: {col} = a combination of Intercept, arm_OCR")
+    assert models.at["wilcoxon", "status"] == "ok"
+
+
+def test_a_missing_count_in_a_tracking_table_is_an_error_naming_file_and_row(tmp_path):
+    from t2lesion.errors import InputError
+    from t2lesion.stats.counts import read_visit_tables
+
+    v = _visits([["sub-1", "ses-w000", 0, "", 3, None, None, None, None],
+                 ["sub-1", "ses-w048", 48, "ses-w000", 4, 1, None, None, 0.1]])
+    path = tmp_path / "sub-1_visits.tsv"
+    v.to_csv(path, sep="\t", index=False, na_rep="n/a")
+    with pytest.raises(InputError) as err:
+        read_visit_tables({"gt": [path]})
+    msg = str(err.value)
+    assert f"{path}: row 3 (session ses-w048): n_enlarging is n/a, not a number" in msg
+    assert "n_new_or_enlarging is n/a" in msg and "ses-w000" not in msg  # the baseline has no counts
 
 
 def test_subject_counts_requires_known_participants():

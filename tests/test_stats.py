@@ -824,6 +824,69 @@ def test_participant_without_mri_is_listed_by_every_analysis_and_its_outcomes_ar
             ("gt", analysis, "", "no MRI"), ("classical", analysis, "", "no MRI")}, (analysis, mine)
         assert len(mine) == 2  # listed once per source, under no other reason
 
+def test_aliased_columns_names_each_combination_in_column_order():
+    from t2lesion.stats.common import aliased_columns
+
+    arm = np.array([0, 0, 1, 1, 0, 1], float)
+    X = pd.DataFrame({"Intercept": 1.0, "arm_OCR": arm, "tlv": [1.0, 2, 3, 4, 5, 7], "region_US": 1 - arm,
+                      "age_gt45": [0.0, 1, 0, 1, 1, 0], "twice_tlv": [2.0, 4, 6, 8, 10, 14]})
+    assert aliased_columns(X) == ["region_US = a combination of Intercept, arm_OCR",
+                                  "twice_tlv = a combination of tlv"]
+    assert aliased_columns(X.drop(columns=["region_US", "twice_tlv"])) == []
+    # without an intercept column: a Cox model's baseline hazard is its constant
+    assert aliased_columns(X[["arm_OCR", "region_US"]]) == []
+    assert aliased_columns(X[["arm_OCR", "region_US"]], constant=True) == [
+        "region_US = a combination of the constant, arm_OCR"]
+
+
+def test_region_matches_the_us_label_in_any_case(small):
+    participants, long, _ = small
+    change = stats.compute_change(long)
+    mixed = participants.copy()
+    us = mixed["region"] == "US"
+    mixed.loc[us, "region"] = np.where(np.arange(us.sum()) % 2, "us", " Us ")
+    a = stats.ancova(change, participants, "PLA", weeks=[48])[0]
+    b = stats.ancova(change, mixed, "PLA", weeks=[48])[0]
+    assert us.sum() > 10 and (a["status"] == "ok").all()
+    np.testing.assert_array_equal(a["estimate"].to_numpy(), b["estimate"].to_numpy())
+
+
+def test_ancova_with_arm_confounded_with_region_is_skipped_not_split(small):
+    """Every control subject in the US: region_US = Intercept - arm_OCR. R's lm reports region_US
+    as NA (aliased); a minimum-norm least-squares solution would split the arm effect arbitrarily."""
+    participants, long, _ = small
+    p = participants.assign(region=np.where(participants["arm"] == "PLA", "US", "ROW"))
+    coef, anova_t = stats.ancova(stats.compute_change(long), p, "PLA", weeks=[48])
+    assert (coef["status"] == "skipped").all() and (anova_t["status"] == "skipped").all()
+    assert coef["note"].str.endswith("not identifiable: region_US = a combination of Intercept, arm_OCR").all()
+
+
+def test_ancova_of_a_single_arm_is_skipped(small):
+    participants, long, _ = small
+    one = participants[participants["arm"] == "PLA"]
+    coef, _ = stats.ancova(stats.compute_change(long), one, "PLA", weeks=[48])
+    assert (coef["status"] == "skipped").all()
+    assert coef["note"].str.startswith("one arm only (PLA): no treatment arm").all()
+
+
+def test_cox_multivariable_skips_an_arm_without_events_and_a_confounded_design(small):
+    participants, long, outcomes = small
+    bl = stats.baseline_lesions(long)
+    o = outcomes[outcomes.endpoint == "CDP24"].copy()
+    ocr = o["participant_id"].isin(participants.loc[participants["arm"] == "OCR", "participant_id"])
+    o.loc[ocr, "event"] = 0
+    cox = stats.cox_models(bl, participants, o, "PLA", endpoints=["CDP24"])
+    multi = cox[cox.model == "multivariable"]
+    assert (multi.status == "skipped").all()
+    assert multi.note.str.fullmatch(r"arm OCR has no CDP24 events: its hazard ratio is 0 or infinite "
+                                    r"\(monotone likelihood\), not estimable").all()
+    assert (cox[cox.model != "multivariable"].status == "ok").all()
+    p = participants.assign(region=np.where(participants["arm"] == "PLA", "US", "ROW"))
+    cox = stats.cox_models(bl, p, outcomes, "PLA", endpoints=["CDP24"], models=["multivariable"])
+    assert (cox.status == "skipped").all()
+    assert cox.note.str.endswith("not identifiable: region_US = a combination of the constant, arm_OCR").all()
+
+
 def test_cox_separation_is_a_warning_not_a_crash():
     """Events only (and earliest) in the highest-TLV subjects: monotone likelihood."""
     n = 12

@@ -57,7 +57,7 @@ defaults, kept configurable); the config key that controls each is given as ``st
   geographical region and age as covariates"), per follow-up week, ordinary least
   squares via statsmodels: ``pct_change ~ arm + baseline_tlv_ml + region_US +
   age_gt45``. Codings: arm treatment-coded against the control arm; baseline TLV
-  in mL, uncentred; region_US = 1 if region == "US" (``stats.us_label``), reference
+  in mL, uncentred; region_US = 1 if region is "US" (``stats.us_label``, any case), reference
   rest of world; age_gt45 = 1 if age > 45 years (``stats.age_cutoff``), reference
   ≤ 45. Arm effect with SE, CI, t, p; Type II F table (= R ``car::Anova(type = 2)``);
   least-squares means per arm with CI (R ``emmeans``: baseline TLV at its mean,

@@ -12,7 +12,8 @@ from scipy import stats as sps
 
 from t2lesion.stats.change import compute_change
 from t2lesion.stats.common import (
-    OK, SKIPPED, Exclusions, _write_tsv, resolve_arms, resolve_sources, side_by_side, write_exclusions,
+    OK, SKIPPED, Exclusions, _write_tsv, aliased_columns, region_is_us, resolve_arms, resolve_sources, side_by_side,
+    write_exclusions,
 )
 from t2lesion.stats.inputs import _load
 
@@ -36,7 +37,7 @@ def _ancova_design(
     for arm in arms[1:]:
         X[f"arm_{arm}"] = (d["arm"].to_numpy() == arm).astype(float)
     X["baseline_tlv_ml"] = d["tlv_bl_ml"].to_numpy(float)
-    X["region_US"] = (d["region"].to_numpy() == us_label).astype(float)
+    X["region_US"] = region_is_us(d["region"], us_label)
     X["age_gt45"] = (d["age"].to_numpy(float) > age_cutoff_years).astype(float)
     terms = {"arm": [f"arm_{a}" for a in arms[1:]], "baseline_tlv_ml": ["baseline_tlv_ml"],
              "region_US": ["region_US"], "age_gt45": ["age_gt45"]}
@@ -45,6 +46,8 @@ def _ancova_design(
 
 def _ancova_skip_reason(d: pd.DataFrame, X: pd.DataFrame, arms: list[str], min_n_per_arm: int, us_label: str,
                         age_cutoff_years: float) -> str | None:
+    if len(arms) < 2:
+        return f"one arm only ({arms[0]}): no treatment arm to compare with the control arm"
     counts = d["arm"].value_counts()
     for arm in arms:
         k = int(counts.get(arm, 0))
@@ -62,6 +65,10 @@ def _ancova_skip_reason(d: pd.DataFrame, X: pd.DataFrame, arms: list[str], min_n
         return f"covariate age group has one level ({lvl})"
     if len(X) <= X.shape[1]:
         return f"too few subjects: n={len(X)} for {X.shape[1]} model parameters"
+    aliased = aliased_columns(X)
+    if aliased:
+        return ("arm and covariates confounded among the analysed subjects, the model is not identifiable: "
+                + "; ".join(aliased))
     return None
 
 

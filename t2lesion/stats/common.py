@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 
 from t2lesion.errors import InputError
@@ -56,6 +57,40 @@ def resolve_arms(participants: pd.DataFrame, control_arm: str, arms: Sequence[st
         return [control_arm] + [a for a in arms if a != control_arm]
     others = sorted(set(participants["arm"]) - {control_arm})
     return [control_arm] + others
+
+
+def region_is_us(region, us_label: str) -> np.ndarray:
+    """1.0 where ``region`` is ``us_label`` (``stats.us_label``), ignoring case and surrounding
+    spaces ("us", " US"), else 0.0 (rest of world): the region_US column of every model."""
+    key = str(us_label).strip().casefold()
+    return np.array([isinstance(r, str) and r.strip().casefold() == key for r in region], float)
+
+
+def aliased_columns(X: pd.DataFrame, constant: bool = False) -> list[str]:
+    """The columns of a design matrix that are linear combinations of the columns before them,
+    in column order, as R's ``lm`` reports them (coefficient NA, ``alias()``): each as
+    ``"<column> = a combination of <columns>"``. Such a model is not identifiable: a fit would
+    split the shared effect arbitrarily (statsmodels' minimum-norm solution) or fail (a singular
+    information matrix). ``constant``: the model has a constant that ``X`` lacks (the baseline
+    hazard of a Cox model). Columns are scaled to unit maximum before the rank tests."""
+    A, names = X.to_numpy(float), [str(c) for c in X.columns]
+    if constant:
+        A, names = np.c_[np.ones(len(A)), A], ["the constant"] + names
+    scale = np.abs(A).max(axis=0) if len(A) else np.ones(A.shape[1])
+    A = A / np.where(scale > 0, scale, 1.0)
+    kept: list[int] = []
+    out = []
+    for j in range(A.shape[1]):
+        if np.linalg.matrix_rank(A[:, kept + [j]]) == len(kept) + 1:
+            kept.append(j)
+            continue
+        if not kept or not np.any(A[:, j]):
+            out.append(f"{names[j]} is all zero")
+            continue
+        coef = np.linalg.lstsq(A[:, kept], A[:, j], rcond=None)[0]
+        used = [names[k] for k, c in zip(kept, coef) if abs(c) > 1e-8]
+        out.append(f"{names[j]} = a combination of {', '.join(used)}")
+    return out
 
 
 def resolve_sources(long: pd.DataFrame, sources: Sequence[str] | None = None) -> list[str]:

@@ -14,7 +14,7 @@ Negative-binomial regression (NB2, log link)::
     log E[count] = log(n_scans) + b0 + b_arm·arm + b_tlc·log(tlc_bl + 1) + b_us·region_US + b_age·age_gt45
 
 arm treatment-coded against the control arm (one column per treated arm);
-region_US = 1 if region == ``us_label`` (``stats.us_label``), else 0 (rest of world);
+region_US = 1 if region is ``us_label`` (``stats.us_label``, any case), else 0 (rest of world);
 age_gt45 = 1 if age > ``age_cutoff_years`` (``stats.age_cutoff``). The rate ratio of a
 treated arm is exp(b_arm), adjusted for the covariates.
 
@@ -39,9 +39,11 @@ Exclusions, never silent (``exclusions_new_lesions.tsv``, the columns of every
 (from the validated visit list, when given), no mask of the source at all, no baseline (week 0) mask, no follow-up
 scan, an arm outside the analysed arms, a missing (``n/a``) covariate the model uses
 (age, region; arm). A covariate with one level among the analysed subjects is
-dropped from that source's model, and the note says so; an arm with fewer than
-``min_n_per_arm`` subjects, no lesion at all, or an arm with no lesion (rate
-ratio 0, not estimable) skips the model with the reason in ``note``.
+dropped from that source's model, and the note says so. One arm only, an arm with fewer than
+``min_n_per_arm`` subjects, or no lesion at all skips every row of the source; an arm with no
+lesion (rate ratio 0 or infinite, not estimable), too few subjects for the parameters, or arm and
+covariates confounded (a column a linear combination of others: not identifiable) skips the NB
+and Poisson models, and the rank-sum test still runs. The reason is in ``note``.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ from t2lesion.bids import is_missing
 from t2lesion.errors import InputError
 from t2lesion.formatting import fmt_num
 from t2lesion.io import write_tsv
-from t2lesion.stats.common import EXCLUSION_COLUMNS, write_exclusions
+from t2lesion.stats.common import EXCLUSION_COLUMNS, aliased_columns, region_is_us, write_exclusions
 from t2lesion.stats.inputs import read_participants, read_visit_list
 
 log = logging.getLogger(__name__)
@@ -231,6 +233,7 @@ def read_visit_tables(paths_by_source: Mapping[str, Sequence]) -> pd.DataFrame:
             if missing:
                 problems.append(f"{p}: missing column(s) {', '.join(missing)}")
                 continue
+            problems += _visit_table_problems(df, p)
             df.insert(0, "source", src)
             frames.append(df)
     if problems:
@@ -239,6 +242,24 @@ def read_visit_tables(paths_by_source: Mapping[str, Sequence]) -> pd.DataFrame:
         raise InputError("no tracking visit tables given")
     out = pd.concat(frames, ignore_index=True)
     out["reference_session"] = out["reference_session"].fillna("")
+    return out
+
+
+#: Numbers every follow-up row of a tracking visit table must have (the baseline row: n_lesions).
+VISIT_NUMBERS = ("week", "n_lesions", "n_new", "n_enlarging", "n_new_or_enlarging", "new_volume_ml")
+
+
+def _visit_table_problems(df: pd.DataFrame, path) -> list[str]:
+    """A missing or non-numeric count would be summed as 0 or crash the models: name each one."""
+    out = []
+    follow_up = df["reference_session"].fillna("").astype(str) != ""
+    for col in VISIT_NUMBERS:
+        num = pd.to_numeric(df[col], errors="coerce")
+        need = follow_up | (col in ("week", "n_lesions"))
+        for i in np.flatnonzero(need & num.isna().to_numpy())[:5]:
+            v = df[col].iloc[i]
+            out.append(f"{path}: row {i + 2} (session {df['session'].iloc[i]}): {col} is "
+                       f"{'n/a' if pd.isna(v) else repr(v)}, not a number")
     return out
 
 
@@ -309,21 +330,35 @@ def _design(d: pd.DataFrame, arms: Sequence[str], age_cutoff_years: float, us_la
     for arm in arms[1:]:
         X[f"arm_{arm}"] = (d["arm"].to_numpy() == arm).astype(float)
     X["log_tlc_bl1"] = np.log(d["tlc_bl"].to_numpy(float) + 1.0)
-    X["region_US"] = (d["region"].to_numpy() == us_label).astype(float)
+    X["region_US"] = region_is_us(d["region"], us_label)
     X["age_gt45"] = (d["age"].to_numpy(float) > age_cutoff_years).astype(float)
     return X
 
 
 def _skip_reason(d: pd.DataFrame, arms: Sequence[str], min_n_per_arm: int) -> str | None:
+    """Why no analysis of the source runs (NB, Poisson and the rank-sum test alike), or None."""
+    if len(arms) < 2:
+        return f"one arm only ({arms[0]}): no treatment arm to compare with the control arm"
     for arm in arms:
         k = int((d["arm"] == arm).sum())
         if k < min_n_per_arm:
             return f"arm {arm} has {k} subject(s) with a follow-up (< stats.min_n_per_arm={min_n_per_arm})"
     if d["count"].sum() == 0:
         return "no new or enlarging lesion in any subject: nothing to compare"
+    return None
+
+
+def _model_skip_reason(d: pd.DataFrame, X: pd.DataFrame, arms: Sequence[str]) -> str | None:
+    """Why the NB and Poisson models cannot be fitted while the rank-sum test still runs, or None."""
     for arm in arms:
         if d.loc[d["arm"] == arm, "count"].sum() == 0:
             return f"arm {arm} has no new or enlarging lesion: its rate ratio is 0 or infinite, not estimable"
+    if len(X) <= X.shape[1] + 1:
+        return f"too few subjects: n={len(X)} for {X.shape[1] + 1} parameters (with theta)"
+    aliased = aliased_columns(X)
+    if aliased:
+        return ("arm and covariates confounded among the analysed subjects, the model is not identifiable: "
+                + "; ".join(aliased))
     return None
 
 
@@ -374,8 +409,9 @@ def count_endpoint(subjects: pd.DataFrame, control_arm: str, arms: Sequence[str]
         note = (f"covariate(s) {', '.join(dropped)} with one level among the analysed subjects: dropped"
                 if dropped else "")
         fits = []
-        if len(X) <= X.shape[1] + 1:  # the rank-sum test below still runs
-            reason = f"too few subjects: n={len(X)} for {X.shape[1] + 1} parameters (with theta)"
+        reason = _model_skip_reason(d, X, arms)
+        if reason:  # the rank-sum test below still runs
+            log.warning("new-lesion NB and Poisson models skipped for source %s: %s", src, reason)
             for model in ("negative_binomial", "poisson"):
                 rows.append({**base, "model": model, "term": "", "status": SKIPPED, "note": reason})
         else:

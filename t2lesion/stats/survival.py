@@ -14,8 +14,8 @@ import pandas as pd
 from scipy import stats as sps
 
 from t2lesion.stats.common import (
-    DEFAULT_COX_FIT_OPTIONS, FAILED, GT_SOURCE, OK, SKIPPED, WARNING, Exclusions, _write_tsv, resolve_arms,
-    resolve_sources, side_by_side, write_exclusions,
+    DEFAULT_COX_FIT_OPTIONS, FAILED, GT_SOURCE, OK, SKIPPED, WARNING, Exclusions, _write_tsv, aliased_columns,
+    region_is_us, resolve_arms, resolve_sources, side_by_side, write_exclusions,
 )
 from t2lesion.stats.inputs import _load
 from t2lesion.synth.clinical import ENDPOINTS, log_tlv
@@ -69,7 +69,7 @@ def cox_design(
                                                  f"HR {at}")
         X["sex_M"] = (d["sex"] == "M").astype(float)
         info["sex_M"] = ("Sex: M", "M = 1 vs F = 0 (reference F)")
-        X["region_US"] = (d["region"] == us_label).astype(float)
+        X["region_US"] = region_is_us(d["region"], us_label)
         info["region_US"] = (f"Region: {us_label}", f"{us_label} = 1 vs rest of world = 0 (reference ROW)")
         X["edss_lt4"] = (d["edss_bl"].astype(float) < edss_cutoff).astype(float)
         info["edss_lt4"] = (f"BL EDSS: < {edss_cutoff:g}",
@@ -261,9 +261,9 @@ def cox_models(
     :func:`concordance_harrell`), ph_chi2/ph_p (the term's Schoenfeld test,
     :func:`cox_zph_km`) and ph_global_chi2/ph_global_df/ph_global_p,
     log_tlv_centre; status, note. A model that cannot run (no outcome rows, no
-    events, a covariate with one level, an arm with no subjects, n <= number of
-    terms, fewer than ``min_events_per_term`` events per term, lifelines convergence
-    error) gives one row with empty term, status "skipped"/"failed" and the reason.
+    events, a covariate with one level, an arm with no subjects or no events, n <= number of
+    terms, fewer than ``min_events_per_term`` events per term, covariates confounded
+    (:func:`~t2lesion.stats.common.aliased_columns`), lifelines convergence error) gives one row with empty term, status "skipped"/"failed" and the reason.
 
     Participants without an outcome row for the endpoint, and (multivariable model)
     participants with a missing covariate, are left out and recorded in
@@ -311,8 +311,12 @@ def cox_models(
                 X = info = None
                 if reason is None and model == "multivariable":
                     empty = [a for a in arms if not (d["arm"] == a).any()]
+                    no_event = [a for a in arms if not d.loc[d["arm"] == a, "event"].any()]
                     if empty:
                         reason = f"arm {empty[0]} has no subjects with {ep} outcomes and {src} lesion data"
+                    elif no_event:
+                        reason = (f"arm {no_event[0]} has no {ep} events: its hazard ratio is 0 or infinite "
+                                  f"(monotone likelihood), not estimable")
                 if reason is None:
                     X, info = cox_design(d, model, arms, edss_cutoff, us_label, log_tlv_offset_ml, centre)
                     reason = _one_level(X, info, arms)
@@ -321,6 +325,9 @@ def cox_models(
                     elif reason is None and events < min_events_per_term * X.shape[1]:
                         reason = (f"too few events: {events} for {X.shape[1]} terms "
                                   f"(stats.min_events_per_term={min_events_per_term:g})")
+                    if reason is None and (aliased := aliased_columns(X, constant=True)):
+                        reason = ("covariates confounded among the analysed subjects, the model is not "
+                                  "identifiable: " + "; ".join(aliased))
                 if reason:
                     log.warning("Cox %s skipped for source %s, endpoint %s: %s", model, src, ep, reason)
                     rows.append({**base, "term": "", "status": SKIPPED, "note": reason})
