@@ -32,11 +32,28 @@ rule validate_bids:
         "../workflow_scripts/validate_bids.py"
 
 
+# A visit's record of its raw files (images, GT mask), which its first job (n4_coregister) asks
+# for besides validation's outcome. That job asks for the outcome as ancient(): it waits for
+# validation, and a new validation (a visit excluded, an image replaced) does not rerun it.
+# Snakemake skips its own check of the images of every job downstream of a job that reruns, so
+# a replaced image reruns its visit through this record, which is upstream of nothing else.
+rule visit_files:
+    input:
+        unpack(visit_files),
+    output:
+        VISIT_FILES,
+    log:
+        f"{LOGS}/visit_files/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.log",
+    localrule: True
+    run:
+        write_visit_files(dict(input.items()), output[0], log[0])
+
+
 # What every per-visit job waits for (VALIDATION_PASSED): validation's outcome behind a
 # rule with one input. Snakemake compares a requested file with every input of its producer
 # while it builds the DAG (a cycle check), and validate_bids lists every image of the trial, so
 # the 4 jobs per visit asking it directly cost visits x images comparisons: most of the dry
-# run at 3,000 visits. A new validation (an image changed) still reruns what depends on it.
+# run at 3,000 visits.
 rule validation_passed:
     input:
         VALIDATED,

@@ -5,6 +5,7 @@ import sys
 
 from snakemake.exceptions import WorkflowError
 
+from t2lesion.bids import write_visit_files
 from t2lesion.errors import InputError
 from t2lesion.plan import (
     BENCH,
@@ -26,6 +27,7 @@ from t2lesion.plan import (
     VALIDATED,
     VALIDATION_STUDY,
     VALIDATION_PASSED,
+    VISIT_FILES,
     VOLUME,
     Plan,
     mask_path,
@@ -60,6 +62,10 @@ wildcard_constraints:
 
 def bids_images(w):
     return PLAN.bids_images(w.trial, w.sub, w.ses)
+
+
+def visit_files(w):
+    return PLAN.visit_files(w.trial, w.sub, w.ses)
 
 
 def to_mni_chain(w):

@@ -9,10 +9,13 @@
 PP = config["preprocess"]
 
 
+# Validation's outcome is ancient(): a new validation reruns only the visits whose own files
+# changed (their visit_files record), not every visit (rules/bids.smk).
 rule n4_coregister:
     input:
         unpack(bids_images),
-        validated=VALIDATION_PASSED,
+        files=VISIT_FILES,
+        validated=ancient(VALIDATION_PASSED),
     output:
         t1w=temp(f"{PRE}_desc-n4_T1w.nii"),
         t2w=temp(f"{PRE}_desc-n4_T2w.nii"),

@@ -179,10 +179,17 @@ def read_table(path: Path, required: tuple[str, ...], problems: list[str]) -> pd
     df.columns = [str(c).strip() for c in df.columns]
     df = df.apply(lambda col: col.str.strip())
     missing = [c for c in required if c not in df.columns]
+    if missing and len(df.columns) == 1 and all(c in df.columns[0].split(",") for c in required):
+        problems.append(f"{path}: comma-separated; BIDS tables are tab-separated (its header: {df.columns[0]!r})")
+        return None
     if missing:
         problems.append(f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(df.columns)})")
         return None
     return df
+
+
+#: The oldest plausible age in participants.tsv (a larger value is a typo or another unit).
+MAX_AGE_YEARS = 120
 
 
 def _check_participants(
@@ -205,8 +212,8 @@ def _check_participants(
         if arms is not None and row["arm"] not in arms:
             problems.append(f"{where}: unknown arm {row['arm']!r} for {pid!r} (configured arms: {', '.join(sorted(arms))})")
         age = as_number(row["age"])
-        if not is_missing(row["age"]) and (age is None or age <= 0):
-            problems.append(f"{where}: age {row['age']!r} for {pid!r} is not a positive number (or n/a)")
+        if not is_missing(row["age"]) and (age is None or not 0 < age <= MAX_AGE_YEARS):
+            problems.append(f"{where}: age {row['age']!r} for {pid!r} is not an age in years (0-{MAX_AGE_YEARS}, or n/a)")
         if not is_missing(row["sex"]) and normalise_sex(row["sex"]) is None:
             problems.append(f"{where}: sex {row['sex']!r} for {pid!r} must be M/F or male/female (or n/a)")
         edss = as_number(row["edss_bl"])
@@ -361,6 +368,12 @@ def _has_image_file(sub_dir: Path) -> bool:
     return any(f.is_file() and f.name.endswith((".nii", ".nii.gz")) for f in sub_dir.rglob("*.nii*"))
 
 
+#: Fewest voxels along any axis of an image (N4 shrinks the grid by preprocess.n4_shrink, 4).
+MIN_VOXELS_PER_AXIS = 4
+#: Least part of the smaller field of view that a visit's T2w or FLAIR and its T1w must share.
+MIN_FOV_OVERLAP = 0.5
+
+
 def _check_image(path: Path, problems: list[str], *, mask: bool = False):
     """Open one image; append a problem and return None when it is unusable."""
     import SimpleITK as sitk
@@ -371,6 +384,10 @@ def _check_image(path: Path, problems: list[str], *, mask: bool = False):
         img = read_image(path, check_finite=True)
     except InputError as exc:
         problems.extend(exc.problems)
+        return None
+    if min(img.GetSize()) < MIN_VOXELS_PER_AXIS:
+        problems.append(f"{path}: size {img.GetSize()} is not a 3-D volume (fewer than {MIN_VOXELS_PER_AXIS} "
+                        f"voxels along an axis: a single slice or a projection)")
         return None
     arr = sitk.GetArrayViewFromImage(img)
     if not mask and not np.any(arr):
@@ -400,8 +417,33 @@ def geometry_difference(a, b, tol: float = 1e-3) -> list[str]:
     return out
 
 
+def physical_box(img) -> tuple[np.ndarray, np.ndarray]:
+    """The axis-aligned box (low and high corner, mm) that an image's voxels span in physical space."""
+    size = np.asarray(img.GetSize(), float)
+    corners = np.array(np.meshgrid(*[(-0.5, n - 0.5) for n in size], indexing="ij")).reshape(len(size), -1).T
+    pts = np.array([img.TransformContinuousIndexToPhysicalPoint(c.tolist()) for c in corners])
+    return pts.min(axis=0), pts.max(axis=0)
+
+
+def fov_overlap(a, b) -> float:
+    """Shared part of two images' physical boxes, as a fraction of the smaller box's volume."""
+    (lo_a, hi_a), (lo_b, hi_b) = physical_box(a), physical_box(b)
+    shared = np.prod(np.clip(np.minimum(hi_a, hi_b) - np.maximum(lo_a, lo_b), 0, None))
+    return float(shared / min(np.prod(hi_a - lo_a), np.prod(hi_b - lo_b)))
+
+
 def _check_visit_images(visit_images: dict[str, Path], gt: Path | None, problems: list[str]) -> None:
     imgs = {mod: _check_image(path, problems) for mod, path in visit_images.items()}
+    t1w = imgs.get("T1w")
+    for mod in ("T2w", "FLAIR"):
+        if t1w is not None and imgs.get(mod) is not None:
+            shared = fov_overlap(imgs[mod], t1w)
+            if shared < MIN_FOV_OVERLAP:
+                lo, hi = physical_box(imgs[mod])
+                problems.append(
+                    f"{visit_images[mod]}: its field of view shares {100 * shared:.0f} % with the visit's T1w "
+                    f"(at least {100 * MIN_FOV_OVERLAP:.0f} % needed to align them): check its header's origin and "
+                    f"direction (it spans {np.round(lo, 1).tolist()} to {np.round(hi, 1).tolist()} mm)")
     if gt is None:
         return
     gimg = _check_image(gt, problems, mask=True)
@@ -466,6 +508,11 @@ def validate(
     )
     listed = None if pdf is None else set(pdf["participant_id"])
     known = set(participants["participant_id"])
+    if pdf is not None and arms:
+        for arm in arms:
+            if not (participants["arm"] == arm).any():
+                warnings.append(f"{part_path}: no participant in arm {arm!r}: the analyses that compare it with "
+                                f"the control arm are skipped")
 
     outcomes = None
     out_path = bids / "phenotype" / "outcomes.tsv"
@@ -473,6 +520,11 @@ def validate(
         odf = read_table(out_path, OUTCOME_COLUMNS, problems)
         if odf is not None:
             outcomes = _check_outcomes(out_path, odf, listed, problems)
+            without = sorted(known - set(odf["participant_id"]))
+            if known and without:
+                shown = ", ".join(without[:10]) + (f", ... ({len(without)} in all)" if len(without) > 10 else "")
+                warnings.append(f"{out_path}: {len(without)} of {len(known)} participants have no outcome row "
+                                f"({shown}): the Cox and Kaplan-Meier analyses list them as exclusions")
 
     layout = TrialLayout(bids=bids, participants=participants, outcomes=outcomes, warnings=warnings)
     gt_files = _find_gt(bids, warnings, problems)
@@ -550,6 +602,34 @@ def validate(
     if problems:
         raise InputError(problems, header=f"{bids}: {len(problems)} problem(s) found")
     return layout
+
+
+#: Columns of a visit's file record (rule visit_files).
+VISIT_FILE_COLUMNS = ("role", "path", "bytes", "modified_utc")
+
+
+def write_visit_files(files: Mapping[str, str | Path], path: str | Path, log: str | Path | None = None) -> None:
+    """Record the raw files a visit's preprocessing reads: one row per file with its role (t1w,
+    t2w, flair, gt), path, size in bytes and modification time (UTC, ISO 8601).
+
+    It is what a visit's first job asks for besides its images: a replaced image (or GT mask)
+    reruns this record and so that visit, while a revalidation of the whole trial (a visit
+    excluded, one image replaced) reruns no other visit (docs/DESIGN.md §1). ``log``: a line
+    saying what was recorded.
+    """
+    from datetime import datetime, timezone
+
+    rows = []
+    for role, f in files.items():
+        st = Path(f).stat()
+        rows.append({"role": role, "path": str(f), "bytes": st.st_size,
+                     "modified_utc": datetime.fromtimestamp(st.st_mtime, timezone.utc).isoformat(timespec="seconds")})
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows, columns=list(VISIT_FILE_COLUMNS)).to_csv(out, sep="\t", index=False)
+    if log is not None:
+        Path(log).parent.mkdir(parents=True, exist_ok=True)
+        Path(log).write_text(f"{out}: {len(rows)} raw files recorded ({', '.join(files)})\n")
 
 
 def write_summary(layout: TrialLayout, path: str | Path) -> None:

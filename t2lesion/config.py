@@ -132,6 +132,11 @@ def trials_from_config(config: dict) -> tuple[dict[str, Trial], list[str]]:
             warnings.append(f"trial {name!r}: {len(layout.excluded)} visit(s) excluded by the config: "
                             + "; ".join(f"{v.prefix} ({r})" for v, r in sorted(layout.excluded.items(),
                                                                               key=lambda kv: kv[0].prefix)))
+        if not gt_visits and t["role"] == "train" and t.get("training_masks", "manual") == "manual":
+            problems.append(f"trial {name!r}: role train, but no visit has a GT lesion mask (under {bids}/derivatives/"
+                            f"lesions/): the U-Net's folds train on them; add the masks, train on readers' masks "
+                            f"(training_masks: reviewed), or make it a role: test trial")
+            continue
         if not gt_visits:
             warnings.append(f"trial {name!r}: no GT lesion masks; every source still gets masks, volumes and "
                             f"endpoints, while Table 2 and the 'gt' source are skipped")
@@ -313,22 +318,30 @@ def read_yaml(path: str | Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """``t2lesion-check-config CONFIG.yaml…``: the YAML (file, line, column) and schema check of
-    configs, merged in order as ``snakemake --configfile`` does, with one line per problem."""
+    configs, merged in order as ``snakemake --configfile`` does, then the workflow's start-up
+    checks (trials, BIDS names and tables, fold models), with one line per problem and the
+    start-up warnings."""
     import argparse
     import sys
 
     parser = argparse.ArgumentParser(prog="t2lesion-check-config", description=main.__doc__)
     parser.add_argument("configs", nargs="+", help="config files, in --configfile order")
     args = parser.parse_args(argv)
+    from t2lesion.plan import Plan  # the workflow's own start-up checks
+
     config: dict = {}
     try:
         for path in args.configs:
+            if not Path(path).is_file():
+                raise InputError(f"{path}: config file not found")
             _merge(config, read_yaml(path))
         check_config(config)
-        trials_from_config(config)
+        _, warnings = Plan.from_config(config)
     except InputError as exc:
         print(exc, file=sys.stderr)
         return 1
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
     print(f"{', '.join(args.configs)}: valid ({len(config['trials'])} trial(s))")
     return 0
 

@@ -16,7 +16,8 @@ def rule_log(path: str | Path | None, threads: int | None = None):
     ``threads:`` is what a job really uses (no oversubscription of the cores).
     A user-facing :class:`~t2lesion.errors.InputError` ends the job without a
     traceback: its problems, one line each, go to the log and to the job's stderr
-    (which Snakemake shows), followed by a line naming the log, and the job exits 1.
+    (which Snakemake shows), followed by a line naming the log, and the job exits 1. Any
+    other exception is written to the log with its traceback and raised on.
     A job that succeeds ends its log with its CPU seconds (:data:`CPU_LINE`; user + system
     of this process since it started, Snakemake's script preamble and imports included, and
     of its waited-for children): exact where Snakemake's ``benchmark:`` samples a job
@@ -54,6 +55,11 @@ def rule_log(path: str | Path | None, threads: int | None = None):
             sys.stderr = old_err
             print(f"{exc}\n(the full list is in {path})", file=old_err)
             raise SystemExit(1) from None
+        except Exception:
+            # anything else (a library failing on an image): its traceback goes to the log too,
+            # so that a --keep-going run's logs explain every failed job; it still ends the job
+            logging.getLogger("t2lesion").exception("the job failed")
+            raise
         finally:
             sys.stderr = old_err
             root.removeHandler(handler)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import make_bids, write_image
-from t2lesion.bids import Visit, gt_mask_path, image_path, validate, write_summary
+from t2lesion.bids import Visit, gt_mask_path, image_path, validate, write_summary, write_visit_files
 from t2lesion.config import trials_from_config
 from t2lesion.errors import InputError
 
@@ -101,6 +101,31 @@ def test_four_d_and_corrupt_images_are_named(bids_tree):
     assert "sub-002_ses-w000_T2w.nii.gz: cannot be read as a NIfTI image" in msg
 
 
+def test_a_single_slice_and_a_flair_outside_the_t1w_are_named_before_any_preprocessing(bids_tree):
+    """Both passed validation once, then crashed N4 (zero spacing) or the registration (no overlap)
+    with an ITK traceback naming neither file."""
+    import SimpleITK as sitk
+
+    write_image(image_path(bids_tree, "001", "w024", "FLAIR"), np.ones((1, 10, 12), np.float32))
+    flair = image_path(bids_tree, "002", "w024", "FLAIR")
+    img = sitk.ReadImage(str(flair))
+    img.SetOrigin((300.0, 0.0, 0.0))  # 300 mm away: a broken header
+    sitk.WriteImage(img, str(flair))
+    with pytest.raises(InputError) as err:
+        validate(bids_tree, ARMS)
+    msg = str(err.value)
+    assert "sub-001_ses-w024_FLAIR.nii.gz: size (12, 10, 1) is not a 3-D volume" in msg
+    assert "sub-002_ses-w024_FLAIR.nii.gz: its field of view shares 0 % with the visit's T1w" in msg
+    assert "sub-002_ses-w024_T2w" not in msg  # the T2w lies where the T1w is
+    # half a field of view away still aligns (its GT mask on its grid)
+    for path in (flair, gt_mask_path(bids_tree, "002", "w024")):
+        moved = sitk.ReadImage(str(path))
+        moved.SetOrigin((6.0, 0.0, 0.0))  # 12 voxels of 1 mm: shares 50 %
+        sitk.WriteImage(moved, str(path))
+    write_image(image_path(bids_tree, "001", "w024", "FLAIR"), np.ones((6, 10, 12), np.float32))
+    assert validate(bids_tree, ARMS) is not None
+
+
 def test_missing_tables_and_columns(bids_tree):
     (bids_tree / "phenotype" / "outcomes.tsv").unlink()
     pd.read_csv(bids_tree / "participants.tsv", sep="\t").drop(columns="arm").to_csv(
@@ -167,3 +192,42 @@ def test_what_still_stops_a_trial_beside_a_participant_without_mri(tmp_path):
         shutil.rmtree(bids / f"sub-{sub}")
     with pytest.raises(InputError, match="no participant of .*participants.tsv has MRI"):
         validate(bids, ARMS, check_images=False)
+
+
+def test_visit_files_record_each_raw_file_with_its_size_and_time(bids_tree, tmp_path):
+    import os
+
+    files = {"t1w": image_path(bids_tree, "001", "w000", "T1w"), "gt": gt_mask_path(bids_tree, "001", "w000")}
+    os.utime(files["gt"], (1_700_000_000, 1_700_000_000))
+    out = tmp_path / "rec" / "sub-001_ses-w000_files.tsv"
+    write_visit_files(files, out, tmp_path / "logs" / "visit.log")
+    assert (tmp_path / "logs" / "visit.log").read_text() == f"{out}: 2 raw files recorded (t1w, gt)\n"
+    rec = pd.read_csv(out, sep="\t")
+    assert list(rec.columns) == ["role", "path", "bytes", "modified_utc"]
+    assert list(rec["role"]) == ["t1w", "gt"] and list(rec["path"]) == [str(files["t1w"]), str(files["gt"])]
+    assert list(rec["bytes"]) == [files["t1w"].stat().st_size, files["gt"].stat().st_size]
+    assert rec["modified_utc"].iloc[1] == "2023-11-14T22:13:20+00:00"
+
+
+def test_an_empty_arm_participants_without_outcomes_and_an_implausible_age_are_said_at_start(bids_tree):
+    part = pd.read_csv(bids_tree / "participants.tsv", sep="\t")
+    part["arm"] = "PLA"  # every participant in the control arm
+    part.to_csv(bids_tree / "participants.tsv", sep="\t", index=False)
+    out = pd.read_csv(bids_tree / "phenotype/outcomes.tsv", sep="\t")
+    out[out["participant_id"] != "sub-002"].to_csv(bids_tree / "phenotype/outcomes.tsv", sep="\t", index=False)
+    layout = validate(bids_tree, ARMS, check_images=False)
+    assert any(w.endswith("participants.tsv: no participant in arm 'OCR': the analyses that compare it with the "
+                          "control arm are skipped") for w in layout.warnings), layout.warnings
+    assert any("outcomes.tsv: 1 of 2 participants have no outcome row (sub-002)" in w for w in layout.warnings)
+    part.loc[0, "age"] = 378
+    part.to_csv(bids_tree / "participants.tsv", sep="\t", index=False)
+    with pytest.raises(InputError, match=r"participants.tsv, row 2: age '378' for 'sub-001' is not an age in years \(0-120, or n/a\)"):
+        validate(bids_tree, ARMS, check_images=False)
+
+
+def test_a_comma_separated_table_is_named_as_such(bids_tree):
+    part = pd.read_csv(bids_tree / "participants.tsv", sep="\t")
+    part.to_csv(bids_tree / "participants.tsv", index=False)
+    with pytest.raises(InputError, match=r"participants.tsv: comma-separated; BIDS tables are tab-separated "
+                                         r"\(its header: 'participant_id,arm,age,sex,region,edss_bl'\)"):
+        validate(bids_tree, ARMS, check_images=False)

@@ -108,3 +108,29 @@ def test_check_config_command_accepts_a_valid_overlay(tmp_path, capsys):
     overlay.write_text(yaml.safe_dump({"metrics": {"overlap": 0.2}}))
     assert main([str(trials), str(overlay)]) == 0
     assert "valid (1 trial(s))" in capsys.readouterr().out
+
+
+def test_check_config_command_runs_the_workflows_start_up_checks(tmp_path, capsys):
+    """What the workflow refuses at start, the command refuses too: a train trial without GT masks,
+    'unet' with no fold models; a config file that is not there is one line, not a traceback."""
+    from tests.conftest import make_bids
+
+    train = make_bids(tmp_path / "train", gt=False)
+    cfg = tmp_path / "trials.yaml"
+    cfg.write_text(yaml.safe_dump({"trials": {"mytrain": dict(TRIAL, role="train", bids=str(train))}}))
+    assert main([str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert "trial 'mytrain': role train, but no visit has a GT lesion mask" in err and "Traceback" not in err
+
+    test = make_bids(tmp_path / "test")
+    cfg.write_text(yaml.safe_dump({"trials": {"real": dict(TRIAL, bids=str(test))}, "sources": ["classical", "unet"]}))
+    assert main([str(cfg)]) == 1
+    assert "'unet' needs fold models" in capsys.readouterr().err
+
+    assert main([str(tmp_path / "nope.yaml")]) == 1
+    assert capsys.readouterr().err.strip() == f"{tmp_path / 'nope.yaml'}: config file not found"
+
+    cfg.write_text(yaml.safe_dump({"trials": {"real": dict(TRIAL, bids=str(test))}}))
+    assert main([str(cfg)]) == 0
+    out = capsys.readouterr()
+    assert "valid (1 trial(s))" in out.out and "warning:" not in out.err

@@ -301,8 +301,8 @@ def test_trial_without_gt_gets_masks_volumes_and_every_endpoint(nogt_run):
 
 # The per-visit and per-subject jobs that make masks, models or inputs: a reader's correction
 # must schedule none of them (docs/DESIGN.md §14).
-UPSTREAM_RULES = {"synth_tiny", "synth_tinytrain", "validate_bids", "validation_passed", "n4_coregister", "skull_strip",
-                  "register_mni", "register_baseline", "resample", "resample_with_gt", "segment_classical",
+UPSTREAM_RULES = {"synth_tiny", "synth_tinytrain", "validate_bids", "validation_passed", "visit_files", "n4_coregister",
+                  "skull_strip", "register_mni", "register_baseline", "resample", "resample_with_gt", "segment_classical",
                   "fold_split", "patch_store", "patch_index", "train", "calibrate", "review_visit", "review_queue",
                   "review_bundles", "review_figure"}
 

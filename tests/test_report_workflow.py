@@ -68,7 +68,7 @@ EVENTS = {
 ALLOWED = ["validate_bids", "segment_classical", "metrics_visit", "metrics_dataset", "tlv_long", "change", "ancova",
            "cox", "km", "track_lesions", "new_lesions", "new_lesion_agreement", "table1", "fig2", "summary"]
 PREPROCESSING = ["n4_coregister", "skull_strip", "register_mni", "register_baseline", "resample", "resample_with_gt",
-                 "validation_passed"]
+                 "validation_passed", "visit_files"]
 STATS = f"results/stats/trial-{TRIAL}"
 TARGETS = [
     f"{STATS}/table1.tsv",

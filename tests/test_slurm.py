@@ -466,7 +466,7 @@ def test_tiny_trial_runs_through_slurm_as_grouped_jobs(cluster, tmp_path):
 
     # What SLURM saw, by Snakemake rule or group (the executor's --comment): one preprocessing
     # job per visit, the per-visit metrics as one group, and each trial-level rule once;
-    # validation_passed runs on the submit host.
+    # validation_passed and visit_files run on the submit host.
     jobs = cluster.jobs(run_id)
     assert all(j["JobState"] == "COMPLETED" for j in jobs), jobs
     kinds: dict[str, int] = {}
@@ -481,9 +481,9 @@ def test_tiny_trial_runs_through_slurm_as_grouped_jobs(cluster, tmp_path):
     done = cluster.completed(run_id)
     assert sorted(r["JobId"] for r in done) == sorted(j["JobId"] for j in jobs), (done, jobs)
     assert all(r["JobState"] == "COMPLETED" for r in done), done
-    # the cluster saw 8 jobs where Snakemake ran 25 (all but the local validation_passed and all; 61 before
-    # the per-contrast preprocessing jobs were merged, 37 before n4/coregister, GT, QC and volumes were)
-    ungrouped = counts["total"] - counts.get("validation_passed", 0) - counts.get("all", 0)
+    # the cluster saw 8 jobs where Snakemake ran 25 (all but the local validation_passed, visit_files and all;
+    # 61 before the per-contrast preprocessing jobs were merged, 37 before n4/coregister, GT, QC and volumes were)
+    ungrouped = counts["total"] - sum(counts.get(r, 0) for r in ("validation_passed", "visit_files", "all"))
     print(f"\nSLURM jobs: {len(jobs)} (Snakemake jobs outside the submit host: {ungrouped}); "
           f"{kinds}; {elapsed:.0f} s")
     for j in jobs:

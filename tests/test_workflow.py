@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -398,7 +400,8 @@ def test_a_correction_reruns_only_its_visit_and_the_trial_tables(tmp_path):
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(b"")
-    assert snakemake(tmp_path, "--touch").returncode == 0
+    # twice: one --touch pass may touch a local job's output (visit_files) after its consumer's
+    assert snakemake(tmp_path, "--touch").returncode == 0 and snakemake(tmp_path, "--touch").returncode == 0
     assert "Nothing to be done" in snakemake(tmp_path, "-n").stdout
     corr = bids / "derivatives/lesions-reviewed/sub-001/ses-w024/anat/sub-001_ses-w024_space-FLAIR_desc-lesion_mask.nii.gz"
     corr.parent.mkdir(parents=True)
@@ -412,6 +415,33 @@ def test_a_correction_reruns_only_its_visit_and_the_trial_tables(tmp_path):
         assert rule not in counts, counts
     visits = set(re.findall(r"wildcards: trial=real, sub=(\w+), ses=(\w+)", res.stdout))
     assert visits == {("001", "w024")}, visits
+
+    # a replaced image: validation runs again (every image is its input), and then only that
+    # participant's preprocessing, not every visit's (README, "Large trials"): the follow-up is
+    # registered to its baseline's N4 image, a temporary file, made again with its visits
+    flair = bids / "sub-002/ses-w048/anat/sub-002_ses-w048_FLAIR.nii.gz"
+    flair.write_bytes((bids / "sub-001/ses-w048/anat/sub-001_ses-w048_FLAIR.nii.gz").read_bytes())
+    os.utime(flair, (time.time() + 5, time.time() + 5))  # newer than every output, on any clock
+    res = snakemake(tmp_path, "-n")
+    assert res.returncode == 0, res.stderr
+    counts = job_counts(res.stdout)
+    assert counts["validate_bids"] == 1 and counts["validation_passed"] == 1 and counts["visit_files"] == 1, counts
+    visits = set(re.findall(r"rule n4_coregister:.*?wildcards: trial=real, sub=(\w+), ses=(\w+)", res.stdout,
+                            re.S))
+    assert visits == {("002", "w000"), ("002", "w024"), ("002", "w048")}, visits
+    assert "sub-002_ses-w048_FLAIR.nii.gz" in res.stdout.split("rule visit_files:")[1].split("rule ")[0]
+
+    # a visit excluded once everything is done: validation and the trial-level jobs run again, no visit's
+    # preprocessing (before, every visit's n4_coregister reran behind the new validation)
+    assert snakemake(tmp_path, "--touch").returncode == 0 and snakemake(tmp_path, "--touch").returncode == 0
+    assert "Nothing to be done" in snakemake(tmp_path, "-n").stdout
+    cfg["trials"]["real"]["exclude"] = [{"participant_id": "sub-002", "session": "ses-w024", "reason": "motion"}]
+    res = snakemake(tmp_path, "-n", config=cfg)
+    assert res.returncode == 0, res.stderr
+    counts = job_counts(res.stdout)
+    assert counts["validate_bids"] == 1 and counts["tlv_long"] == 1, counts
+    for rule in ("visit_files", "n4_coregister", "skull_strip", "resample", "resample_with_gt", "segment_classical"):
+        assert rule not in counts, counts
 
 
 def dry_run_jobs(output: str) -> list[dict]:

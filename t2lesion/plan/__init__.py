@@ -37,6 +37,7 @@ from t2lesion.plan.paths import (
     VALIDATED,
     VALIDATION_STUDY,
     VALIDATION_PASSED,
+    VISIT_FILES,
     VISIT_TABLE,
     VOLUME,
     mask_path,
@@ -45,4 +46,4 @@ from t2lesion.plan.paths import (
     wildcard_alternatives,
 )
 
-__all__ = ["Plan", "BENCH", "CORRECTION_STATUS", "FIG2", "FLAIR_XFM", "InferBatch", "LOGS", "MNI", "NEW_LESION_TRUTH_TABLES", "NOTHING", "PRE", "PRED", "PRE_BASELINE", "QC_PNG", "REVIEW", "REVIEWED_TRAINING_MASK", "REVIEW_VISIT", "STATS", "TRACK", "TRAIN", "UNET_INPUTS", "UNET_OUTPUTS", "VALIDATED", "VALIDATION_STUDY", "VALIDATION_PASSED", "VISIT_TABLE", "VOLUME", "mask_path", "synthetic_root", "visit_paths", "wildcard_alternatives"]
+__all__ = ["Plan", "BENCH", "CORRECTION_STATUS", "FIG2", "FLAIR_XFM", "InferBatch", "LOGS", "MNI", "NEW_LESION_TRUTH_TABLES", "NOTHING", "PRE", "PRED", "PRE_BASELINE", "QC_PNG", "REVIEW", "REVIEWED_TRAINING_MASK", "REVIEW_VISIT", "STATS", "TRACK", "TRAIN", "UNET_INPUTS", "UNET_OUTPUTS", "VALIDATED", "VALIDATION_STUDY", "VALIDATION_PASSED", "VISIT_FILES", "VISIT_TABLE", "VOLUME", "mask_path", "synthetic_root", "visit_paths", "wildcard_alternatives"]

@@ -98,6 +98,14 @@ class Plan(ReviewPlan, ValidationPlan):
         t, visit = self.trials[trial], Visit(sub, ses)
         return {key: str(t.image(visit, mod)) for key, mod in (("t1w", "T1w"), ("t2w", "T2w"), ("flair", "FLAIR"))}
 
+    def visit_files(self, trial: str, sub: str, ses: str) -> dict[str, str]:
+        """Every raw file of a visit: its images and, where it has one, its GT mask (rule visit_files)."""
+        files = self.bids_images(trial, sub, ses)
+        visit = Visit(sub, ses)
+        if visit in self.gt_visit_set(trial):
+            files["gt"] = str(self.trials[trial].gt_mask(visit))
+        return files
+
     def to_mni_chain(self, trial: str, sub: str, ses: str) -> dict[str, str]:
         """T1w -> MNI: the baseline's own transform, preceded by T1w -> baseline for follow-ups."""
         chain = {"baseline_to_mni": f"{PRE.format(trial=trial, sub=sub, ses='w000')}_from-T1w_to-MNI_xfm.tfm"}

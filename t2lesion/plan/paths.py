@@ -21,6 +21,8 @@ PRE_BASELINE = PRE.replace("{ses}", "w000")
 VALIDATED = "results/validated/trial-{trial}_visits.tsv"
 # What the per-visit jobs wait for: validation's outcome (rule validation_passed says why).
 VALIDATION_PASSED = "results/validated/trial-{trial}_passed"
+# The raw files a visit's preprocessing reads, one row each (rule visit_files says why).
+VISIT_FILES = "results/validated/trial-{trial}/sub-{sub}_ses-{ses}_files.tsv"
 LOGS = "results/logs"
 BENCH = "results/benchmarks"
 QC_PNG = f"{PRE}_{MNI}_qc.png"

@@ -9,7 +9,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from t2lesion.bids import is_missing, normalise_sex, read_table
+from t2lesion.bids import MAX_AGE_YEARS, is_missing, normalise_sex, read_table
 from t2lesion.errors import InputError
 from t2lesion.formatting import as_number
 from t2lesion.stats.common import (
@@ -47,7 +47,7 @@ def validate_participants(
     """Check and type the participants table; raise InputError listing every bad row.
 
     Required: participant_id (``sub-<letters/digits>``, unique) and arm (one of
-    ``arms`` when given). The covariates age (> 0), sex (M/F/male/female, any case,
+    ``arms`` when given). The covariates age (0-120 years), sex (M/F/male/female, any case,
     coded M/F), region and edss_bl (0–10) may be missing (BIDS ``n/a`` or an empty
     cell, :func:`t2lesion.bids.is_missing`): they become NaN (age, edss_bl) or None
     (sex, region), and the models that use the covariate leave that participant out
@@ -74,8 +74,9 @@ def validate_participants(
         elif arms is not None and arm not in arms:
             problems.append(f"{where}: unknown arm {arm!r} for {pid} (configured arms: {', '.join(arms)})")
         age = np.nan if is_missing(row["age"]) else as_number(row["age"])
-        if age is None or age <= 0:
-            problems.append(f"{where}: age {row['age']!r} for {pid} is not a positive number (or n/a)")
+        if age is None or age <= 0 or age > MAX_AGE_YEARS:
+            problems.append(f"{where}: age {row['age']!r} for {pid} is not an age in years (0-{MAX_AGE_YEARS}, "
+                            f"or n/a)")
         ages.append(age)
         sex = None if is_missing(row["sex"]) else normalise_sex(row["sex"])
         if sex is None and not is_missing(row["sex"]):
