@@ -98,6 +98,14 @@ REFERENCE_MIN_SIZE = 1
 CLASSES = ("new", "enlarging", "stable", "shrinking", "new_small")
 #: Values of the QC label map (4: a new lesion below the size floor, listed but not counted).
 QC_LABELS = {"new": 1, "enlarging": 2, "stable": 3, "shrinking": 3, "new_small": 4}
+#: Whole-number columns of the visit table that are n/a on the baseline row: written as integers.
+VISIT_COUNT_COLUMNS = ("week", "reference_week", "n_lesions", "n_new", "n_enlarging", "n_new_or_enlarging",
+                       "n_stable", "n_shrinking", "n_new_small", "n_reference_lesions", "n_resolved")
+
+
+def counts_as_integers(visits: pd.DataFrame) -> pd.DataFrame:
+    """The visit table with its count columns as nullable integers (``3``, not ``3.0``; n/a stays)."""
+    return visits.astype({c: "Int64" for c in VISIT_COUNT_COLUMNS if c in visits.columns})
 _TOL = 1e-9
 
 LESION_COLUMNS = [
@@ -303,7 +311,7 @@ def run_tracking(mask_paths: Sequence, sessions: Sequence[str], out_lesions_tsv,
     for k, qc in zip(order[1:], qcs):
         io.write_array(qc, imgs[k], qc_dir / qc_name(participant_id, sessions[k]))
     io.write_tsv(lesions, out_lesions_tsv, na_rep="n/a")
-    io.write_tsv(visits, out_visits_tsv, na_rep="n/a")
+    io.write_tsv(counts_as_integers(visits), out_visits_tsv, na_rep="n/a")
     fu = visits.iloc[1:]
     log.info("%s: %d follow-up(s) against the %s visit: %d new, %d enlarging lesions", participant_id, len(fu),
              reference, int(fu["n_new"].sum()) if len(fu) else 0, int(fu["n_enlarging"].sum()) if len(fu) else 0)

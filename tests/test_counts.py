@@ -250,3 +250,20 @@ def test_subject_counts_requires_known_participants():
     with pytest.raises(InputError, match="sub-9"):
         subject_counts(v, pd.DataFrame({"participant_id": ["sub-1"], "arm": ["PLA"], "age": ["3"],
                                         "region": ["US"]}), ["PLA", "OCR"])
+
+
+def test_the_rate_ratio_forest_plot_labels_its_log_axis_readably(tmp_path, monkeypatch):
+    """Plain labels at 1-2-5 steps, no minor labels: matplotlib's 2x10^-1, 3x10^-1, ... overlapped."""
+    import t2lesion.plots.new_lesions as nl
+
+    figs = []
+    monkeypatch.setattr(nl, "_save", lambda fig, path: figs.append(fig))
+    res, _ = count_endpoint(simulate_counts(30, seed=1), "PLA", ["PLA", "OCR"])
+    nl.plot_rate_ratios(res.assign(source="sim"), tmp_path / "forest.png", "PLA")
+    ax = figs[0].axes[0]
+    figs[0].canvas.draw()
+    lo, hi = ax.get_xlim()
+    major = [t.get_text() for t in ax.get_xticklabels()]
+    assert major and all(t in {"0.01", "0.02", "0.05", "0.1", "0.2", "0.5", "1", "2", "5", "10"} for t in major), major
+    assert [float(t) for t in major] == [v for v in nl.LOG_TICKS if lo <= v <= hi]
+    assert not any(t.get_text() for t in ax.get_xticklabels(minor=True))

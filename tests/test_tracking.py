@@ -409,3 +409,17 @@ def test_follow_up_transforms_match_the_true_poses(tracked_trial):
             true = np.linalg.inv(pose(sub, w)) @ pose(sub, "w000") @ xfm["w000"]
             err = np.linalg.norm((xfm[w] @ pts - true @ pts)[:3], axis=0)
             assert err.max() < 0.5, (sub, w, err.max())
+
+
+def test_visit_counts_are_written_as_whole_numbers_with_n_a_on_the_baseline(tmp_path):
+    import pandas as pd
+
+    from t2lesion import io
+    from t2lesion.tracking import counts_as_integers
+
+    visits = pd.DataFrame({"session": ["ses-w000", "ses-w024"], "reference_week": [float("nan"), 0.0],
+                           "n_lesions": [4.0, 5.0], "n_new": [float("nan"), 1.0], "new_volume_ml": [float("nan"), 0.25]})
+    io.write_tsv(counts_as_integers(visits), tmp_path / "v.tsv", na_rep="n/a")
+    assert (tmp_path / "v.tsv").read_text().splitlines() == [
+        "session\treference_week\tn_lesions\tn_new\tnew_volume_ml", "ses-w000\tn/a\t4\tn/a\tn/a",
+        "ses-w024\t0\t5\t1\t0.25"]

@@ -95,8 +95,24 @@ def plot_rate_ratios(results: pd.DataFrame, out_png: str | Path, control_arm: st
         labels.append(f"{source_title(src)}\n{arm} vs {control_arm}, {'NB' if nb else 'Poisson'}")
     ax.axvline(1.0, color="k", lw=0.8, ls="--")
     ax.set_xscale("log")
+    _readable_log_ticks(ax.xaxis)
     ax.set_yticks(ys, labels, fontsize=8)
     ax.set_xlabel(f"rate ratio of new/enlarging T2 lesions ({conf_level:.0%} Wald CI, log scale)")
     ax.set_title("Negative-binomial rate ratio per source (Poisson in grey)", fontsize=10)
     fig.tight_layout()
     _save(fig, out_png)
+
+
+#: Rate ratios a log axis is labelled at (1-2-5 steps): matplotlib's own minor labels
+#: (2x10^-1, 3x10^-1, ...) overlap on a short axis.
+LOG_TICKS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
+
+
+def _readable_log_ticks(axis) -> None:
+    """Label a log axis at the :data:`LOG_TICKS` within its limits, as plain numbers, with unlabelled minor ticks."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    lo, hi = sorted(axis.get_view_interval())
+    axis.set_major_locator(FixedLocator([v for v in LOG_TICKS if lo <= v <= hi]))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())

@@ -64,6 +64,7 @@ from t2lesion.formatting import fmt_num
 from t2lesion.io import write_tsv
 from t2lesion.stats.common import EXCLUSION_COLUMNS, aliased_columns, region_is_us, write_exclusions
 from t2lesion.stats.inputs import read_participants, read_visit_list
+from t2lesion.tracking import counts_as_integers
 
 log = logging.getLogger(__name__)
 
@@ -528,7 +529,7 @@ def run_new_lesions(visit_tsvs_by_source: Mapping[str, Sequence], participants_t
     analysed = analysed[analysed["_merge"] == "left_only"].drop(columns="_merge")
     by_arm = rates_by_arm(analysed, visits, arms, conf_level)
     write_tsv(subjects, outputs["subjects"], na_rep="n/a", float_format="%.15g")
-    write_tsv(visits, outputs["visits"], na_rep="n/a", float_format="%.15g")
+    write_tsv(counts_as_integers(visits), outputs["visits"], na_rep="n/a", float_format="%.15g")
     write_tsv(by_arm, outputs["by_arm"], na_rep="n/a", float_format="%.15g")
     write_tsv(results, outputs["nb"], na_rep="n/a", float_format="%.15g")
     write_exclusions(exclusions, outputs["exclusions"])
