@@ -336,6 +336,17 @@ def _find_images(anat: Path, sub: str, ses: str, problems: list[str]) -> dict[st
     return {mod: files[0] for mod, files in found.items() if files}
 
 
+def _near_miss(anat: Path, mod: str) -> str:
+    """``; found <name>: ...`` for a file of the folder that would be the ``mod`` image but for the
+    case of its suffix or extension (``_flair.nii.gz``, ``_FLAIR.NII.GZ``), else ``""``."""
+    if not anat.is_dir():
+        return ""
+    for f in sorted(anat.iterdir()):
+        if IMAGE_RE.match(f.name) is None and re.search(rf"_{mod}\.nii(\.gz)?$", f.name, re.IGNORECASE):
+            return f"; found {f.name!r}: BIDS names are case-sensitive ('_{mod}.nii.gz')"
+    return ""
+
+
 def _find_gt(bids: Path, warnings: list[str], problems: list[str]) -> dict[tuple[str, str], Path]:
     """GT masks by (subject, BIDS session label); every other file under derivatives/lesions is a warning."""
     root = bids / GT_FOLDER
@@ -568,7 +579,8 @@ def validate(
             layout.images[visit] = images
             for mod in MODALITIES:
                 if mod not in images:
-                    problems.append(f"{image_path(bids, sub, lab, mod)}: missing {mod} image (or .nii)")
+                    problems.append(f"{image_path(bids, sub, lab, mod)}: missing {mod} image (or .nii)"
+                                    + _near_miss(sub_dir / f"ses-{lab}" / "anat", mod))
             if check_images:
                 _check_visit_images(images, gt, problems)
             subject_visits.append(visit)

@@ -231,3 +231,11 @@ def test_a_comma_separated_table_is_named_as_such(bids_tree):
     with pytest.raises(InputError, match=r"participants.tsv: comma-separated; BIDS tables are tab-separated "
                                          r"\(its header: 'participant_id,arm,age,sex,region,edss_bl'\)"):
         validate(bids_tree, ARMS, check_images=False)
+
+
+def test_a_missing_image_names_a_file_that_differs_only_in_case(bids_tree):
+    flair = image_path(bids_tree, "002", "w024", "FLAIR")
+    flair.rename(flair.with_name("sub-002_ses-w024_flair.nii.gz"))
+    with pytest.raises(InputError, match=r"sub-002_ses-w024_FLAIR.nii.gz: missing FLAIR image \(or .nii\); found "
+                                         r"'sub-002_ses-w024_flair.nii.gz': BIDS names are case-sensitive"):
+        validate(bids_tree, ARMS, check_images=False)
