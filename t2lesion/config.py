@@ -316,40 +316,10 @@ def read_yaml(path: str | Path) -> dict:
         raise InputError(f"{where}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``t2lesion-check-config CONFIG.yaml…``: the YAML (file, line, column) and schema check of
-    configs, merged in order as ``snakemake --configfile`` does, then the workflow's start-up
-    checks (trials, BIDS names and tables, fold models), with one line per problem and the
-    start-up warnings."""
-    import argparse
-    import sys
-
-    parser = argparse.ArgumentParser(prog="t2lesion-check-config", description=main.__doc__)
-    parser.add_argument("configs", nargs="+", help="config files, in --configfile order")
-    args = parser.parse_args(argv)
-    from t2lesion.plan import Plan  # the workflow's own start-up checks
-
-    config: dict = {}
-    try:
-        for path in args.configs:
-            if not Path(path).is_file():
-                raise InputError(f"{path}: config file not found")
-            _merge(config, read_yaml(path))
-        check_config(config)
-        _, warnings = Plan.from_config(config)
-    except InputError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    for w in warnings:
-        print(f"warning: {w}", file=sys.stderr)
-    print(f"{', '.join(args.configs)}: valid ({len(config['trials'])} trial(s))")
-    return 0
-
-
-def _merge(into: dict, new: dict) -> None:
+def merge_config(into: dict, new: dict) -> None:
     """Nested update, as Snakemake merges config files."""
     for key, value in new.items():
         if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _merge(into[key], value)
+            merge_config(into[key], value)
         else:
             into[key] = value

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from t2lesion.config import SCHEMA, check_config, main, read_yaml, source_warnings
+from t2lesion.check_config import main
+from t2lesion.config import SCHEMA, check_config, read_yaml, source_warnings
 from t2lesion.errors import InputError
 
 TRIAL = {"role": "test", "bids": "x", "control_arm": "PLA", "treatment_arms": ["OCR"]}

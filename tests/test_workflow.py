@@ -416,6 +416,19 @@ def test_a_correction_reruns_only_its_visit_and_the_trial_tables(tmp_path):
     visits = set(re.findall(r"wildcards: trial=real, sub=(\w+), ses=(\w+)", res.stdout))
     assert visits == {("001", "w024")}, visits
 
+    # a visit excluded: validation and the trial-level jobs run again, no visit's preprocessing
+    # (before, every visit's n4_coregister reran behind the new validation). -R validate_bids: the
+    # changed params rerun it in a real run; outputs made by --touch have no params on record
+    cfg["trials"]["real"]["exclude"] = [{"participant_id": "sub-002", "session": "ses-w024", "reason": "motion"}]
+    res = snakemake(tmp_path, "-n", "-R", "validate_bids", config=cfg)
+    assert res.returncode == 0, res.stderr
+    counts = job_counts(res.stdout)
+    assert counts["validate_bids"] == 1 and counts["tlv_long"] == 1, counts
+    for rule in ("visit_files", "n4_coregister", "skull_strip", "resample", "resample_with_gt", "segment_classical"):
+        assert rule not in counts, counts
+    del cfg["trials"]["real"]["exclude"]
+    snakemake(tmp_path, "-n", config=cfg)  # the config as it was
+
     # a replaced image: validation runs again (every image is its input), and then only that
     # participant's preprocessing, not every visit's (README, "Large trials"): the follow-up is
     # registered to its baseline's N4 image, a temporary file, made again with its visits
@@ -430,18 +443,6 @@ def test_a_correction_reruns_only_its_visit_and_the_trial_tables(tmp_path):
                             re.S))
     assert visits == {("002", "w000"), ("002", "w024"), ("002", "w048")}, visits
     assert "sub-002_ses-w048_FLAIR.nii.gz" in res.stdout.split("rule visit_files:")[1].split("rule ")[0]
-
-    # a visit excluded once everything is done: validation and the trial-level jobs run again, no visit's
-    # preprocessing (before, every visit's n4_coregister reran behind the new validation)
-    assert snakemake(tmp_path, "--touch").returncode == 0 and snakemake(tmp_path, "--touch").returncode == 0
-    assert "Nothing to be done" in snakemake(tmp_path, "-n").stdout
-    cfg["trials"]["real"]["exclude"] = [{"participant_id": "sub-002", "session": "ses-w024", "reason": "motion"}]
-    res = snakemake(tmp_path, "-n", config=cfg)
-    assert res.returncode == 0, res.stderr
-    counts = job_counts(res.stdout)
-    assert counts["validate_bids"] == 1 and counts["tlv_long"] == 1, counts
-    for rule in ("visit_files", "n4_coregister", "skull_strip", "resample", "resample_with_gt", "segment_classical"):
-        assert rule not in counts, counts
 
 
 def dry_run_jobs(output: str) -> list[dict]:
