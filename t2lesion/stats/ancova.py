@@ -12,7 +12,7 @@ from scipy import stats as sps
 
 from t2lesion.stats.change import compute_change
 from t2lesion.stats.common import (
-    OK, SKIPPED, Exclusions, _write_tsv, aliased_columns, region_is_us, resolve_arms, resolve_sources, side_by_side,
+    OK, SKIPPED, Exclusions, _write_tsv, confounded_reason, region_is_us, resolve_arms, resolve_sources, side_by_side,
     write_exclusions,
 )
 from t2lesion.stats.inputs import _load
@@ -65,11 +65,7 @@ def _ancova_skip_reason(d: pd.DataFrame, X: pd.DataFrame, arms: list[str], min_n
         return f"covariate age group has one level ({lvl})"
     if len(X) <= X.shape[1]:
         return f"too few subjects: n={len(X)} for {X.shape[1]} model parameters"
-    aliased = aliased_columns(X)
-    if aliased:
-        return ("arm and covariates confounded among the analysed subjects, the model is not identifiable: "
-                + "; ".join(aliased))
-    return None
+    return confounded_reason(X)
 
 
 def type2_anova_table(y: np.ndarray, X: pd.DataFrame, terms: Mapping[str, list[str]]) -> pd.DataFrame:

@@ -66,6 +66,15 @@ def region_is_us(region, us_label: str) -> np.ndarray:
     return np.array([isinstance(r, str) and r.strip().casefold() == key for r in region], float)
 
 
+def confounded_reason(X: pd.DataFrame, constant: bool = False) -> str | None:
+    """The skip reason of a model whose design has :func:`aliased_columns`, or None."""
+    aliased = aliased_columns(X, constant)
+    if not aliased:
+        return None
+    return ("arm and covariates confounded among the analysed subjects, the model is not identifiable: "
+            + "; ".join(aliased))
+
+
 def aliased_columns(X: pd.DataFrame, constant: bool = False) -> list[str]:
     """The columns of a design matrix that are linear combinations of the columns before them,
     in column order, as R's ``lm`` reports them (coefficient NA, ``alias()``): each as

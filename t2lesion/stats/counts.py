@@ -62,7 +62,7 @@ from t2lesion.bids import is_missing
 from t2lesion.errors import InputError
 from t2lesion.formatting import fmt_num
 from t2lesion.io import write_tsv
-from t2lesion.stats.common import EXCLUSION_COLUMNS, aliased_columns, region_is_us, write_exclusions
+from t2lesion.stats.common import EXCLUSION_COLUMNS, confounded_reason, region_is_us, write_exclusions
 from t2lesion.stats.inputs import read_participants, read_visit_list
 from t2lesion.tracking import counts_as_integers
 
@@ -356,11 +356,7 @@ def _model_skip_reason(d: pd.DataFrame, X: pd.DataFrame, arms: Sequence[str]) ->
             return f"arm {arm} has no new or enlarging lesion: its rate ratio is 0 or infinite, not estimable"
     if len(X) <= X.shape[1] + 1:
         return f"too few subjects: n={len(X)} for {X.shape[1] + 1} parameters (with theta)"
-    aliased = aliased_columns(X)
-    if aliased:
-        return ("arm and covariates confounded among the analysed subjects, the model is not identifiable: "
-                + "; ".join(aliased))
-    return None
+    return confounded_reason(X)
 
 
 def count_endpoint(subjects: pd.DataFrame, control_arm: str, arms: Sequence[str] | None = None,

@@ -14,7 +14,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from t2lesion.stats.common import (
-    DEFAULT_COX_FIT_OPTIONS, FAILED, GT_SOURCE, OK, SKIPPED, WARNING, Exclusions, _write_tsv, aliased_columns,
+    DEFAULT_COX_FIT_OPTIONS, FAILED, GT_SOURCE, OK, SKIPPED, WARNING, Exclusions, _write_tsv, confounded_reason,
     region_is_us, resolve_arms, resolve_sources, side_by_side, write_exclusions,
 )
 from t2lesion.stats.inputs import _load
@@ -263,7 +263,8 @@ def cox_models(
     log_tlv_centre; status, note. A model that cannot run (no outcome rows, no
     events, a covariate with one level, an arm with no subjects or no events, n <= number of
     terms, fewer than ``min_events_per_term`` events per term, covariates confounded
-    (:func:`~t2lesion.stats.common.aliased_columns`), lifelines convergence error) gives one row with empty term, status "skipped"/"failed" and the reason.
+    (:func:`~t2lesion.stats.common.aliased_columns`), lifelines convergence error) gives one
+    row with empty term, status "skipped"/"failed" and the reason.
 
     Participants without an outcome row for the endpoint, and (multivariable model)
     participants with a missing covariate, are left out and recorded in
@@ -325,9 +326,8 @@ def cox_models(
                     elif reason is None and events < min_events_per_term * X.shape[1]:
                         reason = (f"too few events: {events} for {X.shape[1]} terms "
                                   f"(stats.min_events_per_term={min_events_per_term:g})")
-                    if reason is None and (aliased := aliased_columns(X, constant=True)):
-                        reason = ("covariates confounded among the analysed subjects, the model is not "
-                                  "identifiable: " + "; ".join(aliased))
+                    if reason is None:
+                        reason = confounded_reason(X, constant=True)
                 if reason:
                     log.warning("Cox %s skipped for source %s, endpoint %s: %s", model, src, ep, reason)
                     rows.append({**base, "term": "", "status": SKIPPED, "note": reason})
