@@ -37,6 +37,7 @@ rule validate_bids:
 # validation, and a new validation (a visit excluded, an image replaced) does not rerun it.
 # Snakemake skips its own check of the images of every job downstream of a job that reruns, so
 # a replaced image reruns its visit through this record, which is upstream of nothing else.
+# A local run: job (no conda: env, which Snakemake allows only for script/shell jobs).
 rule visit_files:
     input:
         unpack(visit_files),
@@ -44,7 +45,10 @@ rule visit_files:
         VISIT_FILES,
     log:
         f"{LOGS}/visit_files/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.log",
+    benchmark:
+        f"{BENCH}/visit_files/trial-{{trial}}_sub-{{sub}}_ses-{{ses}}.tsv"
     localrule: True
+    threads: 1
     run:
         write_visit_files(dict(input.items()), output[0], log[0])
 
