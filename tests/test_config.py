@@ -135,3 +135,33 @@ def test_check_config_command_runs_the_workflows_start_up_checks(tmp_path, capsy
     assert main([str(cfg)]) == 0
     out = capsys.readouterr()
     assert "valid (1 trial(s))" in out.out and "warning:" not in out.err
+
+
+def test_paper_overlay_is_valid_and_sets_the_papers_settings(tmp_path, capsys):
+    """configs/paper.yaml after a user's trials file: valid as the workflow checks it, and the
+    settings the paper states (Krishnan et al. 2023: 32x96x96 windows, Adam 1e-4, batch 10,
+    30 epochs, 3 folds x 10 MC passes averaged and cut at 0.5; 18-connected lesions of >= 3
+    voxels, 10 % overlap), whatever the schema's defaults are."""
+    from pathlib import Path
+
+    from t2lesion.config import merge_config
+    from tests.conftest import make_bids
+
+    paper = Path(__file__).resolve().parents[1] / "configs/paper.yaml"
+    trials = tmp_path / "trials.yaml"
+    trials.write_text(yaml.safe_dump({"trials": {"real": dict(TRIAL, bids=str(make_bids(tmp_path / "bids")))}}))
+    assert main([str(trials), str(paper)]) == 0, capsys.readouterr().err
+
+    config: dict = {}
+    for path in (trials, paper):
+        merge_config(config, read_yaml(path))
+    config = check_config(config)
+    model, training, inference, metrics = (config[k] for k in ("model", "training", "inference", "metrics"))
+    assert (model["patch_size"], model["widths"], model["dropout_rate"]) == ([32, 96, 96], [32, 64, 128, 256], 0.2)
+    assert model["spacing_mm"] == [3.0, 1.0, 1.0] and model["supervision_levels"] == 3
+    assert (training["folds"], training["epochs"], training["batch_size"]) == (3, 30, 10)
+    assert (training["learning_rate"], training["lr_schedule"], training["steps_per_epoch"]) == (1e-4, "constant", None)
+    assert (inference["mc_samples"], inference["threshold"]) == (10, 0.5)
+    assert (metrics["connectivity"], metrics["min_lesion_voxels"], metrics["overlap"]) == (18, 3, 0.1)
+    assert config["loss"]["gamma_start"] == 0.02 and config["loss"]["gamma_end"] == 0.15
+    assert config["loss"]["alpha_max"] == 100.0
