@@ -156,6 +156,12 @@ def test_paper_overlay_is_valid_and_sets_the_papers_settings(tmp_path, capsys):
     for path in (trials, paper):
         merge_config(config, read_yaml(path))
     config = check_config(config)
+    # over the demo's CPU-sized config.yaml too: every key the demo shrinks is the paper's again
+    over_demo = read_yaml(paper.parents[1] / "config.yaml")
+    merge_config(over_demo, read_yaml(paper))
+    over_demo = check_config(over_demo)
+    for section in ("model", "loss", "training", "inference", "metrics", "preprocess"):
+        assert over_demo[section] == config[section], section
     model, training, inference, metrics = (config[k] for k in ("model", "training", "inference", "metrics"))
     assert (model["patch_size"], model["widths"], model["dropout_rate"]) == ([32, 96, 96], [32, 64, 128, 256], 0.2)
     assert model["spacing_mm"] == [3.0, 1.0, 1.0] and model["supervision_levels"] == 3
