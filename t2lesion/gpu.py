@@ -7,15 +7,19 @@ is imported: it takes an exclusive ``flock`` on ``gpu-<i>.lock`` for the first f
 ``i`` and sets ``CUDA_VISIBLE_DEVICES=i``. The kernel drops the lock when the process ends,
 however it ends (a killed job never leaves a device taken).
 
-Where a scheduler has already chosen (``CUDA_VISIBLE_DEVICES`` set, as SLURM does for
-``--gpus``), the variable is left as it is. Without a GPU the job runs on the CPU and says so.
+Where a scheduler has already chosen one device (``CUDA_VISIBLE_DEVICES`` set to one id, as
+SLURM does for ``--gpus=1``), the variable is left as it is. Where it lists several (a user's
+``CUDA_VISIBLE_DEVICES=0,1 snakemake --resources gpu=2``, or the local run inside
+``salloc --gpus=4``), each job leases one of those, so the jobs still never share a device.
+Without a GPU the job runs on the CPU and says so.
 
 Devices come from ``T2LESION_GPUS`` (comma-separated ids; an empty value means none; the
 tests use it to fake devices) or else from ``nvidia-smi -L``. Where there is none the lease
 says why (``nvidia-smi not installed`` or ``nvidia-smi failed: exit status 9: <its message>``),
 in the log and in :attr:`Lease.message`. Locks live in
-``T2LESION_GPU_LOCKS`` (default: a per-user folder under the system's temp directory), which
-must be shared by every job on the machine.
+``T2LESION_GPU_LOCKS`` (default: a per-user folder under the system's temp directory, one per
+SLURM allocation inside one, whose device ids are the allocation's), which must be shared by
+every job on the machine.
 """
 
 from __future__ import annotations
@@ -51,7 +55,8 @@ class Lease:
 
 
 def lock_dir() -> Path:
-    default = Path(tempfile.gettempdir()) / f"t2lesion-gpu-locks-{os.getuid()}"
+    job = os.environ.get("SLURM_JOB_ID")
+    default = Path(tempfile.gettempdir()) / (f"t2lesion-gpu-locks-{os.getuid()}" + (f"-slurm-{job}" if job else ""))
     path = Path(os.environ.get("T2LESION_GPU_LOCKS", default))
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -134,15 +139,20 @@ def lease(timeout_s: float = 24 * 3600.0, poll_s: float = 5.0, logger: logging.L
         dev = os.environ.get("CUDA_VISIBLE_DEVICES")
         return Lease(dev, "leased", f"GPU {dev} (already leased by this process)")
     preset = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if preset not in (None, ""):
+    listed = [d.strip() for d in (preset or "").split(",") if d.strip()]
+    if len(listed) == 1:
         msg = f"CUDA_VISIBLE_DEVICES={preset} set by the scheduler or the user; left as it is"
         logger.info(msg)
         return Lease(None, "scheduler", msg)
-    devices, why = query_devices()
-    if not devices:
-        msg = f"no GPU found: {why}; running on the CPU"
-        logger.warning(msg)
-        return Lease(None, "cpu", msg)
+    if listed:  # several set by the user or an allocation: one of them for this job
+        devices = listed
+        logger.info("CUDA_VISIBLE_DEVICES=%s set by the scheduler or the user: leasing one of them", preset)
+    else:
+        devices, why = query_devices()
+        if not devices:
+            msg = f"no GPU found: {why}; running on the CPU"
+            logger.warning(msg)
+            return Lease(None, "cpu", msg)
     folder = lock_dir()
     start = time.monotonic()
     waited = False

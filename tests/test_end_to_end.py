@@ -5,7 +5,10 @@ MC-dropout inference, lesion metrics and the statistics rules, every source side
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -13,9 +16,12 @@ import pytest
 import yaml
 
 from t2lesion.unet.threshold import THRESHOLD_GRID
+from tests.conftest import REPO
+from tests.test_environment import _norm, env_closure, installed_closure, rule_envs
 from tests.test_workflow import snakemake
 
-pytestmark = pytest.mark.slow
+# tiny_run runs once: every test of the module on one xdist worker (make test: --dist loadgroup)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("e2e")]
 
 # The tiny test trial (2 subjects x 2 visits, small volumes); tests/test_slurm.py runs it too.
 TINY_TRIAL = {
@@ -66,8 +72,14 @@ def tiny_run(tmp_path_factory):
         # No preprocess override: the default extractor (deepbet, ~5 CPU-s per visit) runs
         # end to end; ROBEX (about a minute per visit) is tested in test_preprocess.
     }
+    # Every process of the run writes the modules it imported (tests/import_audit), checked
+    # against its rule's conda env below.
+    audit = work / "import_audit"
+    audit.mkdir()
+    path = os.pathsep.join(p for p in (str(REPO / "tests/import_audit"), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "T2LESION_IMPORT_AUDIT": str(audit)}
     # a few minutes on two idle cores; generous for a loaded CI machine
-    res = snakemake(work, "--cores", "2", config=config, timeout=2400)
+    res = snakemake(work, "--cores", "2", config=config, timeout=2400, env=env)
     assert res.returncode == 0, res.stdout[-5000:] + res.stderr[-5000:]
     return work
 
@@ -124,6 +136,50 @@ def test_every_stage_wrote_its_outputs(tiny_run):
             img = nib.load(f"{pred}_space-MNI1x1x3_{suffix}.nii.gz")
             assert img.shape == ref.shape and (img.affine == ref.affine).all(), suffix
         assert pred.parent.joinpath(f"{pred.name}_space-FLAIR_desc-lesion_mask.nii.gz").is_file()
+
+
+def test_every_job_imports_only_what_its_rules_conda_env_holds(tiny_run):
+    """Under --sdm conda a job runs in its rule's envs/*.yaml: every module that a job's script
+    (or its worker processes) imported in this run is the standard library, t2lesion, a pin of
+    that env or something a pin requires, or Snakemake's own (its preamble appends its sys.path)."""
+    from importlib.metadata import packages_distributions
+
+    records = {r["pid"]: r for r in (json.loads(p.read_text()) for p in (tiny_run / "import_audit").glob("*.json"))}
+
+    def script_of(record):  # a worker process's imports count for the job that started it
+        seen = set()
+        while record is not None and record["pid"] not in seen:
+            seen.add(record["pid"])
+            m = re.fullmatch(r"tmp\w+\.(\w+\.py)", record["script"])  # Snakemake's copy of the script
+            if m:
+                return m.group(1)
+            record = records.get(record["ppid"])
+        return None
+
+    envs, dists = rule_envs(), packages_distributions()
+    snakemakes = installed_closure(["snakemake"])
+    own = {"t2lesion", "__main__", "__mp_main__", "sitecustomize"}
+    checked, missing, unknown = set(), {}, set()
+    for record in records.values():
+        script = script_of(record)
+        if script is None:
+            continue
+        checked.add(script)
+        for env in envs[script]:
+            allowed = env_closure(env) | snakemakes
+            for module in record["modules"]:
+                if module in sys.stdlib_module_names or module in own or module.startswith("_cython_"):
+                    continue
+                names = {_norm(d) for d in dists.get(module, [])}
+                if not names:
+                    unknown.add(f"{module} ({script})")
+                elif not names & allowed:
+                    missing.setdefault(f"{script} in envs/{env}", set()).add(f"{module} ({', '.join(sorted(names))})")
+    assert not missing, missing
+    assert not unknown, f"modules of no installed distribution: {sorted(unknown)}"
+    assert {"synth.py", "n4_coregister.py", "skull_strip.py", "segment_classical.py", "metrics_visit.py",
+            "train.py", "calibrate.py", "infer.py", "ancova.py", "cox.py", "track_lesions.py",
+            "summary.py"} <= checked, sorted(checked)
 
 
 def test_gpu_jobs_log_backend_device_and_precision(tiny_run):

@@ -41,6 +41,8 @@ def _env_pins(env) -> dict[str, str]:
     assert pip, f"{env.name}: no pip pins"
     pins = {}
     for req in pip:
+        if req.startswith("--"):  # a pip option line (an index), not a package
+            continue
         name, _, version = req.partition("==")
         assert version, f"{env.name}: {req!r} is not pinned"
         pins[_norm(name)] = version
@@ -101,3 +103,68 @@ def test_every_rule_env_exists():
     assert used
     for env in used:
         assert (REPO / env).is_file(), f"{env} used by a rule but missing"
+
+
+def test_a_local_torch_build_comes_with_its_index():
+    """pip finds torch==<v>+cpu only on PyTorch's index (PyPI has no local versions): an env
+    pinning it names that index, as the Makefile does for the venvs."""
+    for env in sorted((REPO / "envs").glob("*.yaml")):
+        spec = yaml.safe_load(env.read_text())
+        pip = next(d["pip"] for d in spec["dependencies"] if isinstance(d, dict) and "pip" in d)
+        if any(re.fullmatch(r"torch==[^+]+\+cpu", req) for req in pip):
+            assert "--extra-index-url https://download.pytorch.org/whl/cpu" in pip, env.name
+
+
+def rule_envs() -> dict[str, set[str]]:
+    """``{workflow script: the conda env files (envs/<name>) of the rules that run it}``, read
+    from rules/*.smk; a rule with a script and no ``conda:`` fails here."""
+    out: dict[str, set[str]] = {}
+    for smk in sorted((REPO / "rules").glob("*.smk")):
+        text = smk.read_text()
+        starts = [m.start() for m in re.finditer(r"^\s*(?:rule|checkpoint)\b[^\n]*:\s*$", text, re.MULTILINE)]
+        for a, b in zip(starts, [*starts[1:], len(text)]):
+            block = text[a:b]
+            script = re.search(r'^\s*script:\s*\n\s*"\.\./workflow_scripts/([^"]+)"', block, re.MULTILINE)
+            env = re.search(r'^\s*conda:\s*\n\s*"\.\./envs/([^"]+)"', block, re.MULTILINE)
+            if script:
+                assert env, f"rules/{smk.name}: the rule running {script.group(1)} has no conda: env"
+                out.setdefault(script.group(1), set()).add(env.group(1))
+    return out
+
+
+def installed_closure(names) -> set[str]:
+    """The normalised names of ``names`` and everything they require (extras left out), as
+    installed here: what pip puts in an environment that asks for ``names``."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    seen: set[str] = set()
+    todo = [_norm(n) for n in names]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requires = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:
+            continue
+        for line in requires:
+            req = Requirement(line)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(_norm(req.name))
+    return seen
+
+
+def env_closure(env: str) -> set[str]:
+    """What a job in ``envs/<env>`` can import: its pins and their requirements."""
+    return installed_closure(_env_pins(REPO / "envs" / env))
+
+
+def test_every_workflow_script_runs_in_a_conda_env():
+    scripts = rule_envs()
+    on_disk = {p.name for p in (REPO / "workflow_scripts").glob("*.py")}
+    assert set(scripts) == on_disk, (sorted(on_disk - set(scripts)), sorted(set(scripts) - on_disk))
+    assert scripts["train.py"] == {"dl.yaml"} and scripts["n4_coregister.py"] == {"imaging.yaml"}
+    assert "nibabel" in env_closure("imaging.yaml") and "statsmodels" not in env_closure("dl.yaml")

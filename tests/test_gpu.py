@@ -73,6 +73,28 @@ def test_scheduler_choice_is_left_alone(tmp_path):
     assert not (tmp_path / "locks" / "gpu-0.lock").exists()
 
 
+def test_several_preset_devices_are_leased_one_per_job(tmp_path):
+    """CUDA_VISIBLE_DEVICES=2,5 snakemake --resources gpu=2: each job gets one of those two,
+    never a device outside them (the machine's list, T2LESION_GPUS here, is not asked)."""
+    procs = [_start(tmp_path, "0,1,2,3,4,5", hold=3.0, CUDA_VISIBLE_DEVICES="2,5") for _ in range(2)]
+    got = [p.communicate(timeout=60)[0].split() for p in procs]
+    assert sorted(got) == [["leased", "2"], ["leased", "5"]], got
+    assert sorted(p.name for p in (tmp_path / "locks").iterdir()) == ["gpu-2.lock", "gpu-5.lock"]
+
+
+def test_inside_a_slurm_allocation_the_locks_are_the_allocations(tmp_path, monkeypatch):
+    """Two allocations of one user on one node both number their GPUs from 0: their locks
+    must not meet (without T2LESION_GPU_LOCKS, the default folder names the job)."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.delenv("T2LESION_GPU_LOCKS", raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    assert gpu.lock_dir().name == f"t2lesion-gpu-locks-{os.getuid()}-slurm-4242"
+    monkeypatch.delenv("SLURM_JOB_ID")
+    assert gpu.lock_dir().name == f"t2lesion-gpu-locks-{os.getuid()}"
+
+
 def test_without_a_gpu_the_job_runs_on_the_cpu(tmp_path):
     p = _start(tmp_path, "", hold=0.0)
     out, err = p.communicate(timeout=60)

@@ -427,18 +427,21 @@ def test_no_events_and_all_censored(small):
 
 
 def test_too_few_subjects(small):
+    """Two subjects per arm, both age groups and both regions present: the ANCOVA's 5 parameters
+    and the multivariable Cox model's 7 terms need more than 4 subjects."""
     participants, long, outcomes = small
-    keep = participants.groupby("arm").head(3)
+    keep = participants.groupby("arm").head(2).assign(age=[30.0, 50.0, 30.0, 50.0], region=["US", "ROW", "ROW", "US"])
     lg = long[long.participant_id.isin(keep.participant_id)]
     coef, _ = stats.ancova(stats.compute_change(lg), keep, "PLA", min_n_per_arm=2)
-    reasons = set(coef.note)
-    assert all(("too few subjects" in r) or ("one level" in r) for r in reasons), reasons
+    assert (coef.status == "skipped").all() and len(coef) == 2 * 3  # 2 sources x 3 weeks
+    assert set(coef.note) == {"too few subjects: n=4 for 5 model parameters"}
     coef4, _ = stats.ancova(stats.compute_change(lg), keep, "PLA", min_n_per_arm=4)
     assert coef4.note.str.contains("min_n_per_arm=4").all()
     o = outcomes[outcomes.participant_id.isin(keep.participant_id)]
     cox = stats.cox_models(stats.baseline_lesions(lg), keep, o, "PLA", endpoints=["CCDP24"],
                            models=["multivariable"])
-    assert (cox.status == "skipped").all()
+    assert (cox.status == "skipped").all() and len(cox) == 2
+    assert set(cox.note) == {"too few subjects: n=4 for 7 terms"}
 
 
 # ------------------------------------------------------------------ bad input

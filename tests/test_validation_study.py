@@ -291,6 +291,20 @@ def test_document_from_copies_names_commit_config_and_is_reproducible(tmp_path):
 
 
 def test_git_commit_of_the_checkout_and_outside_git(tmp_path):
-    sha = git_commit(REPO)
-    assert sha == "unknown" or (len(sha) == 40 and all(c in "0123456789abcdef" for c in sha))
-    assert git_commit(tmp_path) == "unknown"
+    """A checkout's HEAD, from a folder inside it too; "unknown" outside git."""
+    import os
+    import re
+    import subprocess
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    assert git_commit(outside) == "unknown"
+    repo = tmp_path / "repo"
+    (repo / "sub").mkdir(parents=True)
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t", "GIT_CONFIG_GLOBAL": os.devnull}
+    for cmd in (["git", "init", "-q"], ["git", "commit", "-q", "--allow-empty", "-m", "one"]):
+        subprocess.run(cmd, cwd=repo, env=env, check=True, capture_output=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, check=True, capture_output=True, text=True)
+    assert re.fullmatch(r"[0-9a-f]{40}", head.stdout.strip())
+    assert git_commit(repo) == git_commit(repo / "sub") == head.stdout.strip()

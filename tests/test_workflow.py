@@ -20,16 +20,17 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snake
 
 
 def snakemake(
-    workdir: Path, *args: str, config: dict | None = None, timeout: float = 600
+    workdir: Path, *args: str, config: dict | None = None, timeout: float = 600, env: dict | None = None
 ) -> subprocess.CompletedProcess:
     """Snakemake in ``workdir``; a config given once is written there and used by later calls too
-    (as a user passes their --configfile to every command of a run, --report included)."""
+    (as a user passes their --configfile to every command of a run, --report included). ``env``:
+    the process environment (default: this one's)."""
     cmd = [*SNAKEMAKE, "--directory", str(workdir), "--cores", "1"]
     if config is not None:
         (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     if (workdir / "config.yaml").is_file():
         cmd += ["--configfile", str(workdir / "config.yaml")]
-    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def real_trial_config(bids: Path) -> dict:

@@ -103,6 +103,56 @@ def gpu_visible(log: logging.Logger | None = None) -> bool:
     return any(d.split(":")[0].lower() in ("gpu", "cuda", "tpu") for d in devices)
 
 
+#: NVIDIA's first compute capability with bf16 tensor cores (Ampere, e.g. A100); older cards
+#: (V100: 7.0, T4: 7.5) run bf16 emulated, slower than float32.
+BF16_MIN_COMPUTE_CAPABILITY = (8, 0)
+
+
+def gpu_compute_capabilities() -> list[tuple[int, int]]:
+    """The compute capability of each CUDA GPU the Keras backend sees (empty where it sees none
+    or cannot tell)."""
+    backend = keras.backend.backend()
+    try:
+        if backend == "jax":
+            import jax
+
+            return [parse_compute_capability(getattr(d, "compute_capability", None))
+                    for d in jax.devices() if d.platform == "gpu"]
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            return [parse_compute_capability(tf.config.experimental.get_device_details(d).get("compute_capability"))
+                    for d in tf.config.list_physical_devices("GPU")]
+        if backend == "torch":
+            import importlib
+
+            torch = importlib.import_module("torch")
+            return [tuple(torch.cuda.get_device_capability(i)) for i in range(torch.cuda.device_count())]
+    except (RuntimeError, ValueError, AttributeError):
+        return []
+    return []
+
+
+def parse_compute_capability(value) -> tuple[int, int]:
+    """``"8.0"`` (JAX), ``(8, 0)`` (TensorFlow, torch) -> ``(8, 0)``; anything else ValueError."""
+    if isinstance(value, str):
+        major, _, minor = value.partition(".")
+        return int(major), int(minor or 0)
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        return int(value[0]), int(value[1])
+    raise ValueError(f"not a compute capability: {value!r}")
+
+
+def bf16_native(capabilities: list[tuple[int, int]], log: logging.Logger | None = None) -> bool:
+    """Whether ``mixed_precision: auto`` may use bf16 on these GPUs: every one at compute
+    capability 8.0 or above (unknown: assumed so)."""
+    old = [c for c in capabilities if c < BF16_MIN_COMPUTE_CAPABILITY]
+    if old and log is not None:
+        log.info("mixed_precision auto: float32, since the GPU's compute capability %s is below %s "
+                 "(no native bf16)", ".".join(map(str, old[0])), ".".join(map(str, BF16_MIN_COMPUTE_CAPABILITY)))
+    return not old
+
+
 def fixed_validation_loss_values(loss_cfg: LossConfig) -> tuple[float, float]:
     """γ, β of the history's ``val_loss``: the end of the schedules (the objective training
     converges to), the same for every epoch."""
@@ -380,7 +430,8 @@ def train_fold(train_data, val_data, out_dir, model_cfg: dict, loss_cfg: dict, t
         steps = len(train_data)
 
     gpu = gpu_visible(log)
-    policy = M.set_precision(tr["mixed_precision"], gpu)
+    bf16 = not gpu or tr["mixed_precision"] != "auto" or bf16_native(gpu_compute_capabilities(), log)
+    policy = M.set_precision(tr["mixed_precision"], gpu and bf16)
     jit = jit_setting(gpu)
     log.info("%s", job_line(policy))
 
