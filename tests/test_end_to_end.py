@@ -213,8 +213,11 @@ def test_metrics_and_statistics_tables(tiny_run):
     assert set(both["source"]) == {"classical", "unet"}
     assert both.loc[both["source"] == "unet", "mean"].notna().any()
     for table in ("change_summary.tsv", "ancova.tsv", "table4.tsv", "km_tests.tsv", "nb_rate_ratio.tsv"):
-        text = (r / "stats/trial-tiny" / table).read_text()
-        assert "unet" in text and "classical" in text, table
+        df = pd.read_csv(r / "stats/trial-tiny" / table, sep="\t")
+        if "source" in df:  # long tables: rows of each source
+            assert {"unet", "classical"} <= set(df["source"]), (table, set(df["source"]))
+        else:  # Table 4 side by side: columns <source>.<value>
+            assert {"unet.hr", "classical.hr"} <= set(df.columns), (table, list(df.columns))
     # GT TLV after resampling equals what the metrics saw, visit by visit.
     gt = long[long["source"] == "gt"].sort_values(["participant_id", "week"])["tlv_ml"].to_numpy()
     assert gt == pytest.approx(visits.sort_values(["participant_id", "week"])["gt_tlv_ml"].to_numpy())
@@ -331,7 +334,7 @@ def nogt_run(tiny_run, tmp_path_factory):
     return work
 
 
-def test_trial_without_gt_gets_masks_volumes_and_every_endpoint(nogt_run):
+def test_trial_without_gt_gets_masks_volumes_and_every_endpoint(nogt_run, tiny_run):
     r = nogt_run / "results"
     visits = pd.read_csv(r / "validated/trial-nogt_visits.tsv", sep="\t", keep_default_na=False)
     assert visits["session"].tolist() == ["ses-w000", "ses-w024"] * 2
@@ -348,6 +351,15 @@ def test_trial_without_gt_gets_masks_volumes_and_every_endpoint(nogt_run):
     long = pd.read_csv(r / "stats/trial-nogt/tlv_long.tsv", sep="\t")
     assert long["source"].unique().tolist() == ["classical", "unet"] and len(long) == 8
     assert (long.loc[long["source"] == "classical", "tlv_ml"] > 0).all()
+    # Known answer: these are the tiny trial's images under other names and formats, predicted
+    # by the same fold models; each visit's lesion volume is the tiny run's, visit by visit
+    # (a session mapped to the wrong week, or the wrong image read, would change them).
+    key = ["source", "participant_id", "week"]
+    tiny = pd.read_csv(tiny_run / "results/stats/trial-tiny/tlv_long.tsv", sep="\t")
+    tiny = tiny[tiny["source"].isin(["classical", "unet"])].sort_values(key).reset_index(drop=True)
+    mine = long.sort_values(key).reset_index(drop=True)
+    assert mine[key].equals(tiny[key])
+    assert mine["tlv_ml"].to_numpy() == pytest.approx(tiny["tlv_ml"].to_numpy(), rel=1e-9), (mine, tiny)
     for table in ("change_summary.tsv", "ancova.tsv", "cox.tsv", "table4.tsv", "km_tests.tsv"):
         assert (r / "stats/trial-nogt" / table).is_file(), table
     assert not (r / "metrics/classical/trial-nogt/table2.tsv").exists()

@@ -147,7 +147,9 @@ def test_clinical_sites_differ(clinical_subjects, tmp_path):
         assert s.params.noise_fraction == pytest.approx(p.noise_fraction * site["noise"])
         resid = v.images["T1w"][inb] - v.clean["T1w"][inb] * v.bias["T1w"][inb]
         sigma = s.params.noise_fraction * s.anat.contrast["T1w"]["wm"]
-        assert 0.6 * sigma < resid.std() < 1.6 * sigma
+        # the site's own noise (measured 1.02 and 0.94 of it at sites A and C): images that
+        # ignored the site's factor (1.1-1.25) would fall below the band
+        assert 0.85 * sigma < resid.std() < 1.12 * sigma, (site["name"], resid.std() / sigma)
     # sites are assigned by the seed alone, balanced over the subjects
     q = clinical()
     assert [realism.site_of(q, i) for i in range(4)] == [realism.site_of(p, i) for i in range(4)]
