@@ -34,6 +34,11 @@ from t2lesion.plan import (
     synthetic_root,
 )
 
+# Under --sdm conda: the environment of the GPU rules (train, calibrate, infer), CPU or CUDA JAX.
+GPU_RULE_ENV = (
+    "../envs/dl-gpu.yaml" if config["dl"]["conda_env"] == "gpu" else "../envs/dl.yaml"
+)
+
 # Jobs (scripts, conda envs, SLURM jobs) import the library from this checkout.
 os.environ.update(
     PYTHONPATH=os.pathsep.join(

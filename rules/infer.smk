@@ -28,7 +28,7 @@ for _batch in PLAN.infer_batches():
         benchmark:
             _batch.benchmark
         conda:
-            "../envs/dl.yaml"
+            GPU_RULE_ENV
         threads: INF["threads"]
         resources:
             # under SLURM: --gpus=1, and memory/time for a batch of visits (the profile's

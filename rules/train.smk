@@ -135,7 +135,7 @@ rule train:
         f"{BENCH}/train/fold-{{fold}}.tsv"
     priority: PLAN.TRAINING_PATH_PRIORITY
     conda:
-        "../envs/dl.yaml"
+        GPU_RULE_ENV
     # training.threads for the model, and a core per loader worker process
     threads: train_job_threads(TR)
     resources:
@@ -184,7 +184,7 @@ rule calibrate:
         f"{BENCH}/calibrate/fold-{{fold}}.tsv"
     priority: PLAN.TRAINING_PATH_PRIORITY
     conda:
-        "../envs/dl.yaml"
+        GPU_RULE_ENV
     # a fold's job, like train: beside the folds still training (the CPU demo's 1 thread)
     threads: TR["threads"]
     resources:

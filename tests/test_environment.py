@@ -125,10 +125,12 @@ def rule_envs() -> dict[str, set[str]]:
         for a, b in zip(starts, [*starts[1:], len(text)]):
             block = text[a:b]
             script = re.search(r'^\s*script:\s*\n\s*"\.\./workflow_scripts/([^"]+)"', block, re.MULTILINE)
-            env = re.search(r'^\s*conda:\s*\n\s*"\.\./envs/([^"]+)"', block, re.MULTILINE)
+            env = re.search(r'^\s*conda:\s*\n\s*(?:"\.\./envs/([^"]+)"|(GPU_RULE_ENV)\b)', block, re.MULTILINE)
             if script:
                 assert env, f"rules/{smk.name}: the rule running {script.group(1)} has no conda: env"
-                out.setdefault(script.group(1), set()).add(env.group(1))
+                # GPU_RULE_ENV (rules/common.smk, dl.conda_env): either dl environment
+                names = {env.group(1)} if env.group(1) else {"dl.yaml", GPU_ENV}
+                out.setdefault(script.group(1), set()).update(names)
     return out
 
 
@@ -166,5 +168,45 @@ def test_every_workflow_script_runs_in_a_conda_env():
     scripts = rule_envs()
     on_disk = {p.name for p in (REPO / "workflow_scripts").glob("*.py")}
     assert set(scripts) == on_disk, (sorted(on_disk - set(scripts)), sorted(set(scripts) - on_disk))
-    assert scripts["train.py"] == {"dl.yaml"} and scripts["n4_coregister.py"] == {"imaging.yaml"}
+    assert scripts["n4_coregister.py"] == {"imaging.yaml"} and scripts["patch_store.py"] == {"dl.yaml"}
+    for gpu_rule in ("train.py", "calibrate.py", "infer.py"):  # dl.conda_env picks one
+        assert scripts[gpu_rule] == {"dl.yaml", GPU_ENV}, gpu_rule
     assert "nibabel" in env_closure("imaging.yaml") and "statsmodels" not in env_closure("dl.yaml")
+
+
+STAND_IN_CONDA = """#!/bin/sh
+# a stand-in conda: enough for `snakemake --list-conda-envs`, which creates no environment
+case "$*" in
+  *"info --json"*) echo '{"conda_prefix": "/nonexistent", "root_prefix": "/nonexistent", "envs_dirs": [], "platform": "linux-64", "conda_version": "25.1.0"}';;
+  *"config"*"--json"*) echo '{"get": {"channel_priority": "strict"}, "rc_path": null, "warnings": []}';;
+  *"--version"*) echo "conda 25.1.0";;
+  *) echo "{}";;
+esac
+"""
+
+
+def test_dl_conda_env_gpu_gives_the_gpu_rules_the_cuda_environment(tmp_path):
+    """Under --sdm conda, dl.conda_env: gpu builds envs/dl-gpu.yaml for train, calibrate and infer
+    (the demo's DAG has all three); the default builds only the CPU one."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    (tmp_path / "bin").mkdir()
+    conda = tmp_path / "bin" / "conda"
+    conda.write_text(STAND_IN_CONDA)
+    conda.chmod(0o755)
+    shutil.copy(REPO / "config.yaml", tmp_path / "config.yaml")
+    (tmp_path / "gpu.yaml").write_text("dl:\n  conda_env: gpu\n")
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    listed = {}
+    for name, configs in (("cpu", ["config.yaml"]), ("gpu", ["config.yaml", "gpu.yaml"])):
+        res = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
+                              str(tmp_path), "--configfile", *configs, "--list-conda-envs"],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        listed[name] = set(re.findall(r"envs/([\w-]+\.yaml)", res.stdout))
+    assert listed["cpu"] == {"imaging.yaml", "dl.yaml", "stats.yaml"}, listed
+    # dl.yaml stays for the CPU rules of the U-Net stage (fold_split, patch_store, patch_index)
+    assert listed["gpu"] == listed["cpu"] | {GPU_ENV}, listed
