@@ -543,6 +543,53 @@ def test_resample_normalises_exactly_as_the_path_level_normalise(processed, tmp_
         np.testing.assert_array_equal(_arr(tmp_path / f"preproc_{m}.nii.gz"), _arr(outs[f"preproc_{m}"]))
 
 
+def test_a_contrast_covering_part_of_the_brain_is_normalised_on_that_part_or_stopped(processed, tmp_path, caplog):
+    """A FLAIR slab (its top slices cut off): below MIN_BRAIN_COVERAGE of the brain the visit
+    stops naming the file; above, the job warns and z-scores on the covered brain only, and the
+    uncovered brain is 0 (before, its zeros entered the statistics and shifted every z-score)."""
+    import logging
+
+    from t2lesion.preprocess.resample import MIN_BRAIN_COVERAGE, WARN_BRAIN_COVERAGE
+
+    outs, _ = processed[0]
+    flair = sitk.ReadImage(str(outs["n4_FLAIR"]))
+    mask = _arr(outs["mask"]) > 0
+
+    def run(keep_slices: int, name: str):
+        cut = tmp_path / f"{name}_slab.nii"  # not <out>.nii: ITK would read a.nii.gz's voxels from a.nii beside it
+        sitk.WriteImage(flair[:, :, :keep_slices], str(cut))
+        out = {m: tmp_path / f"{name}_{m}.nii.gz" for m in MODS}
+        resample_visit(
+            images={**{m: outs[f"n4_{m}"] for m in MODS}, "FLAIR": cut},
+            to_t1w={m: outs[f"to_t1w_{m}"] for m in ("T2w", "FLAIR")},
+            brain_mask=outs["native_mask"], baseline_to_mni=outs["to_mni"],
+            out_images=out, out_mask=tmp_path / f"{name}_mask.nii.gz",
+            out_xfms={m: tmp_path / f"{name}_{m}.tfm" for m in MODS}, threads=THREADS,
+        )
+        return out, cut
+
+    n = flair.GetSize()[2]
+    with pytest.raises(InputError, match=r"half_slab\.nii: its field of view covers \d+\.\d% of the brain"):
+        run(n // 2, "half")
+    # a few slices fewer: most of the brain covered
+    for keep in range(n - 1, n // 2, -1):
+        try:
+            with caplog.at_level(logging.WARNING, logger="t2lesion"):
+                out, cut = run(keep, f"k{keep}")
+        except InputError:
+            pytest.fail(f"{keep} of {n} slices")
+        covered = _arr(out["FLAIR"]) != 0
+        share = (covered & mask).sum() / mask.sum()
+        if share < WARN_BRAIN_COVERAGE:
+            break
+    assert MIN_BRAIN_COVERAGE <= share < WARN_BRAIN_COVERAGE, share
+    assert f"{cut}: its field of view covers" in caplog.text
+    z = _arr(out["FLAIR"])[covered & mask]
+    core = z[(z >= np.percentile(z, 1)) & (z <= np.percentile(z, 99))]
+    assert abs(core.mean()) < 0.05 and abs(core.std() - 1) < 0.05, (core.mean(), core.std())
+    assert not _arr(out["FLAIR"])[mask & ~covered].any()
+
+
 def test_gt_geometry_mismatch_is_reported(processed, tmp_path):
     outs, _ = processed[0]
     bad = tmp_path / "sub-9_desc-lesion_mask.nii.gz"

@@ -89,6 +89,41 @@ def resample_mask_image(
 
 MODS = ("T1w", "T2w", "FLAIR")
 
+#: Share of the brain (the resampled brain mask) that each contrast's field of view must cover
+#: after registration; a visit below it stops with an error naming the image (a slab FLAIR,
+#: a cut-off T2w): its z-scores and lesions would miss the rest of the brain. Between this and
+#: :data:`WARN_BRAIN_COVERAGE` the job warns; below 1 the statistics of the normalisation come
+#: from the covered brain only, and the uncovered brain is 0 (the brain's mean), as outside it.
+MIN_BRAIN_COVERAGE = 0.9
+WARN_BRAIN_COVERAGE = 0.99
+
+
+def field_of_view(img: sitk.Image, grid: sitk.Image, tx: sitk.Transform) -> np.ndarray:
+    """Bool (z, y, x) array on ``grid``: the voxels whose point ``tx`` maps into ``img``'s field
+    of view (where :func:`resample_image` reads the image rather than its 0 outside)."""
+    ones = sitk.Image(img.GetSize(), sitk.sitkUInt8) + 1
+    ones.CopyInformation(img)
+    inside = sitk.Resample(ones, grid, tx, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return sitk.GetArrayFromImage(inside) > 0
+
+
+def brain_coverage(img: sitk.Image, grid: sitk.Image, tx: sitk.Transform, brain: np.ndarray,
+                   source: str | Path) -> np.ndarray:
+    """The brain voxels inside ``img``'s field of view (:func:`field_of_view`); an InputError
+    naming ``source`` below :data:`MIN_BRAIN_COVERAGE` of the brain, a warning below
+    :data:`WARN_BRAIN_COVERAGE`."""
+    covered = field_of_view(img, grid, tx) & brain
+    share = covered.sum() / max(int(brain.sum()), 1)
+    if share < MIN_BRAIN_COVERAGE:
+        raise InputError(
+            f"{source}: its field of view covers {share:.1%} of the brain after registration (at least "
+            f"{MIN_BRAIN_COVERAGE:.0%} needed): a partial acquisition; leave the visit out (exclude:) or "
+            "give an image that covers the brain")
+    if share < WARN_BRAIN_COVERAGE:
+        log.warning("%s: its field of view covers %.1f%% of the brain after registration; normalised on that "
+                    "part, the rest of the brain is 0", source, 100 * share)
+    return covered
+
 
 def _need(d, keys, what):
     missing = [k for k in keys if d is None or d.get(k) is None]
@@ -166,14 +201,15 @@ def resample_visit(
     composed = {m: matrix_to_transform(compose(to_mni, to_bl, to_t1[m])) for m in MODS}
     written: dict[str, Path] = {}
     brain_out = resample_mask_image(brain, grid, composed["T1w"] if brain_mask_space == "T1w" else to_mni)
-    brain_arr = sitk.GetArrayViewFromImage(brain_out)
+    brain_arr = sitk.GetArrayViewFromImage(brain_out) > 0
     if not brain_arr.any():
         raise InputError(f"{brain_mask}: brain mask falls outside the target grid after registration")
+    covered = {m: brain_coverage(imgs[m], grid, composed[m], brain_arr, images[m]) for m in MODS}
     for m in MODS:
         log.info("resampling %s -> %s%s", images[m], out_images[m], " (normalised)" if normalise else "")
         out = resample_image(imgs[m], grid, composed[m], interpolation)
         if normalise:
-            out = normalise_image(out, brain_arr, clip_percentiles, stats_percentiles,
+            out = normalise_image(out, covered[m], clip_percentiles, stats_percentiles,
                                   source=images[m], mask_source=brain_mask)
         write_image(out, out_images[m])
         write_transform(composed[m], out_xfms[m])
