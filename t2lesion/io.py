@@ -60,6 +60,12 @@ def _check_nifti(path: Path, check_finite: bool) -> None:
         raise InputError(f"{path}: expected a 3-D image, found {len(shape)}-D {tuple(shape)}")
     if min(shape) == 0:
         raise InputError(f"{path}: image has zero extent {tuple(shape)}")
+    header = nimg.header
+    if hasattr(header, "get_qform") and not int(header["qform_code"]) and not int(header["sform_code"]):
+        # ITK then takes an identity orientation and nibabel a flipped one: left and right are
+        # a guess, which no later check (registration, the MNI brain check) can undo
+        raise InputError(f"{path}: its header gives no orientation (qform_code and sform_code are both 0), so "
+                         "left and right are unknown; convert the image again from its DICOMs (e.g. dcm2niix)")
     if check_finite:
         try:
             data = np.asanyarray(nimg.dataobj)

@@ -101,6 +101,28 @@ def test_four_d_and_corrupt_images_are_named(bids_tree):
     assert "sub-002_ses-w000_T2w.nii.gz: cannot be read as a NIfTI image" in msg
 
 
+def test_an_image_without_orientation_is_named(bids_tree):
+    """qform_code = sform_code = 0: ITK reads an identity orientation, nibabel a flipped one;
+    left and right are unknown, and no later step could tell a mirrored brain."""
+    import nibabel as nib
+
+    path = image_path(bids_tree, "002", "w024", "FLAIR")
+    original = nib.load(str(path))
+    img = nib.Nifti1Image(np.asarray(original.dataobj), original.affine)
+    img.set_qform(None, code=0)
+    img.set_sform(None, code=0)
+    nib.save(img, str(path))
+    assert (int(nib.load(str(path)).header["qform_code"]), int(nib.load(str(path)).header["sform_code"])) == (0, 0)
+    with pytest.raises(InputError) as err:
+        validate(bids_tree, ARMS)
+    assert err.value.problems == [f"{path}: its header gives no orientation (qform_code and sform_code are both 0), "
+                                  "so left and right are unknown; convert the image again from its DICOMs "
+                                  "(e.g. dcm2niix)"]
+    img.set_qform(original.affine, code=1)  # one of the two is enough
+    nib.save(img, str(path))
+    validate(bids_tree, ARMS)
+
+
 def test_a_single_slice_and_a_flair_outside_the_t1w_are_named_before_any_preprocessing(bids_tree):
     """Both passed validation once, then crashed N4 (zero spacing) or the registration (no overlap)
     with an ITK traceback naming neither file."""
