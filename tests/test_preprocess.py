@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -166,16 +167,38 @@ def test_compose_order_matches_sequential_application():
     np.testing.assert_allclose(matrix_to_transform(m).TransformPoint(p), seq, atol=1e-9)
 
 
-def test_followup_registration_with_baseline_mask_only(synth, processed, tmp_path):
-    """followup_mask='baseline': the follow-up head is matched to the baseline brain."""
+def test_followup_registration_with_baseline_mask_only(synth, processed, tmp_path, caplog):
+    """followup_mask='baseline': the follow-up head is matched to the baseline brain, and the fit
+    is checked: the baseline's brain, carried over, must lie inside the follow-up's head."""
+    import logging
+
+    from t2lesion.preprocess.register import MIN_BRAIN_OVERLAP, _check_overlap, brain_overlap, visit_head
+
     (v0, _, _), (v1, _, _) = synth
     outs0, outs1 = processed[0][0], processed[1][0]
     xfm = tmp_path / "to_baseline.tfm"
-    register_to_baseline(outs1["n4_T1w"], None, outs0["n4_T1w"], outs0["native_mask"], xfm, threads=THREADS)
+    with caplog.at_level(logging.INFO, logger="t2lesion"):
+        register_to_baseline(outs1["n4_T1w"], None, outs0["n4_T1w"], outs0["native_mask"], xfm, threads=THREADS)
     estimated = _matrix(xfm)
     truth = np.linalg.inv(v1.native_to_subject) @ v0.native_to_subject
     pts = v0.brain_points()
     assert np.linalg.norm((pts @ estimated.T - pts @ truth.T)[:, :3], axis=1).mean() < 1.0
+    good = float(re.search(r"share of the baseline's brain inside this visit's head (\d\.\d+)", caplog.text)[1])
+    assert good > 0.99, caplog.text
+    # the same check of a fit 40 mm off (left-right): an error; the scalp's margin hides small misfits
+    head = visit_head(sitk.ReadImage(str(outs1["n4_T1w"])))
+    bl_mask = sitk.ReadImage(str(outs0["native_mask"]))
+    fit = sitk.ReadTransform(str(xfm))
+    off = brain_overlap(head, bl_mask, sitk.CompositeTransform([fit, sitk.TranslationTransform(3, (40.0, 0, 0))])
+                        .GetInverse())[1]
+    assert off < MIN_BRAIN_OVERLAP["baseline_head"], off
+    with pytest.raises(InputError, match=r"sub-7_ses-w024_T1w\.nii: rigid registration to baseline failed \(share of "
+                                         r"the baseline's brain inside this visit's head 0\.\d\d < 0\.9\)"):
+        _check_overlap(off, "baseline_head", "sub-7_ses-w024_T1w.nii")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="t2lesion"):
+        _check_overlap(0.95, "baseline_head", "sub-7_ses-w024_T1w.nii")
+    assert "sub-7_ses-w024_T1w.nii: after registration to the baseline only 95.0% of the baseline's brain" in caplog.text
     # and the baseline mask carried through baseline -> MNI matches the follow-up's own
     out = {m: tmp_path / f"{m}.nii.gz" for m in MODS}
     resample_visit(
