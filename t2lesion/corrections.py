@@ -7,9 +7,10 @@ sidecar (same name, ``.json``) that records the rater (``Rater``).
 
 The ``reviewed`` source is the U-Net mask with every available correction applied, on the MNI
 grid the endpoints use (:func:`apply_correction`): the reader's edits — voxels added
-(correction and not the native U-Net mask) and removed (the native U-Net mask and not the
-correction) — are each carried into MNI as the GT mask is (``preprocess.gt_interpolation``,
-then ≥ 0.5) and applied to the U-Net's MNI mask. A correction equal to the native mask
+(correction and not the native U-Net mask), carried into MNI as the GT mask is
+(``preprocess.gt_interpolation``, then ≥ 0.5), and voxels removed (the native U-Net mask and
+not the correction), carried by nearest neighbour so that an erased lesion leaves no rim —
+are applied to the U-Net's MNI mask. A correction equal to the native mask
 changes nothing, and no voxel the reader left alone moves through a round trip of grids.
 
 A correction on another grid than the visit's FLAIR, or with values other than 0 and 1, is
@@ -111,7 +112,11 @@ def apply_correction(unet_mni: sitk.Image, unet_native: sitk.Image, correction: 
             continue
         img = sitk.GetImageFromArray(arr.astype(np.uint8))
         img.CopyInformation(correction)
-        mni = sitk.GetArrayFromImage(resample_mask_image(img, unet_mni, tx, interpolation)) > 0
+        # additions as the GT is carried (smooth edges); removals by nearest neighbour, the
+        # inverse of how the U-Net mask went to native (infer.mask_to_native): every MNI voxel
+        # of an erased lesion goes, where B-spline + 0.5 left its rim
+        how = interpolation if kind == "added" else "nearest"
+        mni = sitk.GetArrayFromImage(resample_mask_image(img, unet_mni, tx, how)) > 0
         out = (out | mni) if kind == "added" else (out & ~mni)
     return out.astype(np.uint8), int(edits["added"].sum()), int(edits["removed"].sum())
 
@@ -144,7 +149,8 @@ def run_apply_review(unet_mni: str, out_mask: str, out_status: str, *, participa
         problem = check_correction(corr, flair_img, correction)
         if problem:
             log.warning("%s", problem)
-            print(problem, file=sys.stderr)
+            # the job's own stderr (Snakemake's output): inside rule_log sys.stderr is the log
+            print(problem, file=sys.__stderr__ or sys.stderr)
             row["status"] = "rejected: " + problem.split(": ", 1)[1]
         else:
             mask, added, removed = apply_correction(base, io.read_image(unet_native), corr, xfm, interpolation)
@@ -195,9 +201,29 @@ KEY_COLUMNS = {"participant_id", "session", "week", "level", "term", "term_type"
 NOTE_COLUMNS = {"note", "status", "p_text", "reason", "summary"}
 
 
+def _long(df: pd.DataFrame, sources: Sequence[str]) -> pd.DataFrame | None:
+    """``df`` with a ``source`` column: as it is, or from a side-by-side table (Table 4, the
+    ANCOVA arm effect: ``<source>.<value>`` columns) one row per source and key, its numeric
+    values only (the text ones, e.g. "HR (low, high)", are each source's own); None without
+    either shape."""
+    if "source" in df.columns:
+        return df
+    blocks = {s: [c for c in df.columns if c.startswith(f"{s}.")] for s in sources}
+    if not any(blocks.values()):
+        return None
+    keys = [c for c in df.columns if "." not in c]
+    parts = []
+    for src, cols in blocks.items():
+        part = df[keys + cols].rename(columns={c: c.split(".", 1)[1] for c in cols})
+        values = [c.split(".", 1)[1] for c in cols]
+        part = part[keys + [v for v in values if pd.api.types.is_numeric_dtype(part[v])]]
+        parts.append(part.assign(source=src))
+    return pd.concat(parts, ignore_index=True)
+
+
 def endpoint_changes(tables: Mapping[str, pd.DataFrame], a: str = "unet", b: str = "reviewed") -> pd.DataFrame:
     """How each endpoint moved between sources ``a`` and ``b``: for every table with a
-    ``source`` column, its rows of ``a`` and ``b`` matched on their keys (:data:`KEY_COLUMNS`
+    ``source`` column or side by side (:func:`_long`), its rows of ``a`` and ``b`` matched on their keys (:data:`KEY_COLUMNS`
     and the other text columns: week, arm, term, …) and, per other numeric column, both values
     and ``b − a``. Long format:
     ``table, key, quantity, <a>, <b>, difference``. Trial-level rows whose values are equal are
@@ -205,7 +231,8 @@ def endpoint_changes(tables: Mapping[str, pd.DataFrame], a: str = "unet", b: str
     where they differ."""
     rows = []
     for name, df in tables.items():
-        if df is None or "source" not in df.columns:
+        df = _long(df, (a, b)) if df is not None else None
+        if df is None:
             continue
         df = df[df["source"].isin([a, b])]
         if df.empty:
@@ -239,6 +266,10 @@ def run_endpoint_changes(tables: Mapping[str, str | Path], status_tsvs: Sequence
     io.write_tsv(status, out_corrections_tsv)
     n_applied = int((status["status"] == "applied").sum()) if len(status) else 0
     n_rejected = int(status["status"].str.startswith("rejected").sum()) if len(status) else 0
+    for r in status[status["status"].str.startswith("rejected")].itertuples() if len(status) else []:
+        line = f"{r.correction}: {r.status} (rejected; {r.participant_id} {r.session} keeps its U-Net mask)"
+        log.warning("%s", line)
+        print(line, file=sys.__stderr__ or sys.stderr)  # said again where the trial's run ends
     log.info("%d corrections applied, %d rejected; %d endpoint quantities compared", n_applied, n_rejected,
              len(changes))
     return changes

@@ -23,6 +23,7 @@ import re
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
 from t2lesion.io import atomic_output
@@ -107,8 +108,16 @@ def table2_section(table2: pd.DataFrame) -> pd.DataFrame:
         text = [fmt_num(m) if sd != sd else f"{fmt_num(m)} ± {fmt_num(sd)}"
                 for m, sd in zip(block["mean"].map(_num), block["sd"].map(_num))]
         out = out.merge(block[keys].assign(**{src: text}), on=keys, how="left")
-    n = t.groupby("source", sort=False)["n"].first()
-    out.columns = [*keys, *[f"{s} (n = {n[s]} visits)" for s in sources]]
+    # the visits of a source: its largest n (a metric undefined on some visits, e.g. PPV
+    # where a mask is empty, rests on fewer: those carry their own "(n = k)")
+    t["n"] = pd.to_numeric(t["n"], errors="coerce")
+    n = t.groupby("source", sort=False)["n"].max()
+    for src in sources:
+        block = t[t["source"] == src].drop_duplicates(keys).set_index(keys)["n"]
+        fewer = [block.get((b, m), np.nan) for b, m in zip(out["block"], out["metric"])]
+        out[src] = [f"{v} (n = {k:g})" if isinstance(v, str) and k == k and k < n[src] else v
+                    for v, k in zip(out[src], fewer)]
+    out.columns = [*keys, *[f"{s} (n = {n[s]:g} visits)" for s in sources]]
     return out
 
 
@@ -159,8 +168,10 @@ def km_section(tests: pd.DataFrame) -> pd.DataFrame:
 
 
 def rate_ratio_section(nb: pd.DataFrame) -> pd.DataFrame:
-    """The arm rows of the count models: rate ratio (CI) and p, per source and model."""
-    arm = nb[nb["term_type"] == "arm"]
+    """The arm rows of the count models: rate ratio (CI) and p, per source and model, and each
+    model that did not run (its row has no term) with its reason."""
+    skipped = nb[~nb["status"].isin(OK_STATUSES) & (nb["term_type"] != "arm")].drop_duplicates(["source", "model"])
+    arm = pd.concat([nb[nb["term_type"] == "arm"], skipped]).sort_index()
     rows = []
     for _, r in arm.iterrows():
         if r["status"] not in OK_STATUSES:
@@ -171,8 +182,9 @@ def rate_ratio_section(nb: pd.DataFrame) -> pd.DataFrame:
             result = fmt_p(r["p"])
         if r["status"] == "warning" and r["note"]:
             result += f" ({short_note(r['note'])})"
+        label = r["label"] if isinstance(r["label"], str) else ""
         rows.append({"source": source_label(r["source"]), "model": r["model"].replace("_", " "),
-                     "term": r["label"], "rate ratio (CI), p": result})
+                     "term": label, "rate ratio (CI), p": result})
     return pd.DataFrame(rows)
 
 
@@ -272,6 +284,8 @@ def summary_markdown(trials: Mapping[str, Mapping], histories: Mapping[str, str 
             out += [f"### {title}", "", f"From {_link(path, base)}.", "", render(path), ""]
             if key == "table2" and threshold_line:
                 out += [threshold_line + ".", ""]
+        if threshold_line and not files.get("table2"):  # a trial without GT: said all the same
+            out += [threshold_line + ".", ""]
         if files.get("figures"):
             out += ["### Figures", "", *_figure_list(files["figures"], base), ""]
     if histories:

@@ -64,7 +64,11 @@ def test_a_correction_equal_to_the_mask_changes_nothing_and_edits_apply():
     assert np.array_equal(out, corr) and added == 18 and removed == 18
 
 
-def test_bad_corrections_are_rejected_with_one_line(tmp_path, capsys):
+def test_bad_corrections_are_rejected_with_one_line(tmp_path, capfd):
+    """One line naming the file on the job's stderr (Snakemake's output), also from inside the
+    job's rule_log, which sends sys.stderr to the log; and in the log."""
+    from t2lesion.logs import rule_log
+
     unet = box(2, 4, 4)
     paths = {"unet_mni": write(unet, tmp_path / "mni.nii.gz"), "unet_native": write(unet, tmp_path / "nat.nii.gz"),
              "flair": write(np.random.default_rng(0).random(SHAPE), tmp_path / "flair.nii.gz")}
@@ -74,11 +78,13 @@ def test_bad_corrections_are_rejected_with_one_line(tmp_path, capsys):
              "values.nii.gz": (unet * 2.0, "voxels are neither 0 nor 1")}
     for name, (arr, why) in cases.items():
         corr = write(arr, tmp_path / name)
-        row = C.run_apply_review(paths["unet_mni"], tmp_path / "out.nii.gz", tmp_path / "status.tsv",
-                                 participant_id="sub-01", session="ses-w000", unet_native=paths["unet_native"],
-                                 flair=paths["flair"], xfm=str(xfm), correction=corr)
-        err = capsys.readouterr().err.strip().splitlines()
+        with rule_log(tmp_path / f"{name}.log"):
+            row = C.run_apply_review(paths["unet_mni"], tmp_path / "out.nii.gz", tmp_path / "status.tsv",
+                                     participant_id="sub-01", session="ses-w000", unet_native=paths["unet_native"],
+                                     flair=paths["flair"], xfm=str(xfm), correction=corr)
+        err = capfd.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"{corr}: ") and why in err[0]
+        assert f"{corr}: " in (tmp_path / f"{name}.log").read_text()
         assert row["status"].startswith("rejected") and why in row["status"]
         assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out.nii.gz"))), unet)
     good = write(box(2, 10, 10), tmp_path / "good.nii.gz")
@@ -90,7 +96,7 @@ def test_bad_corrections_are_rejected_with_one_line(tmp_path, capsys):
     status = pd.read_csv(tmp_path / "status.tsv", sep="\t")
     assert row["status"] == "applied" and status.loc[0, "rater"] == "AB" and status.loc[0, "added_voxels"] == 18
     assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out.nii.gz"))), box(2, 10, 10))
-    assert capsys.readouterr().err == ""
+    assert capfd.readouterr().err == ""
 
 
 def test_a_simulated_reader_improves_on_the_unet():
@@ -138,6 +144,46 @@ def test_endpoint_changes_pair_the_sources_on_their_keys():
 
 
 
+def test_endpoint_changes_read_the_side_by_side_tables_too():
+    """The ANCOVA arm effect and Table 4 are written side by side (``<source>.<value>``, no source
+    column), as stats.side_by_side and table4 make them: their rows are compared too."""
+    from t2lesion.stats.common import side_by_side
+    from t2lesion.stats.survival import table4
+
+    tidy = pd.DataFrame({"source": ["unet", "reviewed", "classical"], "week": [48] * 3, "term": ["arm_OCR"] * 3,
+                         "estimate": [-5.0, -6.5, -4.0], "p": [0.2, 0.1, 0.3]})
+    arm = side_by_side(tidy, ["week", "term"], ["estimate", "p"])
+    assert "source" not in arm.columns and "unet.estimate" in arm.columns
+    cox = pd.DataFrame({"source": ["unet", "reviewed"], "endpoint": ["CCDP24"] * 2, "model": ["univariable"] * 2,
+                        "term": ["log_tlv"] * 2, "label": ["log TLV"] * 2, "hr": [1.5, 1.8], "hr_ci_low": [1.1, 1.2],
+                        "hr_ci_high": [2.0, 2.7], "p": [0.01, 0.02], "n": [40, 40], "events": [10, 10],
+                        "concordance": [0.6, 0.62], "ph_p": [0.5, 0.4], "log_tlv_centre": [0.0, 0.0],
+                        "status": ["ok", "ok"], "note": ["", ""]})
+    out = C.endpoint_changes({"ancova_arm_effect": arm, "table4": table4(cox)})
+    got = out.set_index(["table", "quantity"])["difference"].round(6)
+    assert got[("ancova_arm_effect", "estimate")] == -1.5 and got[("table4", "hr")] == 0.3
+    assert all(k.startswith("endpoint=CCDP24, model=univariable, term=log_tlv, label=log TLV")
+               for k in out.loc[out["table"] == "table4", "key"])
+    assert "hr_ci" not in set(out["quantity"])  # each source's own text
+
+
+def test_an_erased_lesion_leaves_no_rim_in_mni():
+    """A reader deletes every lesion on a grid turned against MNI: nothing of them is left
+    (removals go by nearest neighbour; B-spline + 0.5 left a rim of 21 of 354 voxels)."""
+    rng = np.random.default_rng(1)
+    unet = np.zeros(SHAPE, np.uint8)
+    for z, y, x in rng.integers([1, 3, 3], [7, 21, 21], size=(6, 3)):
+        unet[z - 1:z + 2, y - 2:y + 2, x - 2:x + 2] = 1
+    native = img(unet)
+    tx = sitk.Euler3DTransform()
+    tx.SetRotation(0.05, -0.08, 0.1)
+    tx.SetCenter(native.TransformContinuousIndexToPhysicalPoint(tuple((np.array(SHAPE[::-1]) - 1) / 2.0)))
+    mni = sitk.Resample(native, native, tx, sitk.sitkNearestNeighbor, 0)  # the U-Net's MNI mask, as predicted
+    out, added, removed = C.apply_correction(mni, native, img(np.zeros_like(unet)), tx)
+    assert removed == int(unet.sum()) and added == 0
+    assert sitk.GetArrayFromImage(mni).sum() > 0 and out.sum() == 0
+
+
 def test_endpoint_changes_pair_table2_rows_whose_summary_text_differs():
     """Table 2's ``summary`` column ("0.015 ± 0.006") is each source's own text, not a key."""
     t2 = pd.DataFrame({"source": ["unet", "reviewed"], "trial": ["t", "t"], "metric": ["DC", "DC"],
@@ -148,7 +194,7 @@ def test_endpoint_changes_pair_table2_rows_whose_summary_text_differs():
     assert out["difference"].round(4).tolist() == [0.452, 0.4941]
 
 
-def test_a_reviewed_training_mask_is_carried_into_mni_or_rejected_with_the_same_line(tmp_path, capsys):
+def test_a_reviewed_training_mask_is_carried_into_mni_or_rejected_with_the_same_line(tmp_path, capfd):
     """trials.<t>.training_masks: reviewed: a good reader's mask is carried into MNI as the GT is;
     a bad one (grid, values) stops the job with the line the `reviewed` source gives, naming the
     file, with what it means for training."""
@@ -174,7 +220,7 @@ def test_a_reviewed_training_mask_is_carried_into_mni_or_rejected_with_the_same_
         C.run_apply_review(paths["unet_mni"], tmp_path / "out.nii.gz", tmp_path / "status.tsv",
                            participant_id="sub-01", session="ses-w000", unet_native=paths["unet_native"],
                            flair=flair, xfm=str(xfm), correction=bad)
-        source_line = capsys.readouterr().err.strip()
+        source_line = capfd.readouterr().err.strip()
         with pytest.raises(InputError) as exc:
             C.run_training_mask(bad, flair, str(xfm), grid, str(tmp_path / "bad-mni.nii.gz"), trial="tr")
         line = str(exc.value)

@@ -8,7 +8,14 @@ import pandas as pd
 
 from tests.conftest import write_image
 from t2lesion.plots.overlays import choose_visits, fig2_png, lesion_slice, overlay_rgb
-from t2lesion.report import md_table, summary_markdown, table2_section, table4_section, write_summary
+from t2lesion.report import (
+    md_table,
+    rate_ratio_section,
+    summary_markdown,
+    table2_section,
+    table4_section,
+    write_summary,
+)
 from t2lesion.stats import validate_participants
 from t2lesion.stats.table1 import cohort_table, run_table1
 
@@ -248,3 +255,39 @@ def test_summary_states_the_unet_threshold_under_table2_and_each_folds_choice(tm
     assert "U-Net masks: probability >= 0.5 (fixed at 0.5: inference.threshold is auto but the fold models in /m" \
            in elsewhere
     assert "U-Net masks" not in summary_markdown(trials, None, out)  # no unet source
+
+
+def test_table2_header_counts_visits_and_a_metric_on_fewer_says_so():
+    """The column's n is the source's visits; PPV undefined on an empty mask rests on fewer."""
+    t = _table2("unet", 0.8)
+    t = pd.concat([t, t.iloc[[0]].assign(metric="PPV", column="ppv", n=7)], ignore_index=True)
+    out = table2_section(t)
+    assert list(out.columns) == ["block", "metric", "unet (n = 10 visits)"]
+    assert out.iloc[0, 2] == "0.800 ± 0.0432" and out.iloc[2, 2] == "0.800 ± 0.0432 (n = 7)"
+
+
+def test_a_count_model_that_did_not_run_keeps_its_row_and_reason():
+    """Skipped rows have no term (counts.py): the summary says why rather than dropping them."""
+    nb = pd.DataFrame([
+        {"source": "unet", "model": "negative_binomial", "term": "arm_OCR", "term_type": "arm", "label": "OCR vs PLA",
+         "rate_ratio": 0.5, "ci_low": 0.3, "ci_high": 0.8, "p": 0.004, "status": "ok", "note": ""},
+        {"source": "unet", "model": "negative_binomial", "term": "log_tlc_bl1", "term_type": "covariate",
+         "label": "x", "rate_ratio": 1.1, "ci_low": 0.9, "ci_high": 1.3, "p": 0.3, "status": "ok", "note": ""},
+        *[{"source": "reviewed", "model": m, "term": "", "term_type": np.nan, "label": np.nan, "rate_ratio": np.nan,
+           "ci_low": np.nan, "ci_high": np.nan, "p": np.nan, "status": "skipped", "note": "arm OCR has 1 subject"}
+          for m in ("negative_binomial", "poisson", "wilcoxon")],
+    ])
+    out = rate_ratio_section(nb)
+    assert len(out) == 4 and list(out["model"]) == ["negative binomial", "negative binomial", "poisson", "wilcoxon"]
+    assert out.iloc[0]["rate ratio (CI), p"].startswith("0.500 (0.300, 0.800), p = 0.004")
+    assert (out.iloc[1:]["rate ratio (CI), p"] == "skipped: arm OCR has 1 subject").all()
+    assert (out.iloc[1:]["term"] == "").all()
+
+
+def test_the_unet_threshold_is_stated_for_a_trial_without_gt(tmp_path):
+    stats = tmp_path / "results/stats/trial-t"
+    stats.mkdir(parents=True)
+    _table4().to_csv(stats / "table4.tsv", sep="\t", index=False)
+    text = summary_markdown({"t": {"table4": stats / "table4.tsv"}}, None, tmp_path / "results/report/summary.md",
+                            unet_threshold={"setting": 0.5, "files": [], "n_models": 3, "folder": None})
+    assert "Table 2" not in text and "U-Net masks: probability >= 0.5" in text
