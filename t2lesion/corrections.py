@@ -74,7 +74,7 @@ def unmatched_corrections(bids: str | Path, expected: Sequence[str | Path], tria
     known = {str(Path(p)) for p in expected}
     return [f"{p}: a reviewed mask that names no visit of trial {trial} (expected <the visit's FLAIR path>"
             f"{SUFFIX.replace('.nii.gz', '')}.nii.gz under {root}); ignored"
-            for p in sorted(root.rglob("*_mask.nii*")) if str(p) not in known]
+            for p in sorted(root.rglob("*.nii*")) if str(p) not in known]
 
 
 #: What happens to a visit whose correction is rejected (the ``reviewed`` source).
@@ -155,6 +155,11 @@ def run_apply_review(unet_mni: str, out_mask: str, out_status: str, *, participa
         else:
             mask, added, removed = apply_correction(base, io.read_image(unet_native), corr, xfm, interpolation)
             row.update(status="applied", added_voxels=added, removed_voxels=removed)
+            if removed and not sitk.GetArrayViewFromImage(corr).any():  # an accidental blank save?
+                line = (f"{correction}: an empty correction: every lesion of {participant_id} {session} removed "
+                        f"({removed} voxels); applied")
+                log.warning("%s", line)
+                print(line, file=sys.__stderr__ or sys.stderr)
             log.info("%s %s: correction applied (%d voxels added, %d removed, rater %s)", participant_id, session,
                      added, removed, row["rater"] or "n/a")
     row["unet_tlv_ml"] = int((sitk.GetArrayViewFromImage(base) > 0).sum()) * voxel_ml

@@ -57,6 +57,7 @@ import pandas as pd
 from t2lesion import io
 from t2lesion.errors import InputError
 from t2lesion.classical import MAD_TO_SD
+from t2lesion.corrections import correction_path
 from t2lesion.evaluation.segmentation import CONNECTIVITY, MIN_SIZE, _label, voxel_metrics
 
 log = logging.getLogger(__name__)
@@ -386,11 +387,22 @@ def write_bundle(visit_id: str, paths: Mapping[str, str | Path], out_dir: str | 
     return ws
 
 
+def _bids_root(raw: str | Path) -> Path:
+    """The BIDS folder holding a raw image: the parent of its ``sub-*`` folder."""
+    path = Path(raw).absolute()
+    for parent in path.parents:
+        if parent.name.startswith("sub-"):
+            return parent.parent
+    return path.parent
+
+
 def run_bundles(queue_tsv: str | Path, ids: Sequence[str], inputs: Mapping[str, Sequence], out_dir: str | Path, *,
                 top_k: int | None) -> pd.DataFrame:
     """Path-level entry point (rule ``review_bundles``): a bundle per visit of the queue's first
     ``top_k`` (every visit for None) under ``out_dir/<visit>/``, and ``out_dir/bundles.tsv``
-    (rank, visit, workspace relative to ``out_dir``). ``inputs``: per key of :func:`write_bundle`,
+    (rank, visit, workspace relative to ``out_dir``, and ``save_correction_as``: where the
+    reader saves the visit's corrected mask, :func:`t2lesion.corrections.correction_path`).
+    ``inputs``: per key of :func:`write_bundle`,
     one path per visit, aligned with ``ids``."""
     index = {vid: i for i, vid in enumerate(ids)}
     q = pd.read_csv(queue_tsv, sep="\t", dtype={"participant_id": str, "session": str})
@@ -405,8 +417,10 @@ def run_bundles(queue_tsv: str | Path, ids: Sequence[str], inputs: Mapping[str, 
             raise InputError(f"{queue_tsv}: visit {vid} is not among the bundle inputs")
         paths = {k: v[index[vid]] for k, v in inputs.items()}
         ws = write_bundle(vid, paths, out / vid)
-        rows.append({"rank": r.rank, "visit": vid, "score": r.score, "workspace": str(ws.relative_to(out))})
-        log.info("bundle %d: %s (score %.2f)", r.rank, vid, r.score)
-    table = pd.DataFrame(rows, columns=["rank", "visit", "score", "workspace"])
+        save_as = correction_path(_bids_root(paths["flair"]), paths["flair"])
+        rows.append({"rank": r.rank, "visit": vid, "score": r.score, "workspace": str(ws.relative_to(out)),
+                     "save_correction_as": str(save_as)})
+        log.info("bundle %d: %s (score %.2f); its correction goes to %s", r.rank, vid, r.score, save_as)
+    table = pd.DataFrame(rows, columns=["rank", "visit", "score", "workspace", "save_correction_as"])
     io.write_tsv(table, out / "bundles.tsv")
     return table

@@ -46,11 +46,14 @@ def test_correction_path_mirrors_the_flair():
 def test_unmatched_corrections_are_one_line_each(tmp_path):
     good = C.correction_path(tmp_path, tmp_path / "sub-01/ses-w000/anat/sub-01_ses-w000_FLAIR.nii.gz")
     stray = tmp_path / C.REVIEWED_FOLDER / "sub-09/ses-w000/anat/sub-09_ses-w000_space-FLAIR_desc-lesion_mask.nii.gz"
-    for p in (good, stray):
+    renamed = good.with_name(good.name.replace("_mask.nii.gz", "_mask_corrected.nii.gz"))  # "under a new name"
+    sidecar = good.with_suffix("").with_suffix(".json")
+    for p in (good, stray, renamed, sidecar):
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(b"")
     lines = C.unmatched_corrections(tmp_path, [good], "t")
-    assert len(lines) == 1 and lines[0].startswith(f"{stray}: a reviewed mask that names no visit of trial t")
+    assert len(lines) == 2 and lines[0].startswith(f"{renamed}: a reviewed mask that names no visit of trial t")
+    assert lines[1].startswith(f"{stray}: a reviewed mask that names no visit of trial t")
     assert C.unmatched_corrections(tmp_path / "nothing", [], "t") == []
 
 
@@ -97,6 +100,14 @@ def test_bad_corrections_are_rejected_with_one_line(tmp_path, capfd):
     assert row["status"] == "applied" and status.loc[0, "rater"] == "AB" and status.loc[0, "added_voxels"] == 18
     assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out.nii.gz"))), box(2, 10, 10))
     assert capfd.readouterr().err == ""
+    # a blank save: applied (a reader may erase every lesion), and said, in case it was an accident
+    blank = write(np.zeros(SHAPE), tmp_path / "blank.nii.gz")
+    row = C.run_apply_review(paths["unet_mni"], tmp_path / "out.nii.gz", tmp_path / "status.tsv",
+                             participant_id="sub-01", session="ses-w000", unet_native=paths["unet_native"],
+                             flair=paths["flair"], xfm=str(xfm), correction=blank)
+    assert row["status"] == "applied" and row["removed_voxels"] == 18 and row["reviewed_tlv_ml"] == 0
+    assert capfd.readouterr().err.strip() == (f"{blank}: an empty correction: every lesion of sub-01 ses-w000 removed "
+                                              "(18 voxels); applied")
 
 
 def test_a_simulated_reader_improves_on_the_unet():

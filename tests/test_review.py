@@ -207,7 +207,9 @@ def test_review_bundle_opens_in_itksnap_with_relative_paths(tmp_path):
     native = tmp_path / "native"
     native.mkdir()
     les = blobs(rng)
-    flair = _write(rng.random(SHAPE) + les, native / "flair.nii.gz", spacing=(0.9, 0.9, 3.0))
+    raw = tmp_path / "bids/sub-002/ses-w000/anat"
+    raw.mkdir(parents=True)
+    flair = _write(rng.random(SHAPE) + les, raw / "sub-002_ses-w000_FLAIR.nii.gz", spacing=(0.9, 0.9, 3.0))
     inputs = {"flair": [], "t1w": [], "t2w": [], "mask": [], "prob": [], "mi": [], "xfm": []}
     ids = []
     for s in (1, 2):
@@ -228,6 +230,11 @@ def test_review_bundle_opens_in_itksnap_with_relative_paths(tmp_path):
     table = review.run_bundles(tmp_path / "queue.tsv", ids, inputs, out, top_k=1)
     assert list(table["visit"]) == ["sub-002_ses-w000"] and not (out / "sub-001_ses-w000").exists()
     ws = out / table.loc[0, "workspace"]
+    # where the reader saves the correction: the raw FLAIR's path under derivatives/lesions-reviewed
+    assert table.loc[0, "save_correction_as"] == str(
+        tmp_path / "bids/derivatives/lesions-reviewed/sub-002/ses-w000/anat/"
+                   "sub-002_ses-w000_space-FLAIR_desc-lesion_mask.nii.gz")
+    assert pd.read_csv(out / "bundles.tsv", sep="\t").loc[0, "save_correction_as"] == table.loc[0, "save_correction_as"]
     root = ET.parse(ws).getroot()  # valid XML
     layers = root.find("folder[@key='Layers']").findall("folder")
     found = {}
@@ -236,7 +243,7 @@ def test_review_bundle_opens_in_itksnap_with_relative_paths(tmp_path):
         role = layer.find("entry[@key='Role']").get("value")
         assert not Path(path).is_absolute() and (ws.parent / path).is_file(), path
         found[role] = found.get(role, []) + [path]
-    assert len(layers) == 6 and found["MainRole"] == ["sub-002_ses-w000_FLAIR.nii.gz"]
+    assert len(layers) == 6 and found["MainRole"] == ["sub-002_ses-w000_FLAIR.nii.gz"], found
     assert found["SegmentationRole"] == ["sub-002_ses-w000_space-FLAIR_desc-lesion_mask.nii.gz"]
     prob = sitk.ReadImage(str(ws.parent / "sub-002_ses-w000_space-FLAIR_desc-lesion_probseg.nii.gz"))
     assert prob.GetSpacing() == pytest.approx((0.9, 0.9, 3.0))
