@@ -188,6 +188,22 @@ def rate_ratio_section(nb: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def corrections_line(status: pd.DataFrame) -> str:
+    """One line on the readers' corrections behind the ``reviewed`` source (corrections.tsv)."""
+    st = status["status"].fillna("")
+    applied, rejected = int((st == "applied").sum()), int(st.str.startswith("rejected").sum())
+    raters = sorted({r for r in status.loc[st == "applied", "rater"].fillna("").astype(str) if r})
+    text = (f"Reader corrections: {applied} of {len(status)} visits corrected (their masks in the `reviewed` "
+            f"source; the others are the U-Net's), {rejected} rejected")
+    if applied:
+        added = pd.to_numeric(status.loc[st == "applied", "added_voxels"], errors="coerce").sum()
+        removed = pd.to_numeric(status.loc[st == "applied", "removed_voxels"], errors="coerce").sum()
+        text += f"; {added:g} voxels added and {removed:g} removed in native space"
+    if raters:
+        text += f"; raters {', '.join(raters)}"
+    return text
+
+
 def training_section(histories: Mapping[str, str | Path],
                      thresholds: Mapping[str, str | Path] | None = None) -> pd.DataFrame:
     """Per fold: epochs run, the best epoch (the one model.keras holds) and its validation Dice;
@@ -286,6 +302,8 @@ def summary_markdown(trials: Mapping[str, Mapping], histories: Mapping[str, str 
                 out += [threshold_line + ".", ""]
         if threshold_line and not files.get("table2"):  # a trial without GT: said all the same
             out += [threshold_line + ".", ""]
+        if files.get("corrections"):
+            out += [corrections_line(_read(files["corrections"])) + f" ({_link(files['corrections'], base)}).", ""]
         if files.get("figures"):
             out += ["### Figures", "", *_figure_list(files["figures"], base), ""]
     if histories:

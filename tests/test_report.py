@@ -291,3 +291,19 @@ def test_the_unet_threshold_is_stated_for_a_trial_without_gt(tmp_path):
     text = summary_markdown({"t": {"table4": stats / "table4.tsv"}}, None, tmp_path / "results/report/summary.md",
                             unet_threshold={"setting": 0.5, "files": [], "n_models": 3, "folder": None})
     assert "Table 2" not in text and "U-Net masks: probability >= 0.5" in text
+
+
+def test_the_summary_says_how_many_visits_readers_corrected(tmp_path):
+    """The `reviewed` source is the U-Net's masks but where a reader corrected one: how many."""
+    review = tmp_path / "results/review/trial-t"
+    review.mkdir(parents=True)
+    pd.DataFrame({"participant_id": ["sub-1", "sub-1", "sub-2", "sub-3"], "session": ["ses-w000", "ses-w024"] * 2,
+                  "correction": ["a.nii.gz", "b.nii.gz", "", "c.nii.gz"], "rater": ["AB", "CD", "", ""],
+                  "status": ["applied", "applied", "none", "rejected: 3 voxels are neither 0 nor 1"],
+                  "added_voxels": [10, 0, 0, 0], "removed_voxels": [5, 40, 0, 0], "unet_tlv_ml": [1, 1, 1, 1],
+                  "reviewed_tlv_ml": [1, 1, 1, 1]}).to_csv(review / "corrections.tsv", sep="\t", index=False)
+    text = summary_markdown({"t": {"corrections": review / "corrections.tsv"}}, None,
+                            tmp_path / "results/report/summary.md")
+    assert ("Reader corrections: 2 of 4 visits corrected (their masks in the `reviewed` source; the others are the "
+            "U-Net's), 1 rejected; 10 voxels added and 45 removed in native space; raters AB, CD "
+            "([corrections.tsv](../review/trial-t/corrections.tsv)).") in text

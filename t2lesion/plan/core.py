@@ -22,7 +22,8 @@ import functools
 from t2lesion.bids import MODALITIES, Visit
 from t2lesion.config import Trial, fold_models, fold_thresholds, source_warnings, trials_from_config, visit_inputs
 from t2lesion.plan.paths import (
-    FIG2, FLAIR_XFM, MNI, OPTIONAL_UNET_MAPS, PRE, PRE_BASELINE, PRED, QC_PNG, STATS, TRACK, TRAIN, UNET_OUTPUTS, VALIDATED,
+    FIG2, FLAIR_XFM, MNI, OPTIONAL_UNET_MAPS, PRE, PRE_BASELINE, PRED, QC_PNG, REVIEW, STATS, TRACK, TRAIN, UNET_OUTPUTS,
+    VALIDATED,
     VISIT_TABLE, VOLUME,
     InferBatch, mask_path, visit_paths, wildcard_alternatives,
 )
@@ -398,6 +399,8 @@ class Plan(ReviewPlan, ValidationPlan):
             }
             if self.has_new_lesions(name):
                 files["nb"] = f"{stats}/nb_rate_ratio.tsv"
+            if name in self.reviewed_trials():
+                files["corrections"] = f"{REVIEW.format(trial=name)}/corrections.tsv"
             files["figures"] = self.summary_figures(name)
             out[name] = {k: v for k, v in files.items() if v}
         return out
