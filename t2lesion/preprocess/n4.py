@@ -23,7 +23,9 @@ N4_ITERATIONS = (50, 50, 50, 50)
 
 
 def head_mask(img: sitk.Image) -> sitk.Image:
-    """Otsu foreground (head) mask, uint8, with holes filled slice-wise-agnostically."""
+    """Otsu foreground (head) mask, uint8: its largest connected component, holes not filled
+    (dark CSF and lesions inside stay out; N4 evaluates its field everywhere, and the users that
+    need a closed head dilate it, or fill it: ``register.visit_head``)."""
     mask = sitk.OtsuThreshold(as_float(img), 0, 1, 200)
     # Largest connected component: drops isolated background speckle above the threshold.
     cc = sitk.ConnectedComponent(mask)
