@@ -325,6 +325,11 @@ def test_reviewed_source_takes_the_corrections_that_exist(tmp_path):
     changes = plan.review_changes_inputs("real")
     assert len(changes["status"]) == 6 and changes["ancova_arm_effect"].endswith("ancova_arm_effect.tsv")
     assert "status" not in plan.review_changes_tables("real") and "tlv_long" in plan.review_changes_tables("real")
+    # the same corrections without 'reviewed' among the sources: said, since nothing reads them
+    cfg["sources"] = ["classical", "unet"]
+    _, warnings = Plan.from_config(check_config(copy.deepcopy(cfg)))
+    assert ("trial real: 1 reader correction(s) under derivatives/lesions-reviewed/, unused: add 'reviewed' to "
+            "sources to apply them") in warnings
 
 
 def test_reviewed_needs_the_unet(tmp_path):

@@ -137,6 +137,11 @@ class ReviewPlan:
         out = []
         for trial in self.reviewed_trials():
             out += unmatched_corrections(self.trials[trial].bids, self.correction_paths(trial).values(), trial)
+        if "reviewed" not in self.sources and "unet" in self.sources:  # corrections that nothing reads
+            for trial in self.test_trials:
+                if not self.trials[trial].problems and self.corrections(trial):
+                    out.append(f"trial {trial}: {len(self.corrections(trial))} reader correction(s) under "
+                               f"derivatives/lesions-reviewed/, unused: add 'reviewed' to sources to apply them")
         return out
 
     def apply_review_inputs(self, trial: str, sub: str, ses: str) -> dict[str, str]:
