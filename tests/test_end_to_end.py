@@ -17,7 +17,7 @@ import yaml
 
 from t2lesion.unet.threshold import THRESHOLD_GRID
 from tests.conftest import REPO
-from tests.test_environment import _norm, env_closure, installed_closure, rule_envs
+from tests.test_environment import _norm, env_closure, installed_closure, library_imports, rule_envs
 from tests.test_workflow import snakemake
 
 # tiny_run runs once: every test of the module on one xdist worker (make test: --dist loadgroup)
@@ -139,9 +139,10 @@ def test_every_stage_wrote_its_outputs(tiny_run):
 
 
 def test_every_job_imports_only_what_its_rules_conda_env_holds(tiny_run):
-    """Under --sdm conda a job runs in its rule's envs/*.yaml: every module that a job's script
-    (or its worker processes) imported in this run is the standard library, t2lesion, a pin of
-    that env or something a pin requires, or Snakemake's own (its preamble appends its sys.path)."""
+    """Under --sdm conda a job runs in its rule's envs/*.yaml: every package of t2lesion's own
+    imports that a job's script (or its worker processes) imported in this run is a pin of that
+    env or something a pin requires, or Snakemake's own (its preamble appends its sys.path).
+    (Imports a library makes on its own, Keras trying scikit-learn, are the library's.)"""
     from importlib.metadata import packages_distributions
 
     records = {r["pid"]: r for r in (json.loads(p.read_text()) for p in (tiny_run / "import_audit").glob("*.json"))}
@@ -156,9 +157,8 @@ def test_every_job_imports_only_what_its_rules_conda_env_holds(tiny_run):
             record = records.get(record["ppid"])
         return None
 
-    envs, dists = rule_envs(), packages_distributions()
+    envs, dists, ours = rule_envs(), packages_distributions(), library_imports()
     snakemakes = installed_closure(["snakemake"])
-    own = {"t2lesion", "__main__", "__mp_main__", "sitecustomize"}
     checked, missing, unknown = set(), {}, set()
     for record in records.values():
         script = script_of(record)
@@ -167,9 +167,7 @@ def test_every_job_imports_only_what_its_rules_conda_env_holds(tiny_run):
         checked.add(script)
         for env in envs[script]:
             allowed = env_closure(env) | snakemakes
-            for module in record["modules"]:
-                if module in sys.stdlib_module_names or module in own or module.startswith("_cython_"):
-                    continue
+            for module in set(record["modules"]) & ours:
                 names = {_norm(d) for d in dists.get(module, [])}
                 if not names:
                     unknown.add(f"{module} ({script})")

@@ -159,6 +159,24 @@ def installed_closure(names) -> set[str]:
     return seen
 
 
+def library_imports() -> set[str]:
+    """The top-level modules that t2lesion's own code and the workflow scripts import (module
+    level or inside functions), the standard library and t2lesion left out: what a rule's env
+    must provide when that code runs (what the libraries import on their own, e.g. Keras trying
+    scikit-learn, is theirs to declare)."""
+    import ast
+    import sys
+
+    names: set[str] = set()
+    for path in [*(REPO / "t2lesion").rglob("*.py"), *(REPO / "workflow_scripts").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names.add(node.module.split(".")[0])
+    return {n for n in names if n not in sys.stdlib_module_names and n not in ("t2lesion", "__future__")}
+
+
 def env_closure(env: str) -> set[str]:
     """What a job in ``envs/<env>`` can import: its pins and their requirements."""
     return installed_closure(_env_pins(REPO / "envs" / env))
@@ -172,6 +190,8 @@ def test_every_workflow_script_runs_in_a_conda_env():
     for gpu_rule in ("train.py", "calibrate.py", "infer.py"):  # dl.conda_env picks one
         assert scripts[gpu_rule] == {"dl.yaml", GPU_ENV}, gpu_rule
     assert "nibabel" in env_closure("imaging.yaml") and "statsmodels" not in env_closure("dl.yaml")
+    assert {"nibabel", "SimpleITK", "keras", "statsmodels", "lifelines", "deepbet"} <= library_imports()
+    assert not {"os", "t2lesion", "sklearn"} & library_imports()
 
 
 STAND_IN_CONDA = """#!/bin/sh
