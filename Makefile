@@ -69,7 +69,7 @@ validation-doc: env
 	$(BIN)/python -m t2lesion.validation.document docs/validation docs/VALIDATION.md
 
 test: env
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=15
+	$(BIN)/python -m pytest -q -n 2 --durations=15
 
 lint: env
 	$(BIN)/snakemake --lint

@@ -20,8 +20,7 @@ from tests.conftest import REPO
 from tests.test_environment import _norm, env_closure, installed_closure, library_imports, rule_envs
 from tests.test_workflow import snakemake
 
-# tiny_run runs once: every test of the module on one xdist worker (make test: --dist loadgroup)
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("e2e")]
+pytestmark = pytest.mark.slow
 
 # The tiny test trial (2 subjects x 2 visits, small volumes); tests/test_slurm.py runs it too.
 TINY_TRIAL = {

@@ -22,9 +22,6 @@ from t2lesion.unet import infer as I
 from t2lesion.unet import model as M
 from t2lesion.unet.windows import bounding_box, window_batches
 
-# its module fixture runs once: every test of the module on one xdist worker (make test: --dist loadgroup)
-pytestmark = pytest.mark.xdist_group("infer")
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _backend_check as BC  # noqa: E402
 

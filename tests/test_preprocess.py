@@ -47,9 +47,6 @@ from t2lesion.preprocess._common import (
     transform_to_matrix,
 )
 
-# its module fixture runs once: every test of the module on one xdist worker (make test: --dist loadgroup)
-pytestmark = pytest.mark.xdist_group("preprocess")
-
 MODS = ("T1w", "T2w", "FLAIR")
 THREADS = 2
 

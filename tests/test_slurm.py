@@ -37,9 +37,6 @@ from pathlib import Path
 
 import pytest
 
-# its module fixture runs once: every test of the module on one xdist worker (make test: --dist loadgroup)
-pytestmark = pytest.mark.xdist_group("slurm")
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 

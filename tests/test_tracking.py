@@ -13,9 +13,6 @@ import SimpleITK as sitk
 from t2lesion.errors import InputError
 from t2lesion.tracking import classify_pair, qc_name, run_tracking, track_subject, volume_change_class
 
-# its module fixture runs once: every test of the module on one xdist worker (make test: --dist loadgroup)
-pytestmark = pytest.mark.xdist_group("tracking")
-
 SHAPE = (5, 40, 60)
 
 

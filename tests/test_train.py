@@ -27,9 +27,6 @@ from t2lesion.unet import model as M
 from t2lesion.unet import train as T
 from tests.conftest import REPO
 
-# its module fixture runs once: every test of the module on one xdist worker (make test: --dist loadgroup)
-pytestmark = pytest.mark.xdist_group("train")
-
 PATCH = (8, 32, 32)
 MODEL = {
     "patch_size": list(PATCH), "widths": [8, 16], "strides": [[1, 2, 2]],
@@ -372,14 +369,16 @@ def test_auto_precision_uses_bf16_only_on_gpus_with_native_bf16(caplog):
     """mixed_precision auto: bf16 on compute capability >= 8.0 (A100, H100), float32 on a V100
     (7.0, the paper's card) or T4 (7.5), where bf16 is emulated; capabilities as each backend
     reports them."""
-    assert T.parse_compute_capability("9.0") == (9, 0) and T.parse_compute_capability((7, 5)) == (7, 5)
-    assert T.parse_compute_capability("8") == (8, 0)
+    from t2lesion.unet.backend import gpu_compute_capabilities, parse_compute_capability
+
+    assert parse_compute_capability("9.0") == (9, 0) and parse_compute_capability((7, 5)) == (7, 5)
+    assert parse_compute_capability("8") == (8, 0)
     with pytest.raises(ValueError):
-        T.parse_compute_capability(None)
+        parse_compute_capability(None)
     log = logging.getLogger("t2lesion.test")
     with caplog.at_level(logging.INFO, logger="t2lesion.test"):
         assert T.bf16_native([(8, 0), (9, 0)], log) and T.bf16_native([], log)
         assert not caplog.records
         assert not T.bf16_native([(9, 0), (7, 0)], log)
     assert "compute capability 7.0 is below 8.0 (no native bf16)" in caplog.text
-    assert T.gpu_compute_capabilities() == []  # this machine's backend sees no GPU
+    assert gpu_compute_capabilities() == []  # this machine's backend sees no GPU

@@ -58,6 +58,37 @@ class Choice:
     reason: str
 
 
+def gpu_compute_capabilities() -> list[tuple[int, int]]:
+    """The compute capability of each CUDA GPU the Keras backend sees (empty where it sees none
+    or cannot tell)."""
+    backend = importlib.import_module("keras").backend.backend()
+    try:
+        if backend == "jax":
+            jax = importlib.import_module("jax")
+            return [parse_compute_capability(getattr(d, "compute_capability", None))
+                    for d in jax.devices() if d.platform == "gpu"]
+        if backend == "tensorflow":
+            tf = importlib.import_module("tensorflow")
+            return [parse_compute_capability(tf.config.experimental.get_device_details(d).get("compute_capability"))
+                    for d in tf.config.list_physical_devices("GPU")]
+        if backend == "torch":
+            torch = importlib.import_module("torch")
+            return [tuple(torch.cuda.get_device_capability(i)) for i in range(torch.cuda.device_count())]
+    except (RuntimeError, ValueError, AttributeError):
+        return []
+    return []
+
+
+def parse_compute_capability(value) -> tuple[int, int]:
+    """``"8.0"`` (JAX), ``(8, 0)`` (TensorFlow, torch) -> ``(8, 0)``; anything else ValueError."""
+    if isinstance(value, str):
+        major, _, minor = value.partition(".")
+        return int(major), int(minor or 0)
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        return int(value[0]), int(value[1])
+    raise ValueError(f"not a compute capability: {value!r}")
+
+
 def installed(backend: str) -> bool:
     """Whether the backend's library can be imported here (without importing it)."""
     return importlib.util.find_spec(MODULES[backend]) is not None
@@ -255,5 +286,5 @@ def job_line(precision: str) -> str:
     return f"backend {keras.backend.backend()}, device {device()}, precision {precision}"
 
 
-__all__ = ["MODULES", "SETTINGS", "Choice", "compile_cache", "decide", "device", "installed", "jax_gpus", "job_line",
-           "model_precision", "select", "start_job"]
+__all__ = ["MODULES", "SETTINGS", "Choice", "compile_cache", "decide", "device", "gpu_compute_capabilities", "installed",
+           "jax_gpus", "job_line", "model_precision", "parse_compute_capability", "select", "start_job"]

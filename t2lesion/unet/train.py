@@ -47,7 +47,7 @@ from keras import ops
 
 from t2lesion.unet import losses as L
 from t2lesion.unet import model as M
-from t2lesion.unet.backend import job_line
+from t2lesion.unet.backend import gpu_compute_capabilities, job_line
 from t2lesion.unet.hparams import LossConfig, split_model_section
 
 #: the schema's training defaults (schemas/config.schema.yaml), for callers passing a partial dict
@@ -106,41 +106,6 @@ def gpu_visible(log: logging.Logger | None = None) -> bool:
 #: NVIDIA's first compute capability with bf16 tensor cores (Ampere, e.g. A100); older cards
 #: (V100: 7.0, T4: 7.5) run bf16 emulated, slower than float32.
 BF16_MIN_COMPUTE_CAPABILITY = (8, 0)
-
-
-def gpu_compute_capabilities() -> list[tuple[int, int]]:
-    """The compute capability of each CUDA GPU the Keras backend sees (empty where it sees none
-    or cannot tell)."""
-    backend = keras.backend.backend()
-    try:
-        if backend == "jax":
-            import jax
-
-            return [parse_compute_capability(getattr(d, "compute_capability", None))
-                    for d in jax.devices() if d.platform == "gpu"]
-        if backend == "tensorflow":
-            import tensorflow as tf
-
-            return [parse_compute_capability(tf.config.experimental.get_device_details(d).get("compute_capability"))
-                    for d in tf.config.list_physical_devices("GPU")]
-        if backend == "torch":
-            import importlib
-
-            torch = importlib.import_module("torch")
-            return [tuple(torch.cuda.get_device_capability(i)) for i in range(torch.cuda.device_count())]
-    except (RuntimeError, ValueError, AttributeError):
-        return []
-    return []
-
-
-def parse_compute_capability(value) -> tuple[int, int]:
-    """``"8.0"`` (JAX), ``(8, 0)`` (TensorFlow, torch) -> ``(8, 0)``; anything else ValueError."""
-    if isinstance(value, str):
-        major, _, minor = value.partition(".")
-        return int(major), int(minor or 0)
-    if isinstance(value, (tuple, list)) and len(value) == 2:
-        return int(value[0]), int(value[1])
-    raise ValueError(f"not a compute capability: {value!r}")
 
 
 def bf16_native(capabilities: list[tuple[int, int]], log: logging.Logger | None = None) -> bool:
