@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -40,6 +39,7 @@ import pandas as pd
 import SimpleITK as sitk
 
 from t2lesion import io
+from t2lesion.logs import tell_user
 
 log = logging.getLogger(__name__)
 
@@ -148,18 +148,14 @@ def run_apply_review(unet_mni: str, out_mask: str, out_status: str, *, participa
         corr = io.read_image(correction)
         problem = check_correction(corr, flair_img, correction)
         if problem:
-            log.warning("%s", problem)
-            # the job's own stderr (Snakemake's output): inside rule_log sys.stderr is the log
-            print(problem, file=sys.__stderr__ or sys.stderr)
+            tell_user(problem, log)
             row["status"] = "rejected: " + problem.split(": ", 1)[1]
         else:
             mask, added, removed = apply_correction(base, io.read_image(unet_native), corr, xfm, interpolation)
             row.update(status="applied", added_voxels=added, removed_voxels=removed)
             if removed and not sitk.GetArrayViewFromImage(corr).any():  # an accidental blank save?
-                line = (f"{correction}: an empty correction: every lesion of {participant_id} {session} removed "
-                        f"({removed} voxels); applied")
-                log.warning("%s", line)
-                print(line, file=sys.__stderr__ or sys.stderr)
+                tell_user(f"{correction}: an empty correction: every lesion of {participant_id} {session} removed "
+                          f"({removed} voxels); applied", log)
             log.info("%s %s: correction applied (%d voxels added, %d removed, rater %s)", participant_id, session,
                      added, removed, row["rater"] or "n/a")
     row["unet_tlv_ml"] = int((sitk.GetArrayViewFromImage(base) > 0).sum()) * voxel_ml
@@ -270,11 +266,9 @@ def run_endpoint_changes(tables: Mapping[str, str | Path], status_tsvs: Sequence
     io.write_tsv(changes, out_tsv, na_rep="n/a", float_format="%.6g")
     io.write_tsv(status, out_corrections_tsv)
     n_applied = int((status["status"] == "applied").sum()) if len(status) else 0
-    n_rejected = int(status["status"].str.startswith("rejected").sum()) if len(status) else 0
-    for r in status[status["status"].str.startswith("rejected")].itertuples() if len(status) else []:
-        line = f"{r.correction}: {r.status} (rejected; {r.participant_id} {r.session} keeps its U-Net mask)"
-        log.warning("%s", line)
-        print(line, file=sys.__stderr__ or sys.stderr)  # said again where the trial's run ends
-    log.info("%d corrections applied, %d rejected; %d endpoint quantities compared", n_applied, n_rejected,
+    rejected = status[status["status"].str.startswith("rejected")] if len(status) else status
+    for r in rejected.itertuples():  # said again where the trial's run ends
+        tell_user(f"{r.correction}: {r.status} (rejected; {r.participant_id} {r.session} keeps its U-Net mask)", log)
+    log.info("%d corrections applied, %d rejected; %d endpoint quantities compared", n_applied, len(rejected),
              len(changes))
     return changes

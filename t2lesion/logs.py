@@ -65,6 +65,13 @@ def rule_log(path: str | Path | None, threads: int | None = None):
             root.removeHandler(handler)
 
 
+def tell_user(line: str, logger: logging.Logger) -> None:
+    """A warning the user must see although the job succeeds: in the job's log and on the job's
+    own stderr, which Snakemake shows (inside :func:`rule_log`, ``sys.stderr`` is the log)."""
+    logger.warning("%s", line)
+    print(line, file=sys.__stderr__ or sys.stderr)
+
+
 #: The last line of a successful job's log (benchmarks/rule_cpu.py reads it).
 CPU_LINE = "job CPU seconds: %.2f"
 
