@@ -233,6 +233,78 @@ def test_coregistration_recovers_a_known_motion(synth, processed, tmp_path):
         assert err.mean() < 0.5, f"{m}: coregistration error {err.mean():.2f} mm"
 
 
+def test_coregistration_is_checked_by_the_contrasts_whole_heads(synth, processed, tmp_path, caplog):
+    """Intra-visit fits are checked: the contrast's whole head, carried onto the T1w, must lie
+    inside the T1w's. Good fits and a slab pass, a header turned by 90 degrees stops the job
+    naming the raw file, a fit 10 mm off warns (docs/DESIGN.md §2)."""
+    import logging
+
+    from t2lesion.preprocess.register import _check_overlap, brain_overlap, coregister_visit, whole_head
+
+    outs0 = processed[0][0]
+    t1w = sitk.ReadImage(str(outs0["n4_T1w"]))
+    heads = {m: sitk.GetArrayFromImage(whole_head(sitk.ReadImage(str(outs0[f"n4_{m}"])))) for m in MODS}
+    for m in ("T2w", "FLAIR"):  # one head across the contrasts (the Otsu head_mask is not: T2w's is the scalp)
+        assert _dice(heads["T1w"], heads[m]) > 0.99, m
+    # the same head from the same voxels stored along other axes (a sagittal acquisition)
+    sag = sitk.PermuteAxes(t1w, [2, 0, 1])
+    back = sitk.Resample(whole_head(sag), t1w, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    assert _dice(sitk.GetArrayFromImage(back), heads["T1w"]) > 0.99
+
+    with caplog.at_level(logging.INFO, logger="t2lesion"):
+        coregister_visit({m: outs0[f"n4_{m}"] for m in ("T2w", "FLAIR")}, outs0["n4_T1w"],
+                         {m: tmp_path / f"{m}.tfm" for m in ("T2w", "FLAIR")}, threads=THREADS,
+                         sources={"T2w": "sub-1_T2w.nii.gz", "FLAIR": "sub-1_FLAIR.nii.gz"})
+    shares = [float(x) for x in re.findall(r"share of its head inside the T1w's head (\d\.\d+)", caplog.text)]
+    assert len(shares) == 2 and min(shares) > 0.99, caplog.text
+    # a FLAIR slab (a third of the slices, the middle ones) lies inside the T1w's head
+    flair = sitk.ReadImage(str(outs0["n4_FLAIR"]))
+    nz = flair.GetSize()[2]
+    sitk.WriteImage(flair[:, :, nz // 3: 2 * nz // 3], str(tmp_path / "slab.nii"))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="t2lesion"):
+        coregister_visit({"FLAIR": tmp_path / "slab.nii"}, outs0["n4_T1w"], {"FLAIR": tmp_path / "slab.tfm"},
+                         threads=THREADS)
+    share = float(re.search(r"share of its head inside the T1w's head (\d\.\d+)", caplog.text)[1])
+    assert share > 0.99 and "WARNING" not in caplog.text, caplog.text
+    # the FLAIR's header turned by 90 degrees about left-right: the identity start cannot reach it.
+    # Turned about its first voxel (the direction changed, the origin kept) the images do not
+    # overlap, which ITK reports as an exception: an error naming the file. Turned about the image's centre the heads overlap;
+    # a head is round enough that 95 % of the turned one still lies inside: a warning only
+    turn = np.array([[1.0, 0, 0], [0, 0, -1], [0, 1, 0]])
+    centre = np.array(flair.TransformContinuousIndexToPhysicalPoint(tuple((np.array(flair.GetSize()) - 1) / 2)))
+    for pivot in (np.array(flair.GetOrigin()), centre):
+        turned = sitk.Image(flair)
+        turned.SetDirection(tuple((turn @ np.array(flair.GetDirection()).reshape(3, 3)).ravel()))
+        turned.SetOrigin(tuple(pivot + turn @ (np.array(flair.GetOrigin()) - pivot)))
+        sitk.WriteImage(turned, str(tmp_path / "turned.nii"))
+        args = ({"FLAIR": tmp_path / "turned.nii"}, outs0["n4_T1w"], {"FLAIR": tmp_path / "turned.tfm"})
+        if pivot is centre:
+            break
+        with pytest.raises(InputError, match=r"sub-1_FLAIR\.nii\.gz: rigid registration failed: the image does not "
+                                             r"overlap its target .*; check its header's origin and orientation"):
+            coregister_visit(*args, threads=THREADS, sources={"FLAIR": "sub-1_FLAIR.nii.gz"})
+        assert not (tmp_path / "turned.tfm").exists()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="t2lesion"):
+        coregister_visit(*args, threads=THREADS, sources={"FLAIR": "sub-1_FLAIR.nii.gz"})
+    assert re.search(r"sub-1_FLAIR\.nii\.gz: after registration to the visit's T1w only 9\d\.\d% of this image's "
+                     r"head lies inside the T1w's head", caplog.text), caplog.text
+    # a fit 10 mm off warns, 40 mm off fails
+    fit = sitk.ReadTransform(str(outs0["to_t1w_FLAIR"]))
+    t1w_head = sitk.BinaryDilate(whole_head(t1w), [3, 3, 1])
+    off = {mm: brain_overlap(t1w_head, whole_head(flair),
+                             sitk.CompositeTransform([fit, sitk.TranslationTransform(3, (mm, 0.0, 0.0))]))[1]
+           for mm in (10.0, 40.0)}
+    assert 0.85 < off[10.0] < 0.97 and off[40.0] < 0.85, off
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="t2lesion"):
+        _check_overlap(off[10.0], "coregister", "sub-1_FLAIR.nii.gz")
+    assert "sub-1_FLAIR.nii.gz: after registration to the visit's T1w only 9" in caplog.text
+    with pytest.raises(InputError, match=r"sub-1_FLAIR\.nii\.gz: rigid registration to the visit's T1w failed"):
+        _check_overlap(off[40.0], "coregister", "sub-1_FLAIR.nii.gz")
+
+
 def test_failed_registration_is_reported():
     from t2lesion.preprocess.register import _check_overlap, brain_overlap
 

@@ -14,4 +14,4 @@ with rule_log(snakemake.log[0], snakemake.threads):
         iterations=p.iterations,
     )
     coregister_visit({"T2w": o.t2w, "FLAIR": o.flair}, o.t1w, {"T2w": o.t2w_xfm, "FLAIR": o.flair_xfm},
-                     threads=snakemake.threads)
+                     threads=snakemake.threads, sources={"T2w": i.t2w, "FLAIR": i.flair})

@@ -85,7 +85,8 @@ def preprocess_visit(
     clock.run("n4", n4_visit, raw, {m: out[f"n4_{m}"] for m in MODS}, threads=threads, shrink=n4_shrink,
               iterations=n4_iterations)
     clock.run("coregister", coregister_visit, {m: out[f"n4_{m}"] for m in ("T2w", "FLAIR")}, out["n4_T1w"],
-              {m: out[f"to_t1w_{m}"] for m in ("T2w", "FLAIR")}, threads=threads)
+              {m: out[f"to_t1w_{m}"] for m in ("T2w", "FLAIR")}, threads=threads,
+              sources={m: raw[m] for m in ("T2w", "FLAIR")})
     own_mask = baseline is None or followup_mask == "own"
     if followup_mask not in ("own", "baseline"):
         raise ValueError(f"followup_mask must be 'own' or 'baseline', got {followup_mask!r}")
