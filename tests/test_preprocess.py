@@ -75,13 +75,14 @@ def synth(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def processed(synth, tmp_path_factory):
-    """Both visits through every step (template skull stripping), outputs + CPU times."""
+    """Both visits through every step (template skull stripping; every visit its own brain
+    mask, so that each extractor is scored on both), outputs + CPU times."""
     out_dir = tmp_path_factory.mktemp("preproc")
     results, baseline = [], None
     for v, prefix, p in synth:
         outs, times = preprocess_visit(
             p["T1w"], p["T2w"], p["FLAIR"], out_dir, prefix, gt_mask=p["gt"], baseline=baseline,
-            skull_strip_method="template", threads=THREADS,
+            skull_strip_method="template", followup_mask="own", threads=THREADS,
         )
         baseline = baseline or outs
         results.append((outs, times))

@@ -64,7 +64,7 @@ def preprocess_visit(
     gt_mask: str | Path | None = None,
     baseline: dict[str, Path] | None = None,
     skull_strip_method: str = "deepbet",
-    followup_mask: str = "own",
+    followup_mask: str = "baseline",
     threads: int = 1,
     n4_shrink=N4_SHRINK,
     n4_iterations=N4_ITERATIONS,
@@ -76,8 +76,9 @@ def preprocess_visit(
     """Run every step for one visit; return (outputs by name, CPU seconds by step).
 
     ``baseline``: None for a baseline visit, else the baseline's returned outputs.
-    ``followup_mask``: "own" (skull-strip every visit, register brain to brain) or
-    "baseline" (follow-ups reuse the baseline's mask: one skull stripping per subject).
+    ``followup_mask``: "baseline" (the workflow's default, ``preprocess.followup_brain_mask``:
+    follow-ups reuse the baseline's mask, one skull stripping per subject) or "own"
+    (skull-strip every visit, register brain to brain).
     """
     out = visit_outputs(out_dir, prefix)
     clock = _Clock()
