@@ -82,5 +82,6 @@ rule summary:
         training_figures=lambda w: PLAN.summary_training_figures(),
         thresholds=lambda w: PLAN.summary_thresholds(),
         unet_threshold=lambda w: PLAN.unet_threshold(),
+        conf_level=ST["conf_level"],
     script:
         "../workflow_scripts/summary.py"

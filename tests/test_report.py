@@ -214,8 +214,9 @@ def test_write_summary_links_figures_relatively(tmp_path):
     files = {"table1": str(stats / "table1.tsv"), "table2": str(stats / "table2.tsv"),
              "table4": str(stats / "table4.tsv"),
              "figures": {"Fig. 2": [str(tmp_path / "results/metrics/unet/trial-t/fig2_overlays.png")]}}
-    write_summary({"t": files}, {"1": str(hist)}, out)
+    write_summary({"t": files}, {"1": str(hist)}, out, conf_level=0.9)
     text = out.read_text()
+    assert "### Table 4: Cox proportional-hazards models (HR (90 % CI), p)" in text
     assert "## trial-t" in text and "### Table 1: cohort by arm" in text
     assert "| Patients | n | 4 | 4 | 8 |" in text
     assert "[fig2_overlays.png](../metrics/unet/trial-t/fig2_overlays.png)" in text

@@ -521,7 +521,9 @@ def test_entry_points_write_side_by_side_outputs(tmp_path, small):
     r = t4[(t4.endpoint == "CDP24") & (t4.term == "log_tlv") & (t4.model == "multivariable")].iloc[0]
     tidy = cox[(cox.endpoint == "CDP24") & (cox.term == "log_tlv") & (cox.model == "multivariable")]
     assert float(r["classical.hr"]) == pytest.approx(tidy[tidy.source == "classical"].hr.iloc[0], rel=1e-9)
-    assert r["gt.hr_ci"].count("(") == 1
+    from t2lesion.formatting import fmt_num
+
+    assert r["gt.hr_ci"] == f"{fmt_num(r['gt.hr'])} ({fmt_num(r['gt.hr_ci_low'])}, {fmt_num(r['gt.hr_ci_high'])})"
     tests = stats.run_km(paths["long"], paths["participants"], paths["outcomes"], tmp_path / "km.tsv",
                          tmp_path / "kmc.tsv", str(tmp_path / "km_{endpoint}.png"), "PLA", endpoints=["CDP24"])
     assert (tmp_path / "km_CDP24.png").stat().st_size > 10_000
@@ -956,3 +958,15 @@ def test_ph_test_with_one_distinct_event_time_is_nan_with_a_note_not_a_crash():
     event = np.r_[np.ones(3, int), np.zeros(9, int)]
     chi2, glob = cox_zph_km(X, time, event, np.array([0.1, -0.2]))
     assert np.isnan(chi2).all() and np.isnan(glob)
+
+
+def test_table4_text_has_three_significant_digits_as_every_table():
+    from t2lesion.stats.survival import table4
+
+    cox = pd.DataFrame({"source": "unet", "endpoint": "CDP24", "model": "multivariable", "term": ["arm", "log_tlv"],
+                        "label": ["Arm", "BL T2 TLV (log)"], "hr": [1.23456, 12.3456], "hr_ci_low": [0.98765, 0.0123456],
+                        "hr_ci_high": [1.5432, 123.456], "p": 0.5, "n": 40, "events": 10, "concordance": 0.6,
+                        "ph_p": 0.4, "log_tlv_centre": 1.7, "status": "ok", "note": ""})
+    t = table4(cox, conf_level=0.9)
+    assert list(t["unet.hr_ci"]) == ["1.23 (0.988, 1.54)", "12.3 (0.0123, 123)"]
+    assert set(t.ci_level) == {0.9}

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from t2lesion.formatting import fmt_ci
 from t2lesion.stats.common import (
     DEFAULT_COX_FIT_OPTIONS, FAILED, GT_SOURCE, OK, SKIPPED, WARNING, Exclusions, _write_tsv, confounded_reason,
     region_is_us, resolve_arms, resolve_sources, side_by_side, write_exclusions,
@@ -380,10 +381,11 @@ PH_TEST_NOTE = ("PH test: score test of x·g(t), g = 1 - KM(t-) centred at its m
                 "coefficients, Efron ties: R survival >= 3 cox.zph(fit, transform = 'km', terms = FALSE)")
 
 
-def table4(cox: pd.DataFrame, sources: Sequence[str] | None = None, digits: int = 3,
+def table4(cox: pd.DataFrame, sources: Sequence[str] | None = None,
            conf_level: float | None = None) -> pd.DataFrame:
-    """Table 4 layout: endpoint, model, term, label; per source ``<src>.hr_ci`` ("HR (low, high)",
-    ``digits`` decimals, level ``conf_level``), hr, hr_ci_low, hr_ci_high, p, n, events,
+    """Table 4 layout: endpoint, model, term, label; per source ``<src>.hr_ci`` ("HR (low, high)"
+    at level ``conf_level``, 3 significant digits as every table and figure of the run:
+    :func:`t2lesion.formatting.fmt_ci`), hr, hr_ci_low, hr_ci_high, p, n, events,
     concordance, ph_p, log_tlv_centre, status, note. The column ``ci_level`` gives the level and
     ``ph_test`` what the PH test is."""
     t = cox.copy()
@@ -392,7 +394,7 @@ def table4(cox: pd.DataFrame, sources: Sequence[str] | None = None, digits: int 
     def fmt(r):
         if pd.isna(r["hr"]) or not np.isfinite(r["hr"]):
             return ""
-        return f"{r['hr']:.{digits}f} ({r['hr_ci_low']:.{digits}f}, {r['hr_ci_high']:.{digits}f})"
+        return fmt_ci(r["hr"], r["hr_ci_low"], r["hr_ci_high"])
 
     t["hr_ci"] = t.apply(fmt, axis=1) if len(t) else []
     out = side_by_side(t, ["endpoint", "model", "term", "label"],
