@@ -283,7 +283,8 @@ def run_review_figure(queue_tsv: str | Path, ids: Sequence[str], flairs: Sequenc
     """The report's review page: the queue's first ``n_visits`` visits, each on the axial FLAIR
     slice with the most lesion, ``firsts`` (red) and ``seconds`` (blue) over FLAIR, drawn by
     :func:`t2lesion.plots.overlays.fig2_png` (``ids``, ``flairs``, ``firsts``, ``seconds``
-    aligned, one entry per visit of the trial). Returns the ids shown."""
+    aligned, one entry per visit of the trial). One source (``names`` twice the same, the
+    queue source alone): its ``seconds`` only. Returns the ids shown."""
     from t2lesion.plots.overlays import fig2_png
 
     q = pd.read_csv(queue_tsv, sep="\t", dtype={"participant_id": str, "session": str})
@@ -296,7 +297,10 @@ def run_review_figure(queue_tsv: str | Path, ids: Sequence[str], flairs: Sequenc
         f, a, b = paths[vid]
         cases.append({"id": f"#{r.rank} {vid}\nscore {r.score:.2f} ({r.top_reason or '-'})", "flair": f, "gt": a,
                       "pred": b})
-    title = f"Review queue, trial-{trial}: {names[0]} (red) vs {names[1]} (blue), overlap purple"
+    if names[0] == names[1]:  # one source: drawn against itself it would be all overlap
+        title, names = f"Review queue, trial-{trial}: {names[1]} (blue)", (None, names[1])
+    else:
+        title = f"Review queue, trial-{trial}: {names[0]} (red) vs {names[1]} (blue), overlap purple"
     fig2_png(cases, out_png, title=title, names=names, empty="Review queue: no visit")
     return [c["id"] for c in cases]
 

@@ -195,6 +195,20 @@ def test_review_figure_draws_the_top_visits(tmp_path):
     assert (tmp_path / "fig.png").stat().st_size > 1000
     with pytest.raises(InputError, match="sub-001_ses-w000 is not a visit of trial t"):
         review.run_review_figure(tmp_path / "queue.tsv", ids[1:], [flair], [a], [b], tmp_path / "f.png", trial="t")
+    # one source (classical alone): its mask in blue, none of it drawn as overlap with itself
+    from matplotlib.image import imread
+
+    review.run_review_figure(tmp_path / "queue.tsv", ids, [flair] * 2, [a] * 2, [a] * 2, tmp_path / "one.png",
+                             n_visits=1, names=("classical", "classical"), trial="t")
+    review.run_review_figure(tmp_path / "queue.tsv", ids, [flair] * 2, [a] * 2, [a] * 2, tmp_path / "self.png",
+                             n_visits=1, names=("classical", "unet"), trial="t")
+
+    def pixels(png, hue):  # blue: the source alone; purple: overlap (the legend too draws its colours)
+        r, g, b = np.moveaxis(imread(png)[..., :3], -1, 0)
+        return int(((b - r > 0.3) if hue == "blue" else (np.minimum(r, b) - g > 0.2)).sum())
+
+    assert pixels(tmp_path / "one.png", "blue") > 50 and pixels(tmp_path / "one.png", "purple") == 0
+    assert pixels(tmp_path / "self.png", "purple") > 50
 
 
 def test_review_bundle_opens_in_itksnap_with_relative_paths(tmp_path):

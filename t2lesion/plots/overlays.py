@@ -80,19 +80,23 @@ def fig2_png(cases: Sequence[Mapping], out_png: str | Path, title: str = "",
     """Write the figure: one row per case (keys id, flair, gt, pred: image paths on one grid).
 
     ``names``: what the ``gt`` (red) and ``pred`` (blue) masks are, for the titles and legend
-    (the review page shows two sources, t2lesion.review)."""
+    (the review page shows two sources, t2lesion.review). ``names[0]`` None: one mask per
+    case, ``pred`` (blue), and no ``gt`` (the review page of a trial with one source)."""
     if not cases:
         _empty(out_png, empty)
         return Path(out_png)
+    single = names[0] is None
+    layers = ("pred",) if single else ("gt", "pred")
     fig, axes = plt.subplots(len(cases), 3, figsize=(9.6, 3.4 * len(cases)), squeeze=False)
     for r, case in enumerate(cases):
-        imgs = {k: read_image(case[k]) for k in ("flair", "gt", "pred")}
-        bad = [f"{case[k]}: geometry differs from the FLAIR {case['flair']}" for k in ("gt", "pred")
+        imgs = {k: read_image(case[k]) for k in ("flair", *layers)}
+        bad = [f"{case[k]}: geometry differs from the FLAIR {case['flair']}" for k in layers
                if not same_geometry(imgs[k], imgs["flair"])]
         if bad:
             raise InputError(bad, header="Fig. 2: FLAIR and masks must share one grid")
         flair = _lps(imgs["flair"])
-        gt, pred = _lps(imgs["gt"]) > 0.5, _lps(imgs["pred"]) > 0.5
+        pred = _lps(imgs["pred"]) > 0.5
+        gt = np.zeros_like(pred) if single else _lps(imgs["gt"]) > 0.5
         z = lesion_slice(gt, pred)
         brain = flair[flair > 0]
         vmin, vmax = np.percentile(brain, [1, 99.5]) if brain.size else (0.0, 1.0)
@@ -100,7 +104,7 @@ def fig2_png(cases: Sequence[Mapping], out_png: str | Path, title: str = "",
         over = overlay_rgb(flair[z], gt[z], pred[z], vmin=vmin, vmax=vmax)
         win = _crop(gt[z] | pred[z], flair[z].shape)
         panels = [(np.clip((flair[z] - vmin) / max(vmax - vmin, 1e-6), 0, 1), "FLAIR"),
-                  (over, f"{names[0]} and {names[1]}"), (over[win], "inset")]
+                  (over, names[1] if single else f"{names[0]} and {names[1]}"), (over[win], "inset")]
         for c, (img, name) in enumerate(panels):
             ax = axes[r, c]
             ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1, aspect=sy / sx,
@@ -112,11 +116,13 @@ def fig2_png(cases: Sequence[Mapping], out_png: str | Path, title: str = "",
         n_gt, n_pred, n_both = int(gt[z].sum()), int(pred[z].sum()), int((gt[z] & pred[z]).sum())
         axes[r, 0].set_ylabel(f"{case['id']}\nslice {z}", fontsize=8)
         second = "pred" if names[1] == "prediction" else names[1]
-        axes[r, 2].set_xlabel(f"voxels: {names[0]} {n_gt}, {second} {n_pred}, both {n_both}", fontsize=7)
+        axes[r, 2].set_xlabel(f"voxels: {second} {n_pred}" if single else
+                              f"voxels: {names[0]} {n_gt}, {second} {n_pred}, both {n_both}", fontsize=7)
     gt_only, pred_only = (" (false negative)", " (false positive)") if names == ("GT", "prediction") else ("", "")
-    handles = [Patch(color=GT_COLOR, label=f"{names[0]} only{gt_only}"),
-               Patch(color=PRED_COLOR, label=f"{names[1]} only{pred_only}"),
-               Patch(color=BOTH_COLOR, label=f"{names[0]} and {names[1]}")]
+    handles = [Patch(color=PRED_COLOR, label=names[1])] if single else [
+        Patch(color=GT_COLOR, label=f"{names[0]} only{gt_only}"),
+        Patch(color=PRED_COLOR, label=f"{names[1]} only{pred_only}"),
+        Patch(color=BOTH_COLOR, label=f"{names[0]} and {names[1]}")]
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
     fig.suptitle((title + "  " if title else "") + "(radiological: patient left on image right)", fontsize=9)
     fig.tight_layout(rect=(0, 0.04, 1, 0.97))
