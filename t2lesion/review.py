@@ -307,12 +307,13 @@ def run_review_figure(queue_tsv: str | Path, ids: Sequence[str], flairs: Sequenc
 
 # --------------------------------------------------------------------------- review bundles
 
-#: A bundle's files: key -> file name after ``sub-<s>_ses-<w>_`` (native FLAIR space except
-#: the T1w and T2w, which stay on their own native grids; viewers place them by their headers).
+#: A bundle's files: key -> file name after ``sub-<s>_ses-<w>_``, all on the native FLAIR's
+#: grid: the T1w and T2w resampled onto it through the visit's own coregistration (so that
+#: motion between the sequences does not misplace them, as their headers alone would).
 BUNDLE_FILES = {
     "flair": "FLAIR.nii.gz",
-    "t1w": "T1w.nii.gz",
-    "t2w": "T2w.nii.gz",
+    "t1w": "space-FLAIR_T1w.nii.gz",
+    "t2w": "space-FLAIR_T2w.nii.gz",
     "prob": "space-FLAIR_desc-lesion_probseg.nii.gz",
     "mi": "space-FLAIR_desc-mi_uncertainty.nii.gz",
     "mask": "space-FLAIR_desc-lesion_mask.nii.gz",
@@ -366,13 +367,19 @@ def itksnap_workspace(layers: Sequence[tuple[str, str, str]]) -> str:
 
 
 def write_bundle(visit_id: str, paths: Mapping[str, str | Path], out_dir: str | Path) -> Path:
-    """One visit's review bundle in ``out_dir``: the raw FLAIR, T1w and T2w copied, the U-Net's
-    native mask copied, its probability and MI maps carried to the native FLAIR grid with the
-    visit's transform (:func:`t2lesion.unet.infer.map_to_native`, the function family that made
-    the native mask), and ``<visit_id>.itksnap``. ``paths``: flair, t1w, t2w, mask (native),
-    prob, mi (MNI), xfm (``from-FLAIR_to-MNI1x1x3``). Returns the workspace's path."""
+    """One visit's review bundle in ``out_dir``: the raw FLAIR and the U-Net's native mask
+    copied; the raw T1w and T2w resampled onto the FLAIR's grid (linear, rounded to their type)
+    through the visit's coregistration; the U-Net's probability and MI maps carried to the
+    native FLAIR grid with the visit's transform (:func:`t2lesion.unet.infer.map_to_native`,
+    the function family that made the native mask); and ``<visit_id>.itksnap``. ``paths``:
+    flair, t1w, t2w (raw), mask (native), prob, mi (MNI), xfm (``from-FLAIR_to-MNI1x1x3``),
+    flair_to_t1w and t2w_to_t1w (``from-FLAIR_to-T1w``, ``from-T2w_to-T1w``: T1w points to the
+    contrast's). Returns the workspace's path."""
     import shutil
 
+    import SimpleITK as sitk
+
+    from t2lesion.preprocess._common import read_transform
     from t2lesion.unet.infer import map_to_native
 
     out = Path(out_dir)
@@ -382,8 +389,15 @@ def write_bundle(visit_id: str, paths: Mapping[str, str | Path], out_dir: str | 
     mask = io.read_image(paths["mask"])
     if not io.same_geometry(mask, flair):
         raise InputError(f"{paths['mask']}: not on the grid of the native FLAIR {paths['flair']}")
-    for key in ("flair", "t1w", "t2w", "mask"):
+    for key in ("flair", "mask"):
         shutil.copyfile(paths[key], out / names[key])
+    to_t1w = read_transform(paths["flair_to_t1w"]).GetInverse()  # FLAIR points -> T1w points
+    for key, tx in (("t1w", to_t1w), ("t2w", sitk.CompositeTransform([read_transform(paths["t2w_to_t1w"]), to_t1w]))):
+        img = io.read_image(paths[key])
+        moved = sitk.Resample(img, flair, tx, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        if img.GetPixelID() not in (sitk.sitkFloat32, sitk.sitkFloat64):  # rounded, not truncated, to its type
+            moved = sitk.Cast(sitk.Round(moved), img.GetPixelID())
+        io.write_image(moved, out / names[key])
     for key in ("prob", "mi"):
         io.write_image(map_to_native(io.read_image(paths[key]), flair, str(paths["xfm"])), out / names[key])
     ws = out / f"{visit_id}.itksnap"

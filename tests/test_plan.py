@@ -280,10 +280,13 @@ def test_review_queue_of_unet_beside_classical(tmp_path):
     assert "classical" in fig["first"][0] and "unet" in fig["second"][0]
     assert "results/review/trial-real/bundles" in plan.review_targets("real")
     bundle = plan.review_bundle_inputs("real")
-    assert all(len(bundle[k]) == 6 for k in ("flair", "t1w", "t2w", "mask", "prob", "mi", "xfm"))
+    assert all(len(bundle[k]) == 6 for k in ("flair", "t1w", "t2w", "mask", "prob", "mi", "xfm", "flair_to_t1w",
+                                                 "t2w_to_t1w"))
     assert bundle["flair"][0].endswith("sub-001_ses-w000_FLAIR.nii.gz") and "/bids/" in bundle["flair"][0]
     assert bundle["mask"][0].endswith("sub-001_ses-w000_space-FLAIR_desc-lesion_mask.nii.gz")
     assert bundle["xfm"][0].endswith("sub-001_ses-w000_from-FLAIR_to-MNI1x1x3_xfm.tfm")
+    assert bundle["flair_to_t1w"][1].endswith("sub-001_ses-w024_from-FLAIR_to-T1w_xfm.tfm")
+    assert bundle["t2w_to_t1w"][1].endswith("sub-001_ses-w024_from-T2w_to-T1w_xfm.tfm")
 
 
 def test_review_queue_without_the_unet_ranks_the_classical_masks(tmp_path):

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from t2lesion import review
+from t2lesion import io, review
 from t2lesion.errors import InputError
 
 SHAPE = (8, 32, 32)
@@ -224,13 +224,30 @@ def test_review_bundle_opens_in_itksnap_with_relative_paths(tmp_path):
     raw = tmp_path / "bids/sub-002/ses-w000/anat"
     raw.mkdir(parents=True)
     flair = _write(rng.random(SHAPE) + les, raw / "sub-002_ses-w000_FLAIR.nii.gz", spacing=(0.9, 0.9, 3.0))
-    inputs = {"flair": [], "t1w": [], "t2w": [], "mask": [], "prob": [], "mi": [], "xfm": []}
+    flair_arr = sitk.GetArrayFromImage(sitk.ReadImage(flair))
+    # the T1w and T2w show the same head moved between the sequences: anatomy at FLAIR point p
+    # lies at p + shift in them (whole voxels, so that the resampling is exact inside)
+    shifts = {"t1w": np.array([1.8, -2.7, 3.0]), "t2w": np.array([-3.6, 0.9, -3.0])}
+    moved = {}
+    for key, shift in shifts.items():
+        img = sitk.GetImageFromArray(flair_arr.astype(np.int16) * 100)
+        img.SetSpacing((0.9, 0.9, 3.0))
+        img.SetOrigin(tuple(shift))
+        moved[key] = str(native / f"{key}.nii.gz")
+        sitk.WriteImage(img, moved[key])
+    coreg = {"flair_to_t1w": -shifts["t1w"], "t2w_to_t1w": shifts["t2w"] - shifts["t1w"]}  # T1w points -> the contrast's
+    for key, t in coreg.items():
+        sitk.WriteTransform(sitk.TranslationTransform(3, tuple(t)), str(native / f"{key}.tfm"))
+    inputs = {"flair": [], "t1w": [], "t2w": [], "mask": [], "prob": [], "mi": [], "xfm": [], "flair_to_t1w": [],
+              "t2w_to_t1w": []}
     ids = []
     for s in (1, 2):
         ids.append(f"sub-00{s}_ses-w000")
         inputs["flair"].append(flair)
-        inputs["t1w"].append(_write(rng.random((16, 16, 16)), native / f"t1w{s}.nii.gz"))
-        inputs["t2w"].append(_write(rng.random(SHAPE), native / f"t2w{s}.nii.gz"))
+        inputs["t1w"].append(moved["t1w"])
+        inputs["t2w"].append(moved["t2w"])
+        inputs["flair_to_t1w"].append(str(native / "flair_to_t1w.tfm"))
+        inputs["t2w_to_t1w"].append(str(native / "t2w_to_t1w.tfm"))
         inputs["mask"].append(_write(les, native / f"mask{s}.nii.gz", spacing=(0.9, 0.9, 3.0)))
         inputs["prob"].append(_write(les * 0.8, native / f"prob{s}.nii.gz", spacing=(0.9, 0.9, 3.0)))
         inputs["mi"].append(_write(les * 0.3, native / f"mi{s}.nii.gz", spacing=(0.9, 0.9, 3.0)))
@@ -262,6 +279,13 @@ def test_review_bundle_opens_in_itksnap_with_relative_paths(tmp_path):
     prob = sitk.ReadImage(str(ws.parent / "sub-002_ses-w000_space-FLAIR_desc-lesion_probseg.nii.gz"))
     assert prob.GetSpacing() == pytest.approx((0.9, 0.9, 3.0))
     assert np.allclose(sitk.GetArrayFromImage(prob), les * 0.8, atol=1e-5)
+    # the T1w and T2w on the FLAIR's grid, placed by the coregistration: the FLAIR's own voxels
+    # (x 100, in their int16) wherever the moved images cover the FLAIR's
+    for key in ("T1w", "T2w"):
+        img = sitk.ReadImage(str(ws.parent / f"sub-002_ses-w000_space-FLAIR_{key}.nii.gz"))
+        assert io.same_geometry(img, sitk.ReadImage(flair)) and img.GetPixelID() == sitk.sitkInt16, key
+        arr = sitk.GetArrayFromImage(img)
+        assert np.array_equal(arr[1:-1, 4:-4, 4:-4], (flair_arr.astype(np.int16) * 100)[1:-1, 4:-4, 4:-4]), key
     # a native mask off the FLAIR's grid is one error naming it
     inputs["mask"][1] = _write(les, native / "bad.nii.gz")
     with pytest.raises(InputError, match="bad.nii.gz: not on the grid of the native FLAIR"):

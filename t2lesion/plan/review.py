@@ -93,8 +93,9 @@ class ReviewPlan:
 
     def review_bundle_inputs(self, trial: str) -> dict:
         """Per visit (aligned with :meth:`review_ids`): the raw FLAIR, T1w and T2w, the U-Net's
-        native mask, probability and MI maps and the composed FLAIR -> MNI transform (rule
-        review_bundles; only with ``unet`` among the sources)."""
+        native mask, probability and MI maps, the composed FLAIR -> MNI transform and the
+        visit's FLAIR and T2w -> T1w coregistration (rule review_bundles; only with ``unet``
+        among the sources)."""
         t, visits = self.trials[trial], self.trials[trial].visits
         d = [self.infer_visit(trial, v) for v in visits]
         return {
@@ -106,6 +107,8 @@ class ReviewPlan:
             "prob": [x["out_prob"] for x in d],
             "mi": [x["out_mi"] for x in d],
             "xfm": [x["flair_xfm"] for x in d],
+            "flair_to_t1w": visit_paths(f"{PRE}_from-FLAIR_to-T1w_xfm.tfm", trial, visits),
+            "t2w_to_t1w": visit_paths(f"{PRE}_from-T2w_to-T1w_xfm.tfm", trial, visits),
         }
 
     # ------------------------------------------------------------------ readers' corrections
