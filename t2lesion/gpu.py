@@ -17,9 +17,12 @@ Devices come from ``T2LESION_GPUS`` (comma-separated ids; an empty value means n
 tests use it to fake devices) or else from ``nvidia-smi -L``. Where there is none the lease
 says why (``nvidia-smi not installed`` or ``nvidia-smi failed: exit status 9: <its message>``),
 in the log and in :attr:`Lease.message`. Locks live in
-``T2LESION_GPU_LOCKS`` (default: a per-user folder under the system's temp directory, one per
-SLURM allocation inside one, whose device ids are the allocation's), which must be shared by
-every job on the machine.
+``T2LESION_GPU_LOCKS`` (default: ``t2lesion-gpu-locks`` under the system's temp directory,
+shared by every user of the machine, so that two users' runs do not both take GPU 0; inside
+a SLURM allocation, whose device ids are the allocation's, one folder per allocation). The
+folder must be shared by every job on the machine. The shared one is world-writable with
+the sticky bit (as /tmp); a lock file another user made is locked through a read-only
+handle (``flock`` needs no write access).
 """
 
 from __future__ import annotations
@@ -55,10 +58,24 @@ class Lease:
 
 
 def lock_dir() -> Path:
+    """The folder of the GPU locks (see the module's docstring), made if missing."""
     job = os.environ.get("SLURM_JOB_ID")
-    default = Path(tempfile.gettempdir()) / (f"t2lesion-gpu-locks-{os.getuid()}" + (f"-slurm-{job}" if job else ""))
-    path = Path(os.environ.get("T2LESION_GPU_LOCKS", default))
-    path.mkdir(parents=True, exist_ok=True)
+    if os.environ.get("T2LESION_GPU_LOCKS"):
+        path = Path(os.environ["T2LESION_GPU_LOCKS"])
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    if job:  # an allocation is one user's
+        path = Path(tempfile.gettempdir()) / f"t2lesion-gpu-locks-{os.getuid()}-slurm-{job}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    path = Path(tempfile.gettempdir()) / "t2lesion-gpu-locks"
+    try:
+        path.mkdir(exist_ok=True)
+        if path.stat().st_uid == os.getuid():
+            path.chmod(0o1777)  # every user's jobs add their locks here, none removes another's
+    except OSError as err:
+        raise RuntimeError(f"{path}: cannot use it for the GPU locks ({err}); set T2LESION_GPU_LOCKS to a folder "
+                           "every job on this machine can write") from None
     return path
 
 
@@ -114,16 +131,27 @@ def visible_devices() -> list[str]:
 
 
 def _try_lock(path: Path):
-    fh = open(path, "a+")
+    """The open, exclusively locked ``path`` (made readable by all where this process makes
+    it), or None where another process holds it. A file of another user's, which this one may
+    not write, is locked through a read-only handle; only the owner's handle records its pid."""
+    flags = os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags | os.O_RDWR, 0o644)
+        writable = True
+    except PermissionError:
+        fd = os.open(path, flags | os.O_RDONLY)
+        writable = False
+    fh = os.fdopen(fd, "r+" if writable else "r")
     try:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         fh.close()
         return None
-    fh.seek(0)
-    fh.truncate()
-    fh.write(f"{os.getpid()}\n")
-    fh.flush()
+    if writable:
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
     return fh
 
 

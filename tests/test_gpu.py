@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -92,7 +93,35 @@ def test_inside_a_slurm_allocation_the_locks_are_the_allocations(tmp_path, monke
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     assert gpu.lock_dir().name == f"t2lesion-gpu-locks-{os.getuid()}-slurm-4242"
     monkeypatch.delenv("SLURM_JOB_ID")
-    assert gpu.lock_dir().name == f"t2lesion-gpu-locks-{os.getuid()}"
+    # outside an allocation: one folder for every user of the machine, writable by all, sticky
+    shared = gpu.lock_dir()
+    assert shared == tmp_path / "t2lesion-gpu-locks" and stat.S_IMODE(shared.stat().st_mode) == 0o1777
+
+
+def test_a_lock_file_this_user_may_not_write_is_still_locked(tmp_path, monkeypatch):
+    """Another user's lock file (0644, not writable here) is locked through a read-only handle,
+    and a second handle then finds the device taken."""
+    real_open = os.open
+
+    def no_write(path, flags, *mode):
+        if flags & os.O_RDWR and str(path).endswith("gpu-0.lock"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *mode)
+
+    lock = tmp_path / "gpu-0.lock"
+    lock.write_text("4321\n")  # the other user's job that held it last
+    monkeypatch.setattr(os, "open", no_write)
+    fh = gpu._try_lock(lock)
+    try:
+        assert fh is not None and fh.mode == "r"
+        assert lock.read_text() == "4321\n"
+        monkeypatch.setattr(os, "open", real_open)
+        assert gpu._try_lock(lock) is None  # held
+    finally:
+        fh.close()
+    again = gpu._try_lock(lock)
+    assert again is not None and lock.read_text() == f"{os.getpid()}\n"
+    again.close()
 
 
 def test_without_a_gpu_the_job_runs_on_the_cpu(tmp_path):
