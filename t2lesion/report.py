@@ -267,7 +267,8 @@ def summary_markdown(trials: Mapping[str, Mapping], histories: Mapping[str, str 
 
     ``trials`` maps each test trial to its files: table1, table2, ancova, table4, km (TSV
     paths; any may be absent or None: that section is left out or says why), nb (optional)
-    and figures (label -> list of paths). ``histories`` maps a fold label to its
+    and figures (label -> list of paths); ``notes``: lines for the sections the trial cannot
+    have; ``problems``: a trial that failed validation, whose problems are listed instead. ``histories`` maps a fold label to its
     history.tsv (None or empty: no training section); ``thresholds`` a fold label to its
     threshold.json. ``unet_threshold``: :meth:`t2lesion.plan.Plan.unet_threshold` (the line
     under Table 2 that says where the U-Net's masks were cut). ``conf_level``: the level of
@@ -282,6 +283,13 @@ def summary_markdown(trials: Mapping[str, Mapping], histories: Mapping[str, str 
            "A model that could not run says why instead of giving numbers.", ""]
     for trial, files in trials.items():
         out += [f"## trial-{trial}", ""]
+        if files.get("problems"):
+            problems = list(files["problems"])
+            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+            out += [f"Not analysed: its BIDS folder failed validation with {len(problems)} problem(s){more}; "
+                    "the validate_bids job's log lists them all:", "",
+                    *[f"- {_cell(p)}" for p in problems[:3]], ""]
+            continue
         sections = [
             ("table1", "Table 1: cohort by arm", lambda p: md_table(_read(p))),
             ("table2", "Table 2: segmentation and detection (mean ± SD over visits; r: Pearson)",
@@ -304,6 +312,7 @@ def summary_markdown(trials: Mapping[str, Mapping], histories: Mapping[str, str 
                 out += [threshold_line + ".", ""]
         if threshold_line and not files.get("table2"):  # a trial without GT: said all the same
             out += [threshold_line + ".", ""]
+        out += [f"{note}." for note in files.get("notes", [])] + ([""] if files.get("notes") else [])
         if files.get("corrections"):
             out += [corrections_line(_read(files["corrections"])) + f" ({_link(files['corrections'], base)}).", ""]
         if files.get("figures"):

@@ -149,6 +149,23 @@ def test_single_visit_trial_has_no_new_lesion_endpoint(tmp_path):
     plan = plan_of(real_trial(make_bids(tmp_path / "bids", weeks=(0,))))
     assert not plan.has_new_lesions("real") and plan.lesion_targets("real") == []
     assert "nb" not in plan.summary_trials()["real"]
+    assert plan.summary_trials()["real"]["notes"] == [
+        "New and enlarging T2 lesions: not analysed, no subject has two visits"]
+
+
+def test_a_trial_that_failed_validation_is_named_in_the_summary(tmp_path):
+    cfg = real_trial(make_bids(tmp_path / "bids", weeks=(0, 24)))
+    broken = make_bids(tmp_path / "broken", weeks=(0, 24))
+    (broken / "participants.tsv").unlink()
+    cfg["trials"]["broken"] = {**cfg["trials"]["real"], "bids": str(broken)}
+    plan = plan_of(cfg)
+    summary = plan.summary_trials()
+    assert summary["broken"] == {"problems": [f"{broken / 'participants.tsv'}: file not found"]}
+    inputs = plan.summary_inputs()
+    assert inputs and all("broken" not in f and "not found" not in f for f in inputs)
+    assert "results/report/summary.md" in plan.all_targets()
+    del cfg["trials"]["real"]  # nothing to summarise: no summary
+    assert "results/report/summary.md" not in plan_of(cfg).all_targets()
 
 
 def test_summary_waits_for_every_file_it_shows(demo):

@@ -223,6 +223,14 @@ def test_write_summary_links_figures_relatively(tmp_path):
     assert "skipped: too few events: 3 for 7 terms" in text
     assert "| 1 | 3 | 2 | 0.600 | 1.00 |" in text  # fold 1: 3 epochs, best epoch 2, Dice 0.6
     assert "ANCOVA" not in text  # a section without its table is left out
+    problems = [f"/b/sub-00{i}: FLAIR missing" for i in range(1, 6)]
+    other = summary_markdown({"bad": {"problems": problems},
+                              "one": {"table1": str(stats / "table1.tsv"), "notes": ["New lesions: not analysed"]}},
+                             None, out)
+    bad = other.split("## trial-bad", 1)[1].split("## trial-one", 1)[0]
+    assert "Not analysed: its BIDS folder failed validation with 5 problem(s) (and 2 more)" in bad
+    assert "- /b/sub-003: FLAIR missing" in bad and "sub-004" not in bad
+    assert "\nNew lesions: not analysed.\n" in other.split("## trial-one", 1)[1]
     assert summary_markdown({}, None, out).startswith("# T2-lesion")
 
 

@@ -384,10 +384,13 @@ class Plan(ReviewPlan, ValidationPlan):
         }
 
     def summary_trials(self) -> dict[str, dict]:
-        """Per valid test trial, the tables and figures summary.md shows or links (t2lesion.report)."""
+        """Per test trial, the tables and figures summary.md shows or links (t2lesion.report);
+        for a trial that failed validation only ``problems`` (its problems: the summary says
+        why it was not analysed), and ``notes`` for the sections a trial cannot have."""
         out = {}
         for name in self.test_trials:
             if self.trials[name].problems:
+                out[name] = {"problems": list(self.trials[name].problems)}
                 continue
             stats = STATS.format(trial=name)
             files = {
@@ -399,6 +402,8 @@ class Plan(ReviewPlan, ValidationPlan):
             }
             if self.has_new_lesions(name):
                 files["nb"] = f"{stats}/nb_rate_ratio.tsv"
+            else:
+                files["notes"] = ["New and enlarging T2 lesions: not analysed, no subject has two visits"]
             if name in self.reviewed_trials():
                 files["corrections"] = f"{REVIEW.format(trial=name)}/corrections.tsv"
             files["figures"] = self.summary_figures(name)
@@ -432,7 +437,7 @@ class Plan(ReviewPlan, ValidationPlan):
                 if key == "figures":
                     for paths in value.values():
                         files += paths
-                else:
+                elif key not in ("problems", "notes"):  # text, not files
                     files.append(value)
         return files
 
@@ -483,6 +488,6 @@ class Plan(ReviewPlan, ValidationPlan):
             targets += self.lesion_targets(name)
             targets += self.report_targets(name)
             targets += self.review_targets(name)
-        if self.summary_trials() or self.train_trials:
+        if any("problems" not in t for t in self.summary_trials().values()) or self.train_trials:
             targets.append("results/report/summary.md")
         return targets
