@@ -234,6 +234,37 @@ def test_coregistration_recovers_a_known_motion(synth, processed, tmp_path):
         assert err.mean() < 0.5, f"{m}: coregistration error {err.mean():.2f} mm"
 
 
+def test_oblique_and_mismatched_grids_are_coregistered_by_their_headers(synth, processed, tmp_path):
+    """The same head stored on other grids: a FLAIR on an oblique grid (turned 20 and -15
+    degrees, 1 x 1 x 3 mm) and a T2w with 0.9 x 0.9 x 4 mm voxels and a smaller field of view.
+    Their headers place them where they are: coregistration must stay at the identity."""
+    v0 = synth[0][0]
+    outs0 = processed[0][0]
+    pts = v0.brain_points()
+    turn = sitk.Euler3DTransform()
+    turn.SetRotation(np.deg2rad(20.0), np.deg2rad(-15.0), 0.0)
+    for m in ("FLAIR", "T2w"):
+        img = sitk.ReadImage(str(outs0[f"n4_{m}"]), sitk.sitkFloat32)
+        size, spacing = np.array(img.GetSize()), np.array(img.GetSpacing())
+        centre = np.array(img.TransformContinuousIndexToPhysicalPoint(tuple((size - 1) / 2.0)))
+        if m == "FLAIR":
+            d = np.array(turn.GetMatrix()).reshape(3, 3) @ np.array(img.GetDirection()).reshape(3, 3)
+            new_spacing, new_size = spacing, size
+        else:
+            d = np.array(img.GetDirection()).reshape(3, 3)
+            new_spacing = np.array([0.9, 0.9, 4.0])
+            new_size = np.ceil(size * spacing / new_spacing * 0.85).astype(int)  # 85 % of the field of view
+        ref = sitk.Image([int(n) for n in new_size], sitk.sitkFloat32)
+        ref.SetSpacing(tuple(float(x) for x in new_spacing))
+        ref.SetDirection(tuple(d.ravel()))
+        ref.SetOrigin(tuple(centre - d @ (new_spacing * (new_size - 1) / 2.0)))
+        moved = sitk.Resample(img, ref, sitk.Transform(), sitk.sitkBSpline, 0.0, sitk.sitkFloat32)
+        sitk.WriteImage(moved, str(tmp_path / f"{m}.nii.gz"))
+        coregister_to_t1w(tmp_path / f"{m}.nii.gz", outs0["n4_T1w"], tmp_path / f"{m}.tfm", threads=THREADS)
+        err = np.linalg.norm((pts @ (_matrix(tmp_path / f"{m}.tfm") - np.eye(4)).T)[:, :3], axis=1)
+        assert err.mean() < 0.5, f"{m}: {err.mean():.2f} mm off the identity"
+
+
 def test_coregistration_is_checked_by_the_contrasts_whole_heads(synth, processed, tmp_path, caplog):
     """Intra-visit fits are checked: the contrast's whole head, carried onto the T1w, must lie
     inside the T1w's. Good fits and a slab pass, a header turned by 90 degrees stops the job
