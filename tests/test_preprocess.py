@@ -382,14 +382,15 @@ MIN_BRAIN_DICE = {"deepbet": 0.97, "robex": 0.93, "template": 0.93}
 
 @pytest.fixture(scope="module")
 def stripped(synth, processed, tmp_path_factory):
-    """Brain masks of both visits' N4 T1w by each extractor, made once (lazily) per module."""
+    """Brain masks of both visits' N4 T1w by each extractor, made once (lazily) per module;
+    ROBEX, at about 100 CPU-s a visit, strips the baseline only."""
     out_dir = tmp_path_factory.mktemp("stripped")
     cache: dict[str, list[np.ndarray]] = {}
 
     def get(method: str) -> list[np.ndarray]:
         if method not in cache:
             masks = []
-            for (v, _, _), (outs, _) in zip(synth, processed):
+            for (v, _, _), (outs, _) in list(zip(synth, processed))[: 1 if method == "robex" else None]:
                 if method == "template":  # the processed fixture's own masks
                     masks.append(_arr(outs["native_mask"]))
                     continue
@@ -406,7 +407,7 @@ def stripped(synth, processed, tmp_path_factory):
     "method", [pytest.param(m, marks=pytest.mark.slow) if m == "robex" else m for m in METHODS]
 )
 def test_skull_strip_dice_against_truth(synth, stripped, method):
-    """Every extractor, every visit, against the synthetic generator's true brain mask."""
+    """Every extractor, every visit (ROBEX: the baseline), against the generator's true brain mask."""
     assert set(METHODS) == set(MIN_BRAIN_DICE)
     for (v, _, _), mask in zip(synth, stripped(method)):
         d = _dice(mask, v.brain_mask)
@@ -414,7 +415,7 @@ def test_skull_strip_dice_against_truth(synth, stripped, method):
 
 
 @pytest.mark.slow
-def test_deepbet_not_below_robex_on_any_visit(synth, stripped):
+def test_deepbet_not_below_robex(synth, stripped):
     for (v, _, _), db, rb in zip(synth, stripped("deepbet"), stripped("robex")):
         d_db, d_rb = _dice(db, v.brain_mask), _dice(rb, v.brain_mask)
         print(f"{v.session}: brain-mask Dice deepbet {d_db:.4f}, ROBEX {d_rb:.4f}")
