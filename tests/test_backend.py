@@ -113,6 +113,26 @@ print("LINE", backend.job_line("float32"))
     assert "LINE backend tensorflow, device cpu, precision float32" in out
 
 
+def test_a_gpu_jax_sees_but_the_lease_did_not_find_is_a_warning():
+    """nvidia-smi missing on a GPU machine: the lease finds no GPU, JAX finds one (here a
+    stand-in probe): the job would run on it unleased, which the log must say."""
+    code = """
+import logging, sys
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stdout)
+from t2lesion.unet import backend
+backend.installed = lambda name: name in ("jax", "tensorflow")
+backend.jax_gpus = lambda: (["gpu:0 NVIDIA H100"], None)
+print("CHOICE", backend.select("auto", gpu_leased=False).backend)
+print("CHOICE", backend.select("auto", gpu_leased=True).backend)
+"""
+    res = _fresh_python(code)
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith("WARNING dl.backend auto: JAX, which sees gpu:0 NVIDIA H100") and \
+        "but the GPU lease found no GPU" in lines[0] and "T2LESION_GPUS" in lines[0], lines
+    assert lines[1] == "CHOICE jax" and lines[2].startswith("INFO dl.backend auto: JAX") and lines[3] == "CHOICE jax"
+
+
 # --------------------------------------------------------------------------- the jobs on JAX
 
 #: one Snakemake job (a fresh process, as Snakemake runs it): the workflow script with a stand-in

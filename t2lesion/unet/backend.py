@@ -138,9 +138,12 @@ def select(setting: str | None = "auto", gpu_leased: bool = False, logger: loggi
     """Set ``KERAS_BACKEND`` for ``dl.backend`` = ``setting`` (None: ``auto``) and log why.
 
     Call before Keras is imported. ``gpu_leased``: :func:`t2lesion.gpu.lease` gave this job a
-    GPU; ``auto`` then warns when JAX does not see it (the CPU environment on a GPU machine:
-    ``make env-gpu`` installs JAX's CUDA build). Raises :class:`InputError` (one line naming
-    ``dl.backend``) for an unknown or uninstalled backend.
+    GPU (or kept the scheduler's); ``auto`` then warns when JAX does not see it (the CPU
+    environment on a GPU machine: ``make env-gpu`` installs JAX's CUDA build). It warns too
+    in the opposite case, a GPU that JAX sees but the lease did not find (``nvidia-smi``
+    missing or failing): the job runs on it unleased, and GPU jobs that run at once share it.
+    Raises :class:`InputError` (one line naming ``dl.backend``) for an unknown or uninstalled
+    backend.
     """
     logger = logger or log
     setting = setting or "auto"
@@ -160,6 +163,10 @@ def select(setting: str | None = "auto", gpu_leased: bool = False, logger: loggi
     if setting == "auto" and gpu_leased and backend != "jax":
         logger.warning("%s; but this job leased a GPU: %s runs on the CPU (is JAX's CUDA build installed? "
                        "make env-gpu)", reason, NAMES[backend])
+    elif setting == "auto" and not gpu_leased and backend == "jax":
+        logger.warning("%s; but the GPU lease found no GPU (t2lesion.gpu: see the line above), so this job runs "
+                       "on JAX's first GPU without a lease and GPU jobs that run at once share it: put nvidia-smi "
+                       "on PATH, or list the GPU ids in T2LESION_GPUS", reason)
     else:
         logger.info(reason)
     return Choice(backend, reason)
