@@ -139,7 +139,11 @@ def _try_lock(path: Path):
         fd = os.open(path, flags | os.O_RDWR, 0o644)
         writable = True
     except PermissionError:
-        fd = os.open(path, flags | os.O_RDONLY)
+        try:
+            fd = os.open(path, flags | os.O_RDONLY)
+        except PermissionError as err:  # not there, and the folder is not writable here
+            raise RuntimeError(f"{path}: cannot create the GPU lock ({err.strerror}); set T2LESION_GPU_LOCKS to a "
+                               "folder every job on this machine can write") from None
         writable = False
     fh = os.fdopen(fd, "r+" if writable else "r")
     try:

@@ -122,6 +122,11 @@ def test_a_lock_file_this_user_may_not_write_is_still_locked(tmp_path, monkeypat
     again = gpu._try_lock(lock)
     assert again is not None and lock.read_text() == f"{os.getpid()}\n"
     again.close()
+    # no lock file yet, in a folder this user cannot write: one line saying what to do
+    monkeypatch.setattr(os, "open", lambda *a: (_ for _ in ()).throw(PermissionError(13, "Permission denied")))
+    with pytest.raises(RuntimeError, match=r"gpu-1\.lock: cannot create the GPU lock \(Permission denied\); set "
+                                           r"T2LESION_GPU_LOCKS"):
+        gpu._try_lock(tmp_path / "gpu-1.lock")
 
 
 def test_without_a_gpu_the_job_runs_on_the_cpu(tmp_path):
