@@ -268,9 +268,9 @@ def summary_markdown(trials: Mapping[str, Mapping], histories: Mapping[str, str 
     ``trials`` maps each test trial to its files: table1, table2, ancova, table4, km (TSV
     paths; any may be absent or None: that section is left out or says why), nb (optional)
     and figures (label -> list of paths); ``notes``: lines for the sections the trial cannot
-    have; ``problems``: a trial that failed validation, whose problems are listed instead. ``histories`` maps a fold label to its
-    history.tsv (None or empty: no training section); ``thresholds`` a fold label to its
-    threshold.json. ``unet_threshold``: :meth:`t2lesion.plan.Plan.unet_threshold` (the line
+    have; ``problems``: a trial that failed validation, whose problems are listed instead.
+    ``histories`` maps a fold label to its history.tsv (None or empty: no training section);
+    ``thresholds`` a fold label to its threshold.json. ``unet_threshold``: :meth:`t2lesion.plan.Plan.unet_threshold` (the line
     under Table 2 that says where the U-Net's masks were cut). ``conf_level``: the level of
     every interval the stats rules computed (``stats.conf_level``), said in the headings.
     """
