@@ -315,8 +315,11 @@ def test_coregistration_is_checked_by_the_contrasts_whole_heads(synth, processed
             break
         with pytest.raises(InputError, match=r"sub-1_FLAIR\.nii\.gz: rigid registration failed: the image does not "
                                              r"overlap its target .*; check its header's origin and orientation"):
-            coregister_visit(*args, threads=THREADS, sources={"FLAIR": "sub-1_FLAIR.nii.gz"})
-        assert not (tmp_path / "turned.tfm").exists()
+            coregister_visit({"T2w": outs0["n4_T2w"], **args[0]}, args[1],
+                             {"T2w": tmp_path / "t2w_ok.tfm", **args[2]}, threads=THREADS,
+                             sources={"FLAIR": "sub-1_FLAIR.nii.gz", "T2w": "sub-1_T2w.nii.gz"})
+        # neither transform written, not even the T2w's, whose fit came first and passed
+        assert not (tmp_path / "turned.tfm").exists() and not (tmp_path / "t2w_ok.tfm").exists()
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="t2lesion"):
         coregister_visit(*args, threads=THREADS, sources={"FLAIR": "sub-1_FLAIR.nii.gz"})

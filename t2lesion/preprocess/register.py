@@ -340,15 +340,15 @@ def coregister_visit(
     # contrasts' not (closing costs 0.4 of their 0.6 CPU-s each on a 1 x 1 x 3 mm head): a slice
     # left as a ring still lies inside the T1w's head.
     t1w_head = _dilate(whole_head(fixed), 3.0)
-    written = {}
+    fits = {}
     for m, img in images.items():
         log.info("coregistering %s -> %s", moving[m], t1w_path)
         source = (sources or moving)[m]
-        tx = rigid_register(fixed, img, fixed_mask=mask, init="identity", settings=settings, source=source)
-        _check_overlap(brain_overlap(t1w_head, whole_head(img, close_mm=0), tx)[1], "coregister", source)
+        fits[m] = rigid_register(fixed, img, fixed_mask=mask, init="identity", settings=settings, source=source)
+        _check_overlap(brain_overlap(t1w_head, whole_head(img, close_mm=0), fits[m])[1], "coregister", source)
+    for m, tx in fits.items():  # written once every fit passed: a failed visit leaves none behind
         write_transform(tx, out_xfms[m])
-        written[m] = Path(out_xfms[m])
-    return written
+    return {m: Path(out_xfms[m]) for m in fits}
 
 
 def register_to_mni(
